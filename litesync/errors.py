@@ -1,0 +1,91 @@
+"""The one exception tree of litesync.
+
+Every exception says whether retrying the same operation can help (``retryable``) and
+which exit code the CLI maps it to (0 ok, 1 runtime failure, 2 usage or config error).
+"""
+
+from __future__ import annotations
+
+
+class LitesyncError(Exception):
+    """Base of every error litesync raises on purpose."""
+
+    retryable: bool = False
+    exit_code: int = 1
+
+
+class UsageError(LitesyncError):
+    """The command line or its arguments are wrong."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """The configuration file or a replica URL is invalid.
+
+    ``path`` is the field path (``dbs[0].replicas[1].retention``), ``line`` the 1-based
+    line in the file when known.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, path: str | None = None,
+                 line: int | None = None) -> None:
+        self.file = file
+        self.path = path
+        self.line = line
+        where = []
+        if file:
+            where.append(f"{file}:{line}" if line else file)
+        elif line:
+            where.append(f"line {line}")
+        if path:
+            where.append(path)
+        super().__init__(f"{': '.join(where)}: {message}" if where else message)
+
+
+class CorruptObjectError(LitesyncError):
+    """A stored object (segment, snapshot, state file) fails its checks; never retried."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
+
+
+class ChainError(LitesyncError):
+    """Stored objects are intact one by one but do not follow each other."""
+
+
+class DatabaseError(LitesyncError):
+    """The source database cannot be replicated as it is (not WAL, unreadable, ...)."""
+
+
+class ReplicaError(LitesyncError):
+    """A replica operation failed. ``replica`` names the replica (never with secrets)."""
+
+    def __init__(self, replica: str, message: str, *, retryable: bool = False) -> None:
+        self.replica = replica
+        self.retryable = retryable
+        super().__init__(f"replica {replica}: {message}")
+
+
+class TransientReplicaError(ReplicaError):
+    """A replica failure that a retry may cure (5xx, 429, timeout, connection reset)."""
+
+    def __init__(self, replica: str, message: str) -> None:
+        super().__init__(replica, message, retryable=True)
+
+
+class ObjectNotFoundError(ReplicaError):
+    """The named object does not exist on the replica."""
+
+    def __init__(self, replica: str, key: str) -> None:
+        self.key = key
+        super().__init__(replica, f"object not found: {key!r}")
+
+
+class RestoreError(LitesyncError):
+    """A restore cannot produce a verified database."""
+
+
+class OutputExistsError(UsageError):
+    """The restore output exists and --force was not given."""

@@ -1,0 +1,56 @@
+"""The replica-client interface: the small set of operations every backend implements."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object: its key relative to the replica root, and its size in bytes."""
+
+    key: str
+    size: int
+
+
+class ReplicaClient(abc.ABC):
+    """Storage for one replica. Keys are '/'-separated and relative to the replica root.
+
+    Implementations raise ``ReplicaError`` (or ``TransientReplicaError`` when a retry can
+    help, ``ObjectNotFoundError`` for a missing key); they never log secrets.
+    """
+
+    #: A description safe to print: the URL without credentials.
+    name: str
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield the objects whose key starts with ``prefix``, in ascending key order."""
+
+    @abc.abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """Return a stream of the object's bytes; the caller closes it."""
+
+    @abc.abstractmethod
+    def write(self, key: str, src: BinaryIO, size: int) -> None:
+        """Store ``size`` bytes read from ``src`` under ``key`` atomically (all or nothing)."""
+
+    @abc.abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the objects (every version); keys that do not exist are ignored."""
+
+    def close(self) -> None:
+        """Release connections and threads."""
+
+    def read(self, key: str) -> bytes:
+        """Return the whole object."""
+        with self.open(key) as f:
+            return f.read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically."""
+        import io
+
+        self.write(key, io.BytesIO(data), len(data))

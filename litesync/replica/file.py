@@ -1,0 +1,143 @@
+"""A replica in a local directory: atomic writes by temp file, fsync and rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from typing import BinaryIO, Iterable, Iterator
+
+from ..errors import ObjectNotFoundError, ReplicaError
+from .base import ObjectInfo, ReplicaClient
+
+_TMP_SUFFIX = ".tmp"
+_COPY_CHUNK = 1 << 20
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
+    """Write ``src`` to ``path`` through ``path.tmp``: fsync, rename, fsync the directory."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = path + _TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        written = 0
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            while True:
+                chunk = src.read(_COPY_CHUNK)
+                if not chunk:
+                    break
+                out.write(chunk)
+                written += len(chunk)
+        if size is not None and written != size:
+            raise ValueError(f"{path}: expected {size} bytes from source, got {written}")
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(directory)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class FileReplicaClient(ReplicaClient):
+    """Objects are files under ``root``; a key's '/' separators become directories."""
+
+    def __init__(self, root: str, name: str | None = None) -> None:
+        self.root = os.path.abspath(root)
+        self.name = name or f"file://{self.root}"
+
+    def _path(self, key: str) -> str:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") for p in parts):
+            raise ReplicaError(self.name, f"invalid object key: {key!r}")
+        return os.path.join(self.root, *parts)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        found: list[ObjectInfo] = []
+        # Only walk the directory the prefix points into.
+        base_dir = self.root
+        if "/" in prefix:
+            base_dir = os.path.join(self.root, *prefix.rsplit("/", 1)[0].split("/"))
+        try:
+            for dirpath, _dirnames, filenames in os.walk(base_dir, onerror=self._walk_error):
+                for fn in filenames:
+                    if fn.endswith(_TMP_SUFFIX):
+                        continue
+                    full = os.path.join(dirpath, fn)
+                    key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                    if key.startswith(prefix):
+                        try:
+                            size = os.stat(full).st_size
+                        except FileNotFoundError:
+                            continue
+                        found.append(ObjectInfo(key, size))
+        except OSError as e:
+            raise ReplicaError(self.name, f"cannot list {base_dir!r}: {e.strerror}") from e
+        found.sort(key=lambda o: o.key)
+        return iter(found)
+
+    @staticmethod
+    def _walk_error(e: OSError) -> None:
+        if e.errno != errno.ENOENT:
+            raise e
+
+    def open(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFoundError(self.name, key) from None
+        except OSError as e:
+            raise ReplicaError(self.name, f"cannot read {key!r}: {e.strerror}") from e
+
+    def write(self, key: str, src: BinaryIO, size: int) -> None:
+        path = self._path(key)
+        try:
+            write_file_atomic(path, src, size)
+        except OSError as e:
+            raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
+
+    def delete(self, keys: Iterable[str]) -> None:
+        dirs = set()
+        for key in keys:
+            path = self._path(key)
+            try:
+                os.unlink(path)
+                dirs.add(os.path.dirname(path))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise ReplicaError(self.name, f"cannot delete {key!r}: {e.strerror}") from e
+        for d in dirs:
+            fsync_dir(d)
+        # Remove directories left empty, up to the root.
+        for d in sorted(dirs, key=len, reverse=True):
+            while d.startswith(self.root + os.sep):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = os.path.dirname(d)
+
+    def copy_to(self, key: str, dest: str) -> None:
+        """Copy one object to a local path (used by tests and restore caching)."""
+        with self.open(key) as f, open(dest, "wb") as out:
+            shutil.copyfileobj(f, out, _COPY_CHUNK)
