@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -23,31 +24,38 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
-    """Write ``src`` to ``path`` through ``path.tmp``: fsync, rename, fsync the directory."""
+@contextlib.contextmanager
+def atomic_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the dir."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     tmp = path + _TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
     try:
-        written = 0
-        with os.fdopen(fd, "wb", closefd=False) as out:
-            while True:
-                chunk = src.read(_COPY_CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                written += len(chunk)
-        if size is not None and written != size:
-            raise ValueError(f"{path}: expected {size} bytes from source, got {written}")
-        os.fsync(fd)
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
     except BaseException:
-        os.close(fd)
+        f.close()
         _unlink_quietly(tmp)
         raise
-    os.close(fd)
+    f.close()
     os.replace(tmp, path)
     fsync_dir(directory)
+
+
+def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
+    """Write ``src`` to ``path`` atomically (see ``atomic_file``)."""
+    with atomic_file(path, mode) as out:
+        written = 0
+        while True:
+            chunk = src.read(_COPY_CHUNK)
+            if not chunk:
+                break
+            out.write(chunk)
+            written += len(chunk)
+        if size is not None and written != size:
+            raise ValueError(f"{path}: expected {size} bytes from source, got {written}")
 
 
 def _unlink_quietly(path: str) -> None:

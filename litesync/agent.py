@@ -1,0 +1,515 @@
+"""Replication of one database: wake-up, copy of WAL frames to the spool, checkpoints,
+snapshots. Shipping from the spool to replicas lives in ``shipper.py``.
+
+Continuity rests on one SQLite rule: while a connection holds a read transaction, no
+writer can restart the WAL past frames it might read, except when the WAL was wholly
+checkpointed when that read began (then a writer may restart it exactly once, before
+appending anything). So the agent keeps a read transaction ``R`` open at all times and
+only (re)starts it under a *seal* (the write lock, taken by connection ``W``) right after
+it has copied every committed frame. A WAL restart seen while nothing has been copied
+since ``R`` began is therefore harmless; any other restart, or anything the agent cannot
+explain after a restart of its own process, starts a new generation with a new snapshot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import apsw
+
+from . import layout, wal
+from .dbhash import DbHash, page_hash
+from .errors import DatabaseError, LitesyncError
+from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
+                      SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+SEAL_TIMEOUT_MS = 5000
+_SNAPSHOT_CHUNK_PAGES = 256
+_KEEP_IN_MEMORY = 32 << 20
+
+
+def state_dir_for(db_path: str) -> str:
+    """Return the agent's local state directory for a database: ``.<name>-litesync``."""
+    d, name = os.path.split(os.path.abspath(db_path))
+    return os.path.join(d, f".{name}-litesync")
+
+
+class _WalChanged(Exception):
+    """The WAL changed under a read that needed it stable; the step is retried."""
+
+
+@dataclass
+class View:
+    """The database as ``R`` sees it right after a seal."""
+
+    pos: WalPosition
+    header: wal.WalHeader | None
+    overlay: dict[int, int]  # pgno -> WAL frame index holding the page for this view
+    db_size: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DbAgent:
+    """Replicates one database into its local spool."""
+
+    def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
+                 snapshot_interval: float | None = 4 * 3600, label: str | None = None) -> None:
+        self.path = os.path.abspath(db_path)
+        self.wal_path = self.path + "-wal"
+        self.label = label or self.path
+        self.checkpoint_pages = checkpoint_pages
+        self.snapshot_interval = snapshot_interval
+        self.state_dir = state_dir_for(self.path)
+        self.spool = Spool(os.path.join(self.state_dir, "spool"))
+        self.wake = threading.Event()
+        self.snapshot_requested = threading.Event()
+        self.generation = 0
+        self.next_seq = 0
+        self.end_link = NO_LINK
+        self.pos = WalPosition()
+        self.hasher = DbHash()
+        self.page_size = 0
+        self.last_snapshot_at = 0.0
+        self.stats = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
+                      "generations": 0, "max_wal_bytes": 0}
+        self._restart_ok = False
+        self._r_begin_pos = WalPosition()
+        self._r_open = False
+        self._seal_depth = 0
+        self._wal_fd: int | None = None
+        self._lock_fd: int | None = None
+        self.R = self.W = self.C = None  # type: ignore[assignment]
+
+    # -- connections -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open connections, take the agent lock, and make sure the database is in WAL mode."""
+        if not os.path.exists(self.path):
+            raise DatabaseError(f"database does not exist: {self.path}")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatabaseError(f"another litesync agent is replicating {self.path}") from None
+        conns = []
+        for _ in range(3):
+            c = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+            c.setbusytimeout(SEAL_TIMEOUT_MS)
+            # Closing must not checkpoint: the WAL left behind is how a restarted agent
+            # proves it missed nothing.
+            c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+            c.execute("PRAGMA wal_autocheckpoint=0")
+            conns.append(c)
+        self.R, self.W, self.C = conns
+        try:
+            mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
+            if mode.lower() != "wal":
+                mode = self.W.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+                if mode.lower() != "wal":
+                    raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
+                log.info("%s: switched the database to WAL mode", self.label)
+            self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
+        except apsw.Error as e:
+            raise DatabaseError(f"{self.path}: {e}") from e
+
+    def close(self) -> None:
+        self._end_read()
+        for c in (self.R, self.W, self.C):
+            if c is not None:
+                c.close()
+        self.R = self.W = self.C = None  # type: ignore[assignment]
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _begin_read(self) -> None:
+        self.R.execute("BEGIN")
+        self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+        self._r_open = True
+
+    def _end_read(self) -> None:
+        if self._r_open and self.R is not None:
+            self.R.execute("COMMIT")
+        self._r_open = False
+
+    def _seal(self) -> bool:
+        """Take the write lock so no frame can be appended; False when the app held it too long."""
+        if self._seal_depth:
+            self._seal_depth += 1
+            return True
+        try:
+            self.W.execute("BEGIN IMMEDIATE")
+            self._seal_depth = 1
+            return True
+        except apsw.BusyError:
+            log.warning("%s: could not take the write lock within %d ms; will retry", self.label, SEAL_TIMEOUT_MS)
+            return False
+
+    def _unseal(self) -> None:
+        self._seal_depth -= 1
+        if self._seal_depth == 0:
+            self.W.execute("ROLLBACK")
+
+    def _checkpoint(self) -> tuple[int, int]:
+        """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed)."""
+        _busy, log_frames, ckpt = self.C.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        self.stats["checkpoints"] += 1
+        return max(log_frames, 0), max(ckpt, 0)
+
+    # -- WAL access --------------------------------------------------------------------
+
+    def _wal_read_at(self, offset: int, size: int) -> bytes:
+        if self._wal_fd is None:
+            try:
+                self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
+            except FileNotFoundError:
+                return b""
+        return os.pread(self._wal_fd, size, offset)
+
+    def _wal_header(self) -> wal.WalHeader | None:
+        hdr = wal.WalHeader.parse(self._wal_read_at(0, wal.WAL_HEADER_SIZE))
+        if hdr is not None:
+            size = os.fstat(self._wal_fd).st_size  # type: ignore[arg-type]
+            if size > self.stats["max_wal_bytes"]:
+                self.stats["max_wal_bytes"] = size
+        return hdr
+
+    # -- state -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resume the spool's generation when continuity is provable, else start a new one."""
+        reason = self._try_resume()
+        if reason is not None:
+            self.new_generation(reason)
+
+    def _try_resume(self) -> str | None:
+        """Resume from the spool; return why not, or None when resumed."""
+        last = self.spool.last_object()
+        if last is None:
+            return "no previous state"
+        name, path = last
+        with open(path, "rb") as f:
+            if isinstance(name, layout.SegmentName):
+                h = SegmentReader(f, path).header
+                self.next_seq, self.end_link, pos = h.last_seq + 1, h.end_link, h.wal
+            else:
+                h = SnapshotReader(f, path).header
+                self.next_seq, self.end_link, pos = h.seq, h.prev_link, h.wal
+        if h.page_size != self.page_size:
+            return f"page size changed from {h.page_size} to {self.page_size}"
+        if not self._seal():
+            raise DatabaseError(f"{self.path}: database is locked; cannot start replication")
+        try:
+            hdr = self._wal_header()
+            if hdr is None:
+                return "the WAL was removed or reset while the agent was stopped"
+            if hdr.salts != (pos.salt1, pos.salt2):
+                return "the WAL was restarted while the agent was stopped"
+            if pos.frame == 0:
+                if (hdr.checksum1, hdr.checksum2) != (pos.checksum1, pos.checksum2):
+                    return "the WAL header changed while the agent was stopped"
+            else:
+                fh = self._wal_read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
+                if len(fh) < wal.FRAME_HEADER_SIZE or fh[8:24] != (
+                        pos.salt1.to_bytes(4, "big") + pos.salt2.to_bytes(4, "big")
+                        + pos.checksum1.to_bytes(4, "big") + pos.checksum2.to_bytes(4, "big")):
+                    return f"WAL frame {pos.frame} is not the one last copied"
+            # Copy what was committed while the agent was away, then re-read the view.
+            self.generation, self.pos = name.generation, pos
+            tail = self._capture_tail(hdr)
+            view = self._reopen_view()
+        finally:
+            self._unseal()
+        new_hash = self._scan_view(view, None)
+        txs = list(wal.scan(tail.read_at, hdr, pos.frame + 1, (pos.checksum1, pos.checksum2)))
+        if txs:
+            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
+        elif new_hash.value != self._spool_checksum(name, path):
+            return "the database changed while the agent was stopped without a trace in the WAL"
+        self.hasher = new_hash
+        self._restart_ok = True
+        self._r_begin_pos = self.pos
+        self.last_snapshot_at = name.created_ms / 1000 if isinstance(name, layout.SnapshotName) else time.time()
+        self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or self.last_snapshot_at
+        log.info("%s: resumed generation %s at segment %d", self.label,
+                 layout.format_generation(self.generation), self.next_seq)
+        return None
+
+    @staticmethod
+    def _spool_checksum(name: layout.SegmentName | layout.SnapshotName, path: str) -> int:
+        with open(path, "rb") as f:
+            if isinstance(name, layout.SegmentName):
+                r = SegmentReader(f, path)
+                for _ in r.pages():
+                    pass
+                return r.finish().db_checksum
+            s = SnapshotReader(f, path)
+            for _ in s.chunks():
+                pass
+            return s.finish().db_checksum
+
+    # -- copying frames ------------------------------------------------------------
+
+    @dataclass
+    class _Tail:
+        base: int
+        data: bytes
+
+        def read_at(self, offset: int, size: int) -> bytes:
+            start = offset - self.base
+            return self.data[start:start + size] if start >= 0 else b""
+
+    def _capture_tail(self, hdr: wal.WalHeader) -> "DbAgent._Tail":
+        """Copy the WAL after our position into memory (under the seal, so it is complete)."""
+        base = hdr.frame_offset(self.pos.frame + 1)
+        size = os.fstat(self._wal_fd).st_size - base  # type: ignore[arg-type]
+        data = self._wal_read_at(base, max(size, 0))
+        return DbAgent._Tail(base, data)
+
+    def sync(self) -> int:
+        """Copy newly committed transactions into the spool; return how many."""
+        hdr = self._wal_header()
+        if hdr is None:
+            return 0
+        if hdr.salts != (self.pos.salt1, self.pos.salt2):
+            if not (self._restart_ok and self.pos == self._r_begin_pos):
+                self.new_generation("the WAL was restarted before all its frames were copied")
+                return 0
+            log.debug("%s: WAL restarted (salts %08x %08x)", self.label, hdr.salt1, hdr.salt2)
+            self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
+            self._restart_ok = False
+        txs = list(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1,
+                            (self.pos.checksum1, self.pos.checksum2)))
+        if not txs:
+            return 0
+        try:
+            self._ship(txs, hdr, self._wal_read_at, recheck=hdr)
+        except _WalChanged:
+            return 0
+        self._restart_ok = False
+        return len(txs)
+
+    def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: Callable[[int, int], bytes],
+              *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None) -> None:
+        """Write ``txs`` as the next segment in the spool and advance the position."""
+        commit_ms = now_ms()
+        # Last frame of each page per transaction; a page written twice ships once.
+        per_tx = []
+        total = 0
+        for tx in txs:
+            latest: dict[int, int] = {}
+            for fr in tx.frames:
+                latest[fr.pgno] = fr.index
+            per_tx.append(latest)
+            total += len(latest)
+        keep = total * self.page_size <= _KEEP_IN_MEMORY
+        kept: dict[int, bytes] = {}
+        # Pass 1: hash each shipped page and compute the database checksum after each tx.
+        changes: dict[int, int] = {}
+        value = self.hasher.value
+        size = self.hasher.page_count
+        infos = []
+        for tx, latest in zip(txs, per_tx):
+            for pgno, index in latest.items():
+                data = wal.read_page(read_at, hdr, index)
+                if keep:
+                    kept[index] = data
+                h = page_hash(pgno, data)
+                old = changes.get(pgno, self.hasher.get(pgno)) if pgno <= size else 0
+                value ^= old ^ h
+                changes[pgno] = h
+                size = max(size, pgno)
+            for pgno in range(tx.db_size + 1, size + 1):
+                value ^= changes.get(pgno, self.hasher.get(pgno))
+                changes[pgno] = 0
+            size = tx.db_size
+            infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
+        if recheck is not None and self._wal_header() != recheck:
+            raise _WalChanged()
+        if final_hash is not None:
+            # After a restart of the agent only the final state is known (from a full scan).
+            for info in infos:
+                info[3], info[4] = 0, 0
+            infos[-1][3], infos[-1][4] = final_hash.value, TX_CHECKSUM_KNOWN
+        end = txs[-1]
+        pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
+        seq = self.next_seq
+        header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
+                               pos, txs[0].frames[0].index, tuple(TxInfo(*i) for i in infos))
+        name = layout.SegmentName(self.generation, seq, seq, commit_ms)
+        with self.spool.writing(name) as f:
+            w = SegmentWriter(f, header)
+            for latest in per_tx:
+                for pgno, index in latest.items():
+                    w.add_page(pgno, kept[index] if keep else wal.read_page(read_at, hdr, index))
+            w.close()
+        if recheck is not None and not keep and self._wal_header() != recheck:
+            self.spool.discard(name)
+            raise _WalChanged()
+        self.spool.publish(name)
+        # The segment is durable: advance.
+        if final_hash is None:
+            for pgno, h in changes.items():
+                if pgno <= size:
+                    self.hasher.set_hash(pgno, h)
+            self.hasher.truncate(size)
+        self.pos = pos
+        self.next_seq = seq + 1
+        self.end_link = header.end_link
+        self.stats["segments"] += 1
+        self.stats["transactions"] += len(txs)
+
+    # -- checkpoints and views -----------------------------------------------------
+
+    def _reopen_view(self) -> View:
+        """Under the seal, with every committed frame copied: checkpoint and restart ``R``."""
+        self._end_read()
+        log_frames, ckpt = self._checkpoint()
+        self._begin_read()
+        hdr = self._wal_header()
+        overlay: dict[int, int] = {}
+        pos = WalPosition()
+        if hdr is not None:
+            last = None
+            for tx in wal.scan(self._wal_read_at, hdr, 1, (hdr.checksum1, hdr.checksum2)):
+                last = tx
+                for fr in tx.frames:
+                    if fr.index > ckpt:
+                        overlay[fr.pgno] = fr.index
+            if last is None:
+                pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
+            else:
+                pos = WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
+            if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
+                log.debug("%s: WAL holds %d committed frames, checkpoint reported %d",
+                          self.label, pos.frame, log_frames)
+        db_size = self.R.execute("PRAGMA page_count").fetchall()[0][0]
+        return View(pos, hdr, overlay, db_size)
+
+    def checkpoint(self) -> bool:
+        """Copy everything, then checkpoint so the WAL can restart; False if the seal failed."""
+        if not self._seal():
+            return False
+        try:
+            self.sync()
+            view = self._reopen_view()
+            if view.pos != self.pos and view.header is not None and view.pos.frame != 0:
+                # A view past our position would mean frames we never copied.
+                if (view.pos.salt1, view.pos.salt2) == (self.pos.salt1, self.pos.salt2):
+                    raise DatabaseError(f"{self.path}: WAL position {view.pos.frame} past copied {self.pos.frame}")
+            self._restart_ok = True
+            self._r_begin_pos = self.pos
+        finally:
+            self._unseal()
+        return True
+
+    def _scan_view(self, view: View, out: SnapshotWriter | None) -> DbHash:
+        """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
+        ps = self.page_size
+        hasher = DbHash()
+        pgno = 1
+        while pgno <= view.db_size:
+            n = min(_SNAPSHOT_CHUNK_PAGES, view.db_size - pgno + 1)
+            _complete, data = self.R.read("main", 0, (pgno - 1) * ps, n * ps)
+            buf = bytearray(data)
+            patched = False
+            for i in range(n):
+                p = pgno + i
+                index = view.overlay.get(p)
+                if index is not None:
+                    buf[i * ps:(i + 1) * ps] = wal.read_page(self._wal_read_at, view.header, index)  # type: ignore[arg-type]
+                    patched = True
+            if patched and self._wal_header() != view.header:
+                raise _WalChanged()
+            mv = memoryview(buf)
+            for i in range(n):
+                hasher.set_page(pgno + i, mv[i * ps:(i + 1) * ps])
+            if out is not None:
+                out.add_pages(mv)
+            pgno += n
+        hasher.truncate(view.db_size)
+        return hasher
+
+    def new_generation(self, reason: str) -> None:
+        """Start a new generation: a fresh snapshot at the current state."""
+        log.info("%s: starting a new generation: %s", self.label, reason)
+        self.snapshot(new_generation=True)
+
+    def snapshot(self, new_generation: bool = False) -> None:
+        """Write a snapshot of the current state to the spool (a new generation if asked)."""
+        for attempt in range(5):
+            if not self._seal():
+                time.sleep(0.1 * (attempt + 1))
+                continue
+            try:
+                if not new_generation:
+                    self.sync()
+                    if self.generation == 0:
+                        new_generation = True
+                view = self._reopen_view()
+            finally:
+                self._unseal()
+            if new_generation:
+                gen, seq, prev = layout.new_generation(), 0, NO_LINK
+            else:
+                gen, seq, prev = self.generation, self.next_seq, self.end_link
+            created = now_ms()
+            name = layout.SnapshotName(gen, seq, created)
+            header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos)
+            try:
+                with self.spool.writing(name) as f:
+                    w = SnapshotWriter(f, header)
+                    hasher = self._scan_view(view, w)
+                    w.close(hasher.value)
+            except _WalChanged:
+                self.spool.discard(name)
+                continue
+            if not new_generation and hasher.value != self.hasher.value:
+                self.spool.discard(name)
+                log.error("%s: replicated state disagrees with the database (checksum %016x != %016x); "
+                          "starting a new generation", self.label, self.hasher.value, hasher.value)
+                new_generation = True
+                continue
+            self.spool.publish(name)
+            if new_generation:
+                self.stats["generations"] += 1
+            self.generation, self.next_seq, self.end_link = gen, seq, prev
+            self.pos = view.pos
+            self.hasher = hasher
+            self._restart_ok = True
+            self._r_begin_pos = self.pos
+            self.last_snapshot_at = time.time()
+            self.stats["snapshots"] += 1
+            log.info("%s: snapshot %s/%d written (%d pages)", self.label,
+                     layout.format_generation(gen), seq, view.db_size)
+            return
+        raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts")
+
+    # -- the loop ------------------------------------------------------------------
+
+    def step(self) -> None:
+        """One round of work: copy, checkpoint when the WAL is long, snapshot when due."""
+        self.sync()
+        if self.pos.frame >= self.checkpoint_pages:
+            self.checkpoint()
+        due = (self.snapshot_interval is not None
+               and time.time() - self.last_snapshot_at >= self.snapshot_interval)
+        if due or self.snapshot_requested.is_set():
+            self.snapshot_requested.clear()
+            self.snapshot()

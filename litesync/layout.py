@@ -1,0 +1,76 @@
+"""Object names on a replica (and in the local spool), formatted and parsed in one place.
+
+    generations/GGGGGGGGGGGGGGGG/snapshots/SSSSSSSSSSSSSSSS-TTTTTTTTTTTT.snap
+    generations/GGGGGGGGGGGGGGGG/segments/FFFFFFFFFFFFFFFF-LLLLLLLLLLLLLLLL-TTTTTTTTTTTT.seg
+
+G generation (16 hex), S snapshot sequence (the first segment that follows it), F..L the
+sequence range a segment covers, T milliseconds since the epoch (snapshot creation, or the
+segment's last commit), all lower-case fixed-width hex so that text order is numeric order.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+GENERATIONS = "generations"
+_GEN_RE = re.compile(r"^[0-9a-f]{16}$")
+_SNAP_RE = re.compile(r"^generations/([0-9a-f]{16})/snapshots/([0-9a-f]{16})-([0-9a-f]{12})\.snap$")
+_SEG_RE = re.compile(
+    r"^generations/([0-9a-f]{16})/segments/([0-9a-f]{16})-([0-9a-f]{16})-([0-9a-f]{12})\.seg$")
+
+
+def new_generation() -> int:
+    """Return a new generation id: milliseconds since the epoch, then 16 random bits."""
+    return (int(time.time() * 1000) << 16) | int.from_bytes(os.urandom(2), "big")
+
+
+def format_generation(gen: int) -> str:
+    return f"{gen:016x}"
+
+
+def parse_generation(text: str) -> int:
+    if not _GEN_RE.match(text):
+        raise ValueError(f"invalid generation: {text!r}")
+    return int(text, 16)
+
+
+def generation_prefix(gen: int) -> str:
+    return f"{GENERATIONS}/{gen:016x}/"
+
+
+@dataclass(frozen=True, order=True)
+class SnapshotName:
+    generation: int
+    seq: int
+    created_ms: int
+
+    @property
+    def key(self) -> str:
+        return f"{GENERATIONS}/{self.generation:016x}/snapshots/{self.seq:016x}-{self.created_ms:012x}.snap"
+
+
+@dataclass(frozen=True, order=True)
+class SegmentName:
+    generation: int
+    first_seq: int
+    last_seq: int
+    last_commit_ms: int
+
+    @property
+    def key(self) -> str:
+        return (f"{GENERATIONS}/{self.generation:016x}/segments/"
+                f"{self.first_seq:016x}-{self.last_seq:016x}-{self.last_commit_ms:012x}.seg")
+
+
+def parse_key(key: str) -> SnapshotName | SegmentName | None:
+    """Return what ``key`` names, or None for a key litesync did not write."""
+    m = _SEG_RE.match(key)
+    if m:
+        return SegmentName(int(m[1], 16), int(m[2], 16), int(m[3], 16), int(m[4], 16))
+    m = _SNAP_RE.match(key)
+    if m:
+        return SnapshotName(int(m[1], 16), int(m[2], 16), int(m[3], 16))
+    return None

@@ -1,0 +1,247 @@
+"""Restore: plan (pure) which objects rebuild the database, then apply them to a temp file,
+verify every link and checksum, and rename the result into place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import apsw
+
+from . import layout
+from .dbhash import DbHash
+from .errors import ChainError, CorruptObjectError, OutputExistsError, RestoreError
+from .replica.base import ObjectInfo, ReplicaClient
+from .replica.file import fsync_dir
+from .segment import SegmentReader, SnapshotReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a restore reads: one snapshot and the segments that follow it, in order."""
+
+    generation: int
+    snapshot: layout.SnapshotName
+    snapshot_size: int
+    segments: tuple[tuple[layout.SegmentName, int], ...]
+    until_ms: int | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return self.snapshot_size + sum(s for _, s in self.segments)
+
+
+def plan_restore(objects: Iterable[ObjectInfo], *, generation: int | None = None,
+                 until_ms: int | None = None, replica: str = "replica") -> Plan:
+    """Choose the newest generation with a snapshot (or ``generation``), its newest snapshot
+    at or before ``until_ms``, and the contiguous segments after it."""
+    snaps: dict[int, list[tuple[layout.SnapshotName, int]]] = {}
+    segs: dict[int, list[tuple[layout.SegmentName, int]]] = {}
+    for info in objects:
+        name = layout.parse_key(info.key)
+        if isinstance(name, layout.SnapshotName):
+            snaps.setdefault(name.generation, []).append((name, info.size))
+        elif isinstance(name, layout.SegmentName):
+            segs.setdefault(name.generation, []).append((name, info.size))
+    if generation is not None:
+        if generation not in snaps:
+            raise RestoreError(f"{replica}: generation {layout.format_generation(generation)} has no snapshot")
+        gens = [generation]
+    else:
+        gens = sorted(snaps, reverse=True)
+        if not gens:
+            raise RestoreError(f"{replica}: no backups found (no snapshot in any generation)")
+    for gen in gens:
+        candidates = sorted(snaps[gen], key=lambda x: x[0].seq)
+        if until_ms is not None:
+            candidates = [c for c in candidates if c[0].created_ms <= until_ms]
+            if not candidates:
+                continue
+        snap, snap_size = candidates[-1]
+        chain = []
+        expected = snap.seq
+        by_first: dict[int, tuple[layout.SegmentName, int]] = {}
+        for name, size in segs.get(gen, []):
+            prev = by_first.get(name.first_seq)
+            if prev is None or name.last_seq > prev[0].last_seq:
+                by_first[name.first_seq] = (name, size)
+        later = sorted(k for k in by_first if k >= expected)
+        for first in later:
+            name, size = by_first[first]
+            if name.first_seq < expected:
+                continue
+            if name.first_seq != expected:
+                raise ChainError(f"{replica}: generation {layout.format_generation(gen)}: segment "
+                                 f"{expected} is missing (next present: {name.key})")
+            chain.append((name, size))
+            expected = name.last_seq + 1
+            if until_ms is not None and name.last_commit_ms > until_ms:
+                break
+        return Plan(gen, snap, snap_size, tuple(chain), until_ms)
+    raise RestoreError(f"{replica}: no snapshot at or before the requested time")
+
+
+@dataclass
+class Result:
+    path: str
+    generation: int
+    transactions: int
+    bytes_read: int
+    db_size_pages: int
+    page_size: int
+    seconds: float
+    last_commit_ms: int | None = None
+
+    @property
+    def db_bytes(self) -> int:
+        return self.db_size_pages * self.page_size
+
+
+class _CountingReader:
+    def __init__(self, f) -> None:
+        self.f = f
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+
+def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, int], None] | None) -> Result:
+    t0 = time.monotonic()
+    hasher = DbHash()
+    total = plan.total_bytes
+    done = 0
+    key = plan.snapshot.key
+    with client.open(key) as f:
+        src = _CountingReader(f)
+        snap = SnapshotReader(src, key)
+        h = snap.header
+        if (h.generation, h.seq) != (plan.generation, plan.snapshot.seq):
+            raise CorruptObjectError(key, f"header names generation {h.generation:016x} seq {h.seq}, "
+                                          f"object name says {plan.generation:016x} seq {plan.snapshot.seq}")
+        ps = h.page_size
+        for pgno, chunk in snap.chunks():
+            os.pwrite(fd, chunk, (pgno - 1) * ps)
+            for i in range(len(chunk) // ps):
+                hasher.set_page(pgno + i, chunk[i * ps:(i + 1) * ps])
+            if progress:
+                progress(done + src.count, total)
+        trailer = snap.finish()
+        if trailer.db_checksum != hasher.value:
+            raise CorruptObjectError(key, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
+                                          f"pages give {hasher.value:016x}")
+        done += src.count
+    db_size = h.db_size
+    os.ftruncate(fd, db_size * ps)
+    link = h.prev_link
+    expected_seq = h.seq
+    txs = 0
+    last_commit = None
+    for name, _size in plan.segments:
+        key = name.key
+        with client.open(key) as f:
+            src = _CountingReader(f)
+            seg = SegmentReader(src, key)
+            sh = seg.header
+            if sh.generation != plan.generation or sh.first_seq != expected_seq:
+                raise ChainError(f"{key}: header says generation {sh.generation:016x} seq {sh.first_seq}, "
+                                 f"expected generation {plan.generation:016x} seq {expected_seq}")
+            if sh.prev_link != link:
+                raise ChainError(f"{key}: does not follow the previous object (link {sh.prev_link.hex()} "
+                                 f"!= {link.hex()})")
+            if sh.page_size != ps:
+                raise CorruptObjectError(key, f"page size {sh.page_size} != snapshot page size {ps}")
+            stop_at = len(sh.txs)
+            if plan.until_ms is not None:
+                stop_at = sum(1 for t in sh.txs if t.commit_ms <= plan.until_ms)
+            cur = 0
+
+            def close_tx(i: int) -> None:
+                nonlocal db_size
+                tx = sh.txs[i]
+                if tx.db_size != db_size:
+                    os.ftruncate(fd, tx.db_size * ps)
+                    db_size = tx.db_size
+                hasher.truncate(db_size)
+                if tx.checksum_known and tx.db_checksum != hasher.value:
+                    raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
+                                                  f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")
+
+            for i, pgno, data in seg.pages():
+                while cur < i and cur < stop_at:
+                    close_tx(cur)
+                    cur += 1
+                if i < stop_at:
+                    os.pwrite(fd, data, (pgno - 1) * ps)
+                    hasher.set_page(pgno, data)
+            while cur < stop_at:
+                close_tx(cur)
+                cur += 1
+            seg.finish()
+            done += src.count
+            if progress:
+                progress(done, total)
+            txs += stop_at
+            if stop_at:
+                last_commit = sh.txs[stop_at - 1].commit_ms
+            link = sh.end_link
+            expected_seq = sh.last_seq + 1
+            if stop_at < len(sh.txs):
+                break
+    return Result("", plan.generation, txs, done, db_size, ps, time.monotonic() - t0, last_commit)
+
+
+def integrity_check(path: str) -> str:
+    """Return SQLite's integrity_check verdict for the database at ``path`` ("ok" when sound)."""
+    conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    try:
+        rows = conn.execute("PRAGMA integrity_check").fetchall()
+    finally:
+        conn.close()
+    return "\n".join(str(r[0]) for r in rows)
+
+
+def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, force: bool = False,
+            check: bool = True, progress: Callable[[int, int], None] | None = None,
+            generation: int | None = None, until_ms: int | None = None) -> Result:
+    """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified."""
+    out_path = os.path.abspath(out_path)
+    if os.path.exists(out_path) and not force:
+        raise OutputExistsError(f"output exists: {out_path} (use --force to replace it)")
+    if plan is None:
+        plan = plan_restore(client.list(layout.GENERATIONS + "/"), generation=generation,
+                            until_ms=until_ms, replica=client.name)
+    tmp = out_path + ".tmp"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            result = _apply(client, plan, fd, progress)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if check:
+            verdict = integrity_check(tmp)
+            if verdict != "ok":
+                raise RestoreError(f"restored database fails integrity_check: {verdict.splitlines()[0]}")
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out_path + suffix)
+        os.replace(tmp, out_path)
+        fsync_dir(os.path.dirname(out_path))
+    except BaseException:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp + suffix)
+        raise
+    result.path = out_path
+    log.info("restored %s: generation %s, %d transactions after the snapshot, %d bytes read",
+             out_path, layout.format_generation(plan.generation), result.transactions, result.bytes_read)
+    return result

@@ -1,0 +1,399 @@
+"""litesync object formats: segments (transactions of pages) and snapshots (pure).
+
+Both formats are ``header | body | trailer`` (see docs/FORMAT.md):
+  header   fixed little-endian fields (and, for segments, one entry per transaction),
+           closed by a CRC-32 of the header;
+  body     one zstd frame with a content checksum;
+  trailer  48 bytes: database checksum, body length, sha256 of header and body, magic.
+Readers stream: they hold back the last 48 bytes of the input as the trailer and verify
+the digest when the object ends, so a damaged object is never reported as good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import zstandard
+
+from .errors import CorruptObjectError
+
+SEGMENT_MAGIC = b"LSYNCSEG"
+SNAPSHOT_MAGIC = b"LSYNCSNP"
+TRAILER_MAGIC = b"LSYNCEND"
+FORMAT_VERSION = 1
+ZSTD_LEVEL = 3
+LINK_SIZE = 16
+NO_LINK = bytes(LINK_SIZE)
+
+_SEG_FIXED = struct.Struct("<8sHHIQQQ16s16sIIIIIII")
+_TX = struct.Struct("<QIIQI")
+_SNAP_FIXED = struct.Struct("<8sHHIQQ16sIQIIIII")
+_CRC = struct.Struct("<I")
+_TRAILER = struct.Struct("<QQ32s8s")
+TRAILER_SIZE = _TRAILER.size
+_PGNO = struct.Struct("<I")
+_READ_CHUNK = 1 << 20
+
+TX_CHECKSUM_KNOWN = 1
+
+
+def _check_page_size(name: str, page_size: int) -> None:
+    if page_size < 512 or page_size > 65536 or page_size & (page_size - 1):
+        raise CorruptObjectError(name, f"invalid page size: {page_size}")
+
+
+@dataclass(frozen=True)
+class WalPosition:
+    """Where in the source WAL an object ends: salts, last frame, checksum after it."""
+
+    salt1: int = 0
+    salt2: int = 0
+    frame: int = 0
+    checksum1: int = 0
+    checksum2: int = 0
+
+
+@dataclass(frozen=True)
+class TxInfo:
+    """One transaction of a segment."""
+
+    commit_ms: int
+    db_size: int
+    page_count: int
+    db_checksum: int
+    flags: int = TX_CHECKSUM_KNOWN
+
+    @property
+    def checksum_known(self) -> bool:
+        return bool(self.flags & TX_CHECKSUM_KNOWN)
+
+
+@dataclass(frozen=True)
+class SegmentHeader:
+    """The header of a segment covering sequence numbers ``first_seq..last_seq``."""
+
+    page_size: int
+    generation: int
+    first_seq: int
+    last_seq: int
+    prev_link: bytes
+    end_link: bytes
+    wal: WalPosition
+    wal_first_frame: int
+    txs: tuple[TxInfo, ...]
+
+    def to_bytes(self) -> bytes:
+        w = self.wal
+        fixed = _SEG_FIXED.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, self.page_size, self.generation,
+                                self.first_seq, self.last_seq, self.prev_link, self.end_link,
+                                w.salt1, w.salt2, self.wal_first_frame, w.frame, w.checksum1,
+                                w.checksum2, len(self.txs))
+        table = b"".join(_TX.pack(t.commit_ms, t.db_size, t.page_count, t.db_checksum, t.flags)
+                         for t in self.txs)
+        body = fixed + table
+        return body + _CRC.pack(zlib.crc32(body))
+
+    def validate(self, name: str) -> None:
+        _check_page_size(name, self.page_size)
+        if self.last_seq < self.first_seq:
+            raise CorruptObjectError(name, f"invalid sequence range: {self.first_seq}..{self.last_seq}")
+        if not self.txs:
+            raise CorruptObjectError(name, "segment holds no transaction")
+        for i, t in enumerate(self.txs):
+            if t.db_size == 0:
+                raise CorruptObjectError(name, f"transaction {i}: invalid database size: 0")
+
+    @property
+    def page_count(self) -> int:
+        return sum(t.page_count for t in self.txs)
+
+    @property
+    def last_commit_ms(self) -> int:
+        return self.txs[-1].commit_ms
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """The header of a snapshot: the database state before segment ``seq``."""
+
+    page_size: int
+    generation: int
+    seq: int
+    prev_link: bytes
+    db_size: int
+    created_ms: int
+    wal: WalPosition
+
+    def to_bytes(self) -> bytes:
+        w = self.wal
+        fixed = _SNAP_FIXED.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, self.page_size, self.generation,
+                                 self.seq, self.prev_link, self.db_size, self.created_ms,
+                                 w.salt1, w.salt2, w.frame, w.checksum1, w.checksum2)
+        return fixed + _CRC.pack(zlib.crc32(fixed))
+
+    def validate(self, name: str) -> None:
+        _check_page_size(name, self.page_size)
+        if self.db_size == 0:
+            raise CorruptObjectError(name, "invalid database size: 0")
+
+
+@dataclass(frozen=True)
+class Trailer:
+    db_checksum: int
+    body_len: int
+    digest: bytes
+
+
+class _HashingWriter:
+    """Passes writes to ``out`` while hashing and counting them."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.out.write(data)
+        self.count += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class _ObjectWriter:
+    """Writes header, a zstd body fed page by page, and the trailer."""
+
+    def __init__(self, out: BinaryIO, header: bytes, level: int) -> None:
+        self._w = _HashingWriter(out)
+        self._w.write(header)
+        self._head_len = self._w.count
+        self._z = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(
+            self._w, closefd=False, write_return_read=True)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._z.write(data)
+
+    def close(self, db_checksum: int) -> int:
+        """Finish the object; return its total size in bytes."""
+        self._z.close()  # ends the zstd frame
+        body_len = self._w.count - self._head_len
+        fields = struct.pack("<QQ", db_checksum, body_len)
+        self._w.sha.update(fields)
+        digest = self._w.sha.digest()
+        self._w.out.write(_TRAILER.pack(db_checksum, body_len, digest, TRAILER_MAGIC))
+        return self._w.count + TRAILER_SIZE
+
+
+class SegmentWriter:
+    """Encodes one segment: call ``add_page`` for each page of each transaction in order."""
+
+    def __init__(self, out: BinaryIO, header: SegmentHeader, level: int = ZSTD_LEVEL) -> None:
+        header.validate("segment")
+        self.header = header
+        self._obj = _ObjectWriter(out, header.to_bytes(), level)
+        self._expected = header.page_count
+        self._written = 0
+
+    def add_page(self, pgno: int, data: bytes | memoryview) -> None:
+        if len(data) != self.header.page_size:
+            raise ValueError(f"page {pgno}: size {len(data)} != page size {self.header.page_size}")
+        self._obj.write(_PGNO.pack(pgno))
+        self._obj.write(data)
+        self._written += 1
+
+    def close(self) -> int:
+        """Write the trailer; return the object's size."""
+        if self._written != self._expected:
+            raise ValueError(f"segment: wrote {self._written} pages, header lists {self._expected}")
+        return self._obj.close(self.header.txs[-1].db_checksum)
+
+
+class SnapshotWriter:
+    """Encodes one snapshot: call ``add_page`` for pages 1..db_size in order."""
+
+    def __init__(self, out: BinaryIO, header: SnapshotHeader, level: int = ZSTD_LEVEL) -> None:
+        header.validate("snapshot")
+        self.header = header
+        self._obj = _ObjectWriter(out, header.to_bytes(), level)
+        self._written = 0
+
+    def add_pages(self, data: bytes | memoryview) -> None:
+        """Append whole pages (``len(data)`` is a multiple of the page size)."""
+        self._obj.write(data)
+        self._written += len(data) // self.header.page_size
+
+    def close(self, db_checksum: int) -> int:
+        if self._written != self.header.db_size:
+            raise ValueError(f"snapshot: wrote {self._written} pages, header says {self.header.db_size}")
+        return self._obj.close(db_checksum)
+
+
+class _ObjectReader:
+    """Reads header bytes, then body bytes decompressed, holding back the trailer."""
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        self.name = name
+        self._src = src
+        self._sha = hashlib.sha256()
+        self._held = b""  # raw bytes read but not yet consumed
+        self._eof = False
+        self._body_len = 0
+        self._dec = zstandard.ZstdDecompressor().decompressobj()
+        self._out = bytearray()
+        self._out_pos = 0
+        self.trailer: Trailer | None = None
+
+    def _fill(self, need: int) -> None:
+        while len(self._held) < need and not self._eof:
+            chunk = self._src.read(_READ_CHUNK)
+            if not chunk:
+                self._eof = True
+            else:
+                self._held += chunk
+
+    def read_raw(self, n: int, what: str) -> bytes:
+        """Read ``n`` header bytes (never from the trailer)."""
+        self._fill(n + TRAILER_SIZE)
+        if len(self._held) < n + TRAILER_SIZE:
+            raise CorruptObjectError(self.name, f"truncated object: {what} incomplete")
+        data, self._held = self._held[:n], self._held[n:]
+        self._sha.update(data)
+        return data
+
+    def _feed_body(self) -> bool:
+        """Decompress more body bytes; return False at the end of the body."""
+        self._fill(TRAILER_SIZE + 1)
+        if len(self._held) <= TRAILER_SIZE:
+            return False
+        take = len(self._held) - TRAILER_SIZE
+        raw, self._held = self._held[:take], self._held[take:]
+        self._sha.update(raw)
+        self._body_len += len(raw)
+        try:
+            out = self._dec.decompress(raw)
+        except zstandard.ZstdError as e:
+            raise CorruptObjectError(self.name, f"compressed body is damaged: {e}") from None
+        if out:
+            if self._out_pos:
+                del self._out[: self._out_pos]
+                self._out_pos = 0
+            self._out += out
+        return True
+
+    def read_body(self, n: int, what: str) -> memoryview:
+        """Return the next ``n`` decompressed body bytes."""
+        while len(self._out) - self._out_pos < n:
+            if not self._feed_body():
+                raise CorruptObjectError(self.name, f"truncated object: {what} missing from body")
+        view = memoryview(self._out)[self._out_pos:self._out_pos + n]
+        self._out_pos += n
+        return view
+
+    def finish(self) -> Trailer:
+        """Consume the rest and verify body end, lengths and digest; return the trailer."""
+        while self._feed_body():
+            pass
+        if len(self._out) - self._out_pos:
+            raise CorruptObjectError(self.name, f"body has {len(self._out) - self._out_pos} unexpected extra bytes")
+        if not self._dec.eof:
+            raise CorruptObjectError(self.name, "truncated object: compressed body is incomplete")
+        if self._dec.unused_data:
+            raise CorruptObjectError(self.name, "unexpected bytes after the compressed body")
+        if len(self._held) != TRAILER_SIZE:
+            raise CorruptObjectError(self.name, "truncated object: trailer incomplete")
+        db_checksum, body_len, digest, magic = _TRAILER.unpack(self._held)
+        if magic != TRAILER_MAGIC:
+            raise CorruptObjectError(self.name, f"invalid trailer magic: {magic!r}")
+        if body_len != self._body_len:
+            raise CorruptObjectError(self.name, f"body length mismatch: trailer says {body_len}, read {self._body_len}")
+        self._sha.update(self._held[:16])
+        if self._sha.digest() != digest:
+            raise CorruptObjectError(self.name, "digest mismatch: object is damaged")
+        self.trailer = Trailer(db_checksum, body_len, digest)
+        return self.trailer
+
+
+def _read_magic(r: _ObjectReader, expected: bytes) -> None:
+    head = r.read_raw(8, "header")
+    if head != expected:
+        raise CorruptObjectError(r.name, f"invalid magic: {head!r} (expected {expected!r})")
+    version = struct.unpack("<H", r.read_raw(2, "header"))[0]
+    if version != FORMAT_VERSION:
+        raise CorruptObjectError(r.name, f"unsupported format version: {version}")
+
+
+class SegmentReader:
+    """Decodes a segment from a stream; ``pages()`` then ``finish()``."""
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        self.name = name
+        self._r = _ObjectReader(src, name)
+        _read_magic(self._r, SEGMENT_MAGIC)
+        rest = self._r.read_raw(_SEG_FIXED.size - 10, "header")
+        fixed = SEGMENT_MAGIC + struct.pack("<H", FORMAT_VERSION) + rest
+        (_, _, _flags, page_size, generation, first_seq, last_seq, prev_link, end_link, salt1, salt2,
+         first_frame, last_frame, ck1, ck2, tx_count) = _SEG_FIXED.unpack(fixed)
+        if tx_count > 1 << 24:
+            raise CorruptObjectError(name, f"invalid transaction count: {tx_count}")
+        table = self._r.read_raw(tx_count * _TX.size, "transaction table")
+        (crc,) = _CRC.unpack(self._r.read_raw(4, "header checksum"))
+        if zlib.crc32(fixed + table) != crc:
+            raise CorruptObjectError(name, "header checksum mismatch")
+        txs = tuple(TxInfo(*_TX.unpack_from(table, i * _TX.size)) for i in range(tx_count))
+        self.header = SegmentHeader(page_size, generation, first_seq, last_seq, prev_link, end_link,
+                                    WalPosition(salt1, salt2, last_frame, ck1, ck2), first_frame, txs)
+        self.header.validate(name)
+
+    def pages(self) -> Iterator[tuple[int, int, memoryview]]:
+        """Yield (transaction index, page number, page) in order; views are valid until the next."""
+        page_size = self.header.page_size
+        for i, tx in enumerate(self.header.txs):
+            for _ in range(tx.page_count):
+                rec = self._r.read_body(4 + page_size, f"page of transaction {i}")
+                pgno = _PGNO.unpack_from(rec)[0]
+                if pgno == 0 or pgno > tx.db_size:
+                    raise CorruptObjectError(self.name, f"transaction {i}: invalid page number: {pgno} (database size {tx.db_size})")
+                yield i, pgno, rec[4:]
+
+    def finish(self) -> Trailer:
+        trailer = self._r.finish()
+        if trailer.db_checksum != self.header.txs[-1].db_checksum:
+            raise CorruptObjectError(self.name, "trailer checksum disagrees with the transaction table")
+        return trailer
+
+
+class SnapshotReader:
+    """Decodes a snapshot from a stream; ``chunks()`` then ``finish()``."""
+
+    def __init__(self, src: BinaryIO, name: str) -> None:
+        self.name = name
+        self._r = _ObjectReader(src, name)
+        _read_magic(self._r, SNAPSHOT_MAGIC)
+        rest = self._r.read_raw(_SNAP_FIXED.size - 10, "header")
+        fixed = SNAPSHOT_MAGIC + struct.pack("<H", FORMAT_VERSION) + rest
+        (crc,) = _CRC.unpack(self._r.read_raw(4, "header checksum"))
+        if zlib.crc32(fixed) != crc:
+            raise CorruptObjectError(name, "header checksum mismatch")
+        (_, _, _flags, page_size, generation, seq, prev_link, db_size, created_ms,
+         salt1, salt2, frame, ck1, ck2) = _SNAP_FIXED.unpack(fixed)
+        self.header = SnapshotHeader(page_size, generation, seq, prev_link, db_size, created_ms,
+                                     WalPosition(salt1, salt2, frame, ck1, ck2))
+        self.header.validate(name)
+
+    def chunks(self, pages_per_chunk: int = 256) -> Iterator[tuple[int, memoryview]]:
+        """Yield (first page number, run of whole pages) covering pages 1..db_size."""
+        ps = self.header.page_size
+        pgno = 1
+        while pgno <= self.header.db_size:
+            n = min(pages_per_chunk, self.header.db_size - pgno + 1)
+            yield pgno, self._r.read_body(n * ps, f"page {pgno}")
+            pgno += n
+
+    def finish(self) -> Trailer:
+        return self._r.finish()

@@ -1,0 +1,116 @@
+"""The local spool: sealed, fsynced objects waiting to be shipped, named as on a replica."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import BinaryIO, Iterator
+
+from . import layout
+from .replica.file import FileReplicaClient, fsync_dir
+
+Name = layout.SnapshotName | layout.SegmentName
+
+
+def sort_key(name: Name) -> tuple[int, int, int]:
+    """Order of objects: by generation, then sequence; a snapshot before the segment at its seq."""
+    if isinstance(name, layout.SnapshotName):
+        return (name.generation, name.seq, 0)
+    return (name.generation, name.first_seq, 1)
+
+
+class Spool:
+    """A directory of objects plus an in-memory index that shippers wait on."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.client = FileReplicaClient(root, name=f"spool {root}")
+        self.changed = threading.Condition()
+        self._objects: dict[Name, int] = {}
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        for info in self.client.list(""):
+            name = layout.parse_key(info.key)
+            if name is not None:
+                self._objects[name] = info.size
+        self._remove_temp_files()
+
+    def _remove_temp_files(self) -> None:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for fn in files:
+                if fn.endswith(".tmp"):
+                    os.unlink(os.path.join(dirpath, fn))
+
+    def path(self, name: Name) -> str:
+        return os.path.join(self.root, *name.key.split("/"))
+
+    @contextlib.contextmanager
+    def writing(self, name: Name) -> Iterator[BinaryIO]:
+        """Yield a temp file for ``name``; it is fsynced on success and becomes visible on ``publish``."""
+        path = self.path(name) + ".tmp"
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        f = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        try:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            f.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        f.close()
+
+    def publish(self, name: Name) -> None:
+        """Rename the written temp file into place, durably, and wake the shippers."""
+        path = self.path(name)
+        os.replace(path + ".tmp", path)
+        fsync_dir(os.path.dirname(path))
+        size = os.stat(path).st_size
+        with self.changed:
+            self._objects[name] = size
+            self.changed.notify_all()
+
+    def discard(self, name: Name) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(name) + ".tmp")
+
+    def objects(self) -> list[tuple[Name, int]]:
+        """Return (name, size) of every object, in shipping order."""
+        with self.changed:
+            items = list(self._objects.items())
+        items.sort(key=lambda kv: sort_key(kv[0]))
+        return items
+
+    def size(self) -> int:
+        with self.changed:
+            return sum(self._objects.values())
+
+    def last_object(self) -> tuple[Name, str] | None:
+        """Return the newest object of the newest generation and its path."""
+        objs = self.objects()
+        if not objs:
+            return None
+        newest_gen = objs[-1][0].generation
+        # The last one in shipping order, but a segment wins over a snapshot at the same seq.
+        name = objs[-1][0]
+        assert name.generation == newest_gen
+        return name, self.path(name)
+
+    def last_snapshot_time(self, generation: int) -> float | None:
+        times = [n.created_ms for n, _ in self.objects()
+                 if isinstance(n, layout.SnapshotName) and n.generation == generation]
+        return max(times) / 1000 if times else None
+
+    def delete(self, names: list[Name]) -> None:
+        if not names:
+            return
+        self.client.delete([n.key for n in names])
+        with self.changed:
+            for n in names:
+                self._objects.pop(n, None)
+            self.changed.notify_all()
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
