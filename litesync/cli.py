@@ -1,0 +1,242 @@
+"""The command line: parse, call the library, print. Exit codes: 0 ok, 1 runtime failure,
+2 usage or configuration error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+from . import __version__
+from .errors import LitesyncError, UsageError
+
+log = logging.getLogger("litesync")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on usage errors: keep that, one line
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text
+
+
+def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
+    from .config import config_from_args, find_config, load_config
+
+    if urls:
+        return config_from_args(db, list(urls))
+    path = find_config(args.config)
+    if path is None:
+        if db is None:
+            raise UsageError("no database given and no config file found "
+                             "(looked at --config, $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml)")
+        return config_from_args(db, [])
+    cfg = load_config(path)
+    if db is not None:
+        want = os.path.abspath(db)
+        dbs = tuple(d for d in cfg.dbs if d.path == want)
+        if not dbs:
+            raise UsageError(f"database not in config {path}: {want}")
+        from dataclasses import replace
+
+        cfg = replace(cfg, dbs=dbs)
+    return cfg
+
+
+def _setup_logging(cfg_logging, verbose: bool) -> None:
+    level = "debug" if verbose else (cfg_logging.level if cfg_logging else "info")
+    stream = sys.stdout if cfg_logging and cfg_logging.stream == "stdout" else sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("botocore", "boto3", "urllib3", "b2sdk", "watchdog", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from .runner import Runner
+
+    positional = list(args.args)
+    db = positional.pop(0) if positional and not _is_url(positional[0]) else None
+    if positional and db is None:
+        raise UsageError(f"replicate: a replica URL needs a database path first: {positional[0]!r}")
+    cfg = _load(args, db, positional)
+    _setup_logging(cfg.logging, args.verbose)
+    runner = Runner(cfg)
+    stop = threading.Event()
+    child: subprocess.Popen | None = None
+
+    def on_signal(signum, _frame):  # noqa: ANN001
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+        else:
+            stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for d in cfg.dbs:
+        log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas))
+    runner.start()
+    exit_code = EXIT_OK
+    if args.exec:
+        try:
+            child = subprocess.Popen(shlex.split(args.exec))
+        except OSError as e:
+            runner.stop(timeout=args.shutdown_timeout)
+            raise LitesyncError(f"--exec: cannot start {args.exec!r}: {e.strerror}") from e
+        while child.poll() is None and not stop.is_set():
+            time.sleep(0.05)
+            _raise_startup_errors(runner)
+        exit_code = child.wait()
+        log.info("application exited with code %d; final sync", exit_code)
+    elif args.once:
+        runner.wait_started()
+    else:
+        while not stop.wait(0.2):
+            _raise_startup_errors(runner)
+    if not args.once:
+        runner.wait_started(timeout=0)
+    ok = runner.stop(timeout=args.shutdown_timeout)
+    _raise_startup_errors(runner)
+    if not ok and exit_code == EXIT_OK:
+        exit_code = EXIT_FAILURE
+    return exit_code
+
+
+def _raise_startup_errors(runner) -> None:  # noqa: ANN001
+    for d in runner.dbs:
+        if d.error is not None:
+            runner.stop(timeout=0)
+            raise d.error
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .config import parse_replica_url
+    from .replica import open_replica
+    from .restore import restore
+
+    target = args.target
+    if _is_url(target):
+        rc = parse_replica_url(target)
+        if not args.output:
+            raise UsageError("restore: -o/--output is required when restoring from a URL")
+        out = args.output
+    else:
+        cfg = _load(args, target, [])
+        _setup_logging(cfg.logging, args.verbose)
+        db = cfg.dbs[0]
+        rc = db.replicas[0]
+        out = args.output or db.path
+    if args.if_db_not_exists and os.path.exists(out):
+        log.info("database exists, nothing to do: %s", out)
+        return EXIT_OK
+    client = open_replica(rc)
+    try:
+        if args.if_replica_exists:
+            from . import layout
+
+            if not any(True for _ in client.list(layout.GENERATIONS + "/")):
+                log.info("replica %s holds no backup, nothing to do", client.name)
+                return EXIT_OK
+        progress = _progress_printer() if sys.stderr.isatty() else None
+        result = restore(client, out, force=args.force, check=not args.no_integrity_check,
+                         progress=progress)
+    finally:
+        client.close()
+    rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
+    print(f"restored {result.path}: {result.db_bytes} bytes, {result.transactions} transactions after the "
+          f"snapshot, {result.seconds:.2f}s ({rate:.0f} MB/s read)")
+    return EXIT_OK
+
+
+def _progress_printer():
+    t0 = time.monotonic()
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and done < total:
+            return
+        last[0] = now
+        rate = done / max(now - t0, 1e-6)
+        eta = (total - done) / rate if rate else 0
+        sys.stderr.write(f"\r{done / 1e6:8.1f} / {total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s  ETA {eta:5.1f}s ")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    import apsw
+
+    print(f"litesync {__version__} (SQLite {apsw.sqlite_lib_version()} via apsw {apsw.apsw_version()})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="litesync", description="Streaming replication for SQLite databases in WAL mode.")
+    p.add_argument("--config", help="config file (default: $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("replicate", help="replicate databases continuously",
+                       description="Replicate DB to the replica URLs, or every database in the config file.")
+    r.add_argument("args", nargs="*", metavar="DB [URL ...]",
+                   help="database path and replica URLs (file:///dir, s3://bucket/path, b2://bucket/path); "
+                        "without URLs: the config's replicas, or DB.backups/ next to the database")
+    r.add_argument("--exec", metavar="CMD", help="start CMD, replicate while it runs, exit with its code")
+    r.add_argument("--once", action="store_true", help="sync everything once and exit")
+    r.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="how long to wait for replicas to receive everything on exit (default 30)")
+    r.set_defaults(func=cmd_replicate)
+
+    s = sub.add_parser("restore", help="rebuild a database from a replica",
+                       description="Restore the latest state of DB (from its configured replica) or of a replica URL.")
+    s.add_argument("target", metavar="DB|URL")
+    s.add_argument("-o", "--output", help="output path (default: the database path)")
+    s.add_argument("--force", action="store_true", help="replace an existing output file")
+    s.add_argument("--if-db-not-exists", action="store_true", help="do nothing (exit 0) if the output exists")
+    s.add_argument("--if-replica-exists", action="store_true", help="do nothing (exit 0) if the replica is empty")
+    s.add_argument("--no-integrity-check", action="store_true",
+                   help="skip PRAGMA integrity_check on the result (checksums are still verified)")
+    s.set_defaults(func=cmd_restore)
+
+    v = sub.add_parser("version", help="print the version")
+    v.set_defaults(func=cmd_version)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        if not logging.getLogger().handlers:
+            _setup_logging(None, args.verbose)
+        return args.func(args)
+    except LitesyncError as e:
+        print(f"litesync: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Shipping spool objects to one replica, at that replica's own pace and position."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from . import layout
+from .errors import LitesyncError
+from .replica.base import ReplicaClient
+from .replica.file import atomic_file
+from .spool import Name, Spool, sort_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Position:
+    """The last object shipped: its sort key, and the next segment sequence expected."""
+
+    key: tuple[int, int, int] | None = None
+    next_seq: int = 0
+
+    @property
+    def generation(self) -> int | None:
+        return None if self.key is None else self.key[0]
+
+
+def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | None, bool]:
+    """Return (next object to ship or None, whether a fresh snapshot is needed) (pure)."""
+    if not objects:
+        return None, False
+    snaps = [n for n, _ in objects if isinstance(n, layout.SnapshotName)]
+    if pos.key is None:
+        if not snaps:
+            return None, True
+        newest_gen = max(n.generation for n in snaps)
+        return max((n for n in snaps if n.generation == newest_gen), key=lambda n: n.seq), False
+    gen = pos.generation
+    later = [n for n, _ in objects if sort_key(n) > pos.key]
+    same = [n for n in later if n.generation == gen]
+    for n in same:
+        if isinstance(n, layout.SnapshotName) and n.seq == pos.next_seq:
+            return n, False
+        if isinstance(n, layout.SegmentName) and n.first_seq == pos.next_seq:
+            return n, False
+    if any(isinstance(n, layout.SegmentName) and n.first_seq > pos.next_seq for n in same):
+        # Segments we need were dropped from the spool: jump to a later snapshot.
+        jump = [n for n in same if isinstance(n, layout.SnapshotName) and n.seq > pos.next_seq]
+        if jump:
+            return min(jump, key=lambda n: n.seq), False
+        return None, True
+    newer = sorted({n.generation for n in snaps if n.generation > gen})
+    if newer:
+        first = min((n for n in snaps if n.generation == newer[0]), key=lambda n: n.seq)
+        return first, False
+    return None, False
+
+
+class Shipper(threading.Thread):
+    """Uploads spool objects to one replica in order; retries forever with backoff."""
+
+    def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, label: str,
+                 request_snapshot: threading.Event, sync_interval: float = 0.0) -> None:
+        super().__init__(name=f"ship {label}", daemon=True)
+        self.spool = spool
+        self.client = client
+        self.state_path = state_path
+        self.label = label
+        self.request_snapshot = request_snapshot
+        self.sync_interval = sync_interval
+        self.stop_event = threading.Event()
+        self.pos = self._load()
+        self.status = "pending"
+        self.last_error: str | None = None
+        self.uploaded_objects = 0
+        self.uploaded_bytes = 0
+        self.last_upload_at: float | None = None
+        self.idle = threading.Event()
+
+    def _load(self) -> Position:
+        try:
+            with open(self.state_path) as f:
+                d = json.load(f)
+            return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]))
+        except FileNotFoundError:
+            return Position()
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s: ignoring unreadable position file %s (%s); shipping from the newest snapshot",
+                        self.label, self.state_path, e)
+            return Position()
+
+    def _save(self) -> None:
+        import io
+
+        data = json.dumps({"key": list(self.pos.key) if self.pos.key else None,
+                           "next_seq": self.pos.next_seq}).encode()
+        with atomic_file(self.state_path) as f:
+            f.write(data)
+
+    def done_with(self, name: Name) -> bool:
+        """True when this replica no longer needs ``name`` from the spool."""
+        return self.pos.key is not None and sort_key(name) <= self.pos.key
+
+    def pending(self) -> bool:
+        name, need_snapshot = choose_next(self.spool.objects(), self.pos)
+        return name is not None or need_snapshot
+
+    def ship_one(self) -> bool:
+        """Ship the next object if there is one; return whether something was shipped."""
+        name, need_snapshot = choose_next(self.spool.objects(), self.pos)
+        if name is None:
+            if need_snapshot:
+                self.request_snapshot.set()
+            return False
+        path = self.spool.path(name)
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            self.client.write(name.key, f, size)
+        if isinstance(name, layout.SnapshotName):
+            self.pos = Position(sort_key(name), name.seq)
+        else:
+            self.pos = Position(sort_key(name), name.last_seq + 1)
+        self._save()
+        self.uploaded_objects += 1
+        self.uploaded_bytes += size
+        self.last_upload_at = time.time()
+        return True
+
+    def run(self) -> None:
+        backoff = 0.0
+        while not self.stop_event.is_set():
+            try:
+                shipped = self.ship_one()
+                if self.status != "completed" and not shipped:
+                    log.info("%s: up to date", self.label)
+                self.status = "pending" if shipped else "completed"
+                self.last_error = None
+                backoff = 0.0
+            except (LitesyncError, OSError) as e:
+                shipped = False
+                backoff = min(max(backoff * 2, 0.5), 30.0)
+                if str(e) != self.last_error:
+                    log.error("%s: %s (retrying)", self.label, e)
+                self.status, self.last_error = "failed", str(e)
+                self.idle.clear()
+                self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
+                continue
+            if shipped:
+                self.idle.clear()
+                continue
+            self.idle.set()
+            with self.spool.changed:
+                if not self.stop_event.is_set() and not self.pending():
+                    self.spool.changed.wait(1.0)
+            if self.sync_interval:
+                self.stop_event.wait(self.sync_interval)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.spool.notify()

@@ -1,0 +1,160 @@
+import io
+import os
+
+import pytest
+
+from litesync.dbhash import DbHash
+from litesync.errors import CorruptObjectError
+from litesync.segment import (NO_LINK, TRAILER_SIZE, SegmentHeader, SegmentReader, SegmentWriter,
+                              SnapshotHeader, SnapshotReader, SnapshotWriter, TxInfo, WalPosition)
+
+PS = 1024
+
+
+def seg_bytes(pages_per_tx=((1, 2), (3,)), page_size=PS):
+    pages = {p: os.urandom(page_size) for tx in pages_per_tx for p in tx}
+    txs = tuple(TxInfo(1000 + i, 3, len(tx), 0xABC + i) for i, tx in enumerate(pages_per_tx))
+    h = SegmentHeader(page_size, 7, 4, 4, b"p" * 16, b"e" * 16, WalPosition(1, 2, 9, 3, 4), 5, txs)
+    out = io.BytesIO()
+    w = SegmentWriter(out, h)
+    for tx in pages_per_tx:
+        for p in tx:
+            w.add_page(p, pages[p])
+    w.close()
+    return out.getvalue(), h, pages
+
+
+def read_all(data, name="obj"):
+    r = SegmentReader(io.BytesIO(data), name)
+    got = [(i, p, bytes(d)) for i, p, d in r.pages()]
+    r.finish()
+    return r.header, got
+
+
+def test_segment_round_trip():
+    data, h, pages = seg_bytes()
+    header, got = read_all(data)
+    assert header == h
+    assert got == [(0, 1, pages[1]), (0, 2, pages[2]), (1, 3, pages[3])]
+
+
+def test_segment_compresses_repetitive_pages():
+    pages = ((1, 2, 3),)
+    h = SegmentHeader(PS, 1, 0, 0, NO_LINK, NO_LINK, WalPosition(), 1, (TxInfo(1, 3, 3, 0),))
+    out = io.BytesIO()
+    w = SegmentWriter(out, h)
+    for p in pages[0]:
+        w.add_page(p, b"a" * PS)
+    size = w.close()
+    assert size == len(out.getvalue()) < PS
+
+
+@pytest.mark.parametrize("where", ["header", "body", "trailer"])
+def test_flipped_byte_is_detected_and_named(where):
+    data, _, _ = seg_bytes()
+    b = bytearray(data)
+    pos = {"header": 20, "body": len(data) - TRAILER_SIZE - 10, "trailer": len(data) - 20}[where]
+    b[pos] ^= 0x01
+    with pytest.raises(CorruptObjectError) as e:
+        read_all(bytes(b), "gen/seg-1")
+    assert str(e.value).startswith("gen/seg-1: ")
+    expected = {"header": "header checksum mismatch",
+                "trailer": "digest mismatch: object is damaged"}.get(where)
+    if expected:
+        assert str(e.value) == f"gen/seg-1: {expected}"
+    else:
+        assert "damaged" in str(e.value)
+
+
+def test_every_truncation_is_detected():
+    data, _, _ = seg_bytes()
+    for cut in list(range(0, len(data), 97)) + [len(data) - 1]:
+        with pytest.raises(CorruptObjectError) as e:
+            read_all(data[:cut], "x.seg")
+        assert str(e.value).startswith("x.seg: ")
+
+
+def test_exact_messages_for_bad_fields():
+    data, _, _ = seg_bytes()
+    with pytest.raises(CorruptObjectError, match=r"^s: invalid magic: b'XSYNCSEG' \(expected b'LSYNCSEG'\)$"):
+        read_all(b"X" + data[1:], "s")
+    bad_version = data[:8] + b"\x09\x00" + data[10:]
+    with pytest.raises(CorruptObjectError, match=r"^s: unsupported format version: 9$"):
+        read_all(bad_version, "s")
+    with pytest.raises(CorruptObjectError, match=r"^s: truncated object: header incomplete$"):
+        read_all(data[:30], "s")
+
+
+def test_invalid_page_size_is_named():
+    h = SegmentHeader(1000, 1, 0, 0, NO_LINK, NO_LINK, WalPosition(), 1, (TxInfo(1, 1, 1, 0),))
+    with pytest.raises(CorruptObjectError, match=r"^segment: invalid page size: 1000$"):
+        SegmentWriter(io.BytesIO(), h)
+
+
+def test_page_number_past_database_size_is_rejected():
+    data, h, _ = seg_bytes(pages_per_tx=((1, 5),))
+    # db_size 3 in the table, page 5 in the body
+    with pytest.raises(CorruptObjectError, match=r"^s: transaction 0: invalid page number: 5 \(database size 3\)$"):
+        read_all(data, "s")
+
+
+def test_writer_refuses_wrong_page_count():
+    h = SegmentHeader(PS, 1, 0, 0, NO_LINK, NO_LINK, WalPosition(), 1, (TxInfo(1, 2, 2, 0),))
+    w = SegmentWriter(io.BytesIO(), h)
+    w.add_page(1, bytes(PS))
+    with pytest.raises(ValueError, match="wrote 1 pages, header lists 2"):
+        w.close()
+
+
+def snapshot_bytes(n=10):
+    pages = [os.urandom(PS) for _ in range(n)]
+    hasher = DbHash()
+    for i, p in enumerate(pages, 1):
+        hasher.set_page(i, p)
+    h = SnapshotHeader(PS, 3, 0, NO_LINK, n, 123, WalPosition(1, 2, 3, 4, 5))
+    out = io.BytesIO()
+    w = SnapshotWriter(out, h)
+    w.add_pages(b"".join(pages[:4]))
+    w.add_pages(b"".join(pages[4:]))
+    w.close(hasher.value)
+    return out.getvalue(), h, pages, hasher.value
+
+
+def test_snapshot_round_trip():
+    data, h, pages, value = snapshot_bytes()
+    r = SnapshotReader(io.BytesIO(data), "snap")
+    assert r.header == h
+    got = b"".join(bytes(c) for _, c in r.chunks(pages_per_chunk=3))
+    assert got == b"".join(pages)
+    assert r.finish().db_checksum == value
+
+
+def test_snapshot_flipped_byte_fails():
+    data, *_ = snapshot_bytes()
+    b = bytearray(data)
+    b[len(b) // 2] ^= 4
+    r = SnapshotReader(io.BytesIO(bytes(b)), "snap")
+    with pytest.raises(CorruptObjectError, match="^snap: "):
+        for _ in r.chunks():
+            pass
+        r.finish()
+
+
+def test_dbhash_tracks_writes_and_truncation():
+    a, b = DbHash(), DbHash()
+    for i in range(1, 6):
+        a.set_page(i, bytes([i]) * 16)
+    a.set_page(2, b"new" * 4)
+    a.truncate(4)
+    for i in (1, 3, 4):
+        b.set_page(i, bytes([i]) * 16)
+    b.set_page(2, b"new" * 4)
+    assert a.value == b.value and a.page_count == 4
+    # Swapping two pages' contents changes the checksum.
+    c = DbHash()
+    c.set_page(1, bytes([2]) * 16)
+    c.set_page(2, bytes([1]) * 16)
+    d = DbHash()
+    d.set_page(1, bytes([1]) * 16)
+    d.set_page(2, bytes([2]) * 16)
+    assert c.value != d.value
