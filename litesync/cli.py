@@ -62,8 +62,10 @@ def _setup_logging(cfg_logging, verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "boto3", "urllib3", "b2sdk", "watchdog", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "b2sdk", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # watchdog logs an ERROR for events that race its own shutdown.
+    logging.getLogger("watchdog").setLevel(logging.CRITICAL)
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:

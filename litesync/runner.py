@@ -52,7 +52,7 @@ class DbReplication:
             if not waited:
                 log.info("%s: waiting for the database to be created", self.cfg.path)
                 waited = True
-            if self.stop_event.wait(0.2):
+            if self.stop_event.wait(0.2) and not os.path.exists(self.cfg.path):
                 return False
         self.agent.open()
         self.agent.start()

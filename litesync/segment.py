@@ -280,10 +280,9 @@ class _ObjectReader:
         except zstandard.ZstdError as e:
             raise CorruptObjectError(self.name, f"compressed body is damaged: {e}") from None
         if out:
-            if self._out_pos:
-                del self._out[: self._out_pos]
-                self._out_pos = 0
-            self._out += out
+            # A new buffer each time: views handed out earlier must stay valid.
+            self._out = self._out[self._out_pos:] + out
+            self._out_pos = 0
         return True
 
     def read_body(self, n: int, what: str) -> memoryview:

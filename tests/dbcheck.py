@@ -13,7 +13,9 @@ def content_digest(path: str) -> dict[str, str]:
         out = {}
         schema = conn.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY name").fetchall()
         out["<schema>"] = hashlib.sha256(repr(schema).encode()).hexdigest()
-        for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'").fetchall():
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")]
+        conn.text_factory = bytes  # updated blobs may hold text that is not UTF-8
+        for name in tables:
             h = hashlib.sha256()
             for row in conn.execute(f'SELECT * FROM "{name}" ORDER BY rowid'):
                 h.update(repr(row).encode())

@@ -23,6 +23,7 @@ def connect(path: str, autocheckpoint: int | None = None) -> sqlite3.Connection:
         conn.execute(f"PRAGMA wal_autocheckpoint={autocheckpoint}")
     conn.execute("CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, tx INTEGER, payload BLOB)")
     conn.execute("CREATE TABLE IF NOT EXISTS txlog (tx INTEGER PRIMARY KEY, rows INTEGER, digest TEXT)")
+    conn.execute("CREATE TABLE IF NOT EXISTS scratch (id INTEGER PRIMARY KEY, tx INTEGER, payload BLOB)")
     conn.execute("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, n INTEGER)")
     conn.execute("INSERT OR IGNORE INTO counter VALUES (1, 0)")
     return conn
@@ -45,11 +46,12 @@ def one_tx(conn: sqlite3.Connection, n: int, rng: random.Random, mixed: bool, ro
             h.update(blob)
             conn.execute("INSERT INTO items (tx, payload) VALUES (?, ?)", (n, blob))
             count += 1
+        conn.execute("INSERT INTO scratch (tx, payload) VALUES (?, ?)", (n, rng.randbytes(rng.randrange(10, 3000))))
         if n % 13 == 0:
-            conn.execute("UPDATE items SET payload = payload || x'00' WHERE id IN "
-                         "(SELECT id FROM items ORDER BY random() LIMIT 5)")
+            conn.execute("UPDATE scratch SET payload = payload || x'00' WHERE id IN "
+                         "(SELECT id FROM scratch ORDER BY random() LIMIT 5)")
         if n % 29 == 0:
-            conn.execute("DELETE FROM items WHERE id IN (SELECT id FROM items ORDER BY random() LIMIT 20)")
+            conn.execute("DELETE FROM scratch WHERE id IN (SELECT id FROM scratch ORDER BY random() LIMIT 20)")
         if n == 200:
             conn.execute("CREATE INDEX IF NOT EXISTS items_tx ON items (tx)")
         if n == 300:

@@ -1,0 +1,700 @@
+"""litesync.yml to frozen dataclasses: ``${VAR}`` expansion, units, validation.
+
+Durations are seconds (float), sizes bytes (int). An optional setting that is absent,
+null, or empty after ``${VAR}`` expansion is unset (None), which is not the same as zero.
+Every error from a file names the file, the field path and the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, fields, replace
+from decimal import Decimal, InvalidOperation
+from typing import Callable, Collection, Mapping, Sequence, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config", "DbConfig", "LoggingConfig", "ReplicaConfig",
+    "config_from_args", "expand_env", "find_config", "load_config",
+    "parse_duration", "parse_replica_url", "parse_size",
+]
+
+CONFIG_ENV = "LITESYNC_CONFIG"
+LOCAL_CONFIG = "litesync.yml"
+SYSTEM_CONFIG = "/etc/litesync.yml"
+
+DEFAULT_SNAPSHOT_INTERVAL = 4 * 3600.0
+DEFAULT_CHECKPOINT_PAGES = 1000
+DEFAULT_SPOOL_MAX_SIZE = 1 << 30
+# Multipart uploads on S3 and B2 take parts of 5 MiB to 5 GiB (the last part may be smaller).
+MIN_PART_SIZE = 5 << 20
+MAX_PART_SIZE = 5 << 30
+
+REPLICA_TYPES = ("file", "s3", "b2")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+LOG_STREAMS = ("stderr", "stdout")
+
+_SECRET_FIELDS = frozenset({"secret_access_key", "application_key"})
+
+
+@dataclass(frozen=True, repr=False)
+class ReplicaConfig:
+    """One replica destination. ``path`` is a directory (file) or a key prefix (s3, b2)."""
+
+    type: str
+    name: str
+    path: str
+    url: str | None = None
+    bucket: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+    force_path_style: bool | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    application_key_id: str | None = None
+    application_key: str | None = None
+    sync_interval: float | None = None
+    part_size: int | None = None
+    concurrency: int | None = None
+    priority: int | None = None
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                value = "***"
+            parts.append(f"{f.name}={value!r}")
+        return f"ReplicaConfig({', '.join(parts)})"
+
+    @property
+    def destination(self) -> str:
+        """Return where the replica writes, for messages (never a secret)."""
+        if self.type == "file":
+            return self.path
+        where = f"{self.type}://{self.bucket}/{self.path}"
+        return f"{where} at {self.endpoint}" if self.endpoint else where
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level, line format and output stream."""
+
+    level: str = "info"
+    format: str = "text"
+    stream: str = "stderr"
+
+
+@dataclass(frozen=True)
+class DbConfig:
+    """One database (absolute path) and the replicas it ships to."""
+
+    path: str
+    replicas: tuple[ReplicaConfig, ...]
+    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
+    checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES
+    spool_max_size: int = DEFAULT_SPOOL_MAX_SIZE
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; ``source`` is the file it came from, None for the command line."""
+
+    dbs: tuple[DbConfig, ...]
+    logging: LoggingConfig = LoggingConfig()
+    source: str | None = None
+
+
+# --- scalar values -------------------------------------------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+# Decimal units are powers of 1000 and binary units powers of 1024, as the names say.
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds in a duration such as "500ms", "10s", "5m", "1h30m" or "2d"."""
+    s = text.strip()
+    if _NUMBER.fullmatch(s):
+        raise ConfigError(f"duration needs a unit: {text!r}")
+    if not s:
+        raise ConfigError(f"invalid duration: {text!r} (units: ms, s, m, h, d)")
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if m is None:
+            raise ConfigError(f"invalid duration: {text!r} (units: ms, s, m, h, d)")
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def parse_size(text: str | int) -> int:
+    """Return the bytes in a size such as "512", "64KB" (10^3) or "64MiB" (2^20)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text < 0:
+            raise ConfigError(f"invalid size: {text!r}")
+        return text
+    m = _SIZE.fullmatch(str(text).strip())
+    unit = m and _SIZE_UNITS.get(m.group(2).lower())
+    if not unit:
+        raise ConfigError(f"invalid size: {text!r} (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    try:
+        size = Decimal(m.group(1)) * unit
+    except InvalidOperation:  # pragma: no cover - the pattern only lets decimals through
+        raise ConfigError(f"invalid size: {text!r}") from None
+    if size != size.to_integral_value():
+        raise ConfigError(f"size is not a whole number of bytes: {text!r}")
+    return int(size)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"expected true or false: {text!r}")
+    return value == "true"
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        if not re.fullmatch(r"[+-]?\d+", text.strip()):
+            raise ConfigError(f"expected an integer: {text!r}")
+        value = int(text)
+        if value < minimum:
+            raise ConfigError(f"must be at least {minimum}: {text!r}")
+        return value
+
+    return convert
+
+
+def _choice(options: Sequence[str]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ConfigError(f"invalid value: {text!r} (expected {_one_of(options)})")
+        return value
+
+    return convert
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"must be greater than zero: {text!r}")
+    return seconds
+
+
+def _positive_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise ConfigError(f"must be greater than zero: {text!r}")
+    return size
+
+
+def _part_size(text: str) -> int:
+    size = parse_size(text)
+    if not MIN_PART_SIZE <= size <= MAX_PART_SIZE:
+        raise ConfigError(f"must be between 5MiB and 5GiB: {text!r}")
+    return size
+
+
+def _replica_type(text: str) -> str:
+    if text not in REPLICA_TYPES:
+        raise ConfigError(f"unknown replica type: {text!r} (expected {_one_of(REPLICA_TYPES)})")
+    return text
+
+
+def _replica_name(text: str) -> str:
+    # The name becomes a file name in the database's state directory.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise ConfigError(f"invalid replica name: {text!r} (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _bucket(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise ConfigError(f"invalid bucket name: {text!r}")
+    return text
+
+
+def _endpoint(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
+    return text
+
+
+def _key_prefix(text: str) -> str:
+    return text.strip("/")
+
+
+def _abspath(path: str, base: str | None) -> str:
+    if not path:
+        raise ConfigError("empty path")
+    return os.path.normpath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
+
+
+def _one_of(options: Sequence[str]) -> str:
+    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
+
+
+# --- environment expansion -----------------------------------------------------------------
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+
+
+def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """Return text with ``${VAR}`` and ``${VAR:-default}`` replaced; ``$${`` is a literal ``${``."""
+    env = os.environ if environ is None else environ
+
+    def substitute(m: re.Match[str]) -> str:
+        if m.group(0) == "$${":
+            return "${"
+        body = m.group(1)
+        if body is None:
+            raise ConfigError("unterminated '${' (write '$${' for a literal '${')")
+        var = _VARIABLE.fullmatch(body)
+        if var is None:
+            raise ConfigError(f"invalid variable reference: {m.group(0)!r}")
+        name, default = var.groups()
+        value = env.get(name)
+        if default is not None and not value:  # like the shell: unset or empty takes the default
+            return default
+        if value is None:
+            raise ConfigError(f"environment variable not set: {name!r}")
+        return value
+
+    return _REFERENCE.sub(substitute, text)
+
+
+# --- replica URLs --------------------------------------------------------------------------
+
+_URL_PARAMS = {"s3": ("endpoint", "region", "force-path-style"), "b2": ()}
+
+
+def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
+    """Return the replica a URL or directory path names (relative paths start at base, else the cwd).
+
+    Accepts ``file:///dir``, a plain path, ``s3://bucket/prefix?endpoint=..&region=..&force-path-style=..``
+    and ``b2://bucket/prefix``. The replica is named after its type.
+    """
+    if not url:
+        raise ConfigError("empty replica URL")
+    if "://" not in url:
+        return ReplicaConfig("file", "file", _abspath(url, base), url=url)
+    parts = urlsplit(url)
+    scheme = parts.scheme
+    if scheme not in REPLICA_TYPES:
+        raise ConfigError(f"unsupported replica URL scheme: {scheme!r} in {url!r}")
+    if "@" in parts.netloc:  # the URL is printed in logs; do not echo what may be a secret
+        raise ConfigError("replica URL must not contain credentials (give them as keys or in the environment)")
+    shown = f"{scheme}://{parts.netloc}{parts.path}"
+    if parts.fragment:
+        raise ConfigError(f"unexpected '#' in replica URL: {url!r}")
+    params = _url_params(parts.query, _URL_PARAMS.get(scheme, ()), shown)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigError(f"file URL needs an absolute path (file:///dir): {url!r}")
+        return ReplicaConfig("file", "file", os.path.normpath(unquote(parts.path)), url=url)
+    if not parts.netloc:
+        raise ConfigError(f"replica URL has no bucket: {url!r}")
+    force = params.get("force-path-style")
+    endpoint = params.get("endpoint")
+    return ReplicaConfig(
+        scheme, scheme, _key_prefix(unquote(parts.path)), url=url, bucket=_bucket(parts.netloc),
+        endpoint=_endpoint(endpoint) if endpoint else None, region=params.get("region") or None,
+        force_path_style=_bool(force) if force else None)
+
+
+def _url_params(query: str, allowed: Sequence[str], shown: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in allowed:
+            expected = f" (expected {_one_of(allowed)})" if allowed else ""
+            raise ConfigError(f"unknown query parameter {key!r} in {shown!r}{expected}")
+        if key in params:
+            raise ConfigError(f"query parameter given twice: {key!r} in {shown!r}")
+        params[key] = value
+    return params
+
+
+def _destination_key(rc: ReplicaConfig) -> tuple[str | None, ...]:
+    if rc.type == "file":
+        return ("file", rc.path)
+    return (rc.type, (rc.endpoint or "").rstrip("/"), rc.bucket, rc.path)
+
+
+def _default_name(rtype: str, taken: Collection[str]) -> str:
+    name, n = rtype, 1
+    while name in taken:
+        n += 1
+        name = f"{rtype}-{n}"
+    return name
+
+
+# --- configuration from the command line ----------------------------------------------------
+
+
+def config_from_args(db_path: str, replica_urls: Sequence[str]) -> Config:
+    """Return the configuration for ``litesync replicate DB [URL ...]``.
+
+    Without URLs the replica is the directory ``DB.backups`` next to the database.
+    """
+    path = _abspath(db_path, None)
+    if replica_urls:
+        found = [parse_replica_url(u) for u in replica_urls]
+    else:
+        found = [ReplicaConfig("file", "file", path + ".backups")]
+    replicas: list[ReplicaConfig] = []
+    seen: set[tuple[str | None, ...]] = set()
+    for rc in found:
+        key = _destination_key(rc)
+        if key in seen:
+            raise ConfigError(f"replica given twice: {rc.destination!r}")
+        seen.add(key)
+        replicas.append(replace(rc, name=_default_name(rc.type, [r.name for r in replicas])))
+    return Config((DbConfig(path, tuple(replicas)),), LoggingConfig(), None)
+
+
+# --- configuration files -------------------------------------------------------------------
+
+
+def find_config(explicit: str | None) -> str | None:
+    """Return the config file to use: explicit, $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml.
+
+    An explicit or $LITESYNC_CONFIG file must exist; None when no default file exists.
+    """
+    if explicit is not None:
+        if not os.path.exists(explicit):
+            raise ConfigError("config file not found", file=explicit)
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        if not os.path.exists(from_env):
+            raise ConfigError(f"config file not found (from ${CONFIG_ENV})", file=from_env)
+        return from_env
+    for candidate in (LOCAL_CONFIG, SYSTEM_CONFIG):
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    return None
+
+
+def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Return the configuration in the YAML file at path (``${VAR}`` taken from environ)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8 text", file=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", file=path) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise ConfigError(f"invalid YAML: {e.problem or e.context}", file=path,
+                          line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", file=path) from None
+    if root is None:
+        raise ConfigError("config file is empty", file=path)
+    env = os.environ if environ is None else environ
+    return _Reader(path, env, os.path.dirname(os.path.abspath(path))).config(root)
+
+
+_TOP_KEYS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "logging", "dbs")
+_DB_KEYS = ("path", "replicas", "snapshot-interval", "checkpoint-pages", "spool-max-size")
+_LOGGING_KEYS = ("level", "format", "stream")
+
+_COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority")
+_TYPE_KEYS = {
+    "file": ("type", "path") + _COMMON_REPLICA_KEYS,
+    "s3": ("type", "bucket", "path", "endpoint", "region", "force-path-style", "access-key-id",
+           "secret-access-key", "part-size", "concurrency") + _COMMON_REPLICA_KEYS,
+    "b2": ("type", "bucket", "path", "application-key-id", "application-key", "part-size",
+           "concurrency") + _COMMON_REPLICA_KEYS,
+}
+# With url: these come from the URL, so giving them again as keys would be ambiguous.
+_LOCATION_KEYS = ("path", "bucket", "endpoint", "region", "force-path-style")
+_URL_KEYS = {t: ("url",) + tuple(k for k in keys if k != "type" and k not in _LOCATION_KEYS)
+             for t, keys in _TYPE_KEYS.items()}
+_ALL_REPLICA_KEYS = frozenset(k for keys in _TYPE_KEYS.values() for k in keys) | {"url"}
+_CREDENTIAL_PAIRS = (("access-key-id", "secret-access-key"), ("application-key-id", "application-key"))
+
+# Replica keys whose value converts on its own (path depends on the type, type and url are special).
+_REPLICA_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
+    "name": ("name", _replica_name),
+    "bucket": ("bucket", _bucket),
+    "endpoint": ("endpoint", _endpoint),
+    "region": ("region", str),
+    "force-path-style": ("force_path_style", _bool),
+    "access-key-id": ("access_key_id", str),
+    "secret-access-key": ("secret_access_key", str),
+    "application-key-id": ("application_key_id", str),
+    "application-key": ("application_key", str),
+    "sync-interval": ("sync_interval", parse_duration),
+    "part-size": ("part_size", _part_size),
+    "concurrency": ("concurrency", _integer(1)),
+    "priority": ("priority", _integer(0)),
+}
+
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+T = TypeVar("T")
+Items = dict[str, tuple[Node, Node]]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return "a single value"
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG
+
+
+class _Reader:
+    """Walks composed YAML nodes into dataclasses; errors carry file, field path and line."""
+
+    def __init__(self, file: str, environ: Mapping[str, str], base_dir: str) -> None:
+        self.file = file
+        self.environ = environ
+        self.base_dir = base_dir
+        self.db_paths: dict[str, str] = {}
+        self.destinations: dict[tuple[str | None, ...], str] = {}
+
+    def error(self, message: str, path: str, node: Node | None) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else None
+        return ConfigError(message, file=self.file, path=path or None, line=line)
+
+    # -- node shapes
+
+    def mapping(self, node: Node, path: str) -> Items:
+        """Return key -> (key node, value node), merges (``<<``) applied, duplicates refused."""
+        if _is_null(node):
+            return {}
+        if not isinstance(node, MappingNode):
+            raise self.error(f"expected a mapping, got {_kind(node)}", path, node)
+        merged: Items = {}
+        own: Items = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                for key, item in self.merged(value_node, path).items():
+                    merged.setdefault(key, item)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                raise self.error(f"a key must be a single value, got {_kind(key_node)}", path, key_node)
+            if key_node.value in own:
+                raise self.error(f"duplicate key: {key_node.value!r}", path, key_node)
+            own[key_node.value] = (key_node, value_node)
+        return {**merged, **own}
+
+    def merged(self, node: Node, path: str) -> Items:
+        sources = node.value if isinstance(node, SequenceNode) else [node]
+        items: Items = {}
+        for source in sources:
+            if not isinstance(source, MappingNode):
+                raise self.error("'<<' needs a mapping or a list of mappings", path, source)
+            for key, item in self.mapping(source, path).items():
+                items.setdefault(key, item)  # the first mapping listed wins, as in YAML
+        return items
+
+    def sequence(self, node: Node, path: str) -> list[Node]:
+        if _is_null(node):
+            return []
+        if not isinstance(node, SequenceNode):
+            raise self.error(f"expected a list, got {_kind(node)}", path, node)
+        return list(node.value)
+
+    def check_keys(self, items: Items, allowed: Sequence[str], path: str) -> None:
+        for key, (key_node, _) in items.items():
+            if key not in allowed:
+                raise self.unknown_key(key, allowed, path, key_node)
+
+    def unknown_key(self, key: str, allowed: Sequence[str], path: str, key_node: Node) -> ConfigError:
+        hint = difflib.get_close_matches(key, allowed, n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        return self.error(f"unknown key {key!r}{suggestion}", path, key_node)
+
+    # -- values
+
+    def text(self, node: Node, path: str) -> str | None:
+        """Return the expanded text of a scalar, None when null or empty."""
+        if _is_null(node):
+            return None
+        if not isinstance(node, ScalarNode):
+            raise self.error(f"expected a single value, got {_kind(node)}", path, node)
+        try:
+            return expand_env(node.value, self.environ) or None
+        except ConfigError as e:
+            raise self.error(str(e), path, node) from None
+
+    def value(self, items: Items, key: str, path: str, convert: Callable[[str], T],
+              default: T | None = None) -> T | None:
+        """Return the converted value of key, default when it is absent or empty."""
+        if key not in items:
+            return default
+        node = items[key][1]
+        field = _join(path, key)
+        text = self.text(node, field)
+        if text is None:
+            return default
+        try:
+            return convert(text)
+        except ConfigError as e:
+            raise self.error(str(e), field, node) from None
+
+    def required(self, items: Items, key: str, path: str, parent: Node, convert: Callable[[str], T]) -> T:
+        if key not in items:
+            raise self.error(f"missing required key: {key!r}", path, parent)
+        value = self.value(items, key, path, convert)
+        if value is None:
+            raise self.error("a value is required", _join(path, key), items[key][1])
+        return value
+
+    # -- sections
+
+    def config(self, root: Node) -> Config:
+        items = self.mapping(root, "")
+        self.check_keys(items, _TOP_KEYS, "")
+        defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
+                                                DEFAULT_SPOOL_MAX_SIZE))
+        logging_config = self.logging(items)
+        if "dbs" not in items:
+            raise self.error("missing required key: 'dbs'", "", root)
+        db_nodes = self.sequence(items["dbs"][1], "dbs")
+        if not db_nodes:
+            raise self.error("at least one database is required", "dbs", items["dbs"][1])
+        dbs = tuple(self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes))
+        return Config(dbs, logging_config, self.file)
+
+    def db_settings(self, items: Items, path: str, inherited: tuple[float, int, int]) -> tuple[float, int, int]:
+        snapshot_interval, checkpoint_pages, spool_max_size = inherited
+        return (self.value(items, "snapshot-interval", path, _positive_duration, snapshot_interval),
+                self.value(items, "checkpoint-pages", path, _integer(1), checkpoint_pages),
+                self.value(items, "spool-max-size", path, _positive_size, spool_max_size))
+
+    def logging(self, items: Items) -> LoggingConfig:
+        default = LoggingConfig()
+        if "logging" not in items:
+            return default
+        section = self.mapping(items["logging"][1], "logging")
+        self.check_keys(section, _LOGGING_KEYS, "logging")
+        return LoggingConfig(
+            level=self.value(section, "level", "logging", _choice(LOG_LEVELS), default.level),
+            format=self.value(section, "format", "logging", _choice(LOG_FORMATS), default.format),
+            stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), default.stream))
+
+    def db(self, node: Node, path: str, defaults: tuple[float, int, int]) -> DbConfig:
+        items = self.mapping(node, path)
+        self.check_keys(items, _DB_KEYS, path)
+        db_path = self.required(items, "path", path, node, lambda t: _abspath(t, self.base_dir))
+        if db_path in self.db_paths:
+            raise self.error(f"duplicate database path: {db_path!r} (also {self.db_paths[db_path]})",
+                             f"{path}.path", items["path"][1])
+        self.db_paths[db_path] = path
+        settings = self.db_settings(items, path, defaults)
+        if "replicas" not in items:
+            raise self.error("missing required key: 'replicas'", path, node)
+        replica_nodes = self.sequence(items["replicas"][1], f"{path}.replicas")
+        if not replica_nodes:
+            raise self.error("at least one replica is required", f"{path}.replicas", items["replicas"][1])
+        found = [self.replica(n, f"{path}.replicas[{i}]") for i, n in enumerate(replica_nodes)]
+        replicas = self.name_replicas(found, path)
+        for i, (rc, rnode) in enumerate(zip(replicas, replica_nodes)):
+            rpath = f"{path}.replicas[{i}]"
+            key = _destination_key(rc)
+            if key in self.destinations:
+                raise self.error(f"same destination as {self.destinations[key]}: {rc.destination!r}", rpath, rnode)
+            self.destinations[key] = rpath
+        return DbConfig(db_path, tuple(replicas), *settings)
+
+    def name_replicas(self, found: list[tuple[ReplicaConfig, Node | None]], path: str) -> list[ReplicaConfig]:
+        """Return the replicas with unique names: explicit names as given, others type, type-2, ..."""
+        taken: dict[str, str] = {}
+        for i, (rc, name_node) in enumerate(found):
+            if name_node is None:
+                continue
+            rpath = f"{path}.replicas[{i}]"
+            if rc.name in taken:
+                raise self.error(f"duplicate replica name: {rc.name!r} (also {taken[rc.name]})",
+                                 f"{rpath}.name", name_node)
+            taken[rc.name] = rpath
+        named = []
+        for rc, name_node in found:
+            if name_node is None:
+                rc = replace(rc, name=_default_name(rc.type, taken))
+                taken[rc.name] = ""
+            named.append(rc)
+        return named
+
+    def replica(self, node: Node, path: str) -> tuple[ReplicaConfig, Node | None]:
+        """Return one replica and the node of its explicit name (None when defaulted)."""
+        items = self.mapping(node, path)
+        if "url" in items and "type" in items:
+            raise self.error("give either url: or type:, not both", path, items["type"][0])
+        if "url" in items:
+            from_url = self.required(items, "url", path, node, lambda u: parse_replica_url(u, base=self.base_dir))
+            rtype, allowed = from_url.type, _URL_KEYS[from_url.type]
+        elif "type" in items:
+            from_url = None
+            rtype = self.required(items, "type", path, node, _replica_type)
+            allowed = _TYPE_KEYS[rtype]
+        else:
+            raise self.error("missing required key: 'url' or 'type'", path, node)
+        for key, (key_node, _) in items.items():
+            if key in allowed:
+                continue
+            if from_url is not None and key in _LOCATION_KEYS:
+                raise self.error(f"key {key!r} cannot be combined with url: (put it in the URL)", path, key_node)
+            if key in _ALL_REPLICA_KEYS:
+                raise self.error(f"key {key!r} does not apply to type {rtype!r}", path, key_node)
+            raise self.unknown_key(key, allowed, path, key_node)
+
+        for first, second in _CREDENTIAL_PAIRS:
+            given = [k for k in (first, second) if self.value(items, k, path, str) is not None]
+            if len(given) == 1:
+                missing = second if given == [first] else first
+                raise self.error(f"{missing} is required with {given[0]}", path, items[given[0]][0])
+
+        values = {attr: self.value(items, key, path, convert)
+                  for key, (attr, convert) in _REPLICA_VALUES.items() if key in items}
+        name = values.pop("name", None)
+        if from_url is not None:
+            rc = replace(from_url, **{attr: v for attr, v in values.items() if v is not None})
+        elif rtype == "file":
+            rc = ReplicaConfig(rtype, rtype, self.required(items, "path", path, node,
+                                                           lambda t: _abspath(t, self.base_dir)), **values)
+        else:
+            self.required(items, "bucket", path, node, _bucket)
+            rc = ReplicaConfig(rtype, rtype, self.value(items, "path", path, _key_prefix, ""), **values)
+        if name is None:
+            return rc, None
+        return replace(rc, name=name), items["name"][1]
