@@ -77,7 +77,8 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         raise UsageError(f"replicate: a replica URL needs a database path first: {positional[0]!r}")
     cfg = _load(args, db, positional)
     _setup_logging(cfg.logging, args.verbose)
-    runner = Runner(cfg)
+    # With --exec the application may create the database after we start.
+    runner = Runner(cfg, wait_for_db=bool(args.exec))
     stop = threading.Event()
     child: subprocess.Popen | None = None
 

@@ -408,15 +408,19 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
     except OSError as e:
         raise ConfigError(f"cannot read config file: {e.strerror}", file=path) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise ConfigError(f"invalid YAML: {e.problem or e.context}", file=path,
                           line=mark.line + 1 if mark else None) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", file=path) from None
-    if root is None:
+    if not documents:
         raise ConfigError("config file is empty", file=path)
+    if len(documents) > 1:
+        raise ConfigError("config file holds more than one YAML document", file=path,
+                          line=documents[1].start_mark.line + 1)
+    root = documents[0]
     env = os.environ if environ is None else environ
     return _Reader(path, env, os.path.dirname(os.path.abspath(path))).config(root)
 

@@ -26,8 +26,9 @@ POLL_INTERVAL = 1.0
 class DbReplication:
     """One database: its agent, its shippers and the thread that drives them."""
 
-    def __init__(self, cfg: "DbConfig", poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, cfg: "DbConfig", poll_interval: float = POLL_INTERVAL, wait_for_db: bool = False) -> None:
         self.cfg = cfg
+        self.wait_for_db = wait_for_db
         self.poll_interval = poll_interval
         self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
                              snapshot_interval=cfg.snapshot_interval)
@@ -48,7 +49,7 @@ class DbReplication:
 
     def _open(self) -> bool:
         waited = False
-        while not os.path.exists(self.cfg.path):
+        while self.wait_for_db and not os.path.exists(self.cfg.path):
             if not waited:
                 log.info("%s: waiting for the database to be created", self.cfg.path)
                 waited = True
@@ -141,9 +142,9 @@ class DbReplication:
 class Runner:
     """Replicates every database of a configuration until stopped."""
 
-    def __init__(self, config: "Config", poll_interval: float = POLL_INTERVAL) -> None:
+    def __init__(self, config: "Config", poll_interval: float = POLL_INTERVAL, wait_for_db: bool = False) -> None:
         self.config = config
-        self.dbs = [DbReplication(d, poll_interval) for d in config.dbs]
+        self.dbs = [DbReplication(d, poll_interval, wait_for_db) for d in config.dbs]
         self._observer = None
 
     def start(self) -> None:

@@ -1,0 +1,698 @@
+import os
+import re
+import textwrap
+from dataclasses import FrozenInstanceError
+
+import pytest
+
+from litesync import config
+from litesync.config import (Config, DbConfig, LoggingConfig, ReplicaConfig, config_from_args, expand_env,
+                             find_config, load_config, parse_duration, parse_replica_url, parse_size)
+from litesync.errors import ConfigError, UsageError
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "litesync.yml.example")
+
+MINIMAL = """\
+dbs:
+  - path: app.db
+    replicas:
+      - url: file:///backups/app
+"""
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    """Run in tmp_path so messages name the config file as 'litesync.yml'."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def load(text, environ=None):
+    with open("litesync.yml", "w") as f:
+        f.write(textwrap.dedent(text))
+    return load_config("litesync.yml", environ=environ or {})
+
+
+def error(text, environ=None):
+    with pytest.raises(ConfigError) as e:
+        load(text, environ)
+    return str(e.value)
+
+
+# --- durations and sizes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, seconds", [
+    ("500ms", 0.5), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0), ("1h30m", 5400.0), ("2d", 172800.0),
+    ("1.5h", 5400.0), ("0s", 0.0), ("1m30s", 90.0), ("1s500ms", 1.5), (" 4h ", 14400.0),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, message", [
+    ("10", "duration needs a unit: '10'"),
+    ("1.5", "duration needs a unit: '1.5'"),
+    ("", "invalid duration: '' (units: ms, s, m, h, d)"),
+    ("10x", "invalid duration: '10x' (units: ms, s, m, h, d)"),
+    ("-1s", "invalid duration: '-1s' (units: ms, s, m, h, d)"),
+    ("1H", "invalid duration: '1H' (units: ms, s, m, h, d)"),
+    ("1h 30m", "invalid duration: '1h 30m' (units: ms, s, m, h, d)"),
+    ("h", "invalid duration: 'h' (units: ms, s, m, h, d)"),
+])
+def test_parse_duration_rejects(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_duration(text)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("text, size", [
+    ("512", 512), (512, 512), ("0", 0), ("512B", 512), ("64KB", 64_000), ("64MB", 64_000_000),
+    ("1GB", 1_000_000_000), ("2TB", 2 * 10**12), ("64KiB", 64 * 1024), ("64MiB", 64 << 20), ("1GiB", 1 << 30),
+    ("1TiB", 1 << 40), ("1.5MB", 1_500_000), ("0.5KiB", 512), ("64 MiB", 64 << 20), ("64mb", 64_000_000),
+    ("1gib", 1 << 30),
+])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text, message", [
+    ("64M", "invalid size: '64M' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("lots", "invalid size: 'lots' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("-1", "invalid size: '-1' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("", "invalid size: '' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("1.5B", "size is not a whole number of bytes: '1.5B'"),
+    (-1, "invalid size: -1"),
+])
+def test_parse_size_rejects(text, message):
+    with pytest.raises(ConfigError) as e:
+        parse_size(text)
+    assert str(e.value) == message
+
+
+# --- replica URLs -------------------------------------------------------------------------------
+
+def test_file_url():
+    rc = parse_replica_url("file:///backups/app/")
+    assert (rc.type, rc.name, rc.path, rc.url) == ("file", "file", "/backups/app", "file:///backups/app/")
+    assert parse_replica_url("file://localhost/b%20c").path == "/b c"
+
+
+def test_plain_paths_are_file_replicas(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert parse_replica_url("/backups/app").path == "/backups/app"
+    assert parse_replica_url("backups").path == str(tmp_path / "backups")
+    assert parse_replica_url("./a/../backups").path == str(tmp_path / "backups")
+    assert parse_replica_url("backups", base="/srv").path == "/srv/backups"
+    assert parse_replica_url("/abs", base="/srv").path == "/abs"
+    assert parse_replica_url("~/bk").path == os.path.expanduser("~/bk")
+
+
+def test_s3_url():
+    rc = parse_replica_url("s3://mybucket/a/b/?endpoint=https://s3.example.com&region=eu-1&force-path-style=true")
+    assert rc == ReplicaConfig("s3", "s3", "a/b", url=rc.url, bucket="mybucket", endpoint="https://s3.example.com",
+                               region="eu-1", force_path_style=True)
+    bare = parse_replica_url("S3://mybucket")
+    assert (bare.type, bare.bucket, bare.path, bare.endpoint, bare.region, bare.force_path_style) == \
+        ("s3", "mybucket", "", None, None, None)
+    assert parse_replica_url("s3://b/p?force-path-style=false").force_path_style is False
+
+
+def test_b2_url():
+    rc = parse_replica_url("b2://bucket/app/db")
+    assert (rc.type, rc.name, rc.bucket, rc.path) == ("b2", "b2", "bucket", "app/db")
+
+
+@pytest.mark.parametrize("url, message", [
+    ("ftp://x", "unsupported replica URL scheme: 'ftp' in 'ftp://x'"),
+    ("gs://bucket/p", "unsupported replica URL scheme: 'gs' in 'gs://bucket/p'"),
+    ("", "empty replica URL"),
+    ("s3:///prefix", "replica URL has no bucket: 's3:///prefix'"),
+    ("b2://", "replica URL has no bucket: 'b2://'"),
+    ("s3://b/p?foo=1", "unknown query parameter 'foo' in 's3://b/p' (expected endpoint, region or force-path-style)"),
+    ("s3://b/p?region=a&region=b", "query parameter given twice: 'region' in 's3://b/p'"),
+    ("b2://b/p?region=x", "unknown query parameter 'region' in 'b2://b/p'"),
+    ("file:///d?x=1", "unknown query parameter 'x' in 'file:///d'"),
+    ("s3://b/p?force-path-style=yes", "expected true or false: 'yes'"),
+    ("s3://b/p?endpoint=s3.example.com", "endpoint must be an http:// or https:// URL: 's3.example.com'"),
+    ("s3://key:secret@b/p", "replica URL must not contain credentials (give them as keys or in the environment)"),
+    ("s3://b:9000/p", "invalid bucket name: 'b:9000'"),
+    ("s3://b/p#frag", "unexpected '#' in replica URL: 's3://b/p#frag'"),
+    ("file://backups", "file URL needs an absolute path (file:///dir): 'file://backups'"),
+    ("file://", "file URL needs an absolute path (file:///dir): 'file://'"),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(ConfigError) as e:
+        parse_replica_url(url)
+    assert str(e.value) == message
+
+
+def test_url_credentials_are_not_echoed():
+    with pytest.raises(ConfigError) as e:
+        parse_replica_url("s3://AKID:hunter2@b/p")
+    assert "hunter2" not in str(e.value) and "AKID" not in str(e.value)
+
+
+# --- environment expansion ----------------------------------------------------------------------
+
+def test_expand_env():
+    env = {"A": "x", "EMPTY": "", "B": "${A}"}
+    assert expand_env("${A}/${A}", env) == "x/x"
+    assert expand_env("${MISSING:-def}", env) == "def"
+    assert expand_env("${EMPTY:-def}", env) == "def"
+    assert expand_env("${A:-def}", env) == "x"
+    assert expand_env("${EMPTY}", env) == ""
+    assert expand_env("${MISSING:-}", env) == ""
+    assert expand_env("${B}", env) == "${A}"  # values are not expanded again
+    assert expand_env("$A and $ and $${A}", env) == "$A and $ and ${A}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("${NOPE}", "environment variable not set: 'NOPE'"),
+    ("${A", "unterminated '${' (write '$${' for a literal '${')"),
+    ("${1X}", "invalid variable reference: '${1X}'"),
+    ("${A-x}", "invalid variable reference: '${A-x}'"),
+    ("${}", "invalid variable reference: '${}'"),
+])
+def test_expand_env_rejects(text, message):
+    with pytest.raises(ConfigError) as e:
+        expand_env(text, {"A": "x"})
+    assert str(e.value) == message
+
+
+def test_expand_env_defaults_to_process_environment(monkeypatch):
+    monkeypatch.setenv("LITESYNC_TEST_VAR", "yes")
+    assert expand_env("${LITESYNC_TEST_VAR}") == "yes"
+
+
+def test_env_expansion_in_file_before_conversion(cwd):
+    cfg = load("""\
+        checkpoint-pages: ${PAGES}
+        dbs:
+          - path: ${DATA}/app.db
+            spool-max-size: ${SPOOL:-64MiB}
+            replicas:
+              - type: s3
+                bucket: ${BUCKET}
+                endpoint: ${S3_ENDPOINT:-}
+                access-key-id: ${KEY_ID}
+                secret-access-key: "${SECRET}"
+        """, {"PAGES": "500", "DATA": "/data", "BUCKET": "bk", "KEY_ID": "id", "SECRET": "s"})
+    db = cfg.dbs[0]
+    assert (db.path, db.checkpoint_pages, db.spool_max_size) == ("/data/app.db", 500, 64 << 20)
+    rc = db.replicas[0]
+    assert (rc.bucket, rc.endpoint, rc.access_key_id, rc.secret_access_key) == ("bk", None, "id", "s")
+
+
+def test_env_undefined_names_variable_field_and_line(cwd):
+    assert error("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - url: file:///b
+              - type: s3
+                bucket: b
+                access-key-id: ${AWS_ACCESS_KEY_ID}
+                secret-access-key: x
+        """) == ("litesync.yml:7: dbs[0].replicas[1].access-key-id: "
+                 "environment variable not set: 'AWS_ACCESS_KEY_ID'")
+
+
+def test_env_uses_process_environment_by_default(cwd, monkeypatch):
+    monkeypatch.setenv("LITESYNC_TEST_DB", "from-env.db")
+    with open("litesync.yml", "w") as f:
+        f.write(MINIMAL.replace("app.db", "${LITESYNC_TEST_DB}"))
+    assert load_config("litesync.yml").dbs[0].path == str(cwd / "from-env.db")
+
+
+def test_expanded_value_converts_with_its_field_path(cwd):
+    assert error("""\
+        dbs:
+          - path: app.db
+            checkpoint-pages: ${PAGES}
+            replicas: [{url: /b}]
+        """, {"PAGES": "many"}) == "litesync.yml:3: dbs[0].checkpoint-pages: expected an integer: 'many'"
+
+
+# --- loading: values ----------------------------------------------------------------------------
+
+def test_minimal_config_has_defaults(cwd):
+    cfg = load(MINIMAL)
+    assert cfg == Config(
+        dbs=(DbConfig(str(cwd / "app.db"), (ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app"),),
+                      snapshot_interval=14400.0, checkpoint_pages=1000, spool_max_size=1 << 30),),
+        logging=LoggingConfig("info", "text", "stderr"),
+        source="litesync.yml")
+
+
+def test_full_config(cwd):
+    cfg = load("""\
+        snapshot-interval: 2h
+        checkpoint-pages: 2000
+        spool-max-size: 256MiB
+        logging: {level: DEBUG, format: json, stream: stdout}
+        dbs:
+          - path: /var/lib/app/app.db
+            snapshot-interval: 1h
+            checkpoint-pages: 1000
+            spool-max-size: 1GB
+            replicas:
+              - url: file:///backups/app
+              - type: s3
+                name: offsite
+                bucket: mybucket
+                path: /app/
+                endpoint: https://s3.us-west-004.backblazeb2.com
+                region: us-west-004
+                force-path-style: true
+                access-key-id: ${AWS_ACCESS_KEY_ID}
+                secret-access-key: ${AWS_SECRET_ACCESS_KEY}
+                sync-interval: 1s
+                part-size: 8MB
+                concurrency: 4
+                priority: 1
+              - type: b2
+                bucket: b
+                path: app
+                application-key-id: ${B2_APPLICATION_KEY_ID}
+                application-key: ${B2_APPLICATION_KEY}
+          - path: other.db
+            replicas:
+              - type: file
+                path: backups/other
+                sync-interval: 0s
+                priority: 0
+        """, {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3secret",
+              "B2_APPLICATION_KEY_ID": "kid", "B2_APPLICATION_KEY": "b2secret"})
+    assert cfg.logging == LoggingConfig("debug", "json", "stdout")
+    app, other = cfg.dbs
+    assert (app.path, app.snapshot_interval, app.checkpoint_pages, app.spool_max_size) == \
+        ("/var/lib/app/app.db", 3600.0, 1000, 10**9)
+    local, s3, b2 = app.replicas
+    assert local == ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app")
+    assert s3 == ReplicaConfig(
+        "s3", "offsite", "app", bucket="mybucket", endpoint="https://s3.us-west-004.backblazeb2.com",
+        region="us-west-004", force_path_style=True, access_key_id="AKID", secret_access_key="s3secret",
+        sync_interval=1.0, part_size=8_000_000, concurrency=4, priority=1)
+    assert b2 == ReplicaConfig("b2", "b2", "app", bucket="b", application_key_id="kid", application_key="b2secret")
+    # Globals are inherited; relative paths start at the config file's directory.
+    assert (other.path, other.snapshot_interval, other.checkpoint_pages, other.spool_max_size) == \
+        (str(cwd / "other.db"), 7200.0, 2000, 256 << 20)
+    assert other.replicas == (ReplicaConfig("file", "file", str(cwd / "backups/other"), sync_interval=0.0,
+                                            priority=0),)
+
+
+def test_relative_paths_start_at_the_config_directory(tmp_path, monkeypatch):
+    conf = tmp_path / "etc" / "litesync.yml"
+    conf.parent.mkdir()
+    conf.write_text("dbs: [{path: ../data/app.db, replicas: [{url: bk}, {type: file, path: bk2}]}]\n")
+    monkeypatch.chdir("/")
+    db = load_config(str(conf), environ={}).dbs[0]
+    assert db.path == str(tmp_path / "data" / "app.db")
+    assert [r.path for r in db.replicas] == [str(tmp_path / "etc" / "bk"), str(tmp_path / "etc" / "bk2")]
+
+
+def test_unset_stays_distinct_from_zero(cwd):
+    rc, zero, empty = load("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - {url: /a}
+              - {url: /b, sync-interval: 0s, priority: 0}
+              - {url: /c, sync-interval: ~, priority: ""}
+        """).dbs[0].replicas
+    assert (rc.sync_interval, rc.priority) == (None, None)
+    assert (zero.sync_interval, zero.priority) == (0.0, 0)
+    assert (empty.sync_interval, empty.priority) == (None, None)
+
+
+def test_url_replica_takes_credentials_and_tuning_keys(cwd):
+    rc = load("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - url: s3://bk/app?endpoint=http://localhost:9000&force-path-style=true
+                name: minio
+                access-key-id: id
+                secret-access-key: secret
+                part-size: 16MiB
+                concurrency: 8
+                sync-interval: 250ms
+        """).dbs[0].replicas[0]
+    assert rc == ReplicaConfig("s3", "minio", "app", url=rc.url, bucket="bk", endpoint="http://localhost:9000", force_path_style=True,
+                               access_key_id="id", secret_access_key="secret", part_size=16 << 20, concurrency=8,
+                               sync_interval=0.25)
+
+
+def test_default_names_are_unique(cwd):
+    replicas = load("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - {type: s3, bucket: a}
+              - {type: s3, bucket: b}
+              - {type: s3, bucket: c, name: s3}
+              - {url: /x}
+              - {url: b2://d/x}
+              - {url: /y}
+        """).dbs[0].replicas
+    # An explicit name keeps its name; defaulted ones skip names already taken.
+    assert [r.name for r in replicas] == ["s3-2", "s3-3", "s3", "file", "b2", "file-2"]
+
+
+def test_names_are_per_database(cwd):
+    a, b = load("""\
+        dbs:
+          - {path: a.db, replicas: [{url: /a}]}
+          - {path: b.db, replicas: [{url: /b}]}
+        """).dbs
+    assert a.replicas[0].name == b.replicas[0].name == "file"
+
+
+def test_merge_keys_share_settings(cwd):
+    cfg = load("""\
+        dbs:
+          - path: a.db
+            replicas:
+              - &offsite {type: s3, bucket: shared, region: eu-1, path: a}
+          - path: b.db
+            replicas:
+              - <<: *offsite
+                path: b
+                region: eu-2
+              - <<: [{type: s3, bucket: x}, {bucket: y, region: r}]
+        """)
+    a, b = cfg.dbs
+    assert (a.replicas[0].bucket, a.replicas[0].path, a.replicas[0].region) == ("shared", "a", "eu-1")
+    assert (b.replicas[0].bucket, b.replicas[0].path, b.replicas[0].region) == ("shared", "b", "eu-2")
+    assert (b.replicas[1].bucket, b.replicas[1].region) == ("x", "r")
+
+
+def test_dataclasses_are_frozen(cwd):
+    cfg = load(MINIMAL)
+    with pytest.raises(FrozenInstanceError):
+        cfg.dbs[0].path = "x"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        cfg.dbs[0].replicas[0].path = "x"  # type: ignore[misc]
+
+
+def test_repr_masks_secrets():
+    rc = ReplicaConfig("s3", "s3", "p", bucket="b", access_key_id="AKID",
+                       secret_access_key="very-secret-1", application_key_id="kid", application_key="very-secret-2")
+    text = repr(rc)
+    assert "very-secret" not in text and "very-secret" not in str(rc)
+    assert "secret_access_key='***'" in text and "application_key='***'" in text
+    assert "access_key_id='AKID'" in text
+    assert "secret_access_key=None" in repr(ReplicaConfig("s3", "s3", "p"))
+
+
+def test_config_repr_masks_secrets(cwd):
+    cfg = load("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - {type: s3, bucket: b, access-key-id: AKID, secret-access-key: hunter2}
+        """)
+    assert "hunter2" not in repr(cfg)
+
+
+def test_destination():
+    assert ReplicaConfig("file", "file", "/d").destination == "/d"
+    assert ReplicaConfig("s3", "s3", "p", bucket="b").destination == "s3://b/p"
+    assert ReplicaConfig("s3", "s3", "p", bucket="b", endpoint="http://h").destination == "s3://b/p at http://h"
+
+
+# --- loading: errors ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    # structure
+    ("logging: {level: info}\n", "litesync.yml:1: missing required key: 'dbs'"),
+    ("dbs: []\n", "litesync.yml:1: dbs: at least one database is required"),
+    ("dbs:\n", "litesync.yml:1: dbs: at least one database is required"),
+    ("dbs: {path: a.db}\n", "litesync.yml:1: dbs: expected a list, got a mapping"),
+    ("- a\n- b\n", "litesync.yml:1: expected a mapping, got a list"),
+    ("just text\n", "litesync.yml:1: expected a mapping, got a single value"),
+    ("dbs:\n  - a.db\n", "litesync.yml:2: dbs[0]: expected a mapping, got a single value"),
+    ("dbs:\n  - replicas: [{url: /b}]\n", "litesync.yml:2: dbs[0]: missing required key: 'path'"),
+    ("dbs:\n  - path:\n    replicas: [{url: /b}]\n", "litesync.yml:2: dbs[0].path: a value is required"),
+    ("dbs:\n  - path: [a, b]\n    replicas: [{url: /b}]\n",
+     "litesync.yml:2: dbs[0].path: expected a single value, got a list"),
+    ("dbs:\n  - path: a.db\n", "litesync.yml:2: dbs[0]: missing required key: 'replicas'"),
+    ("dbs:\n  - path: a.db\n    replicas: []\n", "litesync.yml:3: dbs[0].replicas: at least one replica is required"),
+    ("dbs:\n  - path: a.db\n    replicas: {url: /b}\n",
+     "litesync.yml:3: dbs[0].replicas: expected a list, got a mapping"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - /b\n",
+     "litesync.yml:4: dbs[0].replicas[0]: expected a mapping, got a single value"),
+    ("logging: debug\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: logging: expected a mapping, got a single value"),
+    # unknown and duplicate keys
+    ("dbs:\n  - path: a.db\n    replica:\n      - url: /b\n",
+     "litesync.yml:3: dbs[0]: unknown key 'replica' (did you mean 'replicas'?)"),
+    ("db:\n  - path: a.db\n", "litesync.yml:1: unknown key 'db' (did you mean 'dbs'?)"),
+    ("retention: 24h\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n", "litesync.yml:1: unknown key 'retention'"),
+    ("logging: {levle: info}\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: logging: unknown key 'levle' (did you mean 'level'?)"),
+    ("dbs:\n  - path: a.db\n    path: b.db\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0]: duplicate key: 'path'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bukcet: b\n",
+     "litesync.yml:5: dbs[0].replicas[0]: unknown key 'bukcet' (did you mean 'bucket'?)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        application-key: k\n",
+     "litesync.yml:6: dbs[0].replicas[0]: key 'application-key' does not apply to type 's3'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: file\n        path: /b\n        bucket: b\n",
+     "litesync.yml:6: dbs[0].replicas[0]: key 'bucket' does not apply to type 'file'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: b2\n        bucket: b\n        endpoint: https://x\n",
+     "litesync.yml:6: dbs[0].replicas[0]: key 'endpoint' does not apply to type 'b2'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        part-size: 8MiB\n",
+     "litesync.yml:5: dbs[0].replicas[0]: key 'part-size' does not apply to type 'file'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: s3://b/p\n        bucket: c\n",
+     "litesync.yml:5: dbs[0].replicas[0]: key 'bucket' cannot be combined with url: (put it in the URL)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        path: /c\n",
+     "litesync.yml:5: dbs[0].replicas[0]: key 'path' cannot be combined with url: (put it in the URL)"),
+    # url / type
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        type: file\n",
+     "litesync.yml:5: dbs[0].replicas[0]: give either url: or type:, not both"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - name: x\n        path: /b\n",
+     "litesync.yml:4: dbs[0].replicas[0]: missing required key: 'url' or 'type'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: gcs\n",
+     "litesync.yml:4: dbs[0].replicas[0].type: unknown replica type: 'gcs' (expected file, s3 or b2)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: ftp://x\n",
+     "litesync.yml:4: dbs[0].replicas[0].url: unsupported replica URL scheme: 'ftp' in 'ftp://x'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: s3://b/p?foo=1\n",
+     "litesync.yml:4: dbs[0].replicas[0].url: unknown query parameter 'foo' in 's3://b/p' "
+     "(expected endpoint, region or force-path-style)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: s3:///p\n",
+     "litesync.yml:4: dbs[0].replicas[0].url: replica URL has no bucket: 's3:///p'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url:\n",
+     "litesync.yml:4: dbs[0].replicas[0].url: a value is required"),
+    # required replica keys
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        path: p\n",
+     "litesync.yml:4: dbs[0].replicas[0]: missing required key: 'bucket'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: b2\n        bucket: ''\n",
+     "litesync.yml:5: dbs[0].replicas[0].bucket: a value is required"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: file\n        name: x\n",
+     "litesync.yml:4: dbs[0].replicas[0]: missing required key: 'path'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        access-key-id: id\n",
+     "litesync.yml:6: dbs[0].replicas[0]: secret-access-key is required with access-key-id"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: b2\n        bucket: b\n        application-key: k\n",
+     "litesync.yml:6: dbs[0].replicas[0]: application-key-id is required with application-key"),
+    # duplicates
+    ("dbs:\n  - path: a.db\n    replicas: [{url: /b}]\n  - path: ./x/../a.db\n    replicas: [{url: /c}]\n",
+     "litesync.yml:4: dbs[1].path: duplicate database path: '{cwd}/a.db' (also dbs[0])"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - {url: /b, name: one}\n      - {url: /c, name: one}\n",
+     "litesync.yml:5: dbs[0].replicas[1].name: duplicate replica name: 'one' (also dbs[0].replicas[0])"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - {url: /b}\n      - {url: 'file:///b/'}\n",
+     "litesync.yml:5: dbs[0].replicas[1]: same destination as dbs[0].replicas[0]: '/b'"),
+    ("dbs:\n  - path: a.db\n    replicas: [{url: s3://b/p}]\n  - path: c.db\n    replicas:\n"
+     "      - {type: s3, bucket: b, path: /p/}\n",
+     "litesync.yml:6: dbs[1].replicas[0]: same destination as dbs[0].replicas[0]: 's3://b/p'"),
+    # values
+    ("snapshot-interval: 10\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: snapshot-interval: duration needs a unit: '10'"),
+    ("snapshot-interval: 0s\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: snapshot-interval: must be greater than zero: '0s'"),
+    ("dbs:\n  - path: a.db\n    checkpoint-pages: 0\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0].checkpoint-pages: must be at least 1: '0'"),
+    ("dbs:\n  - path: a.db\n    checkpoint-pages: 1.5\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0].checkpoint-pages: expected an integer: '1.5'"),
+    ("dbs:\n  - path: a.db\n    checkpoint-pages: {a: 1}\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0].checkpoint-pages: expected a single value, got a mapping"),
+    ("dbs:\n  - path: a.db\n    spool-max-size: 0\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0].spool-max-size: must be greater than zero: '0'"),
+    ("dbs:\n  - path: a.db\n    spool-max-size: 1G\n    replicas: [{url: /b}]\n",
+     "litesync.yml:3: dbs[0].spool-max-size: invalid size: '1G' (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"),
+    ("logging: {level: loud}\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: logging.level: invalid value: 'loud' (expected debug, info, warning or error)"),
+    ("logging: {format: xml}\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: logging.format: invalid value: 'xml' (expected text or json)"),
+    ("logging: {stream: file}\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n",
+     "litesync.yml:1: logging.stream: invalid value: 'file' (expected stderr or stdout)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n      - url: /c\n        sync-interval: soon\n",
+     "litesync.yml:6: dbs[0].replicas[1].sync-interval: invalid duration: 'soon' (units: ms, s, m, h, d)"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        part-size: 1MiB\n",
+     "litesync.yml:6: dbs[0].replicas[0].part-size: must be between 5MiB and 5GiB: '1MiB'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        concurrency: 0\n",
+     "litesync.yml:6: dbs[0].replicas[0].concurrency: must be at least 1: '0'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        priority: -1\n",
+     "litesync.yml:5: dbs[0].replicas[0].priority: must be at least 0: '-1'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        force-path-style: yes\n",
+     "litesync.yml:6: dbs[0].replicas[0].force-path-style: expected true or false: 'yes'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        endpoint: localhost:9000\n",
+     "litesync.yml:6: dbs[0].replicas[0].endpoint: endpoint must be an http:// or https:// URL: 'localhost:9000'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        name: a/b\n",
+     "litesync.yml:5: dbs[0].replicas[0].name: invalid replica name: 'a/b' (letters, digits, '.', '_', '-')"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - <<: 3\n",
+     "litesync.yml:4: dbs[0].replicas[0]: '<<' needs a mapping or a list of mappings"),
+])
+def test_errors(cwd, text, message):
+    assert error(text) == message.replace("{cwd}", str(cwd))
+
+
+def test_errors_are_usage_errors(cwd):
+    with pytest.raises(UsageError) as e:
+        load("dbs: []\n")
+    assert (e.value.exit_code, e.value.file, e.value.path, e.value.line) == (2, "litesync.yml", "dbs", 1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("dbs:\n  - path: a.db\n   replicas: []\n",
+     "litesync.yml:3: invalid YAML: expected <block end>, but found '<block mapping start>'"),
+    ("dbs: [a, b\n", "litesync.yml:2: invalid YAML: expected ',' or ']', but got '<stream end>'"),
+    ("a: b: c\n", "litesync.yml:1: invalid YAML: mapping values are not allowed here"),
+    ("dbs:\n\t- a\n", "litesync.yml:2: invalid YAML: found character '\\t' that cannot start any token"),
+    ("a: &x 1\nb: *y\n", "litesync.yml:2: invalid YAML: found undefined alias 'y'"),
+    ("dbs: []\n---\ndbs: []\n", "litesync.yml:3: config file holds more than one YAML document"),
+])
+def test_invalid_yaml(cwd, text, message):
+    assert error(text) == message
+
+
+def test_empty_file(cwd):
+    assert error("") == "litesync.yml: config file is empty"
+    assert error("# only a comment\n") == "litesync.yml: config file is empty"
+
+
+def test_missing_and_unreadable_files(cwd):
+    with pytest.raises(ConfigError) as e:
+        load_config("nope.yml")
+    assert str(e.value) == "nope.yml: config file not found"
+    os.mkdir("dir.yml")
+    with pytest.raises(ConfigError) as e:
+        load_config("dir.yml")
+    assert str(e.value) == "dir.yml: cannot read config file: Is a directory"
+    with open("latin1.yml", "wb") as f:
+        f.write(b"dbs: [{path: caf\xe9.db}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config("latin1.yml")
+    assert str(e.value) == "latin1.yml: config file is not UTF-8 text"
+
+
+# --- command-line configuration -----------------------------------------------------------------
+
+def test_config_from_args_default_replica(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_args("app.db", [])
+    assert cfg == Config((DbConfig(str(tmp_path / "app.db"),
+                                   (ReplicaConfig("file", "file", str(tmp_path / "app.db.backups")),)),),
+                         LoggingConfig(), None)
+    db = cfg.dbs[0]
+    assert (db.snapshot_interval, db.checkpoint_pages, db.spool_max_size) == (14400.0, 1000, 1 << 30)
+
+
+def test_config_from_args_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    db = config_from_args("/data/app.db", ["s3://b/app?region=r", "bk", "s3://c/app", "file:///x"]).dbs[0]
+    assert db.path == "/data/app.db"
+    assert [(r.type, r.name, r.path) for r in db.replicas] == [
+        ("s3", "s3", "app"), ("file", "file", str(tmp_path / "bk")), ("s3", "s3-2", "app"), ("file", "file-2", "/x")]
+
+
+def test_config_from_args_errors():
+    with pytest.raises(ConfigError) as e:
+        config_from_args("app.db", ["ftp://x"])
+    assert str(e.value) == "unsupported replica URL scheme: 'ftp' in 'ftp://x'"
+    with pytest.raises(ConfigError) as e:
+        config_from_args("app.db", ["/b", "file:///b"])
+    assert str(e.value) == "replica given twice: '/b'"
+    with pytest.raises(ConfigError) as e:
+        config_from_args("", [])
+    assert str(e.value) == "empty path"
+
+
+# --- finding the config file --------------------------------------------------------------------
+
+@pytest.fixture
+def lookup(tmp_path, monkeypatch):
+    """A cwd and a stand-in for /etc/litesync.yml, both empty, and no $LITESYNC_CONFIG."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("LITESYNC_CONFIG", raising=False)
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "etc-litesync.yml"))
+    return tmp_path
+
+
+def test_find_config_order(lookup, monkeypatch):
+    assert find_config(None) is None
+    system = lookup / "etc-litesync.yml"
+    system.write_text(MINIMAL)
+    assert find_config(None) == str(system)
+    local = lookup / "work" / "litesync.yml"
+    local.write_text(MINIMAL)
+    assert find_config(None) == str(local)
+    from_env = lookup / "env.yml"
+    from_env.write_text(MINIMAL)
+    monkeypatch.setenv("LITESYNC_CONFIG", str(from_env))
+    assert find_config(None) == str(from_env)
+    explicit = lookup / "explicit.yml"
+    explicit.write_text(MINIMAL)
+    assert find_config(str(explicit)) == str(explicit)
+
+
+def test_find_config_empty_env_is_unset(lookup, monkeypatch):
+    monkeypatch.setenv("LITESYNC_CONFIG", "")
+    assert find_config(None) is None
+
+
+def test_find_config_named_files_must_exist(lookup, monkeypatch):
+    (lookup / "work" / "litesync.yml").write_text(MINIMAL)
+    with pytest.raises(ConfigError) as e:
+        find_config("missing.yml")
+    assert str(e.value) == "missing.yml: config file not found"
+    monkeypatch.setenv("LITESYNC_CONFIG", "/no/such.yml")
+    with pytest.raises(ConfigError) as e:
+        find_config(None)
+    assert str(e.value) == "/no/such.yml: config file not found (from $LITESYNC_CONFIG)"
+
+
+# --- the example file ---------------------------------------------------------------------------
+
+EXAMPLE_ENV = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3-secret",
+               "B2_APPLICATION_KEY_ID": "kid", "B2_APPLICATION_KEY": "b2-secret"}
+
+
+def test_example_loads():
+    cfg = load_config(EXAMPLE, environ=EXAMPLE_ENV)
+    app, jobs = cfg.dbs
+    assert app.path == "/var/lib/app/app.db"
+    assert [(r.type, r.name) for r in app.replicas] == [("file", "local"), ("file", "mirror"), ("s3", "offsite"),
+                                                        ("b2", "b2")]
+    s3 = app.replicas[2]
+    assert (s3.secret_access_key, s3.part_size, s3.force_path_style) == ("s3-secret", 8 << 20, True)
+    assert (jobs.path, jobs.snapshot_interval, jobs.spool_max_size) == ("/var/lib/app/jobs.db", 14400.0, 1 << 30)
+    assert jobs.replicas[0].region == "us-east-1"
+
+
+def test_example_needs_its_variables():
+    with pytest.raises(ConfigError) as e:
+        load_config(EXAMPLE, environ={})
+    assert re.search(r"litesync\.yml\.example:\d+: dbs\[0\]\.replicas\[2\]\.access-key-id: "
+                     r"environment variable not set: 'AWS_ACCESS_KEY_ID'$", str(e.value))
+
+
+def test_example_documents_every_key():
+    with open(EXAMPLE) as f:
+        text = f.read()
+    keys = set(config._TOP_KEYS) | set(config._DB_KEYS) | set(config._LOGGING_KEYS) | config._ALL_REPLICA_KEYS
+    undocumented = {k for k in keys if not re.search(rf"^\s*(- )?{re.escape(k)}:", text, re.MULTILINE)}
+    assert not undocumented
+    for text_needed in ("LITESYNC_CONFIG", "/etc/litesync.yml", "${VAR:-default}", "KiB", "KB", "ms"):
+        assert text_needed in text
