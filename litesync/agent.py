@@ -419,19 +419,46 @@ class DbAgent:
         return View(pos, hdr, overlay, db_size)
 
     def checkpoint(self) -> bool:
-        """Copy everything, then checkpoint so the WAL can restart; False if the seal failed."""
+        """Let the WAL restart without holding the write lock for long; False if a seal failed.
+
+        Two short seals: the first moves ``R`` to the end of the WAL, so that a PASSIVE
+        checkpoint outside any seal can copy nearly every frame into the database; the
+        second takes the few frames committed meanwhile, checkpoints them and restarts
+        ``R``, after which a wholly checkpointed WAL may restart.
+        """
+        if not self._cycle(checkpoint=False):
+            return False
+        self._checkpoint()
+        return self._cycle(checkpoint=True)
+
+    def _cycle(self, checkpoint: bool) -> bool:
+        """Under a seal: capture the WAL tail, restart ``R`` (checkpointing in between if
+        asked); then ship the captured transactions."""
         if not self._seal():
             return False
         try:
-            self.sync()
-            if not self._fully_copied():
-                log.warning("%s: frames still uncopied under the seal; checkpoint postponed", self.label)
-                return False
-            self._reopen_view(pages=False)
-            self._restart_ok = True
-            self._r_begin_pos = self.pos
+            hdr = self._wal_header()
+            if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
+                self.sync()  # a restart: handled (and shipped) the usual way
+                hdr = self._wal_header()
+                if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
+                    log.warning("%s: WAL changed under the seal; checkpoint postponed", self.label)
+                    return False
+            tail = self._capture_tail(hdr) if hdr is not None else None
+            # Until the captured frames are in the spool, a WAL restart is not harmless.
+            self._restart_ok = False
+            self._end_read()
+            if checkpoint:
+                self._checkpoint()
+            self._begin_read()
         finally:
             self._unseal()
+        if tail is not None:
+            txs = list(wal.scan(tail.read_at, hdr, self.pos.frame + 1, (self.pos.checksum1, self.pos.checksum2)))
+            if txs:
+                self._ship(txs, hdr, tail.read_at)
+        self._restart_ok = True
+        self._r_begin_pos = self.pos
         return True
 
     def _scan_view(self, view: View, out: SnapshotWriter | None) -> DbHash:

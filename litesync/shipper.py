@@ -49,17 +49,18 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
             return n, False
         if isinstance(n, layout.SegmentName) and n.first_seq == pos.next_seq:
             return n, False
-    if any(isinstance(n, layout.SegmentName) and n.first_seq > pos.next_seq for n in same):
+    gap = any(isinstance(n, layout.SegmentName) and n.first_seq > pos.next_seq for n in same)
+    if gap:
         # Segments we need were dropped from the spool: jump to a later snapshot.
         jump = [n for n in same if isinstance(n, layout.SnapshotName) and n.seq > pos.next_seq]
         if jump:
             return min(jump, key=lambda n: n.seq), False
-        return None, True
     newer = sorted({n.generation for n in snaps if n.generation > gen})
     if newer:
         first = min((n for n in snaps if n.generation == newer[0]), key=lambda n: n.seq)
         return first, False
-    return None, False
+    # Only a snapshot of the current generation can bridge a gap in it.
+    return None, gap
 
 
 class Shipper(threading.Thread):
@@ -95,11 +96,8 @@ class Shipper(threading.Thread):
                         self.label, self.state_path, e)
             return Position()
 
-    def _save(self) -> None:
-        import io
-
-        data = json.dumps({"key": list(self.pos.key) if self.pos.key else None,
-                           "next_seq": self.pos.next_seq}).encode()
+    def _save(self, pos: Position) -> None:
+        data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq}).encode()
         with atomic_file(self.state_path) as f:
             f.write(data)
 
@@ -123,10 +121,12 @@ class Shipper(threading.Thread):
         with open(path, "rb") as f:
             self.client.write(name.key, f, size)
         if isinstance(name, layout.SnapshotName):
-            self.pos = Position(sort_key(name), name.seq)
+            new_pos = Position(sort_key(name), name.seq)
         else:
-            self.pos = Position(sort_key(name), name.last_seq + 1)
-        self._save()
+            new_pos = Position(sort_key(name), name.last_seq + 1)
+        # Durable first: the spool drops what self.pos says is shipped.
+        self._save(new_pos)
+        self.pos = new_pos
         self.uploaded_objects += 1
         self.uploaded_bytes += size
         self.last_upload_at = time.time()
