@@ -57,6 +57,14 @@ class View:
     db_size: int
 
 
+def _busy_handler(tries: int) -> bool:
+    """Retry a busy lock every 0.2 ms for up to SEAL_TIMEOUT_MS."""
+    if tries * 0.0002 * 1000 >= SEAL_TIMEOUT_MS:
+        return False
+    time.sleep(0.0002)
+    return True
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -107,7 +115,9 @@ class DbAgent:
         conns = []
         for _ in range(3):
             c = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
-            c.setbusytimeout(SEAL_TIMEOUT_MS)
+            # SQLite's own busy handler sleeps up to 100 ms between tries and loses the
+            # write lock to a busy writer for seconds; retry every 0.2 ms instead.
+            c.set_busy_handler(_busy_handler)
             # Closing must not checkpoint: the WAL left behind is how a restarted agent
             # proves it missed nothing.
             c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
@@ -168,8 +178,9 @@ class DbAgent:
 
     def _checkpoint(self) -> tuple[int, int]:
         """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed)."""
-        _busy, log_frames, ckpt = self.C.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        busy, log_frames, ckpt = self.C.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         self.stats["checkpoints"] += 1
+        log.debug("%s: checkpoint: busy=%d wal=%d checkpointed=%d", self.label, busy, log_frames, ckpt)
         return max(log_frames, 0), max(ckpt, 0)
 
     # -- WAL access --------------------------------------------------------------------
