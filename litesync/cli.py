@@ -54,11 +54,24 @@ def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
     return cfg
 
 
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                           "logger": record.name, "msg": record.getMessage()})
+
+
 def _setup_logging(cfg_logging, verbose: bool) -> None:
     level = "debug" if verbose else (cfg_logging.level if cfg_logging else "info")
     stream = sys.stdout if cfg_logging and cfg_logging.stream == "stdout" else sys.stderr
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    if cfg_logging is not None and cfg_logging.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -187,3 +187,17 @@ def test_every_command_is_documented_in_readme():
             for opt in action.option_strings:
                 if opt.startswith("--") and opt != "--help":
                     assert opt in readme, f"option {opt} of {name} missing from README"
+
+
+def test_json_logging_from_config(tmp_path):
+    import json
+
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "3")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"logging: {{format: json, level: info}}\ndbs:\n  - path: app.db\n"
+                   f"    replicas:\n      - url: file://{tmp_path}/rep\n")
+    r = litesync("--config", str(cfg), "replicate", "--once")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stderr.splitlines()]
+    assert any("snapshot" in rec["msg"] and rec["level"] == "info" for rec in lines)
