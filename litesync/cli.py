@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("args", nargs="*", metavar="DB [URL ...]",
                    help="database path and replica URLs (file:///dir, s3://bucket/path, b2://bucket/path); "
                         "without URLs: the config's replicas, or DB.backups/ next to the database")
+    r.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
     r.add_argument("--exec", metavar="CMD", help="start CMD, replicate while it runs, exit with its code")
     r.add_argument("--once", action="store_true", help="sync everything once and exit")
     r.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="rebuild a database from a replica",
                        description="Restore the latest state of DB (from its configured replica) or of a replica URL.")
     s.add_argument("target", metavar="DB|URL")
+    s.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
     s.add_argument("-o", "--output", help="output path (default: the database path)")
     s.add_argument("--force", action="store_true", help="replace an existing output file")
     s.add_argument("--if-db-not-exists", action="store_true", help="do nothing (exit 0) if the output exists")

@@ -155,7 +155,8 @@ def test_default_replica_next_to_the_database(tmp_path):
 
 
 @pytest.mark.parametrize("args,code,text", [
-    (["replicate", "--config", "/nonexistent.yml"], 2, "unrecognized arguments"),
+    (["replicate", "--config", "/nonexistent.yml"], 2, "/nonexistent.yml: config file not found"),
+    (["replicate", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["--config", "/nonexistent.yml", "replicate"], 2, "/nonexistent.yml: config file not found"),
     (["restore"], 2, "the following arguments are required: DB|URL"),
     (["restore", "ftp://x/y", "-o", "z"], 2, "unsupported replica URL scheme: 'ftp'"),

@@ -157,3 +157,22 @@ def test_sigterm_ships_everything_and_exits_0(tmp_path):
     out = str(tmp_path / "restored.db")
     restore_and_compare(db, url, out)
     assert committed_prefix(out) == 201
+
+
+def test_periodic_snapshots_continue_the_generation(tmp_path):
+    """With a short snapshot-interval, later snapshots join the same generation and restore from them works."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"snapshot-interval: 1s\ndbs:\n  - path: app.db\n    replicas:\n"
+                   f"      - url: file://{tmp_path}/rep\n")
+    agent = start_agent_ready("--config", str(cfg), log_path=str(tmp_path / "agent.log"))
+    run_writer(db, "--rate", "100", "--seconds", "3.5")
+    assert stop(agent) == 0
+    gens = os.listdir(tmp_path / "rep" / "generations")
+    assert len(gens) == 1, open(tmp_path / "agent.log").read()
+    snaps = sorted(os.listdir(tmp_path / "rep" / "generations" / gens[0] / "snapshots"))
+    assert len(snaps) >= 3, snaps
+    assert int(snaps[-1].split("-")[0], 16) > 0  # a later snapshot sits mid-generation
+    out = str(tmp_path / "restored.db")
+    restore_and_compare(db, f"file://{tmp_path}/rep", out)
