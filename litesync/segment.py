@@ -37,6 +37,7 @@ _TRAILER = struct.Struct("<QQ32s8s")
 TRAILER_SIZE = _TRAILER.size
 _PGNO = struct.Struct("<I")
 _READ_CHUNK = 1 << 20
+_WRITE_BATCH = 1 << 20
 
 TX_CHECKSUM_KNOWN = 1
 
@@ -175,12 +176,19 @@ class _ObjectWriter:
         self._head_len = self._w.count
         self._z = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(
             self._w, closefd=False, write_return_read=True)
+        self._buf = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:
-        self._z.write(data)
+        # Many small writes cost more in call overhead than in compression: batch them.
+        self._buf += data
+        if len(self._buf) >= _WRITE_BATCH:
+            self._z.write(self._buf)
+            self._buf = bytearray()
 
     def close(self, db_checksum: int) -> int:
         """Finish the object; return its total size in bytes."""
+        if self._buf:
+            self._z.write(self._buf)
         self._z.close()  # ends the zstd frame
         body_len = self._w.count - self._head_len
         fields = struct.pack("<QQ", db_checksum, body_len)
