@@ -1,0 +1,141 @@
+"""A replica in any S3-compatible store (AWS, Backblaze B2's S3 endpoint, MinIO, R2), on boto3."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from urllib.parse import urlparse
+
+from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
+from .base import ObjectInfo, ReplicaClient
+
+if TYPE_CHECKING:
+    from ..config import ReplicaConfig
+
+DEFAULT_PART_SIZE = 16 << 20
+DEFAULT_CONCURRENCY = 4
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
+                    "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
+                    "TooManyRequests", "429"}
+_FATAL_MESSAGES = {
+    "InvalidAccessKeyId": "access denied: unknown access key id (check access-key-id)",
+    "SignatureDoesNotMatch": "access denied: signature mismatch (check secret-access-key)",
+    "AccessDenied": "access denied (check the key's permissions on the bucket)",
+    "403": "access denied (check access-key-id/secret-access-key)",
+    "InvalidToken": "access denied: invalid session token",
+    "ExpiredToken": "access denied: expired session token",
+}
+
+
+class S3ReplicaClient(ReplicaClient):
+    """Objects are keys ``PATH/KEY`` in one bucket."""
+
+    def __init__(self, cfg: "ReplicaConfig", *, session=None) -> None:  # noqa: ANN001
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        self.bucket = cfg.bucket
+        self.prefix = (cfg.path or "").strip("/")
+        host = f" at {urlparse(cfg.endpoint).netloc}" if cfg.endpoint else ""
+        self.name = f"{cfg.name} (s3://{self.bucket}/{self.prefix}{host})"
+        self.part_size = cfg.part_size or DEFAULT_PART_SIZE
+        self.concurrency = cfg.concurrency or DEFAULT_CONCURRENCY
+        boto_cfg = BotoConfig(
+            region_name=cfg.region or os.environ.get("AWS_REGION") or "us-east-1",
+            # B2's S3 endpoint (and others) reject the newer x-amz-checksum trailers.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path" if cfg.force_path_style else "auto"},
+            connect_timeout=10, read_timeout=60,
+            # Our own retry layer decides by error type; botocore's standard mode adds a few
+            # quick retries for connection-level hiccups.
+            retries={"mode": "standard", "max_attempts": 3},
+            max_pool_connections=max(10, self.concurrency * 2),
+        )
+        kw = {}
+        if cfg.access_key_id:
+            kw = {"aws_access_key_id": cfg.access_key_id, "aws_secret_access_key": cfg.secret_access_key}
+        session = session or boto3.session.Session()
+        self._s3 = session.client("s3", endpoint_url=cfg.endpoint, config=boto_cfg, **kw)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, e: Exception, what: str) -> ReplicaError:
+        from botocore.exceptions import (ClientError, ConnectionError as BotoConnectionError,
+                                         HTTPClientError, NoCredentialsError)
+
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code == "NoSuchBucket":
+                return ReplicaError(self.name, f"bucket does not exist: {self.bucket!r}")
+            if code in _FATAL_MESSAGES or status == "403":
+                return ReplicaError(self.name, _FATAL_MESSAGES.get(code, _FATAL_MESSAGES["403"]))
+            if code in _TRANSIENT_CODES or status in _TRANSIENT_CODES or status.startswith("5"):
+                return TransientReplicaError(self.name, f"{what}: {code or status} (will retry)")
+            return ReplicaError(self.name, f"{what}: {code or status}")
+        if isinstance(e, NoCredentialsError):
+            return ReplicaError(self.name, "no credentials (set access-key-id/secret-access-key or AWS_ACCESS_KEY_ID)")
+        if isinstance(e, (BotoConnectionError, HTTPClientError)):
+            return TransientReplicaError(self.name, f"{what}: {type(e).__name__}")
+        return ReplicaError(self.name, f"{what}: {type(e).__name__}")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out = []
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+                for obj in page.get("Contents", []):
+                    out.append(ObjectInfo(obj["Key"][strip:], obj["Size"]))
+        except Exception as e:
+            raise self._error(e, f"list {prefix!r}") from None
+        out.sort(key=lambda o: o.key)
+        return iter(out)
+
+    def open(self, key: str) -> BinaryIO:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise ObjectNotFoundError(self.name, key) from None
+            raise self._error(e, f"read {key!r}") from None
+        except Exception as e:
+            raise self._error(e, f"read {key!r}") from None
+
+    def write(self, key: str, src: BinaryIO, size: int) -> None:
+        try:
+            if size < self.part_size:
+                self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=src.read(), ContentLength=size)
+                return
+            from boto3.s3.transfer import TransferConfig
+
+            tc = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+                                max_concurrency=self.concurrency, use_threads=self.concurrency > 1)
+            # upload_fileobj aborts the multipart upload itself when a part fails.
+            self._s3.upload_fileobj(src, self.bucket, self._key(key), Config=tc)
+        except ReplicaError:
+            raise
+        except Exception as e:
+            raise self._error(e, f"write {key!r}") from None
+
+    def delete(self, keys: Iterable[str]) -> None:
+        batch = [self._key(k) for k in keys]
+        for i in range(0, len(batch), 1000):
+            chunk = batch[i:i + 1000]
+            try:
+                resp = self._s3.delete_objects(Bucket=self.bucket,
+                                               Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True})
+            except Exception as e:
+                raise self._error(e, f"delete {len(chunk)} objects") from None
+            errors = [err for err in resp.get("Errors", []) if err.get("Code") != "NoSuchKey"]
+            if errors:
+                first = errors[0]
+                raise ReplicaError(self.name, f"delete {first.get('Key')!r}: {first.get('Code')}")
+
+    def close(self) -> None:
+        self._s3.close()

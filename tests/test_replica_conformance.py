@@ -1,0 +1,67 @@
+"""One conformance suite for the replica-client interface, run against every backend."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+
+from litesync.errors import ObjectNotFoundError
+
+
+def test_round_trip_sizes(replica_client):
+    for key, data in [("a/empty", b""), ("a/small", b"hello"), ("a/big", os.urandom((6 << 20) + 123))]:
+        replica_client.write(key, io.BytesIO(data), len(data))
+        assert replica_client.read(key) == data
+
+
+def test_streamed_read(replica_client):
+    data = os.urandom(3 << 20)
+    replica_client.write_bytes("x/stream", data)
+    with replica_client.open("x/stream") as f:
+        chunks = []
+        while True:
+            c = f.read(1 << 16)
+            if not c:
+                break
+            chunks.append(c)
+    assert b"".join(chunks) == data
+
+
+def test_overwrite_replaces(replica_client):
+    replica_client.write_bytes("k", b"one")
+    replica_client.write_bytes("k", b"two!")
+    assert replica_client.read("k") == b"two!"
+    assert [(o.key, o.size) for o in replica_client.list("k")] == [("k", 4)]
+
+
+def test_list_order_and_prefix(replica_client):
+    keys = ["generations/000b/segments/0002.seg", "generations/000a/segments/0001.seg",
+            "generations/000a/snapshots/0000.snap", "generations/000a/segments/0000.seg", "other/x"]
+    for k in keys:
+        replica_client.write_bytes(k, k.encode())
+    got = [o.key for o in replica_client.list("generations/")]
+    assert got == sorted(k for k in keys if k.startswith("generations/"))
+    assert [o.key for o in replica_client.list("generations/000a/segments/")] == [
+        "generations/000a/segments/0000.seg", "generations/000a/segments/0001.seg"]
+    assert [o.size for o in replica_client.list("other/")] == [len(b"other/x")]
+    assert list(replica_client.list("nothing/")) == []
+
+
+def test_missing_key(replica_client):
+    with pytest.raises(ObjectNotFoundError) as e:
+        replica_client.read("no/such/key")
+    assert "no/such/key" in str(e.value)
+    assert e.value.retryable is False
+
+
+def test_delete(replica_client):
+    replica_client.write_bytes("d/1", b"1")
+    replica_client.write_bytes("d/1", b"11")  # a second version where the store keeps versions
+    replica_client.write_bytes("d/2", b"2")
+    replica_client.delete(["d/1", "d/missing"])
+    assert [o.key for o in replica_client.list("d/")] == ["d/2"]
+    with pytest.raises(ObjectNotFoundError):
+        replica_client.read("d/1")
+    replica_client.delete([])
