@@ -46,19 +46,38 @@ def replica_cfg(**kw):
     return SimpleNamespace(**base)
 
 
-@pytest.fixture(params=["file", "s3"])
+@pytest.fixture
+def b2_api():
+    """b2sdk's own offline simulator, authorized, with one bucket: (api, bucket name)."""
+    from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache, RawSimulator
+
+    api = B2Api(InMemoryAccountInfo(), cache=InMemoryCache(),
+                api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
+    key_id, key = api.session.raw_api.create_account()
+    api.authorize_account("production", key_id, key)
+    api.create_bucket("litesync-test", "allPrivate")
+    return api, "litesync-test"
+
+
+@pytest.fixture(params=["file", "s3", "b2"])
 def replica_client(request, tmp_path):
     """A ready ReplicaClient for each backend."""
     if request.param == "file":
         from litesync.replica.file import FileReplicaClient
 
         client = FileReplicaClient(str(tmp_path / "replica"))
-    else:
+    elif request.param == "s3":
         from litesync.replica.s3 import S3ReplicaClient
 
         endpoint, bucket = request.getfixturevalue("s3_bucket")
         client = S3ReplicaClient(replica_cfg(type="s3", name="s3", bucket=bucket, path="backups/app",
                                              endpoint=endpoint, region="us-east-1", force_path_style=True,
                                              part_size=5 << 20, concurrency=2))
+    if request.param == "b2":
+        from litesync.replica.b2 import B2ReplicaClient
+
+        api, bucket = request.getfixturevalue("b2_api")
+        client = B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket=bucket, path="backups/app",
+                                             part_size=1 << 20), api=api)
     yield client
     client.close()

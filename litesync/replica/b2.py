@@ -1,0 +1,110 @@
+"""A replica in Backblaze B2 through its native API (b2sdk)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+
+from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
+from .base import ObjectInfo, ReplicaClient
+
+if TYPE_CHECKING:
+    from ..config import ReplicaConfig
+
+DEFAULT_PART_SIZE = 100 << 20
+_SPOOL_IN_MEMORY = 8 << 20
+
+
+class B2ReplicaClient(ReplicaClient):
+    """Objects are files ``PATH/KEY`` in one bucket; every version is removed on delete."""
+
+    def __init__(self, cfg: "ReplicaConfig", *, api=None) -> None:  # noqa: ANN001
+        self.prefix = (cfg.path or "").strip("/")
+        self.name = f"{cfg.name} (b2://{cfg.bucket}/{self.prefix})"
+        self.part_size = cfg.part_size or DEFAULT_PART_SIZE
+        try:
+            if api is None:
+                from b2sdk.v2 import B2Api, InMemoryAccountInfo
+
+                key_id = cfg.application_key_id or os.environ.get("B2_APPLICATION_KEY_ID")
+                key = cfg.application_key or os.environ.get("B2_APPLICATION_KEY")
+                if not key_id or not key:
+                    missing = "application-key-id" if not key_id else "application-key"
+                    raise ReplicaError(self.name, f"{missing} is not set (config or B2_APPLICATION_KEY_ID/"
+                                                  f"B2_APPLICATION_KEY)")
+                api = B2Api(InMemoryAccountInfo())
+                api.authorize_account("production", key_id, key)
+            self._api = api
+            self._bucket = api.get_bucket_by_name(cfg.bucket)
+        except ReplicaError:
+            raise
+        except Exception as e:
+            raise self._error(e, "connect") from None
+        self.bucket_name = cfg.bucket
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _error(self, e: Exception, what: str) -> ReplicaError:
+        from b2sdk.v2 import exception as x
+
+        if isinstance(e, x.NonExistentBucket):
+            return ReplicaError(self.name, "bucket does not exist or is not visible to this key")
+        if isinstance(e, (x.InvalidAuthToken, x.Unauthorized, x.AccessDenied, x.MissingAccountData)):
+            return ReplicaError(self.name, "access denied (check application-key-id/application-key)")
+        if isinstance(e, (x.B2ConnectionError, x.B2RequestTimeout, x.ServiceError, x.TooManyRequests)):
+            return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
+        if isinstance(e, x.B2Error) and e.should_retry_http():
+            return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
+        return ReplicaError(self.name, f"{what}: {type(e).__name__}")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        folder = full.rsplit("/", 1)[0] if "/" in full else ""
+        out = []
+        try:
+            for fv, _ in self._bucket.ls(folder, recursive=True):
+                if fv.file_name.startswith(full):
+                    out.append(ObjectInfo(fv.file_name[strip:], fv.size))
+        except Exception as e:
+            raise self._error(e, f"list {prefix!r}") from None
+        out.sort(key=lambda o: o.key)
+        return iter(out)
+
+    def open(self, key: str) -> BinaryIO:
+        from b2sdk.v2 import exception as x
+
+        # b2sdk downloads into a writable file; spill to disk past a few MB to bound memory.
+        buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        try:
+            self._bucket.download_file_by_name(self._key(key)).save(buf)
+        except x.FileNotPresent:
+            buf.close()
+            raise ObjectNotFoundError(self.name, key) from None
+        except Exception as e:
+            buf.close()
+            raise self._error(e, f"read {key!r}") from None
+        buf.seek(0)
+        return buf  # type: ignore[return-value]
+
+    def write(self, key: str, src: BinaryIO, size: int) -> None:
+        try:
+            if size < self.part_size:
+                self._bucket.upload_bytes(src.read(), self._key(key))
+            else:
+                self._bucket.upload_unbound_stream(src, self._key(key), recommended_upload_part_size=self.part_size)
+        except Exception as e:
+            raise self._error(e, f"write {key!r}") from None
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            name = self._key(key)
+            try:
+                for fv in self._bucket.list_file_versions(name):
+                    if fv.file_name == name:
+                        self._bucket.delete_file_version(fv.id_, name)
+            except Exception as e:
+                raise self._error(e, f"delete {key!r}") from None
