@@ -197,6 +197,34 @@ def _progress_printer():
     return show
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .replica import open_replica
+    from .replica.check import check_replica
+
+    positional = list(args.args)
+    db = positional.pop(0) if positional and not _is_url(positional[0]) else None
+    if positional:
+        from .config import parse_replica_url
+
+        replicas = [parse_replica_url(u) for u in positional]
+    else:
+        cfg = _load(args, db, [])
+        replicas = [r for d in cfg.dbs for r in d.replicas]
+    failed = 0
+    for rc in replicas:
+        try:
+            client = open_replica(rc)
+            try:
+                seconds = check_replica(client)
+            finally:
+                client.close()
+            print(f"ok      {rc.name}: list, write, read back, delete ({seconds * 1000:.0f} ms)")
+        except LitesyncError as e:
+            failed += 1
+            print(f"FAILED  {rc.name}: {e}")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def cmd_version(_args: argparse.Namespace) -> int:
     import apsw
 
@@ -233,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-integrity-check", action="store_true",
                    help="skip PRAGMA integrity_check on the result (checksums are still verified)")
     s.set_defaults(func=cmd_restore)
+
+    c = sub.add_parser("check", help="test each replica: credentials, bucket, write/read/delete",
+                       description="For each replica (of DB, of the config, or the URLs given): list, write a "
+                                   "probe object, read it back, delete it.")
+    c.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    c.add_argument("args", nargs="*", metavar="DB|URL", help="a configured database, or replica URLs")
+    c.set_defaults(func=cmd_check)
 
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(func=cmd_version)

@@ -282,3 +282,16 @@ def test_missing_bucket_fails_clearly_without_secrets(tmp_path, s3_server):
     r = litesync("restore", "-o", str(tmp_path / "o.db"), url, env=env)
     assert r.returncode == 1
     assert "bucket does not exist: 'no-such-bucket'" in r.stderr and secret not in r.stderr
+
+
+def test_check_command(tmp_path, s3_bucket):
+    endpoint, bucket = s3_bucket
+    good = f"s3://{bucket}/c?endpoint={endpoint}&region=us-east-1&force-path-style=true"
+    bad = f"s3://missing-bucket/c?endpoint={endpoint}&region=us-east-1&force-path-style=true"
+    r = litesync("check", good, f"file://{tmp_path}/dir", env=s3_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("ok ") == 2
+    r = litesync("check", good, bad, env=s3_env())
+    assert r.returncode == 1
+    assert r.stdout.count("FAILED") == 1 and r.stdout.count("ok ") == 1
+    assert "bucket does not exist: 'missing-bucket'" in r.stdout
