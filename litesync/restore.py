@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -14,12 +15,15 @@ import apsw
 
 from . import layout
 from .dbhash import DbHash
-from .errors import ChainError, CorruptObjectError, OutputExistsError, RestoreError
+from .errors import (ChainError, CorruptObjectError, LitesyncError, OutputExistsError, RestoreError,
+                     TransientReplicaError)
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
 from .segment import SegmentReader, SnapshotReader
 
 log = logging.getLogger(__name__)
+
+RETRIES = 4  # whole-restore retries after a transient replica error
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,21 @@ class Result:
 
 
 class _CountingReader:
-    def __init__(self, f) -> None:
+    """Counts bytes read; a failure of the underlying stream becomes a retryable replica error."""
+
+    def __init__(self, f, replica: str, key: str) -> None:  # noqa: ANN001
         self.f = f
+        self.replica = replica
+        self.key = key
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
+        try:
+            data = self.f.read(n)
+        except LitesyncError:
+            raise
+        except Exception as e:  # a connection reset or timeout mid-object
+            raise TransientReplicaError(self.replica, f"read {self.key!r}: {type(e).__name__}") from e
         self.count += len(data)
         return data
 
@@ -121,7 +134,7 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
     done = 0
     key = plan.snapshot.key
     with client.open(key) as f:
-        src = _CountingReader(f)
+        src = _CountingReader(f, client.name, key)
         snap = SnapshotReader(src, key)
         h = snap.header
         if (h.generation, h.seq) != (plan.generation, plan.snapshot.seq):
@@ -148,7 +161,7 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
     for name, _size in plan.segments:
         key = name.key
         with client.open(key) as f:
-            src = _CountingReader(f)
+            src = _CountingReader(f, client.name, key)
             seg = SegmentReader(src, key)
             sh = seg.header
             if sh.generation != plan.generation or sh.first_seq != expected_seq:
@@ -221,13 +234,22 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
         plan = plan_restore(client.list(layout.GENERATIONS + "/"), generation=generation,
                             until_ms=until_ms, replica=client.name)
     tmp = out_path + ".tmp"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        try:
-            result = _apply(client, plan, fd, progress)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        for attempt in range(RETRIES + 1):
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                result = _apply(client, plan, fd, progress)
+                os.fsync(fd)
+                break
+            except LitesyncError as e:
+                if not e.retryable or attempt == RETRIES:
+                    raise
+                delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt + 1,
+                            RETRIES + 1, delay)
+                time.sleep(delay)
+            finally:
+                os.close(fd)
         if check:
             verdict = integrity_check(tmp)
             if verdict != "ok":

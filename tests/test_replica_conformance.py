@@ -105,3 +105,60 @@ def test_restore_round_trip_through_every_backend(replica_client, tmp_path):
     out = str(tmp_path / "out.db")
     restore(replica_client, out)
     assert sqlite3.connect(out).execute("SELECT count(*) FROM t").fetchone()[0] == 20
+
+
+class _FlakyClient:
+    """Wraps a client; the first ``failures`` reads of an object break mid-stream (fault injection)."""
+
+    def __init__(self, inner, failures):
+        self.inner = inner
+        self.name = inner.name
+        self.failures = failures
+
+    def list(self, prefix=""):
+        return self.inner.list(prefix)
+
+    def open(self, key):
+        f = self.inner.open(key)
+        if self.failures <= 0:
+            return f
+        self.failures -= 1
+
+        class Broken:
+            def __enter__(s):
+                return s
+
+            def __exit__(s, *a):
+                f.close()
+
+            def read(s, n=-1):
+                raise ConnectionResetError("peer reset")
+
+        return Broken()
+
+
+def test_restore_retries_transient_read_failures(tmp_path, monkeypatch):
+    import sqlite3
+
+    from litesync import restore as restore_mod
+    from litesync.agent import DbAgent
+    from litesync.errors import TransientReplicaError
+    from litesync.replica.file import FileReplicaClient
+
+    monkeypatch.setattr(restore_mod.time, "sleep", lambda s: None)
+    db = str(tmp_path / "src.db")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (x)")
+    agent = DbAgent(db)
+    agent.open()
+    agent.start()
+    c.execute("INSERT INTO t VALUES (1)")
+    agent.step()
+    agent.close()
+    spool = FileReplicaClient(agent.spool.root)
+    restore_mod.restore(_FlakyClient(spool, failures=2), str(tmp_path / "ok.db"))
+    assert sqlite3.connect(str(tmp_path / "ok.db")).execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    with pytest.raises(TransientReplicaError, match="read .*ConnectionResetError"):
+        restore_mod.restore(_FlakyClient(spool, failures=99), str(tmp_path / "never.db"))
+    assert not os.path.exists(tmp_path / "never.db") and not os.path.exists(tmp_path / "never.db.tmp")
