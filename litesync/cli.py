@@ -115,11 +115,21 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             raise LitesyncError(f"--exec: cannot start {args.exec!r}: {e.strerror}") from e
         while child.poll() is None and not stop.is_set():
             time.sleep(0.05)
-            _raise_startup_errors(runner)
+            if runner.fatal_errors():
+                child.terminate()  # replication cannot work as configured: stop the app too
+                child.wait()
+                _raise_startup_errors(runner)
         exit_code = child.wait()
         log.info("application exited with code %d; final sync", exit_code)
     elif args.once:
         runner.wait_started()
+        # Give every replica its first contact before the final sync, so a misconfigured one
+        # fails here rather than after the shutdown timeout.
+        for d in runner.dbs:
+            for s in d.shippers:
+                while s.is_alive() and s.status == "pending" and s.fatal is None and not s.uploaded_objects:
+                    time.sleep(0.01)
+        _raise_startup_errors(runner)
     else:
         while not stop.wait(0.2):
             _raise_startup_errors(runner)
@@ -133,10 +143,11 @@ def cmd_replicate(args: argparse.Namespace) -> int:
 
 
 def _raise_startup_errors(runner) -> None:  # noqa: ANN001
-    for d in runner.dbs:
-        if d.error is not None:
-            runner.stop(timeout=0)
-            raise d.error
+    """Fail fast on a database that cannot be opened or a replica that is misconfigured."""
+    errors = runner.fatal_errors()
+    if errors:
+        runner.stop(timeout=0)
+        raise errors[0]
 
 
 def cmd_restore(args: argparse.Namespace) -> int:

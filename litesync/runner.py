@@ -120,10 +120,12 @@ class DbReplication:
         if self.started.is_set() and self.error is None:
             self.agent.spool.notify()
             for s in self.shippers:
-                while s.is_alive() and s.pending() and time.monotonic() < deadline:
+                while s.is_alive() and s.fatal is None and s.pending() and time.monotonic() < deadline:
                     self.agent.spool.notify()
                     time.sleep(0.02)
-                if s.pending():
+                if s.fatal is not None:
+                    ok = False
+                elif s.pending():
                     log.error("%s: stopped before everything was shipped (last error: %s)", s.label, s.last_error)
                     ok = False
         for s in self.shippers:
@@ -181,6 +183,12 @@ class Runner:
         obs.daemon = True
         obs.start()
         self._observer = obs
+
+    def fatal_errors(self) -> list[BaseException]:
+        """Errors that make replication impossible as configured (startup or replica setup)."""
+        out: list[BaseException] = [d.error for d in self.dbs if d.error is not None]
+        out += [s.fatal for d in self.dbs for s in d.shippers if s.fatal is not None]
+        return out
 
     def sync_all(self, timeout: float) -> bool:
         """Wait until every replica has everything in the spool; True on success."""

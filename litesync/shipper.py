@@ -79,6 +79,7 @@ class Shipper(threading.Thread):
         self.pos = self._load()
         self.status = "pending"
         self.last_error: str | None = None
+        self.fatal: LitesyncError | None = None  # a configuration error found before shipping began
         self.uploaded_objects = 0
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
@@ -132,7 +133,30 @@ class Shipper(threading.Thread):
         self.last_upload_at = time.time()
         return True
 
+    def _probe(self) -> bool:
+        """List the replica once before shipping: a configuration error shows at once."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                list(self.client.list("generations/"))
+                return True
+            except LitesyncError as e:
+                if not e.retryable:
+                    log.error("%s: %s", self.label, e)
+                    self.status, self.last_error, self.fatal = "failed", str(e), e
+                    return False
+                log.warning("%s: %s (retrying)", self.label, e)
+                self.status, self.last_error = "failed", str(e)
+            except OSError as e:
+                log.warning("%s: %s (retrying)", self.label, e)
+                self.status, self.last_error = "failed", str(e)
+            self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, 30.0)
+        return False
+
     def run(self) -> None:
+        if not self._probe():
+            return
         backoff = 0.0
         while not self.stop_event.is_set():
             try:

@@ -295,3 +295,103 @@ def test_check_command(tmp_path, s3_bucket):
     assert r.returncode == 1
     assert r.stdout.count("FAILED") == 1 and r.stdout.count("ok ") == 1
     assert "bucket does not exist: 'missing-bucket'" in r.stdout
+
+
+@pytest.fixture
+def s3_server_with_auth(tmp_path):
+    """A separate moto server that checks credentials (only 'test'/'test' style keys it created)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = s3_env()
+    env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+    p = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket as _s
+
+    deadline = time.time() + 20
+    while True:
+        try:
+            _s.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    p.terminate()
+    p.wait()
+
+
+def test_bad_credentials_fail_fast_without_secrets(tmp_path, s3_server_with_auth):
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "2")
+    secret = "wrongSecretValue987"
+    url = f"s3://bucket/x?endpoint={s3_server_with_auth}&region=us-east-1&force-path-style=true"
+    env = s3_env()
+    env.update(AWS_ACCESS_KEY_ID="AKIANOTAKEY", AWS_SECRET_ACCESS_KEY=secret)
+    t0 = time.monotonic()
+    r = litesync("replicate", "--once", db, url, env=env)
+    assert r.returncode == 1, r.stderr
+    assert time.monotonic() - t0 < 20  # fails fast, not after the 30 s shutdown timeout
+    assert "access denied: unknown access key id (check access-key-id)" in r.stderr
+    assert secret not in r.stderr + r.stdout and "Traceback" not in r.stderr
+    # A long-running agent stops at once too, with the same message.
+    p = start_litesync("replicate", db, url, env=env, log_path=str(tmp_path / "agent.log"))
+    assert p.wait(timeout=30) == 1
+    log = open(tmp_path / "agent.log").read()
+    assert "access denied" in log and secret not in log
+    r = litesync("restore", "-o", str(tmp_path / "o.db"), url, env=env)
+    assert r.returncode == 1 and "access denied" in r.stderr and secret not in r.stderr
+    r = litesync("check", url, env=env)
+    assert r.returncode == 1 and "access denied" in r.stdout and secret not in r.stdout
+
+
+def test_replica_past_the_spool_bound_gets_a_fresh_snapshot(tmp_path, monkeypatch):
+    """A replica down while the spool overflows its bound catches up through a new snapshot."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = s3_env()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bound")
+    url = f"s3://bound/db?endpoint={endpoint}&region=us-east-1&force-path-style=true"
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - path: app.db\n    spool-max-size: 300KB\n    replicas:\n"
+                   f"      - url: {url}\n      - url: file://{tmp_path}/local\n")
+    log = str(tmp_path / "agent.log")
+    agent = start_agent_ready("--config", str(cfg), env=env, log_path=log)
+    server.stop()
+    run_writer(db, "--count", "400", "--rate", "200", "--row-size", "2000")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        time.sleep(3)
+        assert stop(agent) == 0, open(log).read()
+        text = open(log).read()
+        assert "spool over" in text, text
+        for u in (url, f"file://{tmp_path}/local"):
+            out = str(tmp_path / f"r{len(u)}.db")
+            r = litesync("restore", "-o", out, u, env=env)
+            assert r.returncode == 0, r.stderr
+            assert content_digest(out) == content_digest(db)
+        # The S3 replica's newest snapshot is mid-generation: the bridge over the dropped segments.
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+                .list_objects_v2(Bucket="bound")["Contents"]]
+        snaps = [k for k in keys if k.endswith(".snap")]
+        assert len(snaps) >= 2 and not snaps[-1].split("/")[-1].startswith("0000000000000000-"), snaps
+    finally:
+        server.stop()
