@@ -162,3 +162,18 @@ def test_restore_retries_transient_read_failures(tmp_path, monkeypatch):
     with pytest.raises(TransientReplicaError, match="read .*ConnectionResetError"):
         restore_mod.restore(_FlakyClient(spool, failures=99), str(tmp_path / "never.db"))
     assert not os.path.exists(tmp_path / "never.db") and not os.path.exists(tmp_path / "never.db.tmp")
+
+
+def test_b2_missing_key_and_missing_bucket_are_clear(b2_api, monkeypatch):
+    from conftest import replica_cfg
+    from litesync.errors import ReplicaError
+    from litesync.replica.b2 import B2ReplicaClient
+
+    monkeypatch.delenv("B2_APPLICATION_KEY_ID", raising=False)
+    monkeypatch.delenv("B2_APPLICATION_KEY", raising=False)
+    with pytest.raises(ReplicaError, match=r"^replica b2 \(b2://bkt/p\): application-key-id is not set") as e:
+        B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket="bkt", path="p", application_key="s3cr3t"))
+    assert "s3cr3t" not in str(e.value) and e.value.retryable is False
+    api, _bucket = b2_api
+    with pytest.raises(ReplicaError, match="bucket does not exist or is not visible to this key"):
+        B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket="no-such-bucket", path="p"), api=api)
