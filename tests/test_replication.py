@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from dbcheck import committed_prefix, content_digest, integrity
-from proc import (WORKLOAD, kill9, litesync, run_writer, start_agent_ready, start_litesync, start_writer,
+from proc import (WORKLOAD, kill9, litesync, run_writer, start_agent_ready, start_litesync, start_writer, wait_for,
                   stop)
 
 
@@ -395,3 +396,44 @@ def test_replica_past_the_spool_bound_gets_a_fresh_snapshot(tmp_path, monkeypatc
         assert len(snaps) >= 2 and not snaps[-1].split("/")[-1].startswith("0000000000000000-"), snaps
     finally:
         server.stop()
+
+
+def test_resume_after_kill9_keeps_one_generation(tmp_path):
+    """When the WAL proves continuity, a killed agent resumes its generation: no gap, no duplicate."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    run_writer(db, "--count", "1")
+    log = str(tmp_path / "agent.log")
+    # No auto-checkpoint: the WAL keeps every frame while the agent is down.
+    writer = start_writer(db, "--rate", "300", "--autocheckpoint", "0")
+    try:
+        for _ in range(5):
+            agent = start_agent_ready(db, url, log_path=log)
+            time.sleep(random.Random(9).uniform(0.3, 0.8))
+            kill9(agent)
+            time.sleep(0.3)  # the writer goes on while the agent is away
+    finally:
+        stop(writer)
+    sync_once(db, url)
+    text = open(log).read()
+    assert text.count("resumed generation") >= 4, text
+    assert len(os.listdir(tmp_path / "replica" / "generations")) == 1
+    out = str(tmp_path / "restored.db")
+    restore_and_compare(db, url, out)
+    assert committed_prefix(out) == committed_prefix(db)
+
+
+def test_exec_forwards_sigterm_to_the_app(tmp_path):
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "2")
+    app = tmp_path / "app.py"
+    app.write_text("import signal, sys, time\n"
+                   "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7))\n"
+                   f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
+                   "time.sleep(60)\n")
+    p = start_litesync("replicate", db, f"file://{tmp_path}/rep", "--exec", f"{sys.executable} {app}",
+                       log_path=str(tmp_path / "agent.log"))
+    wait_for(lambda: os.path.exists(tmp_path / "ready"), timeout=30)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 7  # the app's own exit code, after a final sync
+    restore_and_compare(db, f"file://{tmp_path}/rep", str(tmp_path / "out.db"))
