@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import apsw
@@ -205,7 +205,10 @@ class DbAgent:
 
     def start(self) -> None:
         """Resume the spool's generation when continuity is provable, else start a new one."""
-        reason = self._try_resume()
+        try:
+            reason = self._try_resume()
+        except _WalChanged:
+            reason = "the WAL changed while the agent was resuming"
         if reason is not None:
             self.new_generation(reason)
 
@@ -256,8 +259,8 @@ class DbAgent:
         self.hasher = new_hash
         self._restart_ok = True
         self._r_begin_pos = self.pos
-        self.last_snapshot_at = name.created_ms / 1000 if isinstance(name, layout.SnapshotName) else time.time()
-        self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or self.last_snapshot_at
+        # The interval runs from the generation's newest snapshot still in the spool, or from now.
+        self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
         log.info("%s: resumed generation %s at segment %d", self.label,
                  layout.format_generation(self.generation), self.next_seq)
         return None

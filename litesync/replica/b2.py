@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
