@@ -34,12 +34,18 @@ def start_litesync(*args: str, env: dict[str, str] | None = None, log_path: str 
 def start_agent_ready(*args: str, log_path: str, env: dict[str, str] | None = None,
                       timeout: float = 30) -> subprocess.Popen:
     """Start ``litesync replicate ...`` and wait until its first shipment is done."""
+    start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
     p = start_litesync("replicate", *args, env=env, log_path=log_path)
+
+    def new_output() -> str:
+        with open(log_path) as f:
+            f.seek(start)
+            return f.read()
 
     def ready() -> bool:
         if p.poll() is not None:
-            raise AssertionError(f"agent exited with {p.returncode}: {open(log_path).read()}")
-        return "up to date" in open(log_path).read()
+            raise AssertionError(f"agent exited with {p.returncode}: {new_output()}")
+        return "up to date" in new_output()
 
     wait_for(ready, timeout)
     return p

@@ -404,11 +404,14 @@ def test_resume_after_kill9_keeps_one_generation(tmp_path):
     url = f"file://{tmp_path / 'replica'}"
     run_writer(db, "--count", "1")
     log = str(tmp_path / "agent.log")
-    # No auto-checkpoint: the WAL keeps every frame while the agent is down.
+    # No checkpoint by the app or the agent: the WAL keeps every frame while the agent is
+    # down, so every restart can prove continuity.
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"checkpoint-pages: 1000000\ndbs:\n  - path: app.db\n    replicas:\n      - url: {url}\n")
     writer = start_writer(db, "--rate", "300", "--autocheckpoint", "0")
     try:
         for _ in range(5):
-            agent = start_agent_ready(db, url, log_path=log)
+            agent = start_agent_ready("--config", str(cfg), log_path=log)
             time.sleep(random.Random(9).uniform(0.3, 0.8))
             kill9(agent)
             time.sleep(0.3)  # the writer goes on while the agent is away
