@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from . import layout
-from .replica.file import FileReplicaClient, fsync_dir
+from .replica.file import FileReplicaClient, publish_temp, temp_file
 
 Name = layout.SnapshotName | layout.SegmentName
 
@@ -44,28 +44,14 @@ class Spool:
     def path(self, name: Name) -> str:
         return os.path.join(self.root, *name.key.split("/"))
 
-    @contextlib.contextmanager
-    def writing(self, name: Name) -> Iterator[BinaryIO]:
-        """Yield a temp file for ``name``; it is fsynced on success and becomes visible on ``publish``."""
-        path = self.path(name) + ".tmp"
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        f = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-        try:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException:
-            f.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            raise
-        f.close()
+    def writing(self, name: Name) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A temp file for ``name``, fsynced on success; it becomes visible on ``publish``."""
+        return temp_file(self.path(name))
 
     def publish(self, name: Name) -> None:
         """Rename the written temp file into place, durably, and wake the shippers."""
         path = self.path(name)
-        os.replace(path + ".tmp", path)
-        fsync_dir(os.path.dirname(path))
+        publish_temp(path)
         size = os.stat(path).st_size
         with self.changed:
             self._objects[name] = size

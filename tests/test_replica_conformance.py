@@ -81,12 +81,11 @@ def test_b2_delete_removes_every_version(b2_api):
     assert [fv for fv, _ in b.ls("p", recursive=True, latest_only=False)] == []
 
 
-def test_restore_round_trip_through_every_backend(replica_client, tmp_path):
-    """The agent's real objects, copied to the backend, restore to the same database."""
+def replicated_agent(tmp_path, transactions):
+    """An agent that has copied ``transactions`` single-row inserts into its spool."""
     import sqlite3
 
     from litesync.agent import DbAgent
-    from litesync.restore import restore
 
     db = str(tmp_path / "src.db")
     c = sqlite3.connect(db, isolation_level=None)
@@ -95,9 +94,19 @@ def test_restore_round_trip_through_every_backend(replica_client, tmp_path):
     agent = DbAgent(db)
     agent.open()
     agent.start()
-    for i in range(20):
+    for _ in range(transactions):
         c.execute("INSERT INTO t VALUES (?)", (os.urandom(500),))
         agent.step()
+    return agent
+
+
+def test_restore_round_trip_through_every_backend(replica_client, tmp_path):
+    """The agent's real objects, copied to the backend, restore to the same database."""
+    import sqlite3
+
+    from litesync.restore import restore
+
+    agent = replicated_agent(tmp_path, 20)
     for name, _size in agent.spool.objects():
         with open(agent.spool.path(name), "rb") as f:
             replica_client.write(name.key, f, os.path.getsize(agent.spool.path(name)))
@@ -141,20 +150,11 @@ def test_restore_retries_transient_read_failures(tmp_path, monkeypatch):
     import sqlite3
 
     from litesync import restore as restore_mod
-    from litesync.agent import DbAgent
     from litesync.errors import TransientReplicaError
     from litesync.replica.file import FileReplicaClient
 
     monkeypatch.setattr(restore_mod.time, "sleep", lambda s: None)
-    db = str(tmp_path / "src.db")
-    c = sqlite3.connect(db, isolation_level=None)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("CREATE TABLE t (x)")
-    agent = DbAgent(db)
-    agent.open()
-    agent.start()
-    c.execute("INSERT INTO t VALUES (1)")
-    agent.step()
+    agent = replicated_agent(tmp_path, 1)
     agent.close()
     spool = FileReplicaClient(agent.spool.root)
     restore_mod.restore(_FlakyClient(spool, failures=2), str(tmp_path / "ok.db"))

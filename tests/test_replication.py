@@ -13,8 +13,8 @@ import time
 import pytest
 
 from dbcheck import committed_prefix, content_digest, integrity
-from proc import (WORKLOAD, kill9, litesync, run_writer, start_agent_ready, start_litesync, start_writer, wait_for,
-                  stop)
+from proc import (WORKLOAD, free_port, kill9, litesync, run_writer, start_agent_ready, start_litesync,
+                  start_writer, stop, wait_for)
 
 
 def restore_and_compare(db: str, replica_url: str, out: str) -> None:
@@ -233,9 +233,7 @@ def test_s3_outage_converges_and_app_never_waits(tmp_path, s3_server):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
@@ -301,11 +299,8 @@ def test_check_command(tmp_path, s3_bucket):
 @pytest.fixture
 def s3_server_with_auth(tmp_path):
     """A separate moto server that checks credentials (only 'test'/'test' style keys it created)."""
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = s3_env()
     env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     p = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], env=env,
@@ -352,14 +347,11 @@ def test_bad_credentials_fail_fast_without_secrets(tmp_path, s3_server_with_auth
 
 def test_replica_past_the_spool_bound_gets_a_fresh_snapshot(tmp_path, monkeypatch):
     """A replica down while the spool overflows its bound catches up through a new snapshot."""
-    import socket
 
     import boto3
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = s3_env()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")

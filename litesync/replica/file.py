@@ -25,8 +25,8 @@ def fsync_dir(path: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the dir."""
+def temp_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield ``path.tmp`` for writing; fsync it on success, remove it on failure."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o700, exist_ok=True)
     tmp = path + _TMP_SUFFIX
@@ -40,8 +40,20 @@ def atomic_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
         _unlink_quietly(tmp)
         raise
     f.close()
-    os.replace(tmp, path)
-    fsync_dir(directory)
+
+
+def publish_temp(path: str) -> None:
+    """Rename ``path.tmp`` to ``path`` and make the rename durable."""
+    os.replace(path + _TMP_SUFFIX, path)
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the dir."""
+    with temp_file(path, mode) as f:
+        yield f
+    publish_temp(path)
 
 
 def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
