@@ -49,12 +49,12 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
             return n, False
         if isinstance(n, layout.SegmentName) and n.first_seq == pos.next_seq:
             return n, False
+    # The segment we need is not in the spool. A snapshot is only taken once every segment
+    # before it was written, so a later snapshot means ours was dropped: jump to it.
+    jump = [n for n in same if isinstance(n, layout.SnapshotName) and n.seq > pos.next_seq]
+    if jump:
+        return min(jump, key=lambda n: n.seq), False
     gap = any(isinstance(n, layout.SegmentName) and n.first_seq > pos.next_seq for n in same)
-    if gap:
-        # Segments we need were dropped from the spool: jump to a later snapshot.
-        jump = [n for n in same if isinstance(n, layout.SnapshotName) and n.seq > pos.next_seq]
-        if jump:
-            return min(jump, key=lambda n: n.seq), False
     newer = sorted({n.generation for n in snaps if n.generation > gen})
     if newer:
         first = min((n for n in snaps if n.generation == newer[0]), key=lambda n: n.seq)

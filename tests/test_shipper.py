@@ -1,0 +1,54 @@
+"""choose_next: which spool object a replica ships next (pure)."""
+
+from litesync.layout import SegmentName, SnapshotName
+from litesync.shipper import Position, choose_next
+from litesync.spool import sort_key
+
+G, H = 0x10, 0x20
+
+
+def objs(*names):
+    return [(n, 1) for n in names]
+
+
+def seg(gen, seq):
+    return SegmentName(gen, seq, seq, 0)
+
+
+def snap(gen, seq):
+    return SnapshotName(gen, seq, 0)
+
+
+def shipped(name):
+    nxt = name.seq if isinstance(name, SnapshotName) else name.last_seq + 1
+    return Position(sort_key(name), nxt)
+
+
+def test_fresh_replica_starts_at_the_newest_snapshot_of_the_newest_generation():
+    assert choose_next(objs(snap(G, 0), seg(G, 0), snap(H, 0), snap(H, 5)), Position()) == (snap(H, 5), False)
+
+
+def test_next_segment_in_order_then_nothing():
+    spool = objs(snap(G, 0), seg(G, 0), seg(G, 1))
+    assert choose_next(spool, shipped(snap(G, 0))) == (seg(G, 0), False)
+    assert choose_next(spool, shipped(seg(G, 0))) == (seg(G, 1), False)
+    assert choose_next(spool, shipped(seg(G, 1))) == (None, False)
+
+
+def test_dropped_segments_jump_to_a_later_snapshot_even_with_no_segment_left():
+    # Segments 3 and 4 were dropped from the spool; only snapshot 5 remains.
+    assert choose_next(objs(snap(G, 5)), shipped(seg(G, 2))) == (snap(G, 5), False)
+
+
+def test_dropped_segments_without_a_snapshot_ask_for_one():
+    assert choose_next(objs(seg(G, 7)), shipped(seg(G, 2))) == (None, True)
+
+
+def test_old_generation_finished_moves_to_the_next():
+    spool = objs(seg(G, 3), snap(H, 0), seg(H, 0))
+    assert choose_next(spool, shipped(seg(G, 2))) == (seg(G, 3), False)
+    assert choose_next(spool, shipped(seg(G, 3))) == (snap(H, 0), False)
+
+
+def test_gap_in_an_old_generation_moves_on_instead_of_asking_for_a_snapshot():
+    assert choose_next(objs(seg(G, 9), snap(H, 0)), shipped(seg(G, 2))) == (snap(H, 0), False)
