@@ -150,26 +150,54 @@ def _raise_startup_errors(runner) -> None:  # noqa: ANN001
         raise errors[0]
 
 
-def cmd_restore(args: argparse.Namespace) -> int:
+def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: ANN202
+    """Return (replica configs, database path or None) for a DB path or a replica URL."""
     from .config import parse_replica_url
+
+    if _is_url(target):
+        return [parse_replica_url(target)], None
+    cfg = _load(args, target, [])
+    _setup_logging(cfg.logging, args.verbose)
+    db = cfg.dbs[0]
+    return list(db.replicas), db.path
+
+
+def _until_ms(args: argparse.Namespace) -> int | None:
+    from .history import parse_time
+
+    if getattr(args, "timestamp", None) is None:
+        return None
+    try:
+        return parse_time(args.timestamp)
+    except ValueError as e:
+        raise UsageError(f"--timestamp: {e}") from None
+
+
+def _generation_arg(args: argparse.Namespace) -> int | None:
+    from .layout import parse_generation
+
+    if getattr(args, "generation", None) is None:
+        return None
+    try:
+        return parse_generation(args.generation)
+    except ValueError as e:
+        raise UsageError(f"--generation: {e}") from None
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
     from .replica import open_replica
     from .restore import restore
 
-    target = args.target
-    if _is_url(target):
-        rc = parse_replica_url(target)
-        if not args.output:
-            raise UsageError("restore: -o/--output is required when restoring from a URL")
-        out = args.output
-    else:
-        cfg = _load(args, target, [])
-        _setup_logging(cfg.logging, args.verbose)
-        db = cfg.dbs[0]
-        rc = db.replicas[0]
-        out = args.output or db.path
-    if args.if_db_not_exists and os.path.exists(out):
+    replicas, db_path = _replicas_of(args, args.target, "restore")
+    if db_path is None and not args.output and not args.dry_run:
+        raise UsageError("restore: -o/--output is required when restoring from a URL")
+    out = args.output or db_path
+    until_ms = _until_ms(args)
+    generation = _generation_arg(args)
+    if args.if_db_not_exists and out and os.path.exists(out):
         log.info("database exists, nothing to do: %s", out)
         return EXIT_OK
+    rc = replicas[0]
     client = open_replica(rc)
     try:
         if args.if_replica_exists:
@@ -178,15 +206,120 @@ def cmd_restore(args: argparse.Namespace) -> int:
             if not any(True for _ in client.list(layout.GENERATIONS + "/")):
                 log.info("replica %s holds no backup, nothing to do", client.name)
                 return EXIT_OK
+        if args.dry_run:
+            return _print_plan(client, generation, until_ms, args.json)
         progress = _progress_printer() if sys.stderr.isatty() else None
         result = restore(client, out, force=args.force, check=not args.no_integrity_check,
-                         progress=progress)
+                         progress=progress, generation=generation, until_ms=until_ms)
     finally:
         client.close()
     rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
+    from .history import format_ms
+
+    state = f", last commit {format_ms(result.last_commit_ms)}" if result.last_commit_ms else ""
     print(f"restored {result.path}: {result.db_bytes} bytes, {result.transactions} transactions after the "
-          f"snapshot, {result.seconds:.2f}s ({rate:.0f} MB/s read)")
+          f"snapshot{state}, {result.seconds:.2f}s ({rate:.0f} MB/s read)")
     return EXIT_OK
+
+
+def _print_plan(client, generation: int | None, until_ms: int | None, as_json: bool) -> int:  # noqa: ANN001
+    import json
+
+    from . import history, layout
+
+    cat = history.catalog(client.list(layout.GENERATIONS + "/"))
+    p = history.plan(cat, generation=generation, until_ms=until_ms, replica=client.name)
+    last_ms = p.segments[-1][0].last_commit_ms if p.segments else p.snapshot.created_ms
+    if until_ms is not None:
+        last_ms = min(last_ms, until_ms)
+    info = {
+        "replica": client.name, "generation": layout.format_generation(p.generation),
+        "snapshot": {"key": p.snapshot.key, "bytes": p.snapshot_size,
+                     "created": history.format_ms(p.snapshot.created_ms)},
+        "segments": [{"key": n.key, "bytes": size, "last_commit": history.format_ms(n.last_commit_ms)}
+                     for n, size in p.segments],
+        "objects": p.objects, "bytes": p.total_bytes,
+        "target": history.format_ms(until_ms) if until_ms is not None else "latest",
+        "state_at_or_before": history.format_ms(last_ms), "exact": p.exact,
+    }
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"replica     {client.name}")
+    print(f"generation  {info['generation']}")
+    print(f"target      {info['target']}")
+    print(f"snapshot    {p.snapshot.key}  {p.snapshot_size} bytes  created {info['snapshot']['created']}")
+    if p.segments:
+        first, last = p.segments[0][0], p.segments[-1][0]
+        print(f"segments    {len(p.segments)} objects, seq {first.first_seq}..{last.last_seq}, "
+              f"{sum(s for _, s in p.segments)} bytes, last commit {history.format_ms(last.last_commit_ms)}")
+    else:
+        print("segments    none")
+    print(f"total       {p.objects} objects, {p.total_bytes} bytes")
+    if not p.exact:
+        print("note        the target falls inside a merged segment whose parts retention deleted; "
+              "the restore stops before it")
+    return EXIT_OK
+
+
+def _listing(args: argparse.Namespace, what: str) -> int:
+    import json
+
+    from . import history, layout
+    from .replica import open_replica
+
+    replicas, _db = _replicas_of(args, args.target, what)
+    generation = _generation_arg(args)
+    client = open_replica(replicas[0])
+    try:
+        cat = history.catalog(client.list(layout.GENERATIONS + "/"))
+    finally:
+        client.close()
+    gens = [g for g in cat.generations.values() if generation is None or g.generation == generation]
+    rows: list[dict] = []
+    if what == "generations":
+        newest = cat.newest()
+        for g in gens:
+            rows.append({"generation": layout.format_generation(g.generation), "start": history.format_ms(g.start_ms),
+                         "end": history.format_ms(g.end_ms), "snapshots": len(g.snapshots),
+                         "segments": len(g.segments), "bytes": g.size,
+                         "current": newest is not None and g.generation == newest.generation})
+        cols = ["generation", "start", "end", "snapshots", "segments", "bytes"]
+    elif what == "snapshots":
+        for g in gens:
+            for n, size in g.snapshots:
+                rows.append({"generation": layout.format_generation(n.generation), "seq": n.seq,
+                             "created": history.format_ms(n.created_ms), "bytes": size, "key": n.key})
+        cols = ["generation", "seq", "created", "bytes"]
+    else:
+        for g in gens:
+            for n, size in g.segments:
+                rows.append({"generation": layout.format_generation(n.generation), "first_seq": n.first_seq,
+                             "last_seq": n.last_seq, "last_commit": history.format_ms(n.last_commit_ms),
+                             "kind": "merged" if n.last_seq != n.first_seq else "tx", "bytes": size, "key": n.key})
+        cols = ["generation", "first_seq", "last_seq", "last_commit", "kind", "bytes"]
+    total = sum(r["bytes"] for r in rows)
+    if args.json:
+        print(json.dumps({"replica": client.name, what: rows, "count": len(rows), "bytes": total}, indent=2))
+        return EXIT_OK
+    table = [cols] + [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    print(f"total: {len(rows)} {what}, {total} bytes ({client.name})")
+    return EXIT_OK
+
+
+def cmd_generations(args: argparse.Namespace) -> int:
+    return _listing(args, "generations")
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    return _listing(args, "snapshots")
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    return _listing(args, "segments")
 
 
 def _progress_printer():
@@ -271,7 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--if-replica-exists", action="store_true", help="do nothing (exit 0) if the replica is empty")
     s.add_argument("--no-integrity-check", action="store_true",
                    help="skip PRAGMA integrity_check on the result (checksums are still verified)")
+    s.add_argument("--timestamp", metavar="TIME",
+                   help="restore the state after the last transaction committed at or before TIME "
+                        "(RFC 3339: 2026-11-22T14:01:00Z or 2026-11-22T15:01:00+01:00)")
+    s.add_argument("--generation", metavar="GEN", help="restore from this generation (16 hex digits)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan (snapshot, segments, bytes); write nothing")
+    s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     s.set_defaults(func=cmd_restore)
+
+    for name, func, text in (("generations", cmd_generations, "list generations: time range, objects, bytes"),
+                             ("snapshots", cmd_snapshots, "list snapshots: sequence, time, bytes"),
+                             ("segments", cmd_segments, "list segments: sequence range, last commit, bytes")):
+        g = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (of DB's first "
+                                                        f"replica, or of a replica URL), with totals.")
+        g.add_argument("target", metavar="DB|URL")
+        g.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+        g.add_argument("--generation", metavar="GEN", help="only this generation")
+        g.add_argument("--json", action="store_true", help="print JSON")
+        g.set_defaults(func=func)
 
     c = sub.add_parser("check", help="test each replica: credentials, bucket, write/read/delete",
                        description="For each replica (of DB, of the config, or the URLs given): list, write a "

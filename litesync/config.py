@@ -33,6 +33,9 @@ SYSTEM_CONFIG = "/etc/litesync.yml"
 DEFAULT_SNAPSHOT_INTERVAL = 4 * 3600.0
 DEFAULT_CHECKPOINT_PAGES = 1000
 DEFAULT_SPOOL_MAX_SIZE = 1 << 30
+DEFAULT_RETENTION = 24 * 3600.0
+DEFAULT_RETENTION_CHECK_INTERVAL = 60.0
+DEFAULT_COMPACTION = (30.0, 300.0, 3600.0)
 # Multipart uploads on S3 and B2 take parts of 5 MiB to 5 GiB (the last part may be smaller).
 MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
@@ -102,6 +105,9 @@ class DbConfig:
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES
     spool_max_size: int = DEFAULT_SPOOL_MAX_SIZE
+    retention: float = DEFAULT_RETENTION
+    retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
+    compaction: tuple[float, ...] = DEFAULT_COMPACTION
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,15 @@ def _positive_duration(text: str) -> float:
     if seconds <= 0:
         raise ConfigError(f"must be greater than zero: {text!r}")
     return seconds
+
+
+def _compaction(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "off":
+        return ()
+    levels = tuple(_positive_duration(part.strip()) for part in text.split(","))
+    if any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ConfigError(f"compaction windows must increase: {text!r}")
+    return levels
 
 
 def _positive_size(text: str) -> int:
@@ -425,8 +440,10 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
     return _Reader(path, env, os.path.dirname(os.path.abspath(path))).config(root)
 
 
-_TOP_KEYS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "logging", "dbs")
-_DB_KEYS = ("path", "replicas", "snapshot-interval", "checkpoint-pages", "spool-max-size")
+_DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
+                "retention-check-interval", "compaction")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "dbs")
+_DB_KEYS = ("path", "replicas") + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
 
 _COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority")
@@ -589,7 +606,8 @@ class _Reader:
         items = self.mapping(root, "")
         self.check_keys(items, _TOP_KEYS, "")
         defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
-                                                DEFAULT_SPOOL_MAX_SIZE))
+                                                DEFAULT_SPOOL_MAX_SIZE, DEFAULT_RETENTION,
+                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION))
         logging_config = self.logging(items)
         if "dbs" not in items:
             raise self.error("missing required key: 'dbs'", "", root)
@@ -599,11 +617,15 @@ class _Reader:
         dbs = tuple(self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes))
         return Config(dbs, logging_config, self.file)
 
-    def db_settings(self, items: Items, path: str, inherited: tuple[float, int, int]) -> tuple[float, int, int]:
-        snapshot_interval, checkpoint_pages, spool_max_size = inherited
+    def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
+        (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
+         compaction) = inherited
         return (self.value(items, "snapshot-interval", path, _positive_duration, snapshot_interval),
                 self.value(items, "checkpoint-pages", path, _integer(1), checkpoint_pages),
-                self.value(items, "spool-max-size", path, _positive_size, spool_max_size))
+                self.value(items, "spool-max-size", path, _positive_size, spool_max_size),
+                self.value(items, "retention", path, _positive_duration, retention),
+                self.value(items, "retention-check-interval", path, _positive_duration, check_interval),
+                self.value(items, "compaction", path, _compaction, compaction))
 
     def logging(self, items: Items) -> LoggingConfig:
         default = LoggingConfig()
@@ -616,7 +638,7 @@ class _Reader:
             format=self.value(section, "format", "logging", _choice(LOG_FORMATS), default.format),
             stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), default.stream))
 
-    def db(self, node: Node, path: str, defaults: tuple[float, int, int]) -> DbConfig:
+    def db(self, node: Node, path: str, defaults: tuple) -> DbConfig:
         items = self.mapping(node, path)
         self.check_keys(items, _DB_KEYS, path)
         db_path = self.required(items, "path", path, node, lambda t: _abspath(t, self.base_dir))

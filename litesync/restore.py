@@ -13,10 +13,11 @@ from typing import Callable, Iterable
 
 import apsw
 
-from . import layout
+from . import history, layout
 from .dbhash import DbHash
-from .errors import (ChainError, CorruptObjectError, LitesyncError, OutputExistsError, RestoreError,
-                     TransientReplicaError)
+from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
+                     RestoreError, TransientReplicaError)
+from .history import Plan
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
 from .segment import SegmentReader, SnapshotReader
@@ -26,69 +27,10 @@ log = logging.getLogger(__name__)
 RETRIES = 4  # whole-restore retries after a transient replica error
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a restore reads: one snapshot and the segments that follow it, in order."""
-
-    generation: int
-    snapshot: layout.SnapshotName
-    snapshot_size: int
-    segments: tuple[tuple[layout.SegmentName, int], ...]
-    until_ms: int | None = None
-
-    @property
-    def total_bytes(self) -> int:
-        return self.snapshot_size + sum(s for _, s in self.segments)
-
-
 def plan_restore(objects: Iterable[ObjectInfo], *, generation: int | None = None,
                  until_ms: int | None = None, replica: str = "replica") -> Plan:
-    """Choose the newest generation with a snapshot (or ``generation``), its newest snapshot
-    at or before ``until_ms``, and the contiguous segments after it."""
-    snaps: dict[int, list[tuple[layout.SnapshotName, int]]] = {}
-    segs: dict[int, list[tuple[layout.SegmentName, int]]] = {}
-    for info in objects:
-        name = layout.parse_key(info.key)
-        if isinstance(name, layout.SnapshotName):
-            snaps.setdefault(name.generation, []).append((name, info.size))
-        elif isinstance(name, layout.SegmentName):
-            segs.setdefault(name.generation, []).append((name, info.size))
-    if generation is not None:
-        if generation not in snaps:
-            raise RestoreError(f"{replica}: generation {layout.format_generation(generation)} has no snapshot")
-        gens = [generation]
-    else:
-        gens = sorted(snaps, reverse=True)
-        if not gens:
-            raise RestoreError(f"{replica}: no backups found (no snapshot in any generation)")
-    for gen in gens:
-        candidates = sorted(snaps[gen], key=lambda x: x[0].seq)
-        if until_ms is not None:
-            candidates = [c for c in candidates if c[0].created_ms <= until_ms]
-            if not candidates:
-                continue
-        snap, snap_size = candidates[-1]
-        chain = []
-        expected = snap.seq
-        by_first: dict[int, tuple[layout.SegmentName, int]] = {}
-        for name, size in segs.get(gen, []):
-            prev = by_first.get(name.first_seq)
-            if prev is None or name.last_seq > prev[0].last_seq:
-                by_first[name.first_seq] = (name, size)
-        later = sorted(k for k in by_first if k >= expected)
-        for first in later:
-            name, size = by_first[first]
-            if name.first_seq < expected:
-                continue
-            if name.first_seq != expected:
-                raise ChainError(f"{replica}: generation {layout.format_generation(gen)}: segment "
-                                 f"{expected} is missing (next present: {name.key})")
-            chain.append((name, size))
-            expected = name.last_seq + 1
-            if until_ms is not None and name.last_commit_ms > until_ms:
-                break
-        return Plan(gen, snap, snap_size, tuple(chain), until_ms)
-    raise RestoreError(f"{replica}: no snapshot at or before the requested time")
+    """Plan a restore from a replica listing (see ``history.plan``)."""
+    return history.plan(history.catalog(objects), generation=generation, until_ms=until_ms, replica=replica)
 
 
 @dataclass
@@ -230,22 +172,37 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
         raise OutputExistsError(f"output exists: {out_path} (use --force to replace it)")
-    if plan is None:
-        plan = plan_restore(client.list(layout.GENERATIONS + "/"), generation=generation,
+    planned_here = plan is None
+
+    def make_plan() -> Plan:
+        return plan_restore(client.list(layout.GENERATIONS + "/"), generation=generation,
                             until_ms=until_ms, replica=client.name)
+
+    if plan is None:
+        plan = make_plan()
     tmp = out_path + ".tmp"
     try:
-        for attempt in range(RETRIES + 1):
+        replans = 0
+        attempt = 0
+        while True:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 result = _apply(client, plan, fd, progress)
                 os.fsync(fd)
                 break
+            except ObjectNotFoundError as e:
+                # Compaction or retention replaced an object after we listed: plan again.
+                if not planned_here or replans == RETRIES:
+                    raise
+                replans += 1
+                log.info("%s; planning the restore again", e)
+                plan = make_plan()
             except LitesyncError as e:
                 if not e.retryable or attempt == RETRIES:
                     raise
-                delay = min(30.0, 0.5 * 2 ** attempt) * random.uniform(0.5, 1.0)
-                log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt + 1,
+                attempt += 1
+                delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt,
                             RETRIES + 1, delay)
                 time.sleep(delay)
             finally:

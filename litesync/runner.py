@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .agent import DbAgent
+from .compact import Maintainer
 from .errors import LitesyncError
 from .replica import open_replica
 from .shipper import Shipper
@@ -33,12 +34,18 @@ class DbReplication:
         self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
                              snapshot_interval=cfg.snapshot_interval)
         self.shippers: list[Shipper] = []
+        self.maintainers: list[Maintainer] = []
         for rc in cfg.replicas:
             client = open_replica(rc)
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
-            self.shippers.append(Shipper(self.agent.spool, client, state, label=f"{cfg.path} -> {rc.name}",
-                                         request_snapshot=self.agent.snapshot_requested,
-                                         sync_interval=rc.sync_interval or 0.0))
+            shipper = Shipper(self.agent.spool, client, state, label=f"{cfg.path} -> {rc.name}",
+                              request_snapshot=self.agent.snapshot_requested,
+                              sync_interval=rc.sync_interval or 0.0)
+            self.shippers.append(shipper)
+            self.maintainers.append(Maintainer(
+                client, label=shipper.label, retention=cfg.retention, compaction=cfg.compaction,
+                interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
+                activity=lambda s=shipper: s.uploaded_objects))
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.error: BaseException | None = None
@@ -59,6 +66,8 @@ class DbReplication:
         self.agent.start()
         for s in self.shippers:
             s.start()
+        for m in self.maintainers:
+            m.start()
         self.started.set()
         return True
 
@@ -128,8 +137,13 @@ class DbReplication:
                 elif s.pending():
                     log.error("%s: stopped before everything was shipped (last error: %s)", s.label, s.last_error)
                     ok = False
+        for m in self.maintainers:
+            m.stop()
         for s in self.shippers:
             s.stop()
+        for m in self.maintainers:
+            if m.is_alive():
+                m.join(timeout=30)
         for s in self.shippers:
             if s.is_alive():
                 s.join(timeout=5)

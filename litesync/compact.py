@@ -1,0 +1,180 @@
+"""Compaction and retention on a replica: merge runs of segments into one, delete what no
+restore inside the retention window needs. One ``Maintainer`` thread per replica."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from typing import Callable
+
+from . import history, layout
+from .errors import ChainError, CorruptObjectError, LitesyncError
+from .replica.base import ReplicaClient
+from .segment import TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
+
+log = logging.getLogger(__name__)
+
+
+def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, work_dir: str | None = None
+                   ) -> tuple[layout.SegmentName, int]:  # noqa: ANN001
+    """Write to ``out`` one segment equal to applying ``names`` in order; return its name and size.
+
+    The result holds two transactions: the smallest database size reached inside the run
+    (no pages: a restore truncates to it, as replaying the run would) and then the latest
+    version of every page still in the database, with the run's final size and checksum.
+    Both carry the run's last commit time, so a point-in-time restore takes all or none.
+    """
+    if len(names) < 2:
+        raise ValueError("a merge needs at least two segments")
+    with tempfile.TemporaryFile(dir=work_dir) as store:
+        fd = store.fileno()
+        written = bytearray()  # one flag per page: its latest version is in the store
+        page_size = 0
+        first: SegmentHeader | None = None
+        last: SegmentHeader | None = None
+        min_size = None
+        expected_seq = names[0].first_seq
+        for name in names:
+            with client.open(name.key) as f:
+                seg = SegmentReader(f, name.key)
+                h = seg.header
+                if first is None:
+                    first, page_size = h, h.page_size
+                elif h.page_size != page_size:
+                    raise CorruptObjectError(name.key, f"page size {h.page_size} != {page_size}")
+                elif h.prev_link != last.end_link:  # type: ignore[union-attr]
+                    raise ChainError(f"{name.key}: does not follow the previous segment")
+                if (h.generation, h.first_seq, h.last_seq) != (name.generation, name.first_seq, name.last_seq) \
+                        or h.first_seq != expected_seq:
+                    raise CorruptObjectError(name.key, f"header names generation {h.generation:016x} "
+                                                       f"seq {h.first_seq}..{h.last_seq}")
+                cur = 0
+                for i, pgno, data in seg.pages():
+                    while cur < i:
+                        min_size = _end_tx(h.txs[cur].db_size, written, min_size)
+                        cur += 1
+                    if pgno > len(written):
+                        written.extend(bytes(pgno - len(written)))
+                    os.pwrite(fd, data, (pgno - 1) * page_size)
+                    written[pgno - 1] = 1
+                while cur < len(h.txs):
+                    min_size = _end_tx(h.txs[cur].db_size, written, min_size)
+                    cur += 1
+                seg.finish()
+                last = h
+                expected_seq = h.last_seq + 1
+        assert first is not None and last is not None and min_size is not None
+        final = last.txs[-1]
+        del written[final.db_size:]
+        commit_ms = final.commit_ms
+        txs = (TxInfo(commit_ms, min_size, 0, 0, 0),
+               TxInfo(commit_ms, final.db_size, sum(written), final.db_checksum, final.flags & TX_CHECKSUM_KNOWN))
+        header = SegmentHeader(page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
+                               last.end_link, last.wal, first.wal_first_frame, txs)
+        w = SegmentWriter(out, header)
+        for p, flag in enumerate(written):
+            if flag:
+                w.add_page(p + 1, os.pread(fd, page_size, p * page_size))
+        size = w.close()
+    return layout.SegmentName(first.generation, first.first_seq, last.last_seq, commit_ms), size
+
+
+def _end_tx(db_size: int, written: bytearray, min_size: int | None) -> int:
+    """A transaction ended at ``db_size`` pages: pages past it are gone unless written again."""
+    if db_size < len(written):
+        written[db_size:] = bytes(len(written) - db_size)
+    return db_size if min_size is None else min(min_size, db_size)
+
+
+class Maintainer(threading.Thread):
+    """Compacts and applies retention on one replica, on a schedule."""
+
+    def __init__(self, client: ReplicaClient, *, label: str, retention: float | None,
+                 compaction: tuple[float, ...], interval: float, work_dir: str,
+                 activity: Callable[[], int] = lambda: 0, grace: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(name=f"maintain {label}", daemon=True)
+        self.client = client
+        self.label = label
+        self.retention = retention
+        self.compaction = compaction
+        self.interval = interval
+        self.work_dir = work_dir
+        self.activity = activity  # a counter that changes when something was shipped
+        self.grace = interval if grace is None else grace
+        self.clock = clock
+        self.stop_event = threading.Event()
+        self._doomed: dict[str, float] = {}  # key -> when first found deletable
+        self.stats = {"compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0}
+        self.last_error: str | None = None
+
+    def run(self) -> None:
+        seen = None
+        busy = True
+        last_run = self.clock()
+        while not self.stop_event.wait(self.interval):
+            act = self.activity()
+            # An idle replica is looked at once an hour (no requests in between); a busy one,
+            # or one the last round changed, every interval.
+            if act == seen and not busy and not self._doomed and self.clock() - last_run < max(self.interval, 3600.0):
+                continue
+            seen = act
+            last_run = self.clock()
+            try:
+                busy = self.run_once()
+                self.last_error = None
+            except (LitesyncError, OSError) as e:
+                self.stats["errors"] += 1
+                if str(e) != self.last_error:
+                    log.error("%s: maintenance: %s (will retry)", self.label, e)
+                self.last_error = str(e)
+
+    def run_once(self) -> bool:
+        """One round: compact every closed window at every level, then retention; return
+        whether anything changed."""
+        changed = False
+        for window in self.compaction:
+            now = int(self.clock() * 1000)
+            cat = history.catalog(self.client.list(layout.GENERATIONS + "/"))
+            for run in history.compaction_runs(cat, now, int(window * 1000)):
+                if self.stop_event.is_set():
+                    return changed
+                self.compact(run)
+                changed = True
+        if self.retention is not None:
+            changed = self.apply_retention() > 0 or changed
+        return changed
+
+    def compact(self, run: list[layout.SegmentName]) -> layout.SegmentName:
+        t0 = time.monotonic()
+        with tempfile.TemporaryFile(dir=self.work_dir) as out:
+            name, size = merge_segments(self.client, run, out, self.work_dir)
+            out.seek(0)
+            self.client.write(name.key, out, size)
+        self.stats["compactions"] += 1
+        self.stats["compacted_segments"] += len(run)
+        log.debug("%s: compacted %d segments into %s (%d bytes, %.2fs)", self.label, len(run), name.key,
+                  size, time.monotonic() - t0)
+        return name
+
+    def apply_retention(self) -> int:
+        """Delete what retention allows once it has been unneeded for the grace period."""
+        now = self.clock()
+        cat = history.catalog(self.client.list(layout.GENERATIONS + "/"))
+        unneeded = set(history.retention_deletes(cat, int(now * 1000), int(self.retention * 1000)))  # type: ignore[operator]
+        self._doomed = {k: self._doomed.get(k, now) for k in unneeded}
+        # A restore or follower may have planned with these a moment ago: let it finish.
+        ripe = sorted(k for k, t in self._doomed.items() if now - t >= self.grace)
+        if ripe:
+            self.client.delete(ripe)
+            for k in ripe:
+                del self._doomed[k]
+            self.stats["deleted"] += len(ripe)
+            log.info("%s: retention deleted %d objects", self.label, len(ripe))
+        return len(ripe)
+
+    def stop(self) -> None:
+        self.stop_event.set()
