@@ -34,7 +34,13 @@ log = logging.getLogger(__name__)
 
 SEAL_TIMEOUT_MS = 5000
 _SNAPSHOT_CHUNK_PAGES = 256
-_KEEP_IN_MEMORY = 32 << 20
+# Pages of one shipment kept in memory between hashing and compressing; larger shipments
+# read the WAL twice instead (from the page cache), which keeps the agent's RSS flat.
+_KEEP_IN_MEMORY = 4 << 20
+# A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
+# tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
+_MAX_TAIL = 2 << 20
+_TAIL_ATTEMPTS = 3
 
 
 def state_dir_for(db_path: str) -> str:
@@ -91,7 +97,9 @@ class DbAgent:
         self.page_size = 0
         self.last_snapshot_at = 0.0
         self.stats = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
-                      "generations": 0, "max_wal_bytes": 0}
+                      "generations": 0, "max_wal_bytes": 0, "seals": 0, "seal_seconds": 0.0,
+                      "max_seal_seconds": 0.0}
+        self._sealed_at = 0.0
         self._restart_ok = False
         self._r_begin_pos = WalPosition()
         self._r_open = False
@@ -166,6 +174,7 @@ class DbAgent:
         try:
             self.W.execute("BEGIN IMMEDIATE")
             self._seal_depth = 1
+            self._sealed_at = time.monotonic()
             return True
         except apsw.BusyError:
             log.warning("%s: could not take the write lock within %d ms; will retry", self.label, SEAL_TIMEOUT_MS)
@@ -175,6 +184,10 @@ class DbAgent:
         self._seal_depth -= 1
         if self._seal_depth == 0:
             self.W.execute("ROLLBACK")
+            held = time.monotonic() - self._sealed_at
+            self.stats["seals"] += 1
+            self.stats["seal_seconds"] += held
+            self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
 
     def _checkpoint(self) -> tuple[int, int]:
         """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed)."""
@@ -246,12 +259,12 @@ class DbAgent:
                     return f"WAL frame {pos.frame} is not the one last copied"
             # Copy what was committed while the agent was away, then re-read the view.
             self.generation, self.pos = name.generation, pos
-            tail = self._capture_tail(hdr)
+            txs = self._uncopied(hdr)
+            tail = self._capture(hdr, txs)
             view = self._reopen_view()
         finally:
             self._unseal()
         new_hash = self._scan_view(view, None)
-        txs = list(wal.scan(tail.read_at, hdr, pos.frame + 1, (pos.checksum1, pos.checksum2)))
         if txs:
             self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
         elif new_hash.value != self._spool_checksum(name, path):
@@ -289,12 +302,18 @@ class DbAgent:
             start = offset - self.base
             return self.data[start:start + size] if start >= 0 else b""
 
-    def _capture_tail(self, hdr: wal.WalHeader) -> "DbAgent._Tail":
-        """Copy the WAL after our position into memory (under the seal, so it is complete)."""
+    def _uncopied(self, hdr: wal.WalHeader) -> list[wal.Transaction]:
+        """The committed transactions after our position (complete when called under the seal)."""
+        return list(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1, (self.pos.checksum1, self.pos.checksum2)))
+
+    def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction]) -> "DbAgent._Tail":
+        """Copy the frames of ``txs`` into memory, so they can be shipped after the WAL restarts.
+
+        Only committed frames: the file may hold stale frames of an earlier WAL after them.
+        """
         base = hdr.frame_offset(self.pos.frame + 1)
-        size = os.fstat(self._wal_fd).st_size - base  # type: ignore[arg-type]
-        data = self._wal_read_at(base, max(size, 0))
-        return DbAgent._Tail(base, data)
+        end = hdr.frame_offset(txs[-1].end_index + 1) if txs else base
+        return DbAgent._Tail(base, self._wal_read_at(base, end - base))
 
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
@@ -440,25 +459,41 @@ class DbAgent:
         second takes the few frames committed meanwhile, checkpoints them and restarts
         ``R``, after which a wholly checkpointed WAL may restart.
         """
+        # Copy what is committed first, outside any seal: what a seal captures stays small.
+        self.sync()
         if not self._cycle(checkpoint=False):
             return False
         self._checkpoint()
+        self.sync()
         return self._cycle(checkpoint=True)
 
     def _cycle(self, checkpoint: bool) -> bool:
         """Under a seal: capture the WAL tail, restart ``R`` (checkpointing in between if
         asked); then ship the captured transactions."""
-        if not self._seal():
-            return False
-        try:
+        txs: list[wal.Transaction] = []
+        for attempt in range(_TAIL_ATTEMPTS):
+            if not self._seal():
+                return False
             hdr = self._wal_header()
+            if hdr is None or hdr.salts != (self.pos.salt1, self.pos.salt2):
+                break  # no WAL, or a restart: handled below
+            txs = self._uncopied(hdr)
+            frames = txs[-1].end_index - self.pos.frame if txs else 0
+            if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS - 1:
+                break
+            # A long tail would hold the write lock (and memory) while it is read: copy it
+            # without the seal first.
+            self._unseal()
+            self.sync()
+        try:
             if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
                 self.sync()  # a restart: handled (and shipped) the usual way
                 hdr = self._wal_header()
                 if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
                     log.warning("%s: WAL changed under the seal; checkpoint postponed", self.label)
                     return False
-            tail = self._capture_tail(hdr) if hdr is not None else None
+                txs = self._uncopied(hdr) if hdr is not None else []
+            tail = self._capture(hdr, txs) if hdr is not None else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
             self._end_read()
@@ -467,10 +502,8 @@ class DbAgent:
             self._begin_read()
         finally:
             self._unseal()
-        if tail is not None:
-            txs = list(wal.scan(tail.read_at, hdr, self.pos.frame + 1, (self.pos.checksum1, self.pos.checksum2)))
-            if txs:
-                self._ship(txs, hdr, tail.read_at)
+        if tail is not None and txs:
+            self._ship(txs, hdr, tail.read_at)
         self._restart_ok = True
         self._r_begin_pos = self.pos
         return True

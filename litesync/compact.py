@@ -13,7 +13,7 @@ from typing import Callable
 from . import history, layout
 from .errors import ChainError, CorruptObjectError, LitesyncError
 from .replica.base import ReplicaClient
-from .segment import TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
+from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
         txs = (TxInfo(commit_ms, min_size, 0, 0, 0),
                TxInfo(commit_ms, final.db_size, sum(written), final.db_checksum, final.flags & TX_CHECKSUM_KNOWN))
         header = SegmentHeader(page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
-                               last.end_link, last.wal, first.wal_first_frame, txs)
+                               last.end_link, last.wal, first.wal_first_frame, txs, SEGMENT_MERGED)
         w = SegmentWriter(out, header)
         for p, flag in enumerate(written):
             if flag:

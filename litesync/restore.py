@@ -3,18 +3,20 @@ verify every link and checksum, and rename the result into place."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import apsw
 
 from . import history, layout
-from .dbhash import DbHash
+from .dbhash import DbHash, page_hash
 from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
                      RestoreError, TransientReplicaError)
 from .history import Plan
@@ -25,6 +27,8 @@ from .segment import SegmentReader, SnapshotReader
 log = logging.getLogger(__name__)
 
 RETRIES = 4  # whole-restore retries after a transient replica error
+# Snapshot chunks (of 256 pages) decompressed ahead of their writes: bounds restore memory.
+_IN_FLIGHT_CHUNKS = 8
 
 
 def plan_restore(objects: Iterable[ObjectInfo], *, generation: int | None = None,
@@ -83,12 +87,7 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
             raise CorruptObjectError(key, f"header names generation {h.generation:016x} seq {h.seq}, "
                                           f"object name says {plan.generation:016x} seq {plan.snapshot.seq}")
         ps = h.page_size
-        for pgno, chunk in snap.chunks():
-            os.pwrite(fd, chunk, (pgno - 1) * ps)
-            for i in range(len(chunk) // ps):
-                hasher.set_page(pgno + i, chunk[i * ps:(i + 1) * ps])
-            if progress:
-                progress(done + src.count, total)
+        _write_snapshot(snap, fd, hasher, lambda: progress(done + src.count, total) if progress else None)
         trailer = snap.finish()
         if trailer.db_checksum != hasher.value:
             raise CorruptObjectError(key, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
@@ -153,6 +152,40 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
                 break
     os.ftruncate(fd, db_size * ps)
     return Result("", plan.generation, txs, done, db_size, ps, time.monotonic() - t0, last_commit)
+
+
+def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
+    return [(pgno + i, page_hash(pgno + i, chunk[i * ps:(i + 1) * ps])) for i in range(len(chunk) // ps)]
+
+
+def _write_snapshot(snap: SnapshotReader, fd: int, hasher: DbHash, on_chunk: Callable[[], None]) -> None:
+    """Write every page of ``snap`` to ``fd`` and record its hash in ``hasher``.
+
+    Decompression (here), page writes and page hashing (two threads) overlap: each of the
+    three releases the GIL for most of its work, so a restore uses both cores.
+    """
+    ps = snap.header.page_size
+    pending: collections.deque = collections.deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            written, hashed = pending.popleft()
+            written.result()
+            for pgno, h in hashed.result():
+                hasher.set_hash(pgno, h)
+
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore") as pool:
+        try:
+            for pgno, chunk in snap.chunks():
+                pending.append((pool.submit(os.pwrite, fd, chunk, (pgno - 1) * ps),
+                                pool.submit(_hash_pages, pgno, chunk, ps)))
+                settle(_IN_FLIGHT_CHUNKS)
+                on_chunk()
+            settle(0)
+        finally:
+            for written, hashed in pending:  # an error: let the workers finish before fd closes
+                written.cancel()
+                hashed.cancel()
 
 
 def integrity_check(path: str) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
+STEP_INTERVAL = 0.01
 
 
 class DbReplication:
@@ -79,11 +80,19 @@ class DbReplication:
             self.error = e
             self.started.set()
             return
+        last_step = 0.0
         while not self.stop_event.is_set():
             self.agent.wake.wait(self.poll_interval)
+            # Commits that arrive close together ship together: a lone commit is copied at
+            # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
+            # bounds the per-shipment work (files, fsyncs, uploads) it causes.
+            pause = last_step + STEP_INTERVAL - time.monotonic()
+            if pause > 0:
+                self.stop_event.wait(pause)
             self.agent.wake.clear()
             if self.stop_event.is_set():
                 break
+            last_step = time.monotonic()
             try:
                 self.agent.step()
                 self.collect_garbage()

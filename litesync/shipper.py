@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -11,12 +12,19 @@ import time
 from dataclasses import dataclass
 
 from . import layout
-from .errors import LitesyncError
+from .errors import CorruptObjectError, LitesyncError
 from .replica.base import ReplicaClient
 from .replica.file import atomic_file
+from .segment import concat_segments, split_segment
 from .spool import Name, Spool, sort_key
 
 log = logging.getLogger(__name__)
+
+# Segments waiting in the spool go up together, as one object (see segment.concat_segments):
+# under a fast writer one upload carries many commits, so the replica keeps up and the
+# store sees few requests, while a lone commit still goes up at once.
+MAX_BATCH_BYTES = 8 << 20
+MAX_BATCH_PARTS = 1000
 
 
 @dataclass
@@ -29,6 +37,24 @@ class Position:
     @property
     def generation(self) -> int | None:
         return None if self.key is None else self.key[0]
+
+
+def batch_after(objects: list[tuple[Name, int]], first: layout.SegmentName, max_bytes: int = MAX_BATCH_BYTES,
+                max_parts: int = MAX_BATCH_PARTS) -> list[layout.SegmentName]:
+    """The segments to ship as one object, starting with ``first`` (pure): those that follow
+    it without a gap or a snapshot in between, within the size and count bounds."""
+    run = [first]
+    size = dict(objects)[first]
+    snaps = {(n.generation, n.seq) for n, _ in objects if isinstance(n, layout.SnapshotName)}
+    for n, s in objects:
+        if not isinstance(n, layout.SegmentName) or sort_key(n) <= sort_key(run[-1]):
+            continue
+        if (n.generation != first.generation or n.first_seq != run[-1].last_seq + 1
+                or (n.generation, n.first_seq) in snaps or len(run) >= max_parts or size + s > max_bytes):
+            break
+        run.append(n)
+        size += s
+    return run
 
 
 def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | None, bool]:
@@ -117,14 +143,18 @@ class Shipper(threading.Thread):
             if need_snapshot:
                 self.request_snapshot.set()
             return False
-        path = self.spool.path(name)
-        size = os.stat(path).st_size
-        with open(path, "rb") as f:
-            self.client.write(name.key, f, size)
         if isinstance(name, layout.SnapshotName):
+            size = self._upload(name)
             new_pos = Position(sort_key(name), name.seq)
         else:
-            new_pos = Position(sort_key(name), name.last_seq + 1)
+            run = batch_after(self.spool.objects(), name)
+            if len(run) == 1:
+                size = self._upload(name)
+            else:
+                run, size = self._upload_batch(run)
+                if not run:
+                    return False
+            new_pos = Position(sort_key(run[-1]), run[-1].last_seq + 1)
         # Durable first: the spool drops what self.pos says is shipped.
         self._save(new_pos)
         self.pos = new_pos
@@ -132,6 +162,40 @@ class Shipper(threading.Thread):
         self.uploaded_bytes += size
         self.last_upload_at = time.time()
         return True
+
+    def _upload(self, name: Name) -> int:
+        path = self.spool.path(name)
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            self.client.write(name.key, f, size)
+        return size
+
+    def _upload_batch(self, run: list[layout.SegmentName]) -> tuple[list[layout.SegmentName], int]:
+        """Upload ``run`` (or its undamaged start) as one segment covering its sequence
+        numbers; return what was shipped and its size."""
+        parts = []
+        for i, n in enumerate(run):
+            path = self.spool.path(n)
+            with open(path, "rb") as f:
+                data = f.read()
+            try:
+                header, body = split_segment(data, path)
+            except CorruptObjectError as e:
+                if i:
+                    run = run[:i]  # ship what is sound; the damaged one comes first next time
+                    break
+                # Never ship what is known to be damaged: drop it, bridge the gap with a snapshot.
+                log.error("%s: damaged spool object, dropped; a new snapshot will bridge the gap: %s", self.label, e)
+                self.spool.delete([n])
+                self.request_snapshot.set()
+                return [], 0
+            parts.append((path, header, body))
+        buf = io.BytesIO()
+        header, size = concat_segments(parts, buf)
+        name = layout.SegmentName(header.generation, header.first_seq, header.last_seq, header.last_commit_ms)
+        buf.seek(0)
+        self.client.write(name.key, buf, size)
+        return run, size
 
     def _probe(self) -> bool:
         """List the replica once before shipping: a configuration error shows at once."""
@@ -158,11 +222,15 @@ class Shipper(threading.Thread):
         if not self._probe():
             return
         backoff = 0.0
+        announced = False
         while not self.stop_event.is_set():
             try:
                 shipped = self.ship_one()
                 if self.status != "completed" and not shipped:
-                    log.info("%s: up to date", self.label)
+                    # Said once, and again after a failure: a busy database is caught up
+                    # many times a second.
+                    log.log(logging.DEBUG if announced else logging.INFO, "%s: up to date", self.label)
+                    announced = True
                 self.status = "pending" if shipped else "completed"
                 self.last_error = None
                 backoff = 0.0
@@ -172,6 +240,7 @@ class Shipper(threading.Thread):
                 if str(e) != self.last_error:
                     log.error("%s: %s (retrying)", self.label, e)
                 self.status, self.last_error = "failed", str(e)
+                announced = False
                 self.idle.clear()
                 self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
                 continue

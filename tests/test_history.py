@@ -206,13 +206,14 @@ class TxTimes:
     def poll(self):
         for info in self.client.list("generations/"):
             name = layout.parse_key(info.key)
-            if isinstance(name, layout.SegmentName) and name.first_seq == name.last_seq \
-                    and name.first_seq not in self.by_seq:
+            if isinstance(name, layout.SegmentName) and (name.first_seq, name.last_seq) not in self.by_seq:
                 try:
                     with self.client.open(info.key) as f:
-                        self.by_seq[name.first_seq] = [t.commit_ms for t in SegmentReader(f, info.key).header.txs]
+                        h = SegmentReader(f, info.key).header
                 except Exception:  # deleted meanwhile: it was covered and out of the window
-                    pass
+                    continue
+                if not h.merged:  # shipped as written (one or several shipments): every commit
+                    self.by_seq[(name.first_seq, name.last_seq)] = [t.commit_ms for t in h.txs]
 
     def close(self):
         self.stop.set()
@@ -223,11 +224,17 @@ class TxTimes:
         """n -> recorded commit time, for every transaction after the first snapshot."""
         out = {}
         n = self.k0
-        assert sorted(self.by_seq) == list(range(len(self.by_seq))), "a segment was missed"
-        for seq in sorted(self.by_seq):
-            for ms in self.by_seq[seq]:
+        seq = 0
+        ranges = {r: self.by_seq[r] for r in sorted(self.by_seq)}
+        while True:
+            nxt = [r for r in ranges if r[0] == seq]
+            if not nxt:
+                break
+            for ms in ranges[nxt[0]]:
                 n += 1
                 out[n] = ms
+            seq = nxt[0][1] + 1
+        assert all(r[1] < seq for r in ranges), "a segment was missed"
         return out
 
 
@@ -391,3 +398,37 @@ def test_retention_waits_for_a_restore_that_planned_with_old_objects(replicated,
     assert content_digest(str(tmp_path / "out.db")) == content_digest(db)
     assert integrity(str(tmp_path / "out.db")) == "ok"
     assert r.transactions >= 1
+
+
+def test_waiting_segments_ship_as_one_object_and_keep_every_commit(tmp_path):
+    """A replica that uploads at most every 300 ms gets the commits of that time in one
+    object; restores to the latest state and to every recorded commit are still exact."""
+    db = str(tmp_path / "app.db")
+    rep = str(tmp_path / "rep")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"compaction: off\ndbs:\n  - path: {db}\n    replicas:\n"
+                   f"      - url: file://{rep}\n        sync-interval: 300ms\n")
+    run_writer(db, "--count", "1")
+    agent = start_agent_ready("--config", str(cfg), log_path=str(tmp_path / "agent.log"))
+    client = FileReplicaClient(rep)
+    times = TxTimes(client, k0=1)
+    try:
+        run_writer(db, "--seconds", "3", "--rate", "100")
+    finally:
+        assert stop(agent) == 0
+        times.close()
+    segments = history.catalog(client.list("generations/")).newest().segments
+    transactions = committed_prefix(db) - 1
+    batched = [n for n, _ in segments if n.last_seq > n.first_seq]
+    assert batched, "segments waiting in the spool went up together"
+    assert len(segments) < transactions / 5, (len(segments), transactions)
+    recorded = times.commit_ms()
+    assert sorted(recorded) == list(range(2, transactions + 2)), "every commit is listed once"
+    out = str(tmp_path / "latest.db")
+    restore(client, out)
+    assert content_digest(out) == content_digest(db)
+    for n in random.Random(3).sample(sorted(recorded), 6):
+        out = str(tmp_path / f"at{n}.db")
+        restore(client, out, until_ms=recorded[n])
+        # Commits in the same millisecond restore together.
+        assert committed_prefix(out) == max(k for k, ms in recorded.items() if ms <= recorded[n])

@@ -158,3 +158,78 @@ def test_dbhash_tracks_writes_and_truncation():
     d.set_page(1, bytes([1]) * 16)
     d.set_page(2, bytes([2]) * 16)
     assert c.value != d.value
+
+
+# --- concatenation ------------------------------------------------------------------------
+
+
+def chain_of_segments(n, page_size=PS):
+    """n consecutive single-sequence segments (seq 4..), each linking to the previous."""
+    from litesync.segment import split_segment
+
+    parts, expect = [], []
+    link = b"p" * 16
+    for k in range(n):
+        end = bytes([k + 1]) * 16
+        pages = {p: os.urandom(page_size) for p in (1, 2 + k)}
+        txs = (TxInfo(1000 + k, 2 + k, 2, 0xA00 + k),)
+        h = SegmentHeader(page_size, 7, 4 + k, 4 + k, link, end, WalPosition(1, 2, 9 + k, 3, 4), 5 + k, txs)
+        out = io.BytesIO()
+        w = SegmentWriter(out, h)
+        for p, d in pages.items():
+            w.add_page(p, d)
+            expect.append((k, p, d))
+        w.close()
+        name = f"seg-{4 + k}"
+        parts.append((name, *split_segment(out.getvalue(), name)))
+        link = end
+    return parts, expect
+
+
+def test_concatenated_segments_read_as_one_with_every_transaction():
+    from litesync.segment import concat_segments
+
+    parts, expect = chain_of_segments(3)
+    out = io.BytesIO()
+    header, size = concat_segments(parts, out)
+    assert size == len(out.getvalue())
+    got_header, got = read_all(out.getvalue())
+    assert (got_header.first_seq, got_header.last_seq) == (4, 6)
+    assert got_header.prev_link == b"p" * 16 and got_header.end_link == bytes([3]) * 16
+    assert [t.commit_ms for t in got_header.txs] == [1000, 1001, 1002]
+    assert got == expect
+
+
+def test_concatenation_refuses_a_broken_chain():
+    from litesync.errors import ChainError
+    from litesync.segment import concat_segments
+
+    parts, _ = chain_of_segments(3)
+    with pytest.raises(ChainError, match=r"^seg-6: .*does not follow generation 0000000000000007 seq 4"):
+        concat_segments([parts[0], parts[2]], io.BytesIO())
+
+
+@pytest.mark.parametrize("where", ["body", "trailer", "short"])
+def test_split_segment_detects_damage(where):
+    from litesync.segment import split_segment
+
+    data, _, _ = seg_bytes()
+    b = bytearray(data)
+    if where == "short":
+        b = b[:-5]
+    else:
+        b[{"body": len(data) - TRAILER_SIZE - 10, "trailer": len(data) - 20}[where]] ^= 0x01
+    with pytest.raises(CorruptObjectError, match=r"^spool/seg: "):
+        split_segment(bytes(b), "spool/seg")
+
+
+def test_a_damaged_frame_inside_a_concatenation_is_detected():
+    from litesync.segment import concat_segments
+
+    parts, _ = chain_of_segments(3)
+    out = io.BytesIO()
+    concat_segments(parts, out)
+    data = bytearray(out.getvalue())
+    data[len(data) - TRAILER_SIZE - 3] ^= 0x40  # inside the last part's frame
+    with pytest.raises(CorruptObjectError, match=r"^cat: "):
+        read_all(bytes(data), "cat")

@@ -52,3 +52,16 @@ def test_old_generation_finished_moves_to_the_next():
 
 def test_gap_in_an_old_generation_moves_on_instead_of_asking_for_a_snapshot():
     assert choose_next(objs(seg(G, 9), snap(H, 0)), shipped(seg(G, 2))) == (snap(H, 0), False)
+
+
+def test_batch_takes_consecutive_segments_up_to_a_snapshot_or_gap():
+    from litesync.shipper import batch_after
+
+    objs = [(seg(1, 1), 10), (seg(1, 2), 10), (seg(1, 3), 10), (snap(1, 4), 10), (seg(1, 4), 10),
+            (seg(1, 6), 10)]
+    assert batch_after(objs, seg(1, 1)) == [seg(1, 1), seg(1, 2), seg(1, 3)]
+    assert batch_after(objs, seg(1, 4)) == [seg(1, 4)]  # 5 is missing
+    assert batch_after(objs, seg(1, 1), max_bytes=25) == [seg(1, 1), seg(1, 2)]
+    assert batch_after(objs, seg(1, 1), max_parts=1) == [seg(1, 1)]
+    other_gen = [(seg(1, 1), 10), (seg(2, 2), 10)]
+    assert batch_after(other_gen, seg(1, 1)) == [seg(1, 1)]
