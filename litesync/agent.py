@@ -24,6 +24,7 @@ from typing import Callable
 import apsw
 
 from . import layout, wal
+from .layout import state_dir_for
 from .dbhash import DbHash, page_hash
 from .errors import DatabaseError, LitesyncError
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
@@ -35,12 +36,6 @@ log = logging.getLogger(__name__)
 SEAL_TIMEOUT_MS = 5000
 _SNAPSHOT_CHUNK_PAGES = 256
 _KEEP_IN_MEMORY = 32 << 20
-
-
-def state_dir_for(db_path: str) -> str:
-    """Return the agent's local state directory for a database: ``.<name>-litesync``."""
-    d, name = os.path.split(os.path.abspath(db_path))
-    return os.path.join(d, f".{name}-litesync")
 
 
 class _WalChanged(Exception):

@@ -84,6 +84,7 @@ class Shipper(threading.Thread):
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
         self.idle = threading.Event()
+        self.probed = threading.Event()  # the replica answered its first listing
 
     def _load(self) -> Position:
         try:
@@ -157,6 +158,7 @@ class Shipper(threading.Thread):
     def run(self) -> None:
         if not self._probe():
             return
+        self.probed.set()
         backoff = 0.0
         while not self.stop_event.is_set():
             try:
