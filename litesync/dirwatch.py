@@ -21,13 +21,20 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 REMOVED_DB_TIMEOUT = 10.0
 
 
-def find_databases(cfg: "DirConfig") -> list[str]:
-    """Return the files under ``cfg.path`` whose names ``cfg`` replicates (contents unchecked)."""
-    found = []
+def scan_directory(cfg: "DirConfig") -> tuple[list[str], list[str]]:
+    """Return the files under ``cfg.path`` whose names ``cfg`` replicates (contents unchecked),
+    and the directories looked in."""
+    found, looked = [], []
     for root, dirs, files in os.walk(cfg.path):
+        looked.append(root)
         dirs[:] = sorted(d for d in dirs if cfg.recursive and not is_state_dir(d))
         found += [p for p in (os.path.join(root, f) for f in sorted(files)) if cfg.matches(p)]
-    return found
+    return found, looked
+
+
+def find_databases(cfg: "DirConfig") -> list[str]:
+    """Return the files under ``cfg.path`` whose names ``cfg`` replicates (contents unchecked)."""
+    return scan_directory(cfg)[0]
 
 
 def has_sqlite_header(path: str) -> bool | None:
@@ -90,7 +97,10 @@ class DirWatcher(threading.Thread):
 
     def scan(self) -> None:
         """Replicate new databases, stop for removed or replaced ones, drop those that failed."""
-        found = {p: _identity(p) for p in find_databases(self.cfg)}
+        paths, looked = scan_directory(self.cfg)
+        for directory in looked[1:]:  # a database created in a subdirectory shows at once
+            self.runner.watch(directory)
+        found = {p: _identity(p) for p in paths}
         for path, (d, inode) in list(self.active.items()):
             now = found.get(path)
             if now is None or now[:2] != inode:

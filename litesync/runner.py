@@ -4,6 +4,7 @@ adds and removes its databases, and a clean shutdown that ships everything."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -186,6 +187,8 @@ class Runner:
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
         self.dirs = [DirWatcher(d, self, poll_interval) for d in config.dirs]
         self._observer = None
+        self._handler = None
+        self._watches: dict[str, tuple[object, int]] = {}  # directory -> (its watch, its inode)
 
     def start(self) -> None:
         self._start_watcher()
@@ -210,6 +213,7 @@ class Runner:
         with self._lock:
             self.dbs.append(d)
             self._wakes[d.agent.wal_path] = d.agent.wake
+        self.watch(os.path.dirname(cfg.path))
         d.start()
         return d
 
@@ -250,20 +254,37 @@ class Runner:
                         for w in dirs:
                             w.notice(path)
 
-        # One watch per directory: recursive where a directory entry asks for it.
-        watches: dict[str, bool] = {}
+        self._handler = Handler()
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
         for d in self.dbs:
-            watches.setdefault(os.path.dirname(d.agent.wal_path), False)
+            os.makedirs(os.path.dirname(d.agent.wal_path), exist_ok=True)
+            self.watch(os.path.dirname(d.agent.wal_path))
         for w in self.dirs:
-            watches[w.cfg.path] = watches.get(w.cfg.path, False) or w.cfg.recursive
-        obs = Observer()
-        handler = Handler()
-        for directory, recursive in watches.items():
-            os.makedirs(directory, exist_ok=True)
-            obs.schedule(handler, directory, recursive=recursive)
-        obs.daemon = True
-        obs.start()
-        self._observer = obs
+            os.makedirs(w.cfg.path, exist_ok=True)
+            self.watch(w.cfg.path)
+
+    def watch(self, directory: str) -> None:
+        """Deliver the file-system events of ``directory`` (not of its subdirectories)."""
+        # Never recursive: a recursive watch would follow every spool write of every state directory.
+        try:
+            inode = os.stat(directory).st_ino
+        except OSError:
+            return
+        with self._lock:
+            if self._observer is None:
+                return
+            old = self._watches.get(directory)
+            if old is not None and old[1] == inode:
+                return
+            if old is not None:  # deleted and created again: the old watch died with it
+                with contextlib.suppress(KeyError, OSError):
+                    self._observer.unschedule(old[0])
+            try:
+                self._watches[directory] = (self._observer.schedule(self._handler, directory), inode)
+            except OSError as e:
+                log.warning("%s: cannot watch (%s); polling every %.1fs", directory, e, self.poll_interval)
 
     def fatal_errors(self) -> list[BaseException]:
         """Errors that make replication impossible as configured (startup or replica setup)."""
