@@ -130,8 +130,8 @@ class Replicator:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> "Replicator":
-        """Start the child; return once every database replicates (or waits to be created) and
-        every replica answered. Raise the child's one-line error if it exits, or after ``timeout``."""
+        """Start the child; return once it sends READY=1 (every database replicates or waits to be
+        created, every replica checked). Raise the child's one-line error if it exits, or after ``timeout``."""
         if self.running:
             raise UsageError(f"replicator already running (pid {self.pid})")
         listener = Listener()

@@ -97,6 +97,10 @@ class DirWatcher(threading.Thread):
 
     def scan(self) -> None:
         """Replicate new databases, stop for removed or replaced ones, drop those that failed."""
+        with self.runner.scan_lock:
+            self._scan()
+
+    def _scan(self) -> None:
         paths, looked = scan_directory(self.cfg)
         for directory in looked[1:]:  # a database created in a subdirectory shows at once
             self.runner.watch(directory)

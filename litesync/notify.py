@@ -1,6 +1,6 @@
 """Readiness notification, systemd's ``sd_notify`` protocol: a datagram such as ``READY=1``
 sent to the Unix socket named by ``$NOTIFY_SOCKET``. ``litesync replicate`` sends READY=1
-once every database replicates and every replica answered; a systemd unit of
+once every database replicates and every replica was checked; a systemd unit of
 ``Type=notify`` and the Python API (``Listener``) both wait for it."""
 
 from __future__ import annotations

@@ -130,10 +130,11 @@ class DbReplication:
         self.agent.spool.delete(drop)
 
     def ready(self) -> bool:
-        """True once replicating with every replica answering, or while waiting for the database."""
+        """True once replicating and every replica checked (see ``Shipper.checked``), or while
+        waiting for the database to be created."""
         if not self.started.is_set():
             return self.waiting.is_set()
-        return self.error is None and all(s.probed.is_set() for s in self.shippers)
+        return self.error is None and all(s.checked.is_set() for s in self.shippers)
 
     def request_stop(self) -> None:
         """Start the final sync without waiting for it."""
@@ -183,6 +184,9 @@ class Runner:
         self.config = config
         self.poll_interval = poll_interval
         self._lock = threading.Lock()  # guards dbs and _wakes, which directory threads change
+        # One directory scan at a time: two entries may find one file, and a scan opens a
+        # file only while no other thread of this process can have started replicating it.
+        self.scan_lock = threading.Lock()
         self.dbs = [DbReplication(d, poll_interval, wait_for_db) for d in config.dbs]
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
         self.dirs = [DirWatcher(d, self, poll_interval) for d in config.dirs]
@@ -232,7 +236,7 @@ class Runner:
                 raise d.error
 
     def ready(self) -> bool:
-        """True once every database replicates (or waits to be created) and every replica answered."""
+        """True once every database replicates (or waits to be created) and every replica was checked."""
         return all(d.ready() for d in self.databases() if not (d.discovered and d.error is not None))
 
     def _start_watcher(self) -> None:

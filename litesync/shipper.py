@@ -84,7 +84,9 @@ class Shipper(threading.Thread):
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
         self.idle = threading.Event()
-        self.probed = threading.Event()  # the replica answered its first listing
+        # The first listing is done: it succeeded, or failed in a way a retry may cure (the
+        # replica then catches up from the spool); not set on a configuration error.
+        self.checked = threading.Event()
 
     def _load(self) -> Position:
         try:
@@ -140,6 +142,7 @@ class Shipper(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 list(self.client.list("generations/"))
+                self.checked.set()
                 return True
             except LitesyncError as e:
                 if not e.retryable:
@@ -151,6 +154,7 @@ class Shipper(threading.Thread):
             except OSError as e:
                 log.warning("%s: %s (retrying)", self.label, e)
                 self.status, self.last_error = "failed", str(e)
+            self.checked.set()
             self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         return False
@@ -158,7 +162,6 @@ class Shipper(threading.Thread):
     def run(self) -> None:
         if not self._probe():
             return
-        self.probed.set()
         backoff = 0.0
         while not self.stop_event.is_set():
             try:
