@@ -24,7 +24,7 @@ from .replica.file import fsync_dir
 from .segment import SegmentReader, SnapshotReader
 
 if TYPE_CHECKING:
-    from .config import Config, DbConfig
+    from .config import Config
 
 log = logging.getLogger(__name__)
 

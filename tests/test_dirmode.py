@@ -11,7 +11,7 @@ import pytest
 
 from dbcheck import committed_prefix, content_digest
 from proc import litesync, run_writer, start_agent_ready, stop, wait_for
-from litesync.config import DbConfig, DirConfig, ReplicaConfig, load_config
+from litesync.config import DbConfig, DirConfig, load_config
 from litesync.dirwatch import find_databases, has_sqlite_header
 from litesync.errors import ConfigError
 
@@ -47,6 +47,16 @@ def test_dir_entry(tmp_path):
     assert cfg.database(str(tmp_path / "main.db")) is cfg.dbs[0]
     assert cfg.database(str(tmp_path / "tenants" / "a.db")) is None
     assert [r.path for r in cfg.replicas] == ["/b/main", "/b/tenants", "tenants"]
+
+
+def test_example_has_a_directory():
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "litesync.yml.example")
+    cfg = load_config(example, environ={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s",
+                                        "B2_APPLICATION_KEY_ID": "k", "B2_APPLICATION_KEY": "s"})
+    (d,) = cfg.dirs
+    assert (d.path, d.pattern, d.recursive, d.template.snapshot_interval) == \
+        ("/var/lib/app/tenants", "*.db", False, 12 * 3600.0)
+    assert d.database("/var/lib/app/tenants/a.db").replicas[0].path == "tenants/a.db"
 
 
 def test_dir_defaults(tmp_path):
