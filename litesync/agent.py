@@ -24,6 +24,7 @@ from typing import Callable
 import apsw
 
 from . import layout, wal
+from .layout import state_dir_for
 from .dbhash import DbHash, page_hash
 from .errors import DatabaseError, LitesyncError
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
@@ -41,12 +42,6 @@ _KEEP_IN_MEMORY = 4 << 20
 # tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
 _MAX_TAIL = 2 << 20
 _TAIL_ATTEMPTS = 3
-
-
-def state_dir_for(db_path: str) -> str:
-    """Return the agent's local state directory for a database: ``.<name>-litesync``."""
-    d, name = os.path.split(os.path.abspath(db_path))
-    return os.path.join(d, f".{name}-litesync")
 
 
 class _WalChanged(Exception):

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from . import __version__
 from .errors import LitesyncError, UsageError
+from .notify import notify
 
 log = logging.getLogger("litesync")
 
@@ -32,26 +33,9 @@ def _is_url(text: str) -> bool:
 
 
 def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
-    from .config import config_from_args, find_config, load_config
+    from .config import resolve_config
 
-    if urls:
-        return config_from_args(db, list(urls))
-    path = find_config(args.config)
-    if path is None:
-        if db is None:
-            raise UsageError("no database given and no config file found "
-                             "(looked at --config, $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml)")
-        return config_from_args(db, [])
-    cfg = load_config(path)
-    if db is not None:
-        want = os.path.abspath(db)
-        dbs = tuple(d for d in cfg.dbs if d.path == want)
-        if not dbs:
-            raise UsageError(f"database not in config {path}: {want}")
-        from dataclasses import replace
-
-        cfg = replace(cfg, dbs=dbs)
-    return cfg
+    return resolve_config(db, urls, args.config)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -90,10 +74,16 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         raise UsageError(f"replicate: a replica URL needs a database path first: {positional[0]!r}")
     cfg = _load(args, db, positional)
     _setup_logging(cfg.logging, args.verbose)
-    # With --exec the application may create the database after we start.
-    runner = Runner(cfg, wait_for_db=bool(args.exec))
+    if args.restore_if_db_not_exists:
+        from .restore import restore_missing
+
+        restore_missing(cfg)
+    # With --exec the application may create the database after we start; so may a new
+    # machine whose replica held no backup yet.
+    runner = Runner(cfg, wait_for_db=bool(args.exec) or (args.restore_if_db_not_exists and not args.once))
     stop = threading.Event()
     child: subprocess.Popen | None = None
+    announced = False
 
     def on_signal(signum, _frame):  # noqa: ANN001
         if child is not None and child.poll() is None:
@@ -101,10 +91,22 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         else:
             stop.set()
 
+    def announce_ready() -> None:
+        nonlocal announced
+        if not announced and runner.ready():
+            announced = True
+            notify("READY=1")
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.exit_on_stdin_close:
+        threading.Thread(target=_after_stdin_closes, args=(lambda: on_signal(signal.SIGTERM, None),),
+                         name="stdin", daemon=True).start()
     for d in cfg.dbs:
         log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas))
+    for w in cfg.dirs:
+        log.info("replicating the databases matching %r in %s%s to %s", w.pattern, w.path,
+                 " and below" if w.recursive else "", ", ".join(r.name for r in w.template.replicas))
     runner.start()
     exit_code = EXIT_OK
     if args.exec:
@@ -115,6 +117,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
             raise LitesyncError(f"--exec: cannot start {args.exec!r}: {e.strerror}") from e
         while child.poll() is None and not stop.is_set():
             time.sleep(0.05)
+            announce_ready()
             if runner.fatal_errors():
                 child.terminate()  # replication cannot work as configured: stop the app too
                 child.wait()
@@ -125,7 +128,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         runner.wait_started()
         # Give every replica its first contact before the final sync, so a misconfigured one
         # fails here rather than after the shutdown timeout.
-        for d in runner.dbs:
+        for d in runner.databases():
             for s in d.shippers:
                 while s.is_alive() and s.status == "pending" and s.fatal is None and not s.uploaded_objects:
                     time.sleep(0.01)
@@ -133,13 +136,26 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     else:
         while not stop.wait(0.2):
             _raise_startup_errors(runner)
+            announce_ready()
     if not args.once:
+        notify("STOPPING=1")
         runner.wait_started(timeout=0)
     ok = runner.stop(timeout=args.shutdown_timeout)
     _raise_startup_errors(runner)
     if not ok and exit_code == EXIT_OK:
         exit_code = EXIT_FAILURE
     return exit_code
+
+
+def _after_stdin_closes(then) -> None:  # noqa: ANN001
+    """Read standard input to its end (the parent closed it, or died), then call ``then``."""
+    try:
+        while os.read(0, 1 << 16):
+            pass
+    except OSError:
+        pass
+    log.info("standard input closed; shutting down")
+    then()
 
 
 def _raise_startup_errors(runner) -> None:  # noqa: ANN001
@@ -352,8 +368,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         replicas = [parse_replica_url(u) for u in positional]
     else:
-        cfg = _load(args, db, [])
-        replicas = [r for d in cfg.dbs for r in d.replicas]
+        replicas = _load(args, db, []).replicas
     failed = 0
     for rc in replicas:
         try:
@@ -392,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--once", action="store_true", help="sync everything once and exit")
     r.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="how long to wait for replicas to receive everything on exit (default 30)")
+    r.add_argument("--restore-if-db-not-exists", action="store_true",
+                   help="first restore each database that does not exist from its replica (if it holds a backup)")
+    r.add_argument("--exit-on-stdin-close", action="store_true",
+                   help="shut down (final sync) when standard input is closed, e.g. when the parent dies")
     r.set_defaults(func=cmd_replicate)
 
     s = sub.add_parser("restore", help="rebuild a database from a replica",

@@ -8,6 +8,7 @@ Every error from a file names the file, the field path and the line.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, fields, replace
@@ -18,11 +19,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
+from .layout import is_state_dir
 
 __all__ = [
-    "Config", "DbConfig", "LoggingConfig", "ReplicaConfig",
-    "config_from_args", "expand_env", "find_config", "load_config",
+    "Config", "DbConfig", "DirConfig", "LoggingConfig", "ReplicaConfig",
+    "config_from_args", "expand_env", "find_config", "load_config", "resolve_config",
     "parse_duration", "parse_replica_url", "parse_size",
 ]
 
@@ -36,6 +38,7 @@ DEFAULT_SPOOL_MAX_SIZE = 1 << 30
 DEFAULT_RETENTION = 24 * 3600.0
 DEFAULT_RETENTION_CHECK_INTERVAL = 60.0
 DEFAULT_COMPACTION = (30.0, 300.0, 3600.0)
+DEFAULT_PATTERN = "*.db"
 # Multipart uploads on S3 and B2 take parts of 5 MiB to 5 GiB (the last part may be smaller).
 MIN_PART_SIZE = 5 << 20
 MAX_PART_SIZE = 5 << 30
@@ -110,13 +113,75 @@ class DbConfig:
     compaction: tuple[float, ...] = DEFAULT_COMPACTION
 
 
+# Files a directory never replicates: SQLite's own companions and litesync's temp files.
+_COMPANION_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
+
+
+@dataclass(frozen=True)
+class DirConfig:
+    """A directory whose databases matching ``pattern`` are replicated, each as ``template``
+    says: ``template.path`` is the directory, its replicas are prefixes under which each
+    database gets its own place (``<prefix>/<path relative to the directory>``)."""
+
+    template: DbConfig
+    pattern: str = DEFAULT_PATTERN
+    recursive: bool = False
+
+    @property
+    def path(self) -> str:
+        return self.template.path
+
+    def matches(self, db_path: str) -> bool:
+        """True when the absolute ``db_path`` is a database this directory replicates (by name only)."""
+        rel = os.path.relpath(db_path, self.path)
+        parts = rel.split(os.sep)
+        if parts[0] in (os.curdir, os.pardir) or (len(parts) > 1 and not self.recursive):
+            return False
+        name = parts[-1]
+        return (fnmatch.fnmatchcase(name, self.pattern) and not name.endswith(_COMPANION_SUFFIXES)
+                and not any(is_state_dir(p) for p in parts[:-1]))
+
+    def database(self, db_path: str) -> DbConfig:
+        """Return the configuration of the database at ``db_path`` inside this directory."""
+        rel = os.path.relpath(db_path, self.path)
+        return replace(self.template, path=db_path,
+                       replicas=tuple(_beneath(rc, rel) for rc in self.template.replicas))
+
+
+def _beneath(rc: ReplicaConfig, rel: str) -> ReplicaConfig:
+    """Return the replica ``rc`` moved down to ``rel`` (a path relative to its directory)."""
+    if rc.type == "file":
+        return replace(rc, path=os.path.join(rc.path, rel), url=None)
+    key = rel.replace(os.sep, "/")
+    return replace(rc, path=f"{rc.path}/{key}" if rc.path else key, url=None)
+
+
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration; ``source`` is the file it came from, None for the command line."""
+    """The whole configuration; ``source`` is the file it came from, None for the command line.
+
+    ``dbs`` are the databases listed by path, ``dirs`` the directories (``dir:`` entries).
+    """
 
     dbs: tuple[DbConfig, ...]
     logging: LoggingConfig = LoggingConfig()
     source: str | None = None
+    dirs: tuple[DirConfig, ...] = ()
+
+    def database(self, db_path: str) -> DbConfig | None:
+        """Return the configuration of the database at the absolute ``db_path``, listed or in a directory."""
+        for db in self.dbs:
+            if db.path == db_path:
+                return db
+        for d in self.dirs:
+            if d.matches(db_path):
+                return d.database(db_path)
+        return None
+
+    @property
+    def replicas(self) -> list[ReplicaConfig]:
+        """Every replica (a directory's as its prefix)."""
+        return [rc for d in self.dbs + tuple(d.template for d in self.dirs) for rc in d.replicas]
 
 
 # --- scalar values -------------------------------------------------------------------------
@@ -252,6 +317,12 @@ def _endpoint(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
+    return text
+
+
+def _pattern(text: str) -> str:
+    if "/" in text:
+        raise ConfigError(f"pattern matches file names, not paths: {text!r}")
     return text
 
 
@@ -391,7 +462,7 @@ def config_from_args(db_path: str, replica_urls: Sequence[str]) -> Config:
 # --- configuration files -------------------------------------------------------------------
 
 
-def find_config(explicit: str | None) -> str | None:
+def find_config(explicit: str | None, environ: Mapping[str, str] | None = None) -> str | None:
     """Return the config file to use: explicit, $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml.
 
     An explicit or $LITESYNC_CONFIG file must exist; None when no default file exists.
@@ -400,7 +471,7 @@ def find_config(explicit: str | None) -> str | None:
         if not os.path.exists(explicit):
             raise ConfigError("config file not found", file=explicit)
         return explicit
-    from_env = os.environ.get(CONFIG_ENV)
+    from_env = (os.environ if environ is None else environ).get(CONFIG_ENV)
     if from_env:
         if not os.path.exists(from_env):
             raise ConfigError(f"config file not found (from ${CONFIG_ENV})", file=from_env)
@@ -409,6 +480,28 @@ def find_config(explicit: str | None) -> str | None:
         if os.path.isfile(candidate):
             return os.path.abspath(candidate)
     return None
+
+
+def resolve_config(db_path: str | None, replica_urls: Sequence[str], config_path: str | None, *,
+                   environ: Mapping[str, str] | None = None) -> Config:
+    """Return the configuration a command means: ``DB URL...`` from the command line alone, else
+    the config file (only ``DB`` of it when given), else ``DB`` with its default replica."""
+    if replica_urls:
+        return config_from_args(db_path or "", replica_urls)
+    path = find_config(config_path, environ)
+    if path is None:
+        if db_path is None:
+            raise UsageError("no database given and no config file found "
+                             "(looked at --config, $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml)")
+        return config_from_args(db_path, [])
+    cfg = load_config(path, environ=environ)
+    if db_path is None:
+        return cfg
+    want = os.path.abspath(db_path)
+    found = cfg.database(want)
+    if found is None:
+        raise UsageError(f"database not in config {path}: {want}")
+    return replace(cfg, dbs=(found,), dirs=())
 
 
 def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Config:
@@ -443,7 +536,8 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
                 "retention-check-interval", "compaction")
 _TOP_KEYS = _DB_SETTINGS + ("logging", "dbs")
-_DB_KEYS = ("path", "replicas") + _DB_SETTINGS
+_DIR_ONLY_KEYS = ("pattern", "recursive")
+_DB_KEYS = ("path", "dir", "replicas") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
 
 _COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority")
@@ -614,8 +708,9 @@ class _Reader:
         db_nodes = self.sequence(items["dbs"][1], "dbs")
         if not db_nodes:
             raise self.error("at least one database is required", "dbs", items["dbs"][1])
-        dbs = tuple(self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes))
-        return Config(dbs, logging_config, self.file)
+        entries = [self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes)]
+        return Config(tuple(e for e in entries if isinstance(e, DbConfig)), logging_config, self.file,
+                      tuple(e for e in entries if isinstance(e, DirConfig)))
 
     def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
         (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
@@ -638,13 +733,24 @@ class _Reader:
             format=self.value(section, "format", "logging", _choice(LOG_FORMATS), default.format),
             stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), default.stream))
 
-    def db(self, node: Node, path: str, defaults: tuple) -> DbConfig:
+    def db(self, node: Node, path: str, defaults: tuple) -> DbConfig | DirConfig:
+        """Return one entry of ``dbs``: a database (``path:``) or a directory (``dir:``)."""
         items = self.mapping(node, path)
         self.check_keys(items, _DB_KEYS, path)
-        db_path = self.required(items, "path", path, node, lambda t: _abspath(t, self.base_dir))
+        if "path" in items and "dir" in items:
+            raise self.error("give either path: or dir:, not both", path, items["dir"][0])
+        kind = "dir" if "dir" in items else "path"
+        if kind not in items:
+            raise self.error("missing required key: 'path' or 'dir'", path, node)
+        if kind == "path":
+            for only in _DIR_ONLY_KEYS:
+                if only in items:
+                    raise self.error(f"key {only!r} applies only with dir:", path, items[only][0])
+        db_path = self.required(items, kind, path, node, lambda t: _abspath(t, self.base_dir))
         if db_path in self.db_paths:
-            raise self.error(f"duplicate database path: {db_path!r} (also {self.db_paths[db_path]})",
-                             f"{path}.path", items["path"][1])
+            what = "directory" if kind == "dir" else "database path"
+            raise self.error(f"duplicate {what}: {db_path!r} (also {self.db_paths[db_path]})",
+                             f"{path}.{kind}", items[kind][1])
         self.db_paths[db_path] = path
         settings = self.db_settings(items, path, defaults)
         if "replicas" not in items:
@@ -660,7 +766,11 @@ class _Reader:
             if key in self.destinations:
                 raise self.error(f"same destination as {self.destinations[key]}: {rc.destination!r}", rpath, rnode)
             self.destinations[key] = rpath
-        return DbConfig(db_path, tuple(replicas), *settings)
+        db = DbConfig(db_path, tuple(replicas), *settings)
+        if kind == "path":
+            return db
+        return DirConfig(db, self.value(items, "pattern", path, _pattern, DEFAULT_PATTERN),
+                         self.value(items, "recursive", path, _bool, False))
 
     def name_replicas(self, found: list[tuple[ReplicaConfig, Node | None]], path: str) -> list[ReplicaConfig]:
         """Return the replicas with unique names: explicit names as given, others type, type-2, ..."""

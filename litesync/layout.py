@@ -6,6 +6,8 @@
 G generation (16 hex), S snapshot sequence (the first segment that follows it), F..L the
 sequence range a segment covers, T milliseconds since the epoch (snapshot creation, or the
 segment's last commit), all lower-case fixed-width hex so that text order is numeric order.
+
+Locally, each database's agent keeps its state in ``.<name>-litesync/`` beside it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def parse_generation(text: str) -> int:
     if not _GEN_RE.match(text):
         raise ValueError(f"invalid generation: {text!r}")
     return int(text, 16)
+
+
+def state_dir_for(db_path: str) -> str:
+    """Return the agent's local state directory for a database: ``.<name>-litesync`` beside it."""
+    d, name = os.path.split(os.path.abspath(db_path))
+    return os.path.join(d, f".{name}-litesync")
+
+
+def is_state_dir(name: str) -> bool:
+    """True for the name of an agent's state directory."""
+    return name.startswith(".") and name.endswith("-litesync")
 
 
 def generation_prefix(gen: int) -> str:

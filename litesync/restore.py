@@ -11,7 +11,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import apsw
 
@@ -20,9 +20,13 @@ from .dbhash import DbHash, page_hash
 from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
                      RestoreError, TransientReplicaError)
 from .history import Plan
+from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
 from .segment import SegmentReader, SnapshotReader
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +262,46 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
     log.info("restored %s: generation %s, %d transactions after the snapshot, %d bytes read",
              out_path, layout.format_generation(plan.generation), result.transactions, result.bytes_read)
     return result
+
+
+def restore_missing(cfg: "Config") -> list[Result]:
+    """Restore each database of ``cfg`` that does not exist from its first replica; return the restores.
+
+    A replica that holds nothing means a new deployment: that database is left for the
+    application to create. A directory's databases are those its first replica holds.
+    """
+    results = []
+    dbs = list(cfg.dbs)
+    for d in cfg.dirs:
+        client = open_replica(d.template.replicas[0])
+        try:
+            found = databases_in(client)
+        finally:
+            client.close()
+        paths = [os.path.join(d.path, *rel.split("/")) for rel in found]
+        dbs += [d.database(p) for p in paths if d.matches(p)]
+    for db in dbs:
+        if os.path.exists(db.path):
+            continue
+        client = open_replica(db.replicas[0])
+        try:
+            if next(iter(client.list(layout.GENERATIONS + "/")), None) is None:
+                log.info("%s does not exist and %s holds no backup: starting without one", db.path, client.name)
+                continue
+            log.info("%s does not exist: restoring it from %s", db.path, client.name)
+            os.makedirs(os.path.dirname(db.path), exist_ok=True)
+            results.append(restore(client, db.path))
+        finally:
+            client.close()
+    return results
+
+
+def databases_in(client: ReplicaClient) -> list[str]:
+    """Return the paths, relative to the replica's root, under which a database's snapshots lie."""
+    found = set()
+    marker = f"/{layout.GENERATIONS}/"
+    for obj in client.list():
+        i = obj.key.rfind(marker)
+        if i > 0 and isinstance(layout.parse_key(obj.key[i + 1:]), layout.SnapshotName):
+            found.add(obj.key[:i])
+    return sorted(found)

@@ -110,6 +110,9 @@ class Shipper(threading.Thread):
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
         self.idle = threading.Event()
+        # The first listing is done: it succeeded, or failed in a way a retry may cure (the
+        # replica then catches up from the spool); not set on a configuration error.
+        self.checked = threading.Event()
 
     def _load(self) -> Position:
         try:
@@ -203,6 +206,7 @@ class Shipper(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 list(self.client.list("generations/"))
+                self.checked.set()
                 return True
             except LitesyncError as e:
                 if not e.retryable:
@@ -214,6 +218,7 @@ class Shipper(threading.Thread):
             except OSError as e:
                 log.warning("%s: %s (retrying)", self.label, e)
                 self.status, self.last_error = "failed", str(e)
+            self.checked.set()
             self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         return False

@@ -432,7 +432,7 @@ def test_destination():
     ("- a\n- b\n", "litesync.yml:1: expected a mapping, got a list"),
     ("just text\n", "litesync.yml:1: expected a mapping, got a single value"),
     ("dbs:\n  - a.db\n", "litesync.yml:2: dbs[0]: expected a mapping, got a single value"),
-    ("dbs:\n  - replicas: [{url: /b}]\n", "litesync.yml:2: dbs[0]: missing required key: 'path'"),
+    ("dbs:\n  - replicas: [{url: /b}]\n", "litesync.yml:2: dbs[0]: missing required key: 'path' or 'dir'"),
     ("dbs:\n  - path:\n    replicas: [{url: /b}]\n", "litesync.yml:2: dbs[0].path: a value is required"),
     ("dbs:\n  - path: [a, b]\n    replicas: [{url: /b}]\n",
      "litesync.yml:2: dbs[0].path: expected a single value, got a list"),
