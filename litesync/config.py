@@ -23,7 +23,7 @@ from .errors import ConfigError
 __all__ = [
     "Config", "DbConfig", "LoggingConfig", "ReplicaConfig",
     "config_from_args", "expand_env", "find_config", "load_config",
-    "parse_duration", "parse_replica_url", "parse_size",
+    "parse_duration", "parse_replica_url", "parse_size", "priority_order",
 ]
 
 CONFIG_ENV = "LITESYNC_CONFIG"
@@ -117,6 +117,13 @@ class Config:
     dbs: tuple[DbConfig, ...]
     logging: LoggingConfig = LoggingConfig()
     source: str | None = None
+
+
+def priority_order(replicas: Sequence[ReplicaConfig]) -> list[ReplicaConfig]:
+    """Replicas in the order a restore tries them: by ``priority`` (lower first), then those
+    without one, in the order they are listed."""
+    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].priority is None, replicas[i].priority or 0, i))
+    return [replicas[i] for i in order]
 
 
 # --- scalar values -------------------------------------------------------------------------
