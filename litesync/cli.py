@@ -207,7 +207,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
             from . import layout
             from .fetch import list_all
 
-            if not any(isinstance(x, list) and x for x in list_all(clients, layout.GENERATIONS + "/")):
+            listings = list_all(clients, layout.GENERATIONS + "/")
+            if not any(isinstance(x, list) and x for x in listings):
+                errors = [x for x in listings if isinstance(x, LitesyncError)]
+                if errors:
+                    raise errors[0]
                 log.info("no replica holds a backup, nothing to do")
                 return EXIT_OK
         if args.follow:

@@ -56,7 +56,7 @@ class ObjectCache:
     def __init__(self, directory: str) -> None:
         self.directory = os.path.abspath(directory)
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
         except OSError as e:
             raise LitesyncError(f"cannot create cache directory: {self.directory}: {e.strerror}") from e
         self.downloads = 0
@@ -84,7 +84,7 @@ class ObjectCache:
             pass
         directory = os.path.dirname(path)
         try:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".part")
         except OSError as e:
             raise LitesyncError(f"cannot write to cache directory: {directory}: {e.strerror}") from e

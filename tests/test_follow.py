@@ -124,7 +124,7 @@ def test_follower_tracks_a_live_writer_through_kills_and_a_new_generation(tmp_pa
         # A new generation: the agent dies, the WAL restarts behind its back.
         kill9(agent)
         conn = sqlite3.connect(db, timeout=30)
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        wait_for(lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0, 30)
         conn.close()
         agent = start_agent_ready("--config", str(cfg), log_path=agent_log)
         assert writer.wait(timeout=60) == 0
