@@ -201,8 +201,10 @@ def _generation_arg(args: argparse.Namespace) -> int | None:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    from .config import priority_order
+    from .fetch import ObjectCache
     from .replica import open_replica
-    from .restore import restore
+    from .restore import choose, restore_any
 
     replicas, db_path = _replicas_of(args, args.target, "restore")
     if db_path is None and not args.output and not args.dry_run:
@@ -210,46 +212,91 @@ def cmd_restore(args: argparse.Namespace) -> int:
     out = args.output or db_path
     until_ms = _until_ms(args)
     generation = _generation_arg(args)
-    if args.if_db_not_exists and out and os.path.exists(out):
+    interval = _follow_interval(args)
+    if not args.follow and args.if_db_not_exists and out and os.path.exists(out):
         log.info("database exists, nothing to do: %s", out)
         return EXIT_OK
-    rc = replicas[0]
-    client = open_replica(rc)
+    cache = ObjectCache(args.cache_dir) if args.cache_dir else None
+    clients = [open_replica(rc) for rc in priority_order(replicas)]
     try:
         if args.if_replica_exists:
             from . import layout
+            from .fetch import list_all
 
-            if not any(True for _ in client.list(layout.GENERATIONS + "/")):
-                log.info("replica %s holds no backup, nothing to do", client.name)
+            listings = list_all(clients, layout.GENERATIONS + "/")
+            if not any(isinstance(x, list) and x for x in listings):
+                errors = [x for x in listings if isinstance(x, LitesyncError)]
+                if errors:
+                    raise errors[0]
+                log.info("no replica holds a backup, nothing to do")
                 return EXIT_OK
+        if args.follow:
+            return _follow(clients, out, interval, cache, args)
         if args.dry_run:
-            return _print_plan(client, generation, until_ms, args.json)
+            c = choose(clients, generation=generation, until_ms=until_ms)
+            return _print_plan(c.client.name, c.plan, until_ms, args.json)
         progress = _progress_printer() if sys.stderr.isatty() else None
-        result = restore(client, out, force=args.force, check=not args.no_integrity_check,
-                         progress=progress, generation=generation, until_ms=until_ms)
+        result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
+                             progress=progress, generation=generation, until_ms=until_ms, cache=cache)
     finally:
-        client.close()
+        for client in clients:
+            client.close()
     rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
     from .history import format_ms
 
     state = f", last commit {format_ms(result.last_commit_ms)}" if result.last_commit_ms else ""
-    print(f"restored {result.path}: {result.db_bytes} bytes, {result.transactions} transactions after the "
-          f"snapshot{state}, {result.seconds:.2f}s ({rate:.0f} MB/s read)")
+    cached = f", {result.cached_objects} objects from the cache" if cache is not None else ""
+    print(f"restored {result.path} from {result.replica}: {result.db_bytes} bytes, {result.transactions} "
+          f"transactions after the snapshot{state}, {result.seconds:.2f}s ({rate:.0f} MB/s read{cached})")
+    for name, why in result.skipped:
+        print(f"  not from {name}: {why}")
     return EXIT_OK
 
 
-def _print_plan(client, generation: int | None, until_ms: int | None, as_json: bool) -> int:  # noqa: ANN001
+def _follow_interval(args: argparse.Namespace) -> float:
+    """Validate the follow options; return the poll interval in seconds."""
+    from .config import parse_duration
+
+    if not args.follow:
+        if args.interval is not None:
+            raise UsageError("restore: --interval needs --follow")
+        return 0.0
+    for flag, given in (("--timestamp", args.timestamp), ("--generation", args.generation),
+                        ("--dry-run", args.dry_run), ("--json", args.json),
+                        ("--if-db-not-exists", args.if_db_not_exists)):
+        if given:
+            raise UsageError(f"restore: {flag} cannot be combined with --follow")
+    try:
+        interval = parse_duration(args.interval or "1s")
+    except LitesyncError as e:
+        raise UsageError(f"--interval: {e}") from None
+    if interval <= 0:
+        raise UsageError(f"--interval: must be more than zero: {args.interval!r}")
+    return interval
+
+
+def _follow(clients, out: str, interval: float, cache, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from .follow import Follower
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Follower(clients, out, interval=interval, stop=stop, cache=cache, force=args.force,
+             check=not args.no_integrity_check).run()
+    log.info("%s: follower stopped", os.path.abspath(out))
+    return EXIT_OK
+
+
+def _print_plan(replica: str, p, until_ms: int | None, as_json: bool) -> int:  # noqa: ANN001
     import json
 
     from . import history, layout
 
-    cat = history.catalog(client.list(layout.GENERATIONS + "/"))
-    p = history.plan(cat, generation=generation, until_ms=until_ms, replica=client.name)
     last_ms = p.segments[-1][0].last_commit_ms if p.segments else p.snapshot.created_ms
     if until_ms is not None:
         last_ms = min(last_ms, until_ms)
     info = {
-        "replica": client.name, "generation": layout.format_generation(p.generation),
+        "replica": replica, "generation": layout.format_generation(p.generation),
         "snapshot": {"key": p.snapshot.key, "bytes": p.snapshot_size,
                      "created": history.format_ms(p.snapshot.created_ms)},
         "segments": [{"key": n.key, "bytes": size, "last_commit": history.format_ms(n.last_commit_ms)}
@@ -261,7 +308,7 @@ def _print_plan(client, generation: int | None, until_ms: int | None, as_json: b
     if as_json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
-    print(f"replica     {client.name}")
+    print(f"replica     {replica}")
     print(f"generation  {info['generation']}")
     print(f"target      {info['target']}")
     print(f"snapshot    {p.snapshot.key}  {p.snapshot_size} bytes  created {info['snapshot']['created']}")
@@ -429,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--generation", metavar="GEN", help="restore from this generation (16 hex digits)")
     s.add_argument("--dry-run", action="store_true", help="print the plan (snapshot, segments, bytes); write nothing")
     s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    s.add_argument("--follow", action="store_true",
+                   help="after restoring, keep applying new segments to the output (a read replica); "
+                        "runs until SIGTERM/SIGINT, resumes where it stopped")
+    s.add_argument("--interval", metavar="DURATION", help="with --follow: how often to poll (default 1s)")
+    s.add_argument("--cache-dir", metavar="DIR",
+                   help="keep downloaded objects in DIR; later restores read them from there (verified again)")
     s.set_defaults(func=cmd_restore)
 
     for name, func, text in (("generations", cmd_generations, "list generations: time range, objects, bytes"),

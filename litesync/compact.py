@@ -4,7 +4,6 @@ restore inside the retention window needs. One ``Maintainer`` thread per replica
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Callable
 from . import history, layout
 from .errors import ChainError, CorruptObjectError, LitesyncError
 from .replica.base import ReplicaClient
+from .restore import PageBatch
 from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
 
 log = logging.getLogger(__name__)
@@ -29,64 +29,54 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
     """
     if len(names) < 2:
         raise ValueError("a merge needs at least two segments")
-    with tempfile.TemporaryFile(dir=work_dir) as store:
-        fd = store.fileno()
-        written = bytearray()  # one flag per page: its latest version is in the store
-        page_size = 0
-        first: SegmentHeader | None = None
-        last: SegmentHeader | None = None
-        min_size = None
+    first: SegmentHeader | None = None
+    last: SegmentHeader | None = None
+    batch: PageBatch | None = None
+    try:
         expected_seq = names[0].first_seq
         for name in names:
             with client.open(name.key) as f:
                 seg = SegmentReader(f, name.key)
                 h = seg.header
                 if first is None:
-                    first, page_size = h, h.page_size
-                elif h.page_size != page_size:
-                    raise CorruptObjectError(name.key, f"page size {h.page_size} != {page_size}")
+                    first = h
+                    batch = PageBatch(h.page_size, work_dir=work_dir)
+                elif h.page_size != first.page_size:
+                    raise CorruptObjectError(name.key, f"page size {h.page_size} != {first.page_size}")
                 elif h.prev_link != last.end_link:  # type: ignore[union-attr]
                     raise ChainError(f"{name.key}: does not follow the previous segment")
                 if (h.generation, h.first_seq, h.last_seq) != (name.generation, name.first_seq, name.last_seq) \
                         or h.first_seq != expected_seq:
                     raise CorruptObjectError(name.key, f"header names generation {h.generation:016x} "
                                                        f"seq {h.first_seq}..{h.last_seq}")
+                assert batch is not None
                 cur = 0
                 for i, pgno, data in seg.pages():
                     while cur < i:
-                        min_size = _end_tx(h.txs[cur].db_size, written, min_size)
+                        batch.set_size(h.txs[cur].db_size)
                         cur += 1
-                    if pgno > len(written):
-                        written.extend(bytes(pgno - len(written)))
-                    os.pwrite(fd, data, (pgno - 1) * page_size)
-                    written[pgno - 1] = 1
+                    batch.write(pgno, data)
                 while cur < len(h.txs):
-                    min_size = _end_tx(h.txs[cur].db_size, written, min_size)
+                    batch.set_size(h.txs[cur].db_size)
                     cur += 1
                 seg.finish()
                 last = h
                 expected_seq = h.last_seq + 1
-        assert first is not None and last is not None and min_size is not None
+        assert first is not None and last is not None and batch is not None and batch.low is not None
         final = last.txs[-1]
-        del written[final.db_size:]
         commit_ms = final.commit_ms
-        txs = (TxInfo(commit_ms, min_size, 0, 0, 0),
-               TxInfo(commit_ms, final.db_size, sum(written), final.db_checksum, final.flags & TX_CHECKSUM_KNOWN))
-        header = SegmentHeader(page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
+        txs = (TxInfo(commit_ms, batch.low, 0, 0, 0),
+               TxInfo(commit_ms, final.db_size, batch.count, final.db_checksum, final.flags & TX_CHECKSUM_KNOWN))
+        header = SegmentHeader(first.page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
                                last.end_link, last.wal, first.wal_first_frame, txs, SEGMENT_MERGED)
         w = SegmentWriter(out, header)
-        for p, flag in enumerate(written):
-            if flag:
-                w.add_page(p + 1, os.pread(fd, page_size, p * page_size))
+        for p in batch.page_numbers():
+            w.add_page(p, batch.page(p))
         size = w.close()
+    finally:
+        if batch is not None:
+            batch.close()
     return layout.SegmentName(first.generation, first.first_seq, last.last_seq, commit_ms), size
-
-
-def _end_tx(db_size: int, written: bytearray, min_size: int | None) -> int:
-    """A transaction ended at ``db_size`` pages: pages past it are gone unless written again."""
-    if db_size < len(written):
-        written[db_size:] = bytes(len(written) - db_size)
-    return db_size if min_size is None else min(min_size, db_size)
 
 
 class Maintainer(threading.Thread):

@@ -25,7 +25,7 @@ from .layout import is_state_dir
 __all__ = [
     "Config", "DbConfig", "DirConfig", "LoggingConfig", "ReplicaConfig",
     "config_from_args", "expand_env", "find_config", "load_config", "resolve_config",
-    "parse_duration", "parse_replica_url", "parse_size",
+    "parse_duration", "parse_replica_url", "parse_size", "priority_order",
 ]
 
 CONFIG_ENV = "LITESYNC_CONFIG"
@@ -182,6 +182,13 @@ class Config:
     def replicas(self) -> list[ReplicaConfig]:
         """Every replica (a directory's as its prefix)."""
         return [rc for d in self.dbs + tuple(d.template for d in self.dirs) for rc in d.replicas]
+
+
+def priority_order(replicas: Sequence[ReplicaConfig]) -> list[ReplicaConfig]:
+    """Replicas in the order a restore tries them: by ``priority`` (lower first), then those
+    without one, in the order they are listed."""
+    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].priority is None, replicas[i].priority or 0, i))
+    return [replicas[i] for i in order]
 
 
 # --- scalar values -------------------------------------------------------------------------

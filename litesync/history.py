@@ -191,6 +191,51 @@ def _chain(g: Generation, start: int, until_ms: int | None,
     return tuple(chain), True
 
 
+@dataclass(frozen=True)
+class FollowStep:
+    """What a follower does next: apply ``segments``, or start over from ``restart``."""
+
+    segments: tuple[tuple[layout.SegmentName, int], ...] = ()
+    restart: Plan | None = None
+    reason: str = ""
+
+
+def follow_step(cat: Catalog, generation: int | None, next_seq: int, replica: str = "replica") -> FollowStep:
+    """The next step of a follower whose output holds ``generation`` up to ``next_seq``.
+
+    It continues its chain with the segments that start at ``next_seq`` (a merged segment
+    that starts there is taken whole; one that covers sequences already applied is not
+    needed). It starts over from the newest snapshot when there is no position yet, when
+    a newer generation has a snapshot, or when the chain cannot be continued (the segment
+    it needs is gone, replaced by a merged segment that starts earlier).
+    """
+    newest = next((g for g in reversed(cat.generations.values()) if g.snapshots), None)
+    if newest is None:
+        raise RestoreError(f"{replica}: no backups found (no snapshot in any generation)")
+
+    def restart(reason: str) -> FollowStep:
+        return FollowStep(restart=plan(cat, replica=replica), reason=reason)
+
+    if generation is None:
+        return restart("no position to continue from")
+    if newest.generation > generation:
+        return restart(f"a new generation began: {layout.format_generation(newest.generation)}")
+    g = cat.generations.get(generation)
+    if g is None:
+        raise RestoreError(f"{replica}: generation {layout.format_generation(generation)} is gone and the newest "
+                           f"is older: {layout.format_generation(newest.generation)}")
+    if not any(n.first_seq == next_seq for n, _ in g.segments):
+        later = [n for n, _ in g.segments if n.last_seq >= next_seq]
+        if not later:
+            return FollowStep()
+        return restart(f"segment {next_seq} is gone (the replica holds {later[0].key})")
+    try:
+        chain, _ = _chain(g, next_seq, None, replica)
+    except ChainError as e:
+        return restart(str(e))
+    return FollowStep(segments=chain)
+
+
 # -- retention ---------------------------------------------------------------------------
 
 def retention_deletes(cat: Catalog, now_ms: int, window_ms: int) -> list[str]:

@@ -1,5 +1,12 @@
 """Restore: plan (pure) which objects rebuild the database, then apply them to a temp file,
-verify every link and checksum, and rename the result into place."""
+verify every link and checksum, and rename the result into place.
+
+Objects are applied to a *sink*: ``FileSink`` writes pages straight into the output file,
+``PageBatch`` keeps the net effect of a run of transactions aside (the follower applies
+it in place later, and compaction turns it into a merged segment). With several replicas,
+``restore_any`` lists them all, restores from the one with the newest state and falls back
+to the others in priority order when one is unreachable or returns a damaged object.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,19 @@ import contextlib
 import logging
 import os
 import random
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
 
 import apsw
 
 from . import history, layout
 from .dbhash import DbHash, page_hash
 from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
-                     RestoreError, TransientReplicaError)
+                     RestoreError, TransientReplicaError, UsageError)
+from .fetch import Fetcher, ObjectCache, list_all
 from .history import Plan
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
@@ -41,6 +50,217 @@ def plan_restore(objects: Iterable[ObjectInfo], *, generation: int | None = None
     return history.plan(history.catalog(objects), generation=generation, until_ms=until_ms, replica=replica)
 
 
+# -- applying objects ---------------------------------------------------------------------
+
+class Sink(Protocol):
+    def write(self, pgno: int, data: bytes | memoryview) -> None:
+        """Write one page or a run of whole pages starting at ``pgno``."""
+
+    def set_size(self, pages: int) -> None:
+        """A transaction ended with the database at ``pages`` pages."""
+
+
+class FileSink:
+    """Pages go straight into the file ``fd``; the database shrinks as transactions say."""
+
+    def __init__(self, fd: int, page_size: int) -> None:
+        self.fd = fd
+        self.page_size = page_size
+        self.size = 0
+
+    def write(self, pgno: int, data: bytes | memoryview) -> None:
+        os.pwrite(self.fd, data, (pgno - 1) * self.page_size)
+
+    def set_size(self, pages: int) -> None:
+        if pages < self.size:
+            os.ftruncate(self.fd, pages * self.page_size)
+        self.size = pages  # growth needs no call: the pages were written
+
+    def finish(self) -> None:
+        os.ftruncate(self.fd, self.size * self.page_size)
+
+
+class PageBatch:
+    """The net effect of a run of transactions, kept in a temporary file: the latest version
+    of every page still in the database, the smallest size reached and the final size.
+
+    Applying it means: cut the database to ``low`` pages, write ``pages()``, set the size
+    to ``size``; pages past ``low`` that the run did not write again are zero, as they are
+    after replaying the run transaction by transaction.
+    """
+
+    def __init__(self, page_size: int, size: int | None = None, work_dir: str | None = None) -> None:
+        self.page_size = page_size
+        self.size = size
+        self.low = size  # None until the first transaction when the starting size is unknown
+        self._file = tempfile.TemporaryFile(dir=work_dir)
+        self._fd = self._file.fileno()
+        self._written = bytearray()  # one flag per page: its latest version is in the file
+
+    def __enter__(self) -> "PageBatch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, pgno: int, data: bytes | memoryview) -> None:
+        n = len(data) // self.page_size
+        end = pgno - 1 + n
+        if end > len(self._written):
+            self._written.extend(bytes(end - len(self._written)))
+        os.pwrite(self._fd, data, (pgno - 1) * self.page_size)
+        self._written[pgno - 1:end] = b"\x01" * n
+
+    def set_size(self, pages: int) -> None:
+        if pages < len(self._written):
+            self._written[pages:] = bytes(len(self._written) - pages)
+        self.low = pages if self.low is None else min(self.low, pages)
+        self.size = pages
+
+    @property
+    def count(self) -> int:
+        """How many pages the batch holds."""
+        return sum(self._written)
+
+    def has(self, pgno: int) -> bool:
+        return pgno <= len(self._written) and self._written[pgno - 1] == 1
+
+    def page(self, pgno: int) -> bytes:
+        return os.pread(self._fd, self.page_size, (pgno - 1) * self.page_size)
+
+    def page_numbers(self) -> Iterator[int]:
+        """The pages the batch holds, ascending."""
+        return (p + 1 for p, flag in enumerate(self._written) if flag)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class Position:
+    """Where a rebuilt database stands in its generation's chain, and its checksum state."""
+
+    generation: int
+    next_seq: int
+    link: bytes
+    page_size: int
+    db_size: int
+    hasher: DbHash
+    last_commit_ms: int | None = None
+    transactions: int = 0
+
+    def copy(self) -> "Position":
+        return replace(self, hasher=self.hasher.copy())
+
+
+def open_snapshot(src: BinaryIO, name: layout.SnapshotName) -> SnapshotReader:
+    """Start reading a snapshot; its header must agree with its name."""
+    snap = SnapshotReader(src, name.key)
+    h = snap.header
+    if (h.generation, h.seq) != (name.generation, name.seq):
+        raise CorruptObjectError(name.key, f"header names generation {h.generation:016x} seq {h.seq}, "
+                                           f"object name says {name.generation:016x} seq {name.seq}")
+    return snap
+
+
+def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | None = None) -> Position:
+    """Write every page of a snapshot to ``sink``, verify its checksum, return the position after it."""
+    h = snap.header
+    ps = h.page_size
+    hasher = DbHash()
+    _load_pages(snap, sink, hasher, tick)
+    trailer = snap.finish()
+    if trailer.db_checksum != hasher.value:
+        raise CorruptObjectError(snap.name, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
+                                            f"pages give {hasher.value:016x}")
+    sink.set_size(h.db_size)
+    return Position(h.generation, h.seq, h.prev_link, ps, h.db_size, hasher)
+
+
+def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
+    return [(pgno + i, page_hash(pgno + i, chunk[i * ps:(i + 1) * ps])) for i in range(len(chunk) // ps)]
+
+
+def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable[[], None] | None) -> None:
+    """Write every page of ``snap`` to ``sink`` and record its hash in ``hasher``.
+
+    Decompression (here), page writes (one thread, in order) and page hashing (another)
+    overlap: each releases the GIL for most of its work, so a restore uses both cores.
+    """
+    ps = snap.header.page_size
+    pending: collections.deque = collections.deque()
+
+    def settle(limit: int) -> None:
+        while len(pending) > limit:
+            written, hashed = pending.popleft()
+            written.result()
+            for pgno, h in hashed.result():
+                hasher.set_hash(pgno, h)
+
+    with ThreadPoolExecutor(1, "restore-write") as writer, ThreadPoolExecutor(1, "restore-hash") as hashes:
+        try:
+            for pgno, chunk in snap.chunks():
+                pending.append((writer.submit(sink.write, pgno, chunk), hashes.submit(_hash_pages, pgno, chunk, ps)))
+                settle(_IN_FLIGHT_CHUNKS)
+                if tick:
+                    tick()
+            settle(0)
+        finally:
+            for written, hashed in pending:  # after an error: nothing more reaches the sink
+                written.cancel()
+                hashed.cancel()
+
+
+def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: int | None = None) -> bool:
+    """Apply the transactions of one segment (those committed at or before ``until_ms``) to
+    ``sink``, verifying the link and the database checksum after each; advance ``pos``.
+    Return whether the whole segment was applied."""
+    seg = SegmentReader(src, key)
+    sh = seg.header
+    if sh.generation != pos.generation or sh.first_seq != pos.next_seq:
+        raise ChainError(f"{key}: header says generation {sh.generation:016x} seq {sh.first_seq}, "
+                         f"expected generation {pos.generation:016x} seq {pos.next_seq}")
+    if sh.prev_link != pos.link:
+        raise ChainError(f"{key}: does not follow the previous object (link {sh.prev_link.hex()} "
+                         f"!= {pos.link.hex()})")
+    if sh.page_size != pos.page_size:
+        raise CorruptObjectError(key, f"page size {sh.page_size} != snapshot page size {pos.page_size}")
+    stop_at = len(sh.txs)
+    if until_ms is not None:
+        stop_at = sum(1 for t in sh.txs if t.commit_ms <= until_ms)
+    hasher = pos.hasher
+    cur = 0
+
+    def close_tx(i: int) -> None:
+        tx = sh.txs[i]
+        sink.set_size(tx.db_size)
+        hasher.truncate(tx.db_size)
+        pos.db_size = tx.db_size
+        if tx.checksum_known and tx.db_checksum != hasher.value:
+            raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
+                                          f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")
+
+    for i, pgno, data in seg.pages():
+        while cur < i and cur < stop_at:
+            close_tx(cur)
+            cur += 1
+        if i < stop_at:
+            sink.write(pgno, data)
+            hasher.set_page(pgno, data)
+    while cur < stop_at:
+        close_tx(cur)
+        cur += 1
+    seg.finish()
+    pos.transactions += stop_at
+    if stop_at:
+        pos.last_commit_ms = sh.txs[stop_at - 1].commit_ms
+    pos.link = sh.end_link
+    pos.next_seq = sh.last_seq + 1
+    return stop_at == len(sh.txs)
+
+
+# -- restoring to a file ------------------------------------------------------------------
+
 @dataclass
 class Result:
     path: str
@@ -51,6 +271,12 @@ class Result:
     page_size: int
     seconds: float
     last_commit_ms: int | None = None
+    replica: str = ""
+    #: (replica, why it was not used), for replicas tried or passed over before this one
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: objects read from the cache directory without a download
+    cached_objects: int = 0
+    position: Position | None = None
 
     @property
     def db_bytes(self) -> int:
@@ -77,119 +303,32 @@ class _CountingReader:
         return data
 
 
-def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, int], None] | None) -> Result:
+def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
+           progress: Callable[[int, int], None] | None) -> Result:
     t0 = time.monotonic()
-    hasher = DbHash()
     total = plan.total_bytes
     done = 0
     key = plan.snapshot.key
-    with client.open(key) as f:
-        src = _CountingReader(f, client.name, key)
-        snap = SnapshotReader(src, key)
-        h = snap.header
-        if (h.generation, h.seq) != (plan.generation, plan.snapshot.seq):
-            raise CorruptObjectError(key, f"header names generation {h.generation:016x} seq {h.seq}, "
-                                          f"object name says {plan.generation:016x} seq {plan.snapshot.seq}")
-        ps = h.page_size
-        _write_snapshot(snap, fd, hasher, lambda: progress(done + src.count, total) if progress else None)
-        trailer = snap.finish()
-        if trailer.db_checksum != hasher.value:
-            raise CorruptObjectError(key, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
-                                          f"pages give {hasher.value:016x}")
+    with fetch.open(key) as f:
+        src = _CountingReader(f, replica, key)
+        snap = open_snapshot(src, plan.snapshot)
+        sink = FileSink(fd, snap.header.page_size)
+        tick = (lambda: progress(done + src.count, total)) if progress else None
+        pos = load_snapshot(snap, sink, tick)
         done += src.count
-    db_size = h.db_size
-    os.ftruncate(fd, db_size * ps)
-    link = h.prev_link
-    expected_seq = h.seq
-    txs = 0
-    last_commit = None
     for name, _size in plan.segments:
         key = name.key
-        with client.open(key) as f:
-            src = _CountingReader(f, client.name, key)
-            seg = SegmentReader(src, key)
-            sh = seg.header
-            if sh.generation != plan.generation or sh.first_seq != expected_seq:
-                raise ChainError(f"{key}: header says generation {sh.generation:016x} seq {sh.first_seq}, "
-                                 f"expected generation {plan.generation:016x} seq {expected_seq}")
-            if sh.prev_link != link:
-                raise ChainError(f"{key}: does not follow the previous object (link {sh.prev_link.hex()} "
-                                 f"!= {link.hex()})")
-            if sh.page_size != ps:
-                raise CorruptObjectError(key, f"page size {sh.page_size} != snapshot page size {ps}")
-            stop_at = len(sh.txs)
-            if plan.until_ms is not None:
-                stop_at = sum(1 for t in sh.txs if t.commit_ms <= plan.until_ms)
-            cur = 0
-
-            def close_tx(i: int) -> None:
-                nonlocal db_size
-                tx = sh.txs[i]
-                if tx.db_size < db_size:
-                    os.ftruncate(fd, tx.db_size * ps)
-                db_size = tx.db_size  # growth needs no call: the pages were written
-                hasher.truncate(db_size)
-                if tx.checksum_known and tx.db_checksum != hasher.value:
-                    raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
-                                                  f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")
-
-            for i, pgno, data in seg.pages():
-                while cur < i and cur < stop_at:
-                    close_tx(cur)
-                    cur += 1
-                if i < stop_at:
-                    os.pwrite(fd, data, (pgno - 1) * ps)
-                    hasher.set_page(pgno, data)
-            while cur < stop_at:
-                close_tx(cur)
-                cur += 1
-            seg.finish()
+        with fetch.open(key) as f:
+            src = _CountingReader(f, replica, key)
+            whole = apply_segment(src, key, pos, sink, plan.until_ms)
             done += src.count
             if progress:
                 progress(done, total)
-            txs += stop_at
-            if stop_at:
-                last_commit = sh.txs[stop_at - 1].commit_ms
-            link = sh.end_link
-            expected_seq = sh.last_seq + 1
-            if stop_at < len(sh.txs):
-                break
-    os.ftruncate(fd, db_size * ps)
-    return Result("", plan.generation, txs, done, db_size, ps, time.monotonic() - t0, last_commit)
-
-
-def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
-    return [(pgno + i, page_hash(pgno + i, chunk[i * ps:(i + 1) * ps])) for i in range(len(chunk) // ps)]
-
-
-def _write_snapshot(snap: SnapshotReader, fd: int, hasher: DbHash, on_chunk: Callable[[], None]) -> None:
-    """Write every page of ``snap`` to ``fd`` and record its hash in ``hasher``.
-
-    Decompression (here), page writes and page hashing (two threads) overlap: each of the
-    three releases the GIL for most of its work, so a restore uses both cores.
-    """
-    ps = snap.header.page_size
-    pending: collections.deque = collections.deque()
-
-    def settle(limit: int) -> None:
-        while len(pending) > limit:
-            written, hashed = pending.popleft()
-            written.result()
-            for pgno, h in hashed.result():
-                hasher.set_hash(pgno, h)
-
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="restore") as pool:
-        try:
-            for pgno, chunk in snap.chunks():
-                pending.append((pool.submit(os.pwrite, fd, chunk, (pgno - 1) * ps),
-                                pool.submit(_hash_pages, pgno, chunk, ps)))
-                settle(_IN_FLIGHT_CHUNKS)
-                on_chunk()
-            settle(0)
-        finally:
-            for written, hashed in pending:  # an error: let the workers finish before fd closes
-                written.cancel()
-                hashed.cancel()
+        if not whole:
+            break
+    sink.finish()
+    return Result("", plan.generation, pos.transactions, done, pos.db_size, pos.page_size,
+                  time.monotonic() - t0, pos.last_commit_ms, replica, position=pos)
 
 
 def integrity_check(path: str) -> str:
@@ -204,8 +343,14 @@ def integrity_check(path: str) -> str:
 
 def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, force: bool = False,
             check: bool = True, progress: Callable[[int, int], None] | None = None,
-            generation: int | None = None, until_ms: int | None = None) -> Result:
-    """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified."""
+            generation: int | None = None, until_ms: int | None = None,
+            objects: list[ObjectInfo] | None = None, cache: ObjectCache | None = None,
+            retries: int = RETRIES, on_verified: Callable[[str, Result], None] | None = None) -> Result:
+    """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified.
+
+    ``objects`` is a listing made moments ago (else the replica is listed); ``on_verified``
+    is called with the verified temp file before it is renamed into place.
+    """
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
         raise OutputExistsError(f"output exists: {out_path} (use --force to replace it)")
@@ -216,16 +361,21 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                             until_ms=until_ms, replica=client.name)
 
     if plan is None:
-        plan = make_plan()
+        plan = (plan_restore(objects, generation=generation, until_ms=until_ms, replica=client.name)
+                if objects is not None else make_plan())
     tmp = out_path + ".tmp"
     try:
         replans = 0
         attempt = 0
+        fresh_downloads = False
         while True:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            keys = [(plan.snapshot.key, plan.snapshot_size)] + [(n.key, s) for n, s in plan.segments]
+            fetch = Fetcher(client, keys, cache=cache, tmp_dir=os.path.dirname(out_path))
             try:
-                result = _apply(client, plan, fd, progress)
+                result = _apply(fetch, client.name, plan, fd, progress)
                 os.fsync(fd)
+                result.cached_objects = len(fetch.cached)
                 break
             except ObjectNotFoundError as e:
                 # Compaction or retention replaced an object after we listed: plan again.
@@ -234,21 +384,34 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 replans += 1
                 log.info("%s; planning the restore again", e)
                 plan = make_plan()
+            except (CorruptObjectError, ChainError) as e:
+                # Never trust the cache: drop what this attempt read from it, download again.
+                if not fetch.cached or fresh_downloads:
+                    raise
+                fresh_downloads = True
+                log.warning("%s (read from the cache directory); discarding %d cached objects and "
+                            "downloading them again", e, len(fetch.cached))
+                for key in fetch.cached:
+                    cache.discard(key)  # type: ignore[union-attr]
             except LitesyncError as e:
-                if not e.retryable or attempt == RETRIES:
+                if not e.retryable or attempt >= retries:
                     raise
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt,
-                            RETRIES + 1, delay)
+                            retries + 1, delay)
                 time.sleep(delay)
             finally:
+                fetch.close()
                 os.close(fd)
         if check:
             verdict = integrity_check(tmp)
             if verdict != "ok":
                 raise RestoreError(f"restored database fails integrity_check: {verdict.splitlines()[0]}")
-        for suffix in ("-wal", "-shm"):
+        result.path = out_path
+        if on_verified is not None:
+            on_verified(tmp, result)
+        for suffix in ("-wal", "-shm", "-journal"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out_path + suffix)
         os.replace(tmp, out_path)
@@ -258,9 +421,9 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp + suffix)
         raise
-    result.path = out_path
-    log.info("restored %s: generation %s, %d transactions after the snapshot, %d bytes read",
-             out_path, layout.format_generation(plan.generation), result.transactions, result.bytes_read)
+    log.info("restored %s from %s: generation %s, %d transactions after the snapshot, %d bytes read",
+             out_path, client.name, layout.format_generation(plan.generation), result.transactions,
+             result.bytes_read)
     return result
 
 
@@ -305,3 +468,107 @@ def databases_in(client: ReplicaClient) -> list[str]:
         if i > 0 and isinstance(layout.parse_key(obj.key[i + 1:]), layout.SnapshotName):
             found.add(obj.key[:i])
     return sorted(found)
+
+
+# -- several replicas ---------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One replica as seen by a restore: its listing and plan, or why it cannot serve."""
+
+    client: ReplicaClient
+    objects: list[ObjectInfo] | None = None
+    plan: Plan | None = None
+    error: LitesyncError | None = None
+    covers: bool = True  # for a point in time: the replica holds history past it
+
+    @property
+    def state(self) -> tuple[int, int]:
+        """(generation, last sequence) the plan reaches: larger is newer."""
+        p = self.plan
+        assert p is not None
+        return p.generation, (p.segments[-1][0].last_seq if p.segments else p.snapshot.seq - 1)
+
+
+def rank(cands: Sequence[Candidate], until_ms: int | None = None) -> list[Candidate]:
+    """Candidates in the order a restore tries them (pure): the one with the newest state
+    first (for a point in time: one that holds history past it, and plans it exactly), then
+    the others in their given (priority) order; replicas that cannot serve come last."""
+    usable = [c for c in cands if c.plan is not None]
+
+    def key(c: Candidate) -> tuple:
+        if until_ms is None:
+            return c.state
+        # Every replica that covers the target restores the same state: keep priority order.
+        return (c.covers, c.plan.exact) + (((0, 0),) if c.covers else (c.state,))  # type: ignore[union-attr]
+
+    if not usable:
+        return list(cands)
+    best = max(usable, key=key)  # max keeps the first of equals: priority order
+    return [best] + [c for c in usable if c is not best] + [c for c in cands if c.plan is None]
+
+
+def survey(clients: Sequence[ReplicaClient], *, generation: int | None = None,
+           until_ms: int | None = None) -> list[Candidate]:
+    """List every replica in parallel and plan a restore on each; return them ranked."""
+    cands = []
+    for client, listing in zip(clients, list_all(clients, layout.GENERATIONS + "/")):
+        c = Candidate(client)
+        if isinstance(listing, LitesyncError):
+            c.error = listing
+        else:
+            c.objects = listing
+            try:
+                cat = history.catalog(listing)
+                c.plan = history.plan(cat, generation=generation, until_ms=until_ms, replica=client.name)
+                if until_ms is not None:
+                    rng = cat.restorable_range()
+                    c.covers = rng is not None and rng[1] >= until_ms
+            except LitesyncError as e:
+                c.error = e
+        cands.append(c)
+    return rank(cands, until_ms)
+
+
+def _none_can(failures: list[LitesyncError], skipped: list[tuple[str, str]]) -> LitesyncError:
+    if len(failures) == 1:
+        return failures[0]
+    return RestoreError("no replica can restore: " + "; ".join(f"{name}: {why}" for name, why in skipped))
+
+
+def choose(clients: Sequence[ReplicaClient], *, generation: int | None = None,
+           until_ms: int | None = None) -> Candidate:
+    """The replica (and plan) a restore would try first; an error when none can serve."""
+    cands = survey(clients, generation=generation, until_ms=until_ms)
+    if cands[0].plan is None:
+        raise _none_can([c.error for c in cands if c.error], [(c.client.name, str(c.error)) for c in cands])
+    return cands[0]
+
+
+def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: int | None = None,
+                until_ms: int | None = None, cache: ObjectCache | None = None, **kw) -> Result:  # noqa: ANN003
+    """Restore from the replica with the newest state among ``clients`` (given in priority
+    order), falling back to the next ones when a replica is unreachable, damaged or
+    incomplete. The result names the replica used and why others were not."""
+    cands = survey(clients, generation=generation, until_ms=until_ms)
+    failures = [c.error for c in cands if c.error is not None]
+    skipped = [(c.client.name, str(c.error)) for c in cands if c.error is not None]
+    usable = [c for c in cands if c.plan is not None]
+    if usable and usable[0].client is not clients[0]:
+        log.info("restoring from %s: it holds the newest state", usable[0].client.name)
+    for i, c in enumerate(usable):
+        others = i + 1 < len(usable)
+        try:
+            result = restore(c.client, out_path, generation=generation, until_ms=until_ms, objects=c.objects,
+                             cache=cache, retries=1 if others else RETRIES, **kw)
+        except UsageError:
+            raise
+        except LitesyncError as e:
+            skipped.append((c.client.name, str(e)))
+            failures.append(e)
+            if others:
+                log.warning("%s: %s; trying the next replica", c.client.name, e)
+            continue
+        result.skipped = skipped
+        return result
+    raise _none_can(failures, skipped)
