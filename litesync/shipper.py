@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import layout
 from .errors import LitesyncError
 from .replica.base import ReplicaClient
+from .replica.crypt import check_encryption
 from .replica.file import atomic_file
 from .spool import Name, Spool, sort_key
 
@@ -134,11 +135,12 @@ class Shipper(threading.Thread):
         return True
 
     def _probe(self) -> bool:
-        """List the replica once before shipping: a configuration error shows at once."""
+        """Look at the replica once before shipping: a configuration error (credentials, bucket,
+        encryption that does not match what is stored) shows at once."""
         backoff = 0.5
         while not self.stop_event.is_set():
             try:
-                list(self.client.list("generations/"))
+                check_encryption(self.client)
                 return True
             except LitesyncError as e:
                 if not e.retryable:
