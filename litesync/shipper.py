@@ -65,15 +65,21 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
 
 
 class Shipper(threading.Thread):
-    """Uploads spool objects to one replica in order; retries forever with backoff."""
+    """Uploads spool objects to one replica in order; retries forever with backoff.
+
+    The position is saved with ``destination`` (where the replica writes): a position saved
+    for another destination, under the same replica name, is not this replica's.
+    """
 
     def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, label: str,
-                 request_snapshot: threading.Event, sync_interval: float = 0.0) -> None:
+                 request_snapshot: threading.Event, sync_interval: float = 0.0,
+                 destination: str | None = None) -> None:
         super().__init__(name=f"ship {label}", daemon=True)
         self.spool = spool
         self.client = client
         self.state_path = state_path
         self.label = label
+        self.destination = destination
         self.request_snapshot = request_snapshot
         self.sync_interval = sync_interval
         self.stop_event = threading.Event()
@@ -90,6 +96,11 @@ class Shipper(threading.Thread):
         try:
             with open(self.state_path) as f:
                 d = json.load(f)
+            # Files written before the destination was saved have none: taken as this one.
+            if d.get("destination", self.destination) != self.destination:
+                log.info("%s: the replica moved (was %s); shipping from the newest snapshot",
+                         self.label, d["destination"])
+                return Position()
             return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]))
         except FileNotFoundError:
             return Position()
@@ -99,7 +110,8 @@ class Shipper(threading.Thread):
             return Position()
 
     def _save(self, pos: Position) -> None:
-        data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq}).encode()
+        data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
+                           "destination": self.destination}).encode()
         with atomic_file(self.state_path) as f:
             f.write(data)
 
