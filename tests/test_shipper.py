@@ -52,3 +52,26 @@ def test_old_generation_finished_moves_to_the_next():
 
 def test_gap_in_an_old_generation_moves_on_instead_of_asking_for_a_snapshot():
     assert choose_next(objs(seg(G, 9), snap(H, 0)), shipped(seg(G, 2))) == (snap(H, 0), False)
+
+
+def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
+    """A replica keeps its name but moves (a new path): it starts over with a snapshot."""
+    import threading
+
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from litesync.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    state = str(tmp_path / "file.json")
+
+    def shipper(destination):
+        return Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, label="db -> file",
+                       request_snapshot=threading.Event(), destination=destination)
+
+    shipper("/a")._save(Position((G, 2, 1), 3))
+    assert shipper("/a").pos == Position((G, 2, 1), 3)
+    assert shipper("/b").pos == Position()
+    with open(state, "w") as f:  # written before destinations were saved: taken as this replica's
+        f.write('{"key": [16, 2, 1], "next_seq": 3}')
+    assert shipper("/b").pos == Position((G, 2, 1), 3)
