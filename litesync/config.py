@@ -445,15 +445,14 @@ def with_max_bandwidth(config: Config, rate: int) -> Config:
                                      for d in config.dbs))
 
 
-
-def config_from_args(db_path: str, replica_urls: Sequence[str]) -> Config:
+def config_from_args(db_path: str, replica_urls: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Return the configuration for ``litesync replicate DB [URL ...]``.
 
     Without URLs the replica is the directory ``DB.backups`` next to the database. Every
     replica takes the encryption keys of the environment (``keys_from_env``).
     """
     path = _abspath(db_path, None)
-    keys = keys_from_env()
+    keys = keys_from_env(environ)
     if replica_urls:
         found = [parse_replica_url(u) for u in replica_urls]
     else:
