@@ -110,6 +110,9 @@ class DbAgent:
         if not os.path.exists(self.path):
             raise DatabaseError(f"database does not exist: {self.path}")
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        if os.stat(self.state_dir).st_mode & 0o077:
+            # It holds database pages (the spool); older litesync versions left it readable by all.
+            os.chmod(self.state_dir, 0o700)
         self._lock_fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

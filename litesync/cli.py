@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from . import __version__
 from .errors import LitesyncError, UsageError
@@ -21,6 +21,8 @@ from .notify import notify
 log = logging.getLogger("litesync")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,10 +34,29 @@ def _is_url(text: str) -> bool:
     return "://" in text
 
 
-def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
-    from .config import resolve_config
+def _option(args: argparse.Namespace, dest: str, parse: Callable[[str], T]) -> T | None:
+    """Return the option's value read by ``parse``, None when not given; a bad value is a usage error."""
+    text = getattr(args, dest, None)
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except (ValueError, UsageError) as e:
+        raise UsageError(f"--{dest.replace('_', '-')}: {e}") from None
 
-    return resolve_config(db, urls, args.config)
+
+def _max_bandwidth(args: argparse.Namespace) -> int | None:
+    from .config import parse_bandwidth
+
+    return _option(args, "max_bandwidth", parse_bandwidth)
+
+
+def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
+    from .config import resolve_config, with_max_bandwidth
+
+    cfg = resolve_config(db, urls, args.config)
+    rate = _max_bandwidth(args)
+    return with_max_bandwidth(cfg, rate) if rate else cfg
 
 
 class _JsonFormatter(logging.Formatter):
@@ -168,10 +189,14 @@ def _raise_startup_errors(runner) -> None:  # noqa: ANN001
 
 def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: ANN202
     """Return (replica configs, database path or None) for a DB path or a replica URL."""
-    from .config import parse_replica_url
+    from dataclasses import replace
+
+    from .config import command_line_replica
 
     if _is_url(target):
-        return [parse_replica_url(target)], None
+        rate = _max_bandwidth(args)
+        rc = command_line_replica(target)
+        return [replace(rc, max_bandwidth=rate) if rate else rc], None
     cfg = _load(args, target, [])
     _setup_logging(cfg.logging, args.verbose)
     db = cfg.dbs[0]
@@ -181,23 +206,13 @@ def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: 
 def _until_ms(args: argparse.Namespace) -> int | None:
     from .history import parse_time
 
-    if getattr(args, "timestamp", None) is None:
-        return None
-    try:
-        return parse_time(args.timestamp)
-    except ValueError as e:
-        raise UsageError(f"--timestamp: {e}") from None
+    return _option(args, "timestamp", parse_time)
 
 
 def _generation_arg(args: argparse.Namespace) -> int | None:
     from .layout import parse_generation
 
-    if getattr(args, "generation", None) is None:
-        return None
-    try:
-        return parse_generation(args.generation)
-    except ValueError as e:
-        raise UsageError(f"--generation: {e}") from None
+    return _option(args, "generation", parse_generation)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
@@ -411,9 +426,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     positional = list(args.args)
     db = positional.pop(0) if positional and not _is_url(positional[0]) else None
     if positional:
-        from .config import parse_replica_url
+        from .config import command_line_replica
 
-        replicas = [parse_replica_url(u) for u in positional]
+        replicas = [command_line_replica(u) for u in positional]
     else:
         replicas = _load(args, db, []).replicas
     failed = 0
@@ -429,6 +444,13 @@ def cmd_check(args: argparse.Namespace) -> int:
             failed += 1
             print(f"FAILED  {rc.name}: {e}")
     return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_keygen(_args: argparse.Namespace) -> int:
+    from .replica.crypt import generate_key
+
+    print(generate_key())
+    return EXIT_OK
 
 
 def cmd_version(_args: argparse.Namespace) -> int:
@@ -458,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first restore each database that does not exist from its replica (if it holds a backup)")
     r.add_argument("--exit-on-stdin-close", action="store_true",
                    help="shut down (final sync) when standard input is closed, e.g. when the parent dies")
+    r.add_argument("--max-bandwidth", metavar="RATE",
+                   help="limit each replica's uploads to RATE (5MB/s, 512KiB/s), instead of its max-bandwidth")
     r.set_defaults(func=cmd_replicate)
 
     s = sub.add_parser("restore", help="rebuild a database from a replica",
@@ -482,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", metavar="DURATION", help="with --follow: how often to poll (default 1s)")
     s.add_argument("--cache-dir", metavar="DIR",
                    help="keep downloaded objects in DIR; later restores read them from there (verified again)")
+    s.add_argument("--max-bandwidth", metavar="RATE", help="limit the download to RATE (5MB/s, 512KiB/s)")
     s.set_defaults(func=cmd_restore)
 
     for name, func, text in (("generations", cmd_generations, "list generations: time range, objects, bytes"),
@@ -501,6 +526,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
     c.add_argument("args", nargs="*", metavar="DB|URL", help="a configured database, or replica URLs")
     c.set_defaults(func=cmd_check)
+
+    k = sub.add_parser("keygen", help="print a new encryption key",
+                       description="Print a new random encryption key (64 hex digits) for encryption-key.")
+    k.set_defaults(func=cmd_keygen)
 
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(func=cmd_version)

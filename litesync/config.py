@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import logging
 import os
+import stat
 import re
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
@@ -21,14 +23,21 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError, UsageError
 from .layout import is_state_dir
+from .replica.crypt import load_key, load_keys
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Config", "DbConfig", "DirConfig", "LoggingConfig", "ReplicaConfig",
-    "config_from_args", "expand_env", "find_config", "load_config", "resolve_config",
-    "parse_duration", "parse_replica_url", "parse_size", "priority_order",
+    "command_line_replica", "config_from_args", "expand_env", "find_config", "keys_from_env",
+    "load_config", "parse_bandwidth", "parse_duration", "parse_replica_url", "parse_size",
+    "priority_order", "read_key_file", "resolve_config", "with_max_bandwidth",
 ]
 
 CONFIG_ENV = "LITESYNC_CONFIG"
+# Encryption keys for replicas named on the command line (configured replicas have their own keys).
+KEY_ENV = "LITESYNC_ENCRYPTION_KEY"
+KEY_FILE_ENV = "LITESYNC_ENCRYPTION_KEY_FILE"
 LOCAL_CONFIG = "litesync.yml"
 SYSTEM_CONFIG = "/etc/litesync.yml"
 
@@ -48,7 +57,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 LOG_STREAMS = ("stderr", "stdout")
 
-_SECRET_FIELDS = frozenset({"secret_access_key", "application_key"})
+_SECRET_FIELDS = frozenset({"secret_access_key", "application_key", "encryption_keys"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -71,6 +80,8 @@ class ReplicaConfig:
     part_size: int | None = None
     concurrency: int | None = None
     priority: int | None = None
+    encryption_keys: tuple[bytes, ...] | None = None  # the first encrypts, every one decrypts
+    max_bandwidth: int | None = None  # bytes per second, uploads and downloads together
 
     def __repr__(self) -> str:
         parts = []
@@ -240,6 +251,20 @@ def parse_size(text: str | int) -> int:
     if size != size.to_integral_value():
         raise ConfigError(f"size is not a whole number of bytes: {text!r}")
     return int(size)
+
+
+def parse_bandwidth(text: str) -> int:
+    """Return the bytes per second in a rate such as "5MB/s" or "512KiB/s" (greater than zero)."""
+    s = str(text).strip()
+    if not s.lower().endswith("/s"):
+        raise ConfigError(f"bandwidth needs a '/s': {text!r} (a size per second: 5MB/s, 512KiB/s)")
+    try:
+        rate = parse_size(s[:-2])
+    except ConfigError:
+        raise ConfigError(f"invalid bandwidth: {text!r} (a size per second: 5MB/s, 512KiB/s)") from None
+    if rate <= 0:
+        raise ConfigError(f"must be greater than zero: {text!r}")
+    return rate
 
 
 def _bool(text: str) -> bool:
@@ -442,15 +467,73 @@ def _default_name(rtype: str, taken: Collection[str]) -> str:
     return name
 
 
+# --- encryption keys -----------------------------------------------------------------------
+
+
+def read_key_file(path: str) -> list[bytes]:
+    """Return the keys in a key file (one or more, see ``load_keys``); warn when every user may read it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+            mode = os.fstat(f.fileno()).st_mode
+    except UnicodeDecodeError:
+        raise ConfigError(f"encryption key file is not text: {path!r}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read encryption key file: {path!r} ({e.strerror})") from None
+    if mode & stat.S_IROTH:
+        log.warning("encryption key file is readable by every user: %s (run chmod 600 %s)", path, path)
+    try:
+        return load_keys(text)
+    except ConfigError as e:
+        raise ConfigError(f"encryption key file {path!r}: {e}") from None
+
+
+def keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[bytes, ...] | None:
+    """Return the keys $LITESYNC_ENCRYPTION_KEY or $LITESYNC_ENCRYPTION_KEY_FILE gives; None when both are unset.
+
+    A variable that is set must hold a key: set but empty is an error, never "no encryption".
+    """
+    env = os.environ if environ is None else environ
+    text, path = env.get(KEY_ENV), env.get(KEY_FILE_ENV)
+    if text is not None and path is not None:
+        raise ConfigError(f"set ${KEY_ENV} or ${KEY_FILE_ENV}, not both")
+    if text is not None:
+        try:
+            return tuple(load_keys(text))
+        except ConfigError as e:
+            raise ConfigError(f"${KEY_ENV}: {e}") from None
+    if path is not None:
+        return tuple(read_key_file(os.path.expanduser(path)))
+    return None
+
+
 # --- configuration from the command line ----------------------------------------------------
 
 
-def config_from_args(db_path: str, replica_urls: Sequence[str]) -> Config:
+def command_line_replica(url: str, environ: Mapping[str, str] | None = None) -> ReplicaConfig:
+    """Return the replica a URL given on the command line names, with the environment's encryption keys."""
+    rc = parse_replica_url(url)
+    keys = keys_from_env(environ)
+    return replace(rc, encryption_keys=keys) if keys else rc
+
+
+def with_max_bandwidth(config: Config, rate: int) -> Config:
+    """Return ``config`` with every replica (of a directory too) limited to ``rate`` bytes per second."""
+    def limit(db: DbConfig) -> DbConfig:
+        return replace(db, replicas=tuple(replace(r, max_bandwidth=rate) for r in db.replicas))
+
+    return replace(config, dbs=tuple(limit(d) for d in config.dbs),
+                   dirs=tuple(replace(d, template=limit(d.template)) for d in config.dirs))
+
+
+def config_from_args(db_path: str, replica_urls: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Return the configuration for ``litesync replicate DB [URL ...]``.
 
-    Without URLs the replica is the directory ``DB.backups`` next to the database.
+    Without URLs the replica is the directory ``DB.backups`` next to the database. Every
+    replica takes the encryption keys of the environment (``keys_from_env``).
     """
     path = _abspath(db_path, None)
+    keys = keys_from_env(environ)
     if replica_urls:
         found = [parse_replica_url(u) for u in replica_urls]
     else:
@@ -462,7 +545,7 @@ def config_from_args(db_path: str, replica_urls: Sequence[str]) -> Config:
         if key in seen:
             raise ConfigError(f"replica given twice: {rc.destination!r}")
         seen.add(key)
-        replicas.append(replace(rc, name=_default_name(rc.type, [r.name for r in replicas])))
+        replicas.append(replace(rc, name=_default_name(rc.type, [r.name for r in replicas]), encryption_keys=keys))
     return Config((DbConfig(path, tuple(replicas)),), LoggingConfig(), None)
 
 
@@ -516,6 +599,7 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
+            mode = os.fstat(f.fileno()).st_mode
     except FileNotFoundError:
         raise ConfigError("config file not found", file=path) from None
     except UnicodeDecodeError:
@@ -537,7 +621,12 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
                           line=documents[1].start_mark.line + 1)
     root = documents[0]
     env = os.environ if environ is None else environ
-    return _Reader(path, env, os.path.dirname(os.path.abspath(path))).config(root)
+    reader = _Reader(path, env, os.path.dirname(os.path.abspath(path)))
+    config = reader.config(root)
+    if reader.literal_secrets and mode & stat.S_IROTH:
+        log.warning("config file is readable by every user and holds secrets: %s (%s); run chmod 600 %s",
+                    path, ", ".join(reader.literal_secrets), path)
+    return config
 
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
@@ -547,7 +636,10 @@ _DIR_ONLY_KEYS = ("pattern", "recursive")
 _DB_KEYS = ("path", "dir", "replicas") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
 
-_COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority")
+_ENCRYPTION_KEYS = ("encryption-key", "encryption-key-file", "decryption-keys")
+_COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority", "max-bandwidth") + _ENCRYPTION_KEYS
+# Keys whose values are secrets: the warning about a world-readable file names those given literally.
+_SECRET_KEYS = ("secret-access-key", "application-key", "encryption-key", "decryption-keys")
 _TYPE_KEYS = {
     "file": ("type", "path") + _COMMON_REPLICA_KEYS,
     "s3": ("type", "bucket", "path", "endpoint", "region", "force-path-style", "access-key-id",
@@ -577,6 +669,7 @@ _REPLICA_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "part-size": ("part_size", _part_size),
     "concurrency": ("concurrency", _integer(1)),
     "priority": ("priority", _integer(0)),
+    "max-bandwidth": ("max_bandwidth", parse_bandwidth),
 }
 
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -611,6 +704,7 @@ class _Reader:
         self.base_dir = base_dir
         self.db_paths: dict[str, str] = {}
         self.destinations: dict[tuple[str | None, ...], str] = {}
+        self.literal_secrets: list[str] = []  # "field (line N)" of secrets written into the file itself
 
     def error(self, message: str, path: str, node: Node | None) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None else None
@@ -829,6 +923,8 @@ class _Reader:
 
         values = {attr: self.value(items, key, path, convert)
                   for key, (attr, convert) in _REPLICA_VALUES.items() if key in items}
+        values["encryption_keys"] = self.encryption_keys(items, path)
+        self.note_literal_secrets(items, path)
         name = values.pop("name", None)
         if from_url is not None:
             rc = replace(from_url, **{attr: v for attr, v in values.items() if v is not None})
@@ -841,3 +937,57 @@ class _Reader:
         if name is None:
             return rc, None
         return replace(rc, name=name), items["name"][1]
+
+    def encryption_keys(self, items: Items, path: str) -> tuple[bytes, ...] | None:
+        """Return the replica's keys, the one that encrypts first; None when it is not encrypted.
+
+        A key that is given but empty after expansion is an error: leaving encryption off
+        takes leaving the key out, never an unset variable.
+        """
+        given = sorted((k for k in ("encryption-key", "encryption-key-file") if k in items),
+                       key=lambda k: items[k][0].start_mark.index)
+        if len(given) == 2:
+            raise self.error("give either encryption-key or encryption-key-file, not both", path, items[given[1]][0])
+        if not given:
+            if "decryption-keys" in items:
+                raise self.error("decryption-keys needs encryption-key or encryption-key-file "
+                                 "(the key that encrypts new objects)", path, items["decryption-keys"][0])
+            return None
+        key = given[0]
+        field, node = _join(path, key), items[key][1]
+        text = self.text(node, field)
+        try:
+            if text is None:
+                raise ConfigError("a value is required (leave the key out to store objects unencrypted)")
+            keys = [load_key(text)] if key == "encryption-key" else read_key_file(_abspath(text, self.base_dir))
+        except ConfigError as e:
+            raise self.error(str(e), field, node) from None
+        return tuple(keys + self.decryption_keys(items, path))
+
+    def decryption_keys(self, items: Items, path: str) -> list[bytes]:
+        """Return the keys of decryption-keys: a list, or one value of keys separated by commas."""
+        if "decryption-keys" not in items:
+            return []
+        field, node = _join(path, "decryption-keys"), items["decryption-keys"][1]
+        listed = isinstance(node, SequenceNode)
+        keys: list[bytes] = []
+        for i, element in enumerate(node.value if listed else [node]):
+            where = f"{field}[{i}]" if listed else field
+            text = self.text(element, where)
+            if text is None:  # ${OLD_KEY:-}: no old key
+                continue
+            try:
+                keys += load_keys(text)
+            except ConfigError as e:
+                raise self.error(str(e), where, element) from None
+        return keys
+
+    def note_literal_secrets(self, items: Items, path: str) -> None:
+        for key in _SECRET_KEYS:
+            if key not in items:
+                continue
+            node = items[key][1]
+            scalars = node.value if isinstance(node, SequenceNode) else [node]
+            # Text left once every ${VAR} is taken out was written into the file.
+            if any(isinstance(n, ScalarNode) and _REFERENCE.sub("", n.value).strip() for n in scalars):
+                self.literal_secrets.append(f"{_join(path, key)} at line {node.start_mark.line + 1}")

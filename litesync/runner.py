@@ -47,7 +47,7 @@ class DbReplication:
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
             shipper = Shipper(self.agent.spool, client, state, label=f"{cfg.path} -> {rc.name}",
                               request_snapshot=self.agent.snapshot_requested,
-                              sync_interval=rc.sync_interval or 0.0)
+                              sync_interval=rc.sync_interval or 0.0, destination=rc.destination)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
                 client, label=shipper.label, retention=cfg.retention, compaction=cfg.compaction,

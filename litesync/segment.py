@@ -26,6 +26,10 @@ from .errors import ChainError, CorruptObjectError
 SEGMENT_MAGIC = b"LSYNCSEG"
 SNAPSHOT_MAGIC = b"LSYNCSNP"
 TRAILER_MAGIC = b"LSYNCEND"
+# replica.crypt.MAGIC: what a reader finds in an encrypted object it was given no key for.
+ENCRYPTED_MAGIC = b"LSYNCENC"
+NO_KEY = "object is encrypted, and no encryption key is configured for this replica " \
+         "(encryption-key, or $LITESYNC_ENCRYPTION_KEY)"
 FORMAT_VERSION = 1
 # Level 1 compressed this project's WAL and text+JSON pages 1.3-3x faster than level 3 at
 # a ratio within 4% (better on some pages): the agent's CPU goes mostly to compression.
@@ -402,6 +406,8 @@ class _ObjectReader:
 
 def _read_magic(r: _ObjectReader, expected: bytes) -> None:
     head = r.read_raw(8, "header")
+    if head == ENCRYPTED_MAGIC:
+        raise CorruptObjectError(r.name, NO_KEY)
     if head != expected:
         raise CorruptObjectError(r.name, f"invalid magic: {head!r} (expected {expected!r})")
     version = struct.unpack("<H", r.read_raw(2, "header"))[0]

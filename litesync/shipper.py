@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from . import layout
 from .errors import CorruptObjectError, LitesyncError
 from .replica.base import ReplicaClient
+from .replica.crypt import check_encryption
 from .replica.file import atomic_file
 from .segment import concat_segments, split_segment
 from .spool import Name, Spool, sort_key
@@ -90,15 +91,21 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
 
 
 class Shipper(threading.Thread):
-    """Uploads spool objects to one replica in order; retries forever with backoff."""
+    """Uploads spool objects to one replica in order; retries forever with backoff.
+
+    The position is saved with ``destination`` (where the replica writes): a position saved
+    for another destination, under the same replica name, is not this replica's.
+    """
 
     def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, label: str,
-                 request_snapshot: threading.Event, sync_interval: float = 0.0) -> None:
+                 request_snapshot: threading.Event, sync_interval: float = 0.0,
+                 destination: str | None = None) -> None:
         super().__init__(name=f"ship {label}", daemon=True)
         self.spool = spool
         self.client = client
         self.state_path = state_path
         self.label = label
+        self.destination = destination
         self.request_snapshot = request_snapshot
         self.sync_interval = sync_interval
         self.stop_event = threading.Event()
@@ -118,6 +125,11 @@ class Shipper(threading.Thread):
         try:
             with open(self.state_path) as f:
                 d = json.load(f)
+            # Files written before the destination was saved have none: taken as this one.
+            if d.get("destination", self.destination) != self.destination:
+                log.info("%s: the replica moved (was %s); shipping from the newest snapshot",
+                         self.label, d["destination"])
+                return Position()
             return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]))
         except FileNotFoundError:
             return Position()
@@ -127,7 +139,8 @@ class Shipper(threading.Thread):
             return Position()
 
     def _save(self, pos: Position) -> None:
-        data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq}).encode()
+        data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
+                           "destination": self.destination}).encode()
         with atomic_file(self.state_path) as f:
             f.write(data)
 
@@ -201,11 +214,12 @@ class Shipper(threading.Thread):
         return run, size
 
     def _probe(self) -> bool:
-        """List the replica once before shipping: a configuration error shows at once."""
+        """Look at the replica once before shipping: a configuration error (credentials, bucket,
+        encryption that does not match what is stored) shows at once."""
         backoff = 0.5
         while not self.stop_event.is_set():
             try:
-                list(self.client.list("generations/"))
+                check_encryption(self.client)
                 self.checked.set()
                 return True
             except LitesyncError as e:

@@ -8,7 +8,7 @@ import threading
 from typing import BinaryIO
 
 from . import layout
-from .replica.file import FileReplicaClient, publish_temp, temp_file
+from .replica.file import FileReplicaClient, makedirs_private, publish_temp, temp_file
 
 Name = layout.SnapshotName | layout.SegmentName
 
@@ -28,7 +28,7 @@ class Spool:
         self.client = FileReplicaClient(root, name=f"spool {root}")
         self.changed = threading.Condition()
         self._objects: dict[Name, int] = {}
-        os.makedirs(root, mode=0o700, exist_ok=True)
+        makedirs_private(root)
         for info in self.client.list(""):
             name = layout.parse_key(info.key)
             if name is not None:

@@ -587,6 +587,157 @@ def test_missing_and_unreadable_files(cwd):
     assert str(e.value) == "latin1.yml: config file is not UTF-8 text"
 
 
+# --- encryption keys and bandwidth --------------------------------------------------------------
+
+KEY_A, KEY_B, KEY_C = bytes(range(32)), bytes(range(100, 132)), bytes(range(200, 232))
+
+
+def test_encryption_keys_and_max_bandwidth(cwd):
+    import base64
+
+    with open("keys.txt", "w") as f:
+        f.write(f"# the current key first\n{KEY_B.hex()}\n\n{base64.b64encode(KEY_A).decode()}\n")
+    os.chmod("keys.txt", 0o600)
+    cfg = load("""\
+        dbs:
+          - path: app.db
+            replicas:
+              - url: file:///b
+                encryption-key: ${KEY}
+                decryption-keys: ["${OLD}", "${NONE:-}"]
+                max-bandwidth: 1.5MB/s
+              - type: s3
+                bucket: b
+                encryption-key-file: keys.txt
+                decryption-keys: ${OLD_KEYS}
+                max-bandwidth: 512KiB/s
+              - url: file:///c
+        """, {"KEY": KEY_C.hex(), "OLD": KEY_A.hex(), "OLD_KEYS": f"{KEY_C.hex()}, {KEY_A.hex().upper()}"})
+    a, b, c = cfg.dbs[0].replicas
+    assert (a.encryption_keys, a.max_bandwidth) == ((KEY_C, KEY_A), 1_500_000)
+    assert (b.encryption_keys, b.max_bandwidth) == ((KEY_B, KEY_A, KEY_C, KEY_A), 512 << 10)
+    assert (c.encryption_keys, c.max_bandwidth) == (None, None)
+
+
+@pytest.mark.parametrize("replica, message", [
+    ("{url: /b, encryption-key: KEY, encryption-key-file: f}",
+     "dbs[0].replicas[0]: give either encryption-key or encryption-key-file, not both"),
+    ("{url: /b, decryption-keys: [KEY]}",
+     "dbs[0].replicas[0]: decryption-keys needs encryption-key or encryption-key-file "
+     "(the key that encrypts new objects)"),
+    ("{url: /b, encryption-key: '${UNSET:-}'}",
+     "dbs[0].replicas[0].encryption-key: a value is required (leave the key out to store objects unencrypted)"),
+    ("{url: /b, encryption-key: not-a-key-but-a-secret}",
+     "dbs[0].replicas[0].encryption-key: encryption key is neither 64 hex digits nor base64 (22 characters)"),
+    ("{url: /b, encryption-key: KEY, decryption-keys: [KEY, 'AAAA']}",
+     "dbs[0].replicas[0].decryption-keys[1]: encryption key must be 32 bytes: base64 decodes to 3 bytes"),
+    ("{url: /b, encryption-key: KEY, decryption-keys: 'KEY,secret-typo'}",
+     "dbs[0].replicas[0].decryption-keys: key 2: encryption key is neither 64 hex digits nor base64 "
+     "(11 characters)"),
+    ("{url: /b, encryption-key: KEY, decryption-keys: {a: b}}",
+     "dbs[0].replicas[0].decryption-keys: expected a single value, got a mapping"),
+    ("{url: /b, encryption-key-file: nokey}",
+     "dbs[0].replicas[0].encryption-key-file: cannot read encryption key file: '{cwd}/nokey' "
+     "(No such file or directory)"),
+    ("{url: /b, encryption-key-file: bad.key}",
+     "dbs[0].replicas[0].encryption-key-file: encryption key file '{cwd}/bad.key': key 2: "
+     "encryption key is neither 64 hex digits nor base64 (10 characters)"),
+    ("{url: /b, encryption-key-file: empty.key}",
+     "dbs[0].replicas[0].encryption-key-file: encryption key file '{cwd}/empty.key': encryption key is empty"),
+    ("{url: /b, max-bandwidth: 5MB}",
+     "dbs[0].replicas[0].max-bandwidth: bandwidth needs a '/s': '5MB' (a size per second: 5MB/s, 512KiB/s)"),
+    ("{url: /b, max-bandwidth: fast/s}",
+     "dbs[0].replicas[0].max-bandwidth: invalid bandwidth: 'fast/s' (a size per second: 5MB/s, 512KiB/s)"),
+    ("{url: /b, max-bandwidth: 0KB/s}", "dbs[0].replicas[0].max-bandwidth: must be greater than zero: '0KB/s'"),
+])
+def test_encryption_and_bandwidth_errors(cwd, replica, message):
+    with open("bad.key", "w") as f:
+        f.write(f"{KEY_A.hex()}\nsecret-typ\n")
+    open("empty.key", "w").write("# nothing yet\n")
+    text = error(f"dbs:\n  - path: a.db\n    replicas:\n      - {replica.replace('KEY', KEY_A.hex())}\n")
+    assert text == "litesync.yml:4: " + message.replace("{cwd}", str(cwd))
+    assert "secret" not in text.replace("encrypts", "")
+
+
+def test_repr_masks_encryption_keys():
+    rc = ReplicaConfig("file", "file", "/b", encryption_keys=(KEY_A, KEY_B))
+    assert "encryption_keys='***'" in repr(rc)
+    assert KEY_A.hex() not in repr(rc) and repr(KEY_A) not in repr(rc)
+
+
+def test_keys_from_environment(tmp_path):
+    from litesync.config import command_line_replica, keys_from_env
+
+    assert keys_from_env({}) is None
+    assert keys_from_env({"LITESYNC_ENCRYPTION_KEY": f"{KEY_B.hex()},{KEY_A.hex()}"}) == (KEY_B, KEY_A)
+    key_file = tmp_path / "k"
+    key_file.write_text(KEY_C.hex())
+    assert keys_from_env({"LITESYNC_ENCRYPTION_KEY_FILE": str(key_file)}) == (KEY_C,)
+    for env, message in [
+        ({"LITESYNC_ENCRYPTION_KEY": ""}, "$LITESYNC_ENCRYPTION_KEY: encryption key is empty"),
+        ({"LITESYNC_ENCRYPTION_KEY": "secret"},
+         "$LITESYNC_ENCRYPTION_KEY: encryption key is neither 64 hex digits nor base64 (6 characters)"),
+        ({"LITESYNC_ENCRYPTION_KEY": "x", "LITESYNC_ENCRYPTION_KEY_FILE": "y"},
+         "set $LITESYNC_ENCRYPTION_KEY or $LITESYNC_ENCRYPTION_KEY_FILE, not both"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            keys_from_env(env)
+        assert str(e.value) == message
+    env = {"LITESYNC_ENCRYPTION_KEY": KEY_A.hex()}
+    assert command_line_replica("s3://b/p", env).encryption_keys == (KEY_A,)
+    assert command_line_replica("s3://b/p", {}).encryption_keys is None
+    db = config_from_args(str(tmp_path / "app.db"), ["file:///x", "s3://b/p"], env).dbs[0]
+    assert [r.encryption_keys for r in db.replicas] == [(KEY_A,), (KEY_A,)]
+    assert config_from_args(str(tmp_path / "app.db"), [], env).dbs[0].replicas[0].encryption_keys == (KEY_A,)
+
+
+SECRET_CONFIG = """\
+    dbs:
+      - path: app.db
+        replicas:
+          - type: s3
+            bucket: b
+            access-key-id: AKID
+            secret-access-key: {secret}
+            encryption-key: {key}
+    """
+
+
+@pytest.mark.parametrize("mode, secret, key, warned", [
+    (0o644, "hunter2", "${KEY}", "dbs[0].replicas[0].secret-access-key at line 7"),
+    (0o604, "${SECRET}", KEY_A.hex(), "dbs[0].replicas[0].encryption-key at line 8"),
+    (0o640, "hunter2", KEY_A.hex(), None),  # readable by the group only
+    (0o644, "${SECRET}", "${KEY}", None),  # the file holds no secret
+])
+def test_world_readable_config_with_secrets_is_warned_about(cwd, caplog, mode, secret, key, warned):
+    with open("litesync.yml", "w") as f:
+        f.write(textwrap.dedent(SECRET_CONFIG.format(secret=secret, key=key)))
+    os.chmod("litesync.yml", mode)
+    with caplog.at_level("WARNING", logger="litesync.config"):
+        load_config("litesync.yml", environ={"SECRET": "hunter2", "KEY": KEY_A.hex()})
+    if warned is None:
+        assert caplog.messages == []
+        return
+    assert caplog.messages == [f"config file is readable by every user and holds secrets: litesync.yml ({warned}); "
+                               f"run chmod 600 litesync.yml"]
+    assert "hunter2" not in caplog.text and KEY_A.hex() not in caplog.text
+
+
+def test_world_readable_key_file_is_warned_about(cwd, caplog):
+    with open("app.key", "w") as f:
+        f.write(KEY_A.hex())
+    text = "dbs:\n  - path: a.db\n    replicas:\n      - {url: /b, encryption-key-file: app.key}\n"
+    for mode, warnings in [(0o600, 0), (0o644, 1)]:
+        os.chmod("app.key", mode)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="litesync.config"):
+            assert load(text).dbs[0].replicas[0].encryption_keys == (KEY_A,)
+        assert len(caplog.messages) == warnings
+    assert caplog.messages == [f"encryption key file is readable by every user: {cwd}/app.key "
+                               f"(run chmod 600 {cwd}/app.key)"]
+    assert KEY_A.hex() not in caplog.text
+
+
 # --- command-line configuration -----------------------------------------------------------------
 
 def test_config_from_args_default_replica(tmp_path, monkeypatch):
@@ -668,17 +819,24 @@ def test_find_config_named_files_must_exist(lookup, monkeypatch):
 # --- the example file ---------------------------------------------------------------------------
 
 EXAMPLE_ENV = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3-secret",
-               "B2_APPLICATION_KEY_ID": "kid", "B2_APPLICATION_KEY": "b2-secret"}
+               "B2_APPLICATION_KEY_ID": "kid", "B2_APPLICATION_KEY": "b2-secret",
+               "LITESYNC_ENCRYPTION_KEY": "11" * 32}
 
 
-def test_example_loads():
-    cfg = load_config(EXAMPLE, environ=EXAMPLE_ENV)
+def test_example_loads(tmp_path):
+    key_file = tmp_path / "litesync.key"
+    key_file.write_text("22" * 32 + "\n")
+    key_file.chmod(0o600)
+    cfg = load_config(EXAMPLE, environ={**EXAMPLE_ENV, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     app, jobs = cfg.dbs
     assert app.path == "/var/lib/app/app.db"
     assert [(r.type, r.name) for r in app.replicas] == [("file", "local"), ("file", "mirror"), ("s3", "offsite"),
                                                         ("b2", "b2")]
     s3 = app.replicas[2]
     assert (s3.secret_access_key, s3.part_size, s3.force_path_style) == ("s3-secret", 8 << 20, True)
+    assert (s3.encryption_keys, s3.max_bandwidth) == ((bytes([0x11]) * 32,), 5_000_000)
+    b2 = app.replicas[3]
+    assert (b2.encryption_keys, b2.max_bandwidth) == ((bytes([0x22]) * 32,), 512 << 10)
     assert (jobs.path, jobs.snapshot_interval, jobs.spool_max_size) == ("/var/lib/app/jobs.db", 14400.0, 1 << 30)
     assert jobs.replicas[0].region == "us-east-1"
 

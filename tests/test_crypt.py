@@ -421,3 +421,41 @@ def test_generate_key():
     k1, k2 = generate_key(), generate_key()
     assert len(k1) == 64 and k1 != k2
     assert load_key(k1) == bytes.fromhex(k1)
+
+
+# Stored objects against the client's encryption setting, on every backend.
+
+def test_check_encryption(replica_client):
+    from litesync.errors import ReplicaError
+    from litesync.replica.crypt import check_encryption
+
+    old_gen, new_gen = "generations/0000000000000001", "generations/0000000000000002"
+    snap = "snapshots/0000000000000000-000000000000.snap"
+    seg = "segments/0000000000000000-0000000000000000-000000000000.seg"
+    enc_a, enc_b = EncryptedClient(replica_client, [KEY_A]), EncryptedClient(replica_client, [KEY_B])
+    for client in (replica_client, enc_a, enc_b):
+        check_encryption(client)  # nothing stored: anything goes
+    # An old plaintext generation does not matter; the newest (encrypted with A) does.
+    replica_client.write_bytes(f"{old_gen}/{snap}", b"LSYNCSNP plaintext")
+    enc_a.write_bytes(f"{new_gen}/{snap}", os.urandom(5000))
+    enc_a.write_bytes(f"{new_gen}/{seg}", b"small, so this one is read")
+    replica_client.write_bytes("unrelated/object", b"LSYNCSEG")
+    check_encryption(enc_a)
+    check_encryption(EncryptedClient(replica_client, [KEY_B, KEY_A]))
+
+    def refused(client) -> str:
+        with pytest.raises(ReplicaError) as e:
+            check_encryption(client)
+        assert e.value.retryable is False
+        return str(e.value)
+
+    assert refused(replica_client) == (f"replica {replica_client.name}: {new_gen}/{seg}: object is encrypted, and no "
+                                       f"encryption key is configured for this replica (encryption-key, or "
+                                       f"$LITESYNC_ENCRYPTION_KEY)")
+    assert refused(enc_b) == (f"replica {replica_client.name}: {new_gen}/{seg}: encrypted with key id "
+                              f"{key_id(KEY_A).hex()}, which is not among the configured keys "
+                              f"({key_id(KEY_B).hex()}): add that key to decryption-keys")
+    replica_client.write_bytes(f"{new_gen}/{seg}", b"LSYNCSEG plaintext")
+    assert refused(enc_a) == (f"replica {replica_client.name}: {new_gen}/{seg}: object is not encrypted; an "
+                              f"encrypted replica needs a place of its own (give it a new path, or remove its "
+                              f"encryption key)")

@@ -49,10 +49,13 @@ def test_dir_entry(tmp_path):
     assert [r.path for r in cfg.replicas] == ["/b/main", "/b/tenants", "tenants"]
 
 
-def test_example_has_a_directory():
-    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "litesync.yml.example")
-    cfg = load_config(example, environ={"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s",
-                                        "B2_APPLICATION_KEY_ID": "k", "B2_APPLICATION_KEY": "s"})
+def test_example_has_a_directory(tmp_path):
+    from test_config import EXAMPLE, EXAMPLE_ENV
+
+    key_file = tmp_path / "litesync.key"
+    key_file.write_text("22" * 32 + "\n")
+    key_file.chmod(0o600)
+    cfg = load_config(EXAMPLE, environ={**EXAMPLE_ENV, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     (d,) = cfg.dirs
     assert (d.path, d.pattern, d.recursive, d.template.snapshot_interval) == \
         ("/var/lib/app/tenants", "*.db", False, 12 * 3600.0)

@@ -393,7 +393,7 @@ def test_retention_waits_for_a_restore_that_planned_with_old_objects(replicated,
     caplog.set_level("INFO")
     r = restore(RetentionMidway(client.root), str(tmp_path / "out.db"))
     after = {o.key for o in client.list("generations/")}
-    assert len(after - before) >= 1 and len(before - after) > 100  # merged in, parts out
+    assert len(after - before) >= 1 and len(before - after) >= 10  # merged in, parts out
     assert "planning the restore again" in caplog.text
     assert content_digest(str(tmp_path / "out.db")) == content_digest(db)
     assert integrity(str(tmp_path / "out.db")) == "ok"

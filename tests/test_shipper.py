@@ -65,3 +65,26 @@ def test_batch_takes_consecutive_segments_up_to_a_snapshot_or_gap():
     assert batch_after(objs, seg(1, 1), max_parts=1) == [seg(1, 1)]
     other_gen = [(seg(1, 1), 10), (seg(2, 2), 10)]
     assert batch_after(other_gen, seg(1, 1)) == [seg(1, 1)]
+
+
+def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
+    """A replica keeps its name but moves (a new path): it starts over with a snapshot."""
+    import threading
+
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from litesync.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    state = str(tmp_path / "file.json")
+
+    def shipper(destination):
+        return Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, label="db -> file",
+                       request_snapshot=threading.Event(), destination=destination)
+
+    shipper("/a")._save(Position((G, 2, 1), 3))
+    assert shipper("/a").pos == Position((G, 2, 1), 3)
+    assert shipper("/b").pos == Position()
+    with open(state, "w") as f:  # written before destinations were saved: taken as this replica's
+        f.write('{"key": [16, 2, 1], "next_seq": 3}')
+    assert shipper("/b").pos == Position((G, 2, 1), 3)

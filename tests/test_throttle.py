@@ -205,3 +205,82 @@ def test_upload_limit_holds_on_every_backend(replica_client):
     elapsed = time.monotonic() - t0
     assert elapsed >= 0.95 * size / rate, elapsed
     assert replica_client.read("big") == data
+
+
+# max-bandwidth from litesync.yml: the agent's shipping and a restore, in real time.
+
+def write_config(tmp_path, replica_keys: str) -> str:
+    path = tmp_path / "litesync.yml"
+    path.write_text(f"dbs:\n  - path: {tmp_path / 'app.db'}\n    replicas:\n"
+                    f"      - url: file://{tmp_path / 'replica'}\n{replica_keys}")
+    return str(path)
+
+
+def test_max_bandwidth_in_the_config_limits_shipping_and_restore(tmp_path):
+    """A 4.5 MB snapshot, encrypted, at 1.5 MB/s: the shipper's upload and the restore's download
+    each run at the limit within 10%, counting stored (encrypted) bytes; the spool is not limited."""
+    import sqlite3
+
+    from dbcheck import content_digest
+    from litesync.config import load_config
+    from litesync.replica import open_replica
+    from litesync.restore import restore
+    from litesync.runner import DbReplication
+
+    rate = 1_500_000
+    db = str(tmp_path / "app.db")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (x BLOB)")
+    c.executemany("INSERT INTO t VALUES (?)", [(os.urandom(100_000),) for _ in range(45)])
+    c.close()
+    cfg = load_config(write_config(tmp_path, f"        max-bandwidth: 1.5MB/s\n        encryption-key: {'11' * 32}\n"))
+    d = DbReplication(cfg.dbs[0])
+    shipper = d.shippers[0]
+    d.agent.open()
+    try:
+        t0 = time.monotonic()
+        d.agent.start()  # the snapshot, into the spool
+        spool_seconds = time.monotonic() - t0
+        time.sleep(0.3)  # let the bucket fill: the upload below starts with exactly one burst in hand
+        t0 = time.monotonic()
+        assert shipper.ship_one()
+        ship_seconds = time.monotonic() - t0
+    finally:
+        d.agent.close()
+        shipper.client.close()
+    stored = sum(o.size for o in FileReplicaClient(str(tmp_path / "replica")).list(""))
+    assert stored > 4_500_000
+    expected = (stored - shipper.client.inner.limiter.burst) / rate
+    assert abs(ship_seconds - expected) <= 0.1 * expected, (ship_seconds, expected)
+    assert spool_seconds < expected / 3, spool_seconds
+    client = open_replica(cfg.dbs[0].replicas[0])
+    out = str(tmp_path / "restored.db")
+    t0 = time.monotonic()
+    restore(client, out)
+    restore_seconds = time.monotonic() - t0
+    expected = stored / rate
+    assert abs(restore_seconds - expected) <= 0.1 * expected, (restore_seconds, expected)
+    assert content_digest(out) == content_digest(db)
+
+
+def test_the_writer_never_waits_for_the_limit(tmp_path):
+    """A replica limited to 50 KB/s far below what the writer produces: the agent keeps copying
+    the WAL into the spool and checkpointing, so the writer never waits; shipping lags behind."""
+    from proc import kill9, run_writer, start_agent_ready
+
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    config = write_config(tmp_path, "        max-bandwidth: 50KB/s\n")
+    agent = start_agent_ready("--config", config, log_path=str(tmp_path / "agent.log"))
+    try:
+        wait_log = str(tmp_path / "wait.txt")
+        run_writer(db, "--rate", "200", "--seconds", "3", "--max-wait-log", wait_log)
+        longest, locked, done = open(wait_log).read().split()
+        spooled = sum(f.stat().st_size for f in (tmp_path / ".app.db-litesync" / "spool").rglob("*.seg"))
+        shipped = sum(f.stat().st_size for f in (tmp_path / "replica").rglob("*.seg"))
+    finally:
+        kill9(agent)
+    assert float(longest) < 1.0 and int(locked) == 0 and int(done) > 300, (longest, locked, done)
+    assert spooled > 3 * shipped, (spooled, shipped)
+    assert shipped < 50_000 * 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from .base import ObjectInfo, ReplicaClient
@@ -10,11 +11,17 @@ from .file import FileReplicaClient
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
 
-__all__ = ["ObjectInfo", "ReplicaClient", "FileReplicaClient", "open_replica"]
+__all__ = ["ObjectInfo", "ReplicaClient", "FileReplicaClient", "open_replica", "wrap_replica"]
+
+log = logging.getLogger(__name__)
 
 
 def open_replica(cfg: "ReplicaConfig") -> ReplicaClient:
-    """Return the client for a configured replica."""
+    """Return the client for a configured replica, throttled and encrypted as configured."""
+    return wrap_replica(_backend(cfg), cfg)
+
+
+def _backend(cfg: "ReplicaConfig") -> ReplicaClient:
     if cfg.type == "file":
         return FileReplicaClient(cfg.path, name=cfg.name)
     if cfg.type == "s3":
@@ -26,3 +33,21 @@ def open_replica(cfg: "ReplicaConfig") -> ReplicaClient:
 
         return B2ReplicaClient(cfg)
     raise ValueError(f"unknown replica type: {cfg.type!r}")
+
+
+def wrap_replica(client: ReplicaClient, cfg: "ReplicaConfig") -> ReplicaClient:
+    """Return ``client`` behind the configured bandwidth limit and encryption.
+
+    The limit is innermost, so it counts the bytes that cross the wire (ciphertext).
+    """
+    if cfg.max_bandwidth:
+        from .throttle import RateLimiter, ThrottledClient
+
+        client = ThrottledClient(client, RateLimiter(cfg.max_bandwidth))
+        log.debug("%s: limited to %d bytes/s", client.name, cfg.max_bandwidth)
+    if cfg.encryption_keys:
+        from .crypt import EncryptedClient
+
+        client = EncryptedClient(client, list(cfg.encryption_keys))
+        log.debug("%s: encrypting with key id %s", client.name, client.key_id.hex())
+    return client

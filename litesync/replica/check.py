@@ -7,14 +7,18 @@ import time
 
 from ..errors import ReplicaError
 from .base import ReplicaClient
+from .crypt import check_encryption
 
 PROBE_PREFIX = "litesync-check/"
 
 
 def check_replica(client: ReplicaClient) -> float:
-    """Run the round trip; return its duration in seconds or raise ReplicaError."""
+    """Run the round trip; return its duration in seconds or raise ReplicaError.
+
+    The listing also checks that stored objects match the client's encryption setting.
+    """
     t0 = time.monotonic()
-    list(client.list("generations/"))
+    check_encryption(client)
     key = f"{PROBE_PREFIX}{os.urandom(8).hex()}"
     data = os.urandom(1024)
     client.write_bytes(key, data)

@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import io
 import os
+import re
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
@@ -22,10 +23,12 @@ from typing import BinaryIO, Iterable, Iterator
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import ConfigError, CorruptObjectError
+from .. import layout
+from ..errors import ConfigError, CorruptObjectError, ObjectNotFoundError, ReplicaError
+from ..segment import ENCRYPTED_MAGIC, NO_KEY
 from .base import ObjectInfo, ReplicaClient
 
-MAGIC = b"LSYNCENC"
+MAGIC = ENCRYPTED_MAGIC
 VERSION = 1
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
@@ -39,6 +42,7 @@ MAX_CHUNK_SIZE = 16 << 20
 # magic, version, reserved (3 zero bytes), chunk size, key id, nonce base; little-endian.
 _HEADER = struct.Struct("<8sB3sI8s12s")
 HEADER_SIZE = _HEADER.size
+KEY_ID_OFFSET = 16
 # chunk index, last-chunk flag: the fixed part of each chunk's associated data.
 _CHUNK_AD = struct.Struct("<QB")
 _KEY_ID_CONTEXT = b"litesync key id"
@@ -67,6 +71,24 @@ def load_key(text: str) -> bytes:
     if len(raw) != KEY_SIZE:
         raise ConfigError(f"encryption key must be {KEY_SIZE} bytes: base64 decodes to {len(raw)} bytes")
     return raw
+
+
+def load_keys(text: str) -> list[bytes]:
+    """Return the keys in text, separated by commas or white space; lines starting with # are comments.
+
+    A bad key is named by its position, never by its text.
+    """
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    words = [w for w in re.split(r"[\s,]+", "\n".join(lines)) if w]
+    if not words:
+        raise ConfigError("encryption key is empty")
+    keys = []
+    for i, word in enumerate(words):
+        try:
+            keys.append(load_key(word))
+        except ConfigError as e:
+            raise ConfigError(f"key {i + 1}: {e}" if len(words) > 1 else str(e)) from None
+    return keys
 
 
 def generate_key() -> str:
@@ -397,3 +419,36 @@ class EncryptedClient(ReplicaClient):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def check_encryption(client: ReplicaClient) -> None:
+    """List the replica; raise ReplicaError when its newest generation is stored otherwise than
+    ``client`` would read it (encrypted or not, with a key ``client`` holds).
+
+    Looks at one object, the smallest of the newest generation: that is the history an agent
+    continues, and mixing plaintext and encrypted objects in it would break every restore.
+    """
+    enc = client if isinstance(client, EncryptedClient) else None
+    raw = enc.inner if enc is not None else client
+    named = [(n, o) for o in raw.list(layout.GENERATIONS + "/") if (n := layout.parse_key(o.key)) is not None]
+    if not named:
+        return
+    newest = max(n.generation for n, _ in named)
+    key = min((o for n, o in named if n.generation == newest), key=lambda o: (o.size, o.key)).key
+    try:
+        with raw.open(key) as f:
+            head = f.read(HEADER_SIZE)
+    except ObjectNotFoundError:  # retention removed it since the listing; the next start looks again
+        return
+    if enc is None:
+        if head.startswith(MAGIC):
+            raise ReplicaError(client.name, f"{key}: {NO_KEY}")
+        return
+    if not head.startswith(MAGIC):
+        raise ReplicaError(client.name, f"{key}: object is not encrypted; an encrypted replica needs a place "
+                                        f"of its own (give it a new path, or remove its encryption key)")
+    kid = head[KEY_ID_OFFSET:KEY_ID_OFFSET + KEY_ID_SIZE]
+    if len(kid) == KEY_ID_SIZE and kid not in enc.key_ids:
+        known = ", ".join(k.hex() for k in enc.key_ids)
+        raise ReplicaError(client.name, f"{key}: encrypted with key id {kid.hex()}, which is not among the "
+                                        f"configured keys ({known}): add that key to decryption-keys")

@@ -24,11 +24,26 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def makedirs_private(path: str) -> None:
+    """Create the directory ``path`` and missing parents, readable by the owner only (0700).
+
+    Directories that exist already are left as they are: they may be shared on purpose.
+    """
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        makedirs_private(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
 @contextlib.contextmanager
 def temp_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
     """Yield ``path.tmp`` for writing; fsync it on success, remove it on failure."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    makedirs_private(os.path.dirname(os.path.abspath(path)))
     tmp = path + _TMP_SUFFIX
     f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
     try:
