@@ -428,7 +428,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
 
 
 def restore_missing(cfg: "Config") -> list[Result]:
-    """Restore each database of ``cfg`` that does not exist from its first replica; return the restores.
+    """Restore each database of ``cfg`` that does not exist from its replicas; return the restores.
 
     A replica that holds nothing means a new deployment: that database is left for the
     application to create. A directory's databases are those its first replica holds.
@@ -443,19 +443,29 @@ def restore_missing(cfg: "Config") -> list[Result]:
             client.close()
         paths = [os.path.join(d.path, *rel.split("/")) for rel in found]
         dbs += [d.database(p) for p in paths if d.matches(p)]
+    from .config import priority_order
+
     for db in dbs:
         if os.path.exists(db.path):
             continue
-        client = open_replica(db.replicas[0])
+        clients = [open_replica(rc) for rc in priority_order(db.replicas)]
         try:
-            if next(iter(client.list(layout.GENERATIONS + "/")), None) is None:
-                log.info("%s does not exist and %s holds no backup: starting without one", db.path, client.name)
+            cands = survey(clients)
+            if not any(c.plan for c in cands):
+                down = [c for c in cands if c.objects is None]
+                if down:
+                    # Starting empty would begin a generation newer than the backup the
+                    # unreachable replica may hold: later restores would pick the empty one.
+                    raise RestoreError(f"{db.path} does not exist and no replica holds a backup, but "
+                                       f"{down[0].client.name} could not be listed: {down[0].error}")
+                log.info("%s does not exist and no replica holds a backup: starting without one", db.path)
                 continue
-            log.info("%s does not exist: restoring it from %s", db.path, client.name)
+            log.info("%s does not exist: restoring it from %s", db.path, cands[0].client.name)
             os.makedirs(os.path.dirname(db.path), exist_ok=True)
-            results.append(restore(client, db.path))
+            results.append(restore_any(clients, db.path))
         finally:
-            client.close()
+            for c in clients:
+                c.close()
     return results
 
 

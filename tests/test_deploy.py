@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import shutil
 import sys
 
 from dbcheck import committed_prefix, content_digest
-from proc import WORKLOAD, litesync, run_writer, start_agent_ready, stop
+from proc import clean_env, WORKLOAD, litesync, run_writer, start_agent_ready, stop
 from litesync.cli import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,10 +59,27 @@ def test_new_deployment_starts_without_a_backup(tmp_path):
     os.mkdir(tmp_path / "new")
     r = litesync("replicate", "--restore-if-db-not-exists", db, url, "--exec", app(db, 5, 1))
     assert r.returncode == 0, r.stderr
-    assert "holds no backup: starting without one" in r.stderr
+    assert "no replica holds a backup: starting without one" in r.stderr
     out = str(tmp_path / "out.db")
     assert litesync("restore", "-o", out, url).returncode == 0
     assert committed_prefix(out) == 5
+
+
+def test_no_backup_but_an_unreachable_replica_does_not_start(tmp_path):
+    """The replica that cannot be listed may hold the backup: starting empty would bury it."""
+    from proc import free_port
+
+    db = str(tmp_path / "app.db")
+    dead = f"s3://bucket/app?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'replica'}\n"
+                   f"      - url: {dead}\n")
+    r = litesync("--config", str(cfg), "replicate", "--restore-if-db-not-exists", "--exec", app(db, 5, 1),
+                 env=clean_env({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}))
+    assert r.returncode == 1, r.stderr
+    assert re.search(r"app\.db does not exist and no replica holds a backup, but s3 .*could not be listed: "
+                     r".*EndpointConnectionError", r.stderr), r.stderr
+    assert not os.path.exists(db)
 
 
 def test_failed_restore_does_not_start_the_app(tmp_path):
