@@ -23,7 +23,7 @@ from .errors import ConfigError
 __all__ = [
     "Config", "DbConfig", "LoggingConfig", "ReplicaConfig",
     "config_from_args", "expand_env", "find_config", "load_config",
-    "parse_duration", "parse_replica_url", "parse_size",
+    "parse_duration", "parse_replica_url", "parse_size", "split_addr",
 ]
 
 CONFIG_ENV = "LITESYNC_CONFIG"
@@ -108,15 +108,18 @@ class DbConfig:
     retention: float = DEFAULT_RETENTION
     retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
     compaction: tuple[float, ...] = DEFAULT_COMPACTION
+    validation_interval: float | None = None
 
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration; ``source`` is the file it came from, None for the command line."""
+    """The whole configuration; ``source`` is the file it came from, None for the command line.
+    ``addr`` is where to serve Prometheus metrics (``host:port``), None for nowhere."""
 
     dbs: tuple[DbConfig, ...]
     logging: LoggingConfig = LoggingConfig()
     source: str | None = None
+    addr: str | None = None
 
 
 # --- scalar values -------------------------------------------------------------------------
@@ -227,6 +230,23 @@ def _part_size(text: str) -> int:
     if not MIN_PART_SIZE <= size <= MAX_PART_SIZE:
         raise ConfigError(f"must be between 5MiB and 5GiB: {text!r}")
     return size
+
+
+def split_addr(text: str) -> tuple[str, int]:
+    """Return (host, port) of "host:port", "[ipv6]:port" or ":port" (all interfaces)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not re.fullmatch(r"\d{1,5}", port) or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected host:port with a port from 1 to 65535: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"write an IPv6 address in brackets, [::1]:9090: {text!r}")
+    return host, int(port)
+
+
+def _addr(text: str) -> str:
+    split_addr(text)
+    return text.strip()
 
 
 def _replica_type(text: str) -> str:
@@ -441,8 +461,8 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
-                "retention-check-interval", "compaction")
-_TOP_KEYS = _DB_SETTINGS + ("logging", "dbs")
+                "retention-check-interval", "compaction", "validation-interval")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs")
 _DB_KEYS = ("path", "replicas") + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
 
@@ -607,25 +627,27 @@ class _Reader:
         self.check_keys(items, _TOP_KEYS, "")
         defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
                                                 DEFAULT_SPOOL_MAX_SIZE, DEFAULT_RETENTION,
-                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION))
+                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION, None))
         logging_config = self.logging(items)
+        addr = self.value(items, "addr", "", _addr)
         if "dbs" not in items:
             raise self.error("missing required key: 'dbs'", "", root)
         db_nodes = self.sequence(items["dbs"][1], "dbs")
         if not db_nodes:
             raise self.error("at least one database is required", "dbs", items["dbs"][1])
         dbs = tuple(self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes))
-        return Config(dbs, logging_config, self.file)
+        return Config(dbs, logging_config, self.file, addr)
 
     def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
         (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
-         compaction) = inherited
+         compaction, validation_interval) = inherited
         return (self.value(items, "snapshot-interval", path, _positive_duration, snapshot_interval),
                 self.value(items, "checkpoint-pages", path, _integer(1), checkpoint_pages),
                 self.value(items, "spool-max-size", path, _positive_size, spool_max_size),
                 self.value(items, "retention", path, _positive_duration, retention),
                 self.value(items, "retention-check-interval", path, _positive_duration, check_interval),
-                self.value(items, "compaction", path, _compaction, compaction))
+                self.value(items, "compaction", path, _compaction, compaction),
+                self.value(items, "validation-interval", path, _positive_duration, validation_interval))
 
     def logging(self, items: Items) -> LoggingConfig:
         default = LoggingConfig()

@@ -43,6 +43,7 @@ class Result:
     page_size: int
     seconds: float
     last_commit_ms: int | None = None
+    db_checksum: int = 0
 
     @property
     def db_bytes(self) -> int:
@@ -69,7 +70,8 @@ class _CountingReader:
         return data
 
 
-def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, int], None] | None) -> Result:
+def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, int], None] | None,
+           observe: Callable[[int], None] | None = None) -> Result:
     t0 = time.monotonic()
     hasher = DbHash()
     total = plan.total_bytes
@@ -94,6 +96,8 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
             raise CorruptObjectError(key, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
                                           f"pages give {hasher.value:016x}")
         done += src.count
+    if observe:
+        observe(hasher.value)
     db_size = h.db_size
     os.ftruncate(fd, db_size * ps)
     link = h.prev_link
@@ -129,6 +133,8 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
                 if tx.checksum_known and tx.db_checksum != hasher.value:
                     raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
                                                   f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")
+                if observe:
+                    observe(hasher.value)
 
             for i, pgno, data in seg.pages():
                 while cur < i and cur < stop_at:
@@ -152,7 +158,7 @@ def _apply(client: ReplicaClient, plan: Plan, fd: int, progress: Callable[[int, 
             if stop_at < len(sh.txs):
                 break
     os.ftruncate(fd, db_size * ps)
-    return Result("", plan.generation, txs, done, db_size, ps, time.monotonic() - t0, last_commit)
+    return Result("", plan.generation, txs, done, db_size, ps, time.monotonic() - t0, last_commit, hasher.value)
 
 
 def integrity_check(path: str) -> str:
@@ -167,8 +173,13 @@ def integrity_check(path: str) -> str:
 
 def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, force: bool = False,
             check: bool = True, progress: Callable[[int, int], None] | None = None,
-            generation: int | None = None, until_ms: int | None = None) -> Result:
-    """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified."""
+            generation: int | None = None, until_ms: int | None = None,
+            observe: Callable[[int], None] | None = None) -> Result:
+    """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified.
+
+    ``observe`` is called with the checksum of the database after the snapshot and after
+    each transaction applied (states a verification may compare with the live database).
+    """
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
         raise OutputExistsError(f"output exists: {out_path} (use --force to replace it)")
@@ -187,7 +198,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
         while True:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                result = _apply(client, plan, fd, progress)
+                result = _apply(client, plan, fd, progress, observe)
                 os.fsync(fd)
                 break
             except ObjectNotFoundError as e:
@@ -222,6 +233,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 os.unlink(tmp + suffix)
         raise
     result.path = out_path
-    log.info("restored %s: generation %s, %d transactions after the snapshot, %d bytes read",
-             out_path, layout.format_generation(plan.generation), result.transactions, result.bytes_read)
+    log.debug("restored %s from replica %s: generation %s, %d transactions after the snapshot, %d bytes read",
+             out_path, client.name, layout.format_generation(plan.generation), result.transactions,
+             result.bytes_read, extra={"replica": client.name})
     return result

@@ -9,9 +9,11 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from . import layout, status
 from .agent import DbAgent
 from .compact import Maintainer
 from .errors import LitesyncError
+from .logs import Labelled
 from .replica import open_replica
 from .shipper import Shipper
 from .spool import Name
@@ -22,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
+PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
+PUBLISH_TICK = 0.25  # and this soon after a change
+VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
 
 
 class DbReplication:
@@ -31,6 +36,7 @@ class DbReplication:
         self.cfg = cfg
         self.wait_for_db = wait_for_db
         self.poll_interval = poll_interval
+        self.log = Labelled(log, cfg.path)
         self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
                              snapshot_interval=cfg.snapshot_interval)
         self.shippers: list[Shipper] = []
@@ -38,27 +44,38 @@ class DbReplication:
         for rc in cfg.replicas:
             client = open_replica(rc)
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
-            shipper = Shipper(self.agent.spool, client, state, label=f"{cfg.path} -> {rc.name}",
+            shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
                               request_snapshot=self.agent.snapshot_requested,
                               sync_interval=rc.sync_interval or 0.0)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
-                client, label=shipper.label, retention=cfg.retention, compaction=cfg.compaction,
+                client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
                 interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
                 activity=lambda s=shipper: s.uploaded_objects))
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"agent {cfg.path}", daemon=True)
+        self.started_at = time.time()
+        self.stopping = self.stopped = False
+        self._published: tuple[float, dict] | None = None
+        self._publish_lock = threading.Lock()
+        # replica name -> {"ok": count, "failed": count, "last": {...}}
+        self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
+        self.validator: threading.Thread | None = None
+        if cfg.validation_interval is not None:
+            self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+        if self.validator is not None:
+            self.validator.start()
 
     def _open(self) -> bool:
         waited = False
         while self.wait_for_db and not os.path.exists(self.cfg.path):
             if not waited:
-                log.info("%s: waiting for the database to be created", self.cfg.path)
+                self.log.info("waiting for the database to be created")
                 waited = True
             if self.stop_event.wait(0.2) and not os.path.exists(self.cfg.path):
                 return False
@@ -88,15 +105,15 @@ class DbReplication:
                 self.agent.step()
                 self.collect_garbage()
             except LitesyncError as e:
-                log.error("%s: %s", self.cfg.path, e)
+                self.log.error("%s", e)
                 self.stop_event.wait(1.0)
             except Exception:
-                log.exception("%s: unexpected error; continuing", self.cfg.path)
+                self.log.exception("unexpected error; continuing")
                 self.stop_event.wait(1.0)
         try:
             self.agent.sync()
         except Exception as e:
-            log.error("%s: final sync failed: %s", self.cfg.path, e)
+            self.log.error("final sync failed: %s", e)
             self.error = e
 
     def collect_garbage(self) -> None:
@@ -115,12 +132,13 @@ class DbReplication:
                     continue
                 drop.append(n)
                 size -= s
-            log.warning("%s: spool over %d bytes; dropped unshipped objects, lagging replicas get a new snapshot",
-                        self.cfg.path, self.cfg.spool_max_size)
+            self.log.warning("spool over %d bytes; dropped unshipped objects, lagging replicas get a new snapshot",
+                             self.cfg.spool_max_size)
         self.agent.spool.delete(drop)
 
     def stop(self, timeout: float) -> bool:
         """Stop after a final sync; wait up to ``timeout`` for every replica; True if all shipped."""
+        self.stopping = True
         self.stop_event.set()
         self.agent.wake.set()
         self.thread.join()
@@ -135,7 +153,7 @@ class DbReplication:
                 if s.fatal is not None:
                     ok = False
                 elif s.pending():
-                    log.error("%s: stopped before everything was shipped (last error: %s)", s.label, s.last_error)
+                    s.log.error("stopped before everything was shipped (last error: %s)", s.last_error)
                     ok = False
         for m in self.maintainers:
             m.stop()
@@ -148,11 +166,120 @@ class DbReplication:
             if s.is_alive():
                 s.join(timeout=5)
             s.client.close()
+        if self.validator is not None and self.validator.is_alive():
+            self.validator.join(timeout=30)
+        self.stopped = True
+        self.publish_status(force=True)
         try:
             self.agent.close()
         except Exception as e:  # closing must not hide the shipping verdict
-            log.warning("%s: close: %s", self.cfg.path, e)
+            self.log.warning("close: %s", e)
         return ok and self.error is None
+
+    # -- status --------------------------------------------------------------------
+
+    def state(self) -> str:
+        if self.stopped:
+            return "stopped"
+        if self.error is not None:
+            return "failed"
+        if self.stopping:
+            return "stopping"
+        if self.started.is_set():
+            return "replicating"
+        return "waiting" if self.wait_for_db and not os.path.exists(self.cfg.path) else "starting"
+
+    def status(self, now: float | None = None) -> dict:
+        """Return this database's status (the content of ``status.json``, see status.py)."""
+        now = time.time() if now is None else now
+        a = self.agent
+        copied_at, copied_gen, copied_seq = a.copied_through
+        replicas = []
+        for rc, s, m in zip(self.cfg.replicas, self.shippers, self.maintainers):
+            r = s.report(now)
+            r["destination"] = rc.destination
+            r["errors"] += m.stats["errors"]
+            r["validation"] = dict(self.validation[s.replica])
+            replicas.append(r)
+        objects = a.spool.objects()
+        return {
+            "format": status.FORMAT, "db": self.cfg.path, "pid": os.getpid(), "started_at": self.started_at,
+            "updated_at": now, "state": self.state(), "error": str(self.error) if self.error else None,
+            "generation": layout.format_generation(a.generation) if a.generation else None,
+            "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
+            "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
+            "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
+            "copied_through": {"at": copied_at, "generation": layout.format_generation(copied_gen) if copied_gen else None,
+                               "next_seq": copied_seq},
+            "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
+            "transactions": a.stats["transactions"], "segments": a.stats["segments"],
+            "replicas": replicas,
+        }
+
+    def publish_status(self, force: bool = False) -> None:
+        """Rewrite ``status.json`` when something changed, or once a second."""
+        with self._publish_lock:
+            # Another agent may own this database: its status is not ours to replace.
+            if not self.agent.locked or (self.stopped and not force):
+                return
+            now = time.time()
+            data = self.status(now)
+            # What a change is: anything but the clock and what moves with it.
+            same = {k: v for k, v in data.items() if k not in ("updated_at", "replicas")}
+            same["replicas"] = [{k: v for k, v in r.items() if k != "lag_seconds"} for r in data["replicas"]]
+            if not force and self._published is not None:
+                at, before = self._published
+                if before == same and now - at < PUBLISH_INTERVAL:
+                    return
+            try:
+                status.write_status(self.cfg.path, data)
+            except OSError as e:
+                self.log.warning("cannot write the status file: %s", e)
+                return
+            self._published = (now, same)
+
+    # -- validation ----------------------------------------------------------------
+
+    def _validate_loop(self) -> None:
+        assert self.cfg.validation_interval is not None
+        self.started.wait()
+        while not self.stop_event.wait(self.cfg.validation_interval):
+            if self.error is not None:
+                return
+            for s in self.shippers:
+                if self.stop_event.is_set():
+                    return
+                self.validate(s)
+
+    def validate(self, s: Shipper) -> bool:
+        """Verify one replica against the live database (see verify.py); record and log the verdict."""
+        from .verify import verify_replica
+
+        t0 = time.time()
+        try:
+            v = verify_replica(s.client, self.cfg.path, work_dir=self.agent.state_dir,
+                               wait=lambda since: self.wait_shipped(s, since, VALIDATION_WAIT))
+            ok, message = True, v.describe()
+            s.log.info("validation ok: %s", message)
+        except LitesyncError as e:
+            ok, message = False, str(e)
+            s.log.error("validation failed: %s", e)
+        entry = self.validation[s.replica]
+        entry["ok" if ok else "failed"] += 1
+        entry["last"] = {"at": t0, "ok": ok, "message": message, "seconds": round(time.time() - t0, 3)}
+        return ok
+
+    def wait_shipped(self, s: Shipper, since: float, timeout: float) -> bool:
+        """Wait until ``s``'s replica holds every transaction committed before ``since``."""
+        deadline = time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            if status.caught_up(self.agent.copied_through, (s.pos.generation, s.pos.next_seq), since):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.agent.wake.set()
+            time.sleep(0.05)
+        return False
 
 
 class Runner:
@@ -162,11 +289,30 @@ class Runner:
         self.config = config
         self.dbs = [DbReplication(d, poll_interval, wait_for_db) for d in config.dbs]
         self._observer = None
+        self._stop_publishing = threading.Event()
+        self._publisher = threading.Thread(target=self._publish_loop, name="status", daemon=True)
+        self.metrics = None
 
     def start(self) -> None:
+        if self.config.addr is not None:
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.config.addr, self.statuses)  # fails at once if addr is taken
+            self.metrics.start()
         self._start_watcher()
         for d in self.dbs:
             d.start()
+        self._publisher.start()
+
+    def statuses(self) -> list[dict]:
+        """Return the current status of every database."""
+        now = time.time()
+        return [d.status(now) for d in self.dbs]
+
+    def _publish_loop(self) -> None:
+        while not self._stop_publishing.wait(PUBLISH_TICK):
+            for d in self.dbs:
+                d.publish_status()
 
     def wait_started(self, timeout: float | None = None) -> None:
         """Wait until every database took its first snapshot or resumed; raise its error if any."""
@@ -221,6 +367,12 @@ class Runner:
         ok = True
         for d in self.dbs:
             ok = d.stop(timeout) and ok
+        self._stop_publishing.set()
+        if self._publisher.is_alive():
+            self._publisher.join()
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from . import layout
 from .errors import LitesyncError
+from .logs import Labelled
 from .replica.base import ReplicaClient
 from .replica.file import atomic_file
 from .spool import Name, Spool, sort_key
@@ -63,16 +64,34 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
     return None, gap
 
 
+def unshipped(objects: list[tuple[Name, int]], pos: Position) -> list[tuple[Name, int]]:
+    """Return the spool objects a replica at ``pos`` has yet to receive (pure)."""
+    if pos.key is None:
+        first, _ = choose_next(objects, pos)
+        if first is None:
+            return []
+        return [(n, s) for n, s in objects if sort_key(n) >= sort_key(first)]
+    return [(n, s) for n, s in objects if sort_key(n) > pos.key]
+
+
+def object_time(name: Name) -> float:
+    """Return when an object's content was committed: a segment's last commit, a snapshot's creation."""
+    ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+    return ms / 1000
+
+
 class Shipper(threading.Thread):
     """Uploads spool objects to one replica in order; retries forever with backoff."""
 
-    def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, label: str,
+    def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, db: str, replica: str,
                  request_snapshot: threading.Event, sync_interval: float = 0.0) -> None:
-        super().__init__(name=f"ship {label}", daemon=True)
+        self.log = Labelled(log, db, replica)
+        self.label = self.log.label
+        super().__init__(name=f"ship {self.label}", daemon=True)
         self.spool = spool
         self.client = client
         self.state_path = state_path
-        self.label = label
+        self.replica = replica
         self.request_snapshot = request_snapshot
         self.sync_interval = sync_interval
         self.stop_event = threading.Event()
@@ -83,7 +102,11 @@ class Shipper(threading.Thread):
         self.uploaded_objects = 0
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
+        self.last_snapshot_at: float | None = None  # creation time of the last snapshot shipped
+        self.errors = 0  # failed attempts, retried or not
+        self.retries = 0  # attempts made again after a failure
         self.idle = threading.Event()
+        self._caught_up_once = False
 
     def _load(self) -> Position:
         try:
@@ -93,8 +116,8 @@ class Shipper(threading.Thread):
         except FileNotFoundError:
             return Position()
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s: ignoring unreadable position file %s (%s); shipping from the newest snapshot",
-                        self.label, self.state_path, e)
+            self.log.warning("ignoring unreadable position file %s (%s); shipping from the newest snapshot",
+                             self.state_path, e)
             return Position()
 
     def _save(self, pos: Position) -> None:
@@ -131,7 +154,25 @@ class Shipper(threading.Thread):
         self.uploaded_objects += 1
         self.uploaded_bytes += size
         self.last_upload_at = time.time()
+        if isinstance(name, layout.SnapshotName):
+            self.last_snapshot_at = object_time(name)
         return True
+
+    def report(self, now: float) -> dict:
+        """Return this replica's state for ``litesync status`` and the metrics (see status.py)."""
+        pos = self.pos
+        waiting = unshipped(self.spool.objects(), pos)
+        oldest = min((object_time(n) for n, _ in waiting), default=None)
+        return {
+            "name": self.replica, "state": self.status,
+            "last_error": self.last_error,
+            "lag_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
+            "lag_bytes": sum(size for _, size in waiting),
+            "generation": layout.format_generation(pos.generation) if pos.generation is not None else None,
+            "next_seq": pos.next_seq, "last_snapshot_at": self.last_snapshot_at,
+            "last_upload_at": self.last_upload_at, "uploaded_objects": self.uploaded_objects,
+            "uploaded_bytes": self.uploaded_bytes, "errors": self.errors, "retries": self.retries,
+        }
 
     def _probe(self) -> bool:
         """List the replica once before shipping: a configuration error shows at once."""
@@ -141,15 +182,18 @@ class Shipper(threading.Thread):
                 list(self.client.list("generations/"))
                 return True
             except LitesyncError as e:
+                self.errors += 1
                 if not e.retryable:
-                    log.error("%s: %s", self.label, e)
+                    self.log.error("%s", e)
                     self.status, self.last_error, self.fatal = "failed", str(e), e
                     return False
-                log.warning("%s: %s (retrying)", self.label, e)
+                self.log.warning("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
             except OSError as e:
-                log.warning("%s: %s (retrying)", self.label, e)
+                self.errors += 1
+                self.log.warning("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
+            self.retries += 1
             self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         return False
@@ -162,15 +206,22 @@ class Shipper(threading.Thread):
             try:
                 shipped = self.ship_one()
                 if self.status != "completed" and not shipped:
-                    log.info("%s: up to date", self.label)
+                    # Said once when the replica first catches up or recovers; then only in debug.
+                    if self.last_error is not None or not self._caught_up_once:
+                        self.log.info("up to date")
+                    else:
+                        self.log.debug("up to date")
+                    self._caught_up_once = True
                 self.status = "pending" if shipped else "completed"
                 self.last_error = None
                 backoff = 0.0
             except (LitesyncError, OSError) as e:
                 shipped = False
+                self.errors += 1
+                self.retries += 1
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 if str(e) != self.last_error:
-                    log.error("%s: %s (retrying)", self.label, e)
+                    self.log.error("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
                 self.idle.clear()
                 self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
