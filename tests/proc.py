@@ -47,7 +47,11 @@ def start_agent_ready(*args: str, log_path: str, env: dict[str, str] | None = No
             raise AssertionError(f"agent exited with {p.returncode}: {new_output()}")
         return "up to date" in new_output()
 
-    wait_for(ready, timeout)
+    try:
+        wait_for(ready, timeout)
+    except BaseException:
+        kill9(p)  # a test that fails here must not leave an agent running
+        raise
     return p
 
 
