@@ -96,7 +96,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for d in cfg.dbs:
-        log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas))
+        log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas), extra={"db": d.path})
     runner.start()
     exit_code = EXIT_OK
     if args.exec:
@@ -340,12 +340,14 @@ def _ago(t: float | None, now: float) -> str:
 
 
 def _size(n: int | None) -> str:
+    """Return 0 B, 999 B, 1.2 kB, 3.4 MB or 5.6 GB."""
     n = n or 0
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return ""  # pragma: no cover
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n < scale * 1000:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.1f} GB"
 
 
 def _format_status(st: dict, now: float) -> str:

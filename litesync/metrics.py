@@ -118,6 +118,7 @@ class MetricsServer:
         log.info("serving metrics on http://%s:%d/metrics", *self.server.server_address[:2])
 
     def stop(self) -> None:
-        self.server.shutdown()
+        if self.thread.is_alive():
+            self.server.shutdown()  # waits for serve_forever, so only when it runs
+            self.thread.join(timeout=5)
         self.server.server_close()
-        self.thread.join(timeout=5)

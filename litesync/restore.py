@@ -206,7 +206,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 if not planned_here or replans == RETRIES:
                     raise
                 replans += 1
-                log.info("%s; planning the restore again", e)
+                log.info("%s; planning the restore again", e, extra={"replica": client.name})
                 plan = make_plan()
             except LitesyncError as e:
                 if not e.retryable or attempt == RETRIES:
@@ -214,7 +214,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt,
-                            RETRIES + 1, delay)
+                            RETRIES + 1, delay, extra={"replica": client.name})
                 time.sleep(delay)
             finally:
                 os.close(fd)

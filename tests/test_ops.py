@@ -318,3 +318,29 @@ def test_caught_up_and_unreadable_status(tmp_path):
     (state / "status.json").write_text('{"pid": 1, "upd')
     st = read_status(str(db))
     assert not st["running"] and st["stale"] and st["error"].startswith("unreadable status file: ")
+
+
+def test_addr_is_checked_in_config_and_at_start(tmp_path):
+    import socket
+
+    from litesync.config import load_config
+    from litesync.errors import ConfigError
+
+    cfg = write_config(tmp_path, "addr: 9090\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert str(e.value) == f"{cfg}:2: addr: expected host:port with a port from 1 to 65535: '9090'"
+    cfg = write_config(tmp_path, "validation-interval: 0s\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert str(e.value) == f"{cfg}:2: validation-interval: must be greater than zero: '0s'"
+    run_writer(str(tmp_path / "app.db"), "--count", "1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = write_config(tmp_path, f"addr: 127.0.0.1:{port}\n")
+        assert load_config(cfg).addr == f"127.0.0.1:{port}"
+        r = litesync("--config", cfg, "replicate", "--once")
+    assert r.returncode == 1
+    assert f"litesync: error: addr: cannot serve metrics on '127.0.0.1:{port}': Address already in use" in r.stderr
