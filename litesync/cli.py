@@ -369,7 +369,8 @@ def _format_status(st: dict, now: float) -> str:
             head += f"; status not updated for {format_duration(st['age_seconds'])} (stale)"
     lines.append(f"{st['db']}: {head}")
     if st["published"]:
-        lines.append(f"  generation {st.get('generation') or '-'}, last snapshot {_ago(st.get('last_snapshot_at'), now)}, "
+        lines.append(f"  generation {st.get('generation') or '-'}, "
+                     f"last snapshot {_ago(st.get('last_snapshot_at'), now)}, "
                      f"spool {_size(st.get('spool_bytes'))} ({st.get('spool_objects', 0)} objects)")
         if st.get("error"):
             lines.append(f"  error: {st['error']}")
@@ -411,7 +412,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     failed = 0
     for rc in replicas:
         def wait(since: float, rc=rc) -> bool:  # noqa: ANN001
-            return wait_replica(db_path, rc.name, since, args.timeout, destination=rc.destination)  # type: ignore[arg-type]
+            assert db_path is not None
+            return wait_replica(db_path, rc.name, since, args.timeout, destination=rc.destination)
 
         try:
             client = open_replica(rc)

@@ -142,6 +142,8 @@ class DbReplication:
         self.stop_event.set()
         self.agent.wake.set()
         self.thread.join()
+        if self.validator is not None and self.validator.is_alive():
+            self.validator.join(timeout=60)  # a restore under way finishes before the clients close
         deadline = time.monotonic() + timeout
         ok = True
         if self.started.is_set() and self.error is None:
@@ -166,8 +168,6 @@ class DbReplication:
             if s.is_alive():
                 s.join(timeout=5)
             s.client.close()
-        if self.validator is not None and self.validator.is_alive():
-            self.validator.join(timeout=30)
         self.stopped = True
         self.publish_status(force=True)
         try:
@@ -209,8 +209,8 @@ class DbReplication:
             "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
             "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
             "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
-            "copied_through": {"at": copied_at, "generation": layout.format_generation(copied_gen) if copied_gen else None,
-                               "next_seq": copied_seq},
+            "copied_through": {"at": copied_at, "next_seq": copied_seq,
+                               "generation": layout.format_generation(copied_gen) if copied_gen else None},
             "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
             "transactions": a.stats["transactions"], "segments": a.stats["segments"],
             "replicas": replicas,
@@ -242,7 +242,9 @@ class DbReplication:
 
     def _validate_loop(self) -> None:
         assert self.cfg.validation_interval is not None
-        self.started.wait()
+        while not self.started.wait(0.2):
+            if self.stop_event.is_set():
+                return
         while not self.stop_event.wait(self.cfg.validation_interval):
             if self.error is not None:
                 return
@@ -262,6 +264,8 @@ class DbReplication:
             ok, message = True, v.describe()
             s.log.info("validation ok: %s", message)
         except LitesyncError as e:
+            if self.stop_event.is_set():
+                return False  # cut short by the shutdown: no verdict
             ok, message = False, str(e)
             s.log.error("validation failed: %s", e)
         entry = self.validation[s.replica]
@@ -270,7 +274,8 @@ class DbReplication:
         return ok
 
     def wait_shipped(self, s: Shipper, since: float, timeout: float) -> bool:
-        """Wait until ``s``'s replica holds every transaction committed before ``since``."""
+        """Wait until ``s``'s replica holds every transaction committed before ``since``; False
+        after ``timeout``. Raises when the agent stops meanwhile, so no restore starts then."""
         deadline = time.monotonic() + timeout
         while not self.stop_event.is_set():
             if status.caught_up(self.agent.copied_through, (s.pos.generation, s.pos.next_seq), since):
@@ -279,7 +284,7 @@ class DbReplication:
                 return False
             self.agent.wake.set()
             time.sleep(0.05)
-        return False
+        raise LitesyncError(f"{self.cfg.path}: validation cut short: the agent is stopping")
 
 
 class Runner:

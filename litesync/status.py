@@ -96,17 +96,18 @@ def wait_replica(db_path: str, replica: str, since: float, timeout: float, *, de
     deadline = time.monotonic() + timeout
     while True:
         st = read_status(db_path)
-        if not st["running"] or not st["published"]:
+        if not st["running"]:
             return False
-        r = next((r for r in st.get("replicas", []) if r.get("name") == replica
-                  and destination in (None, r.get("destination"))), None)
-        if r is None:
-            return False  # the agent does not ship to this replica
-        copied = st.get("copied_through") or {}
-        if copied.get("generation") and r.get("generation") and caught_up(
-                (copied["at"], int(copied["generation"], 16), copied["next_seq"]),
-                (int(r["generation"], 16), r["next_seq"]), since):
-            return True
+        if st["published"] and not st["stale"]:  # else the agent is starting: wait for it
+            r = next((r for r in st.get("replicas", []) if r.get("name") == replica
+                      and destination in (None, r.get("destination"))), None)
+            if r is None:
+                return False  # the agent does not ship to this replica
+            copied = st.get("copied_through") or {}
+            if copied.get("generation") and r.get("generation") and caught_up(
+                    (copied["at"], int(copied["generation"], 16), copied["next_seq"]),
+                    (int(r["generation"], 16), r["next_seq"]), since):
+                return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)
