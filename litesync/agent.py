@@ -260,10 +260,10 @@ class DbAgent:
 
     # -- connections -----------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open connections, take the agent lock, and make sure the database is in WAL mode."""
-        if not os.path.exists(self.path):
-            raise DatabaseError(f"database does not exist: {self.path}")
+    def lock(self) -> None:
+        """Take the agent lock of this database (held until ``close``): one agent per database."""
+        if self._lock_fd is not None:
+            return
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
         # `litesync status` holds a shared lock for an instant to see whether an agent runs.
@@ -277,6 +277,12 @@ class DbAgent:
                     self._lock_fd = None
                     raise DatabaseError(f"another litesync agent is replicating {self.path}") from None
                 time.sleep(0.05)
+
+    def open(self) -> None:
+        """Take the agent lock, open connections, and make sure the database is in WAL mode."""
+        if not os.path.exists(self.path):
+            raise DatabaseError(f"database does not exist: {self.path}")
+        self.lock()
         self.R, self.W, self.C = (connect(self.path) for _ in range(3))
         try:
             mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]

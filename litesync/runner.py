@@ -73,6 +73,8 @@ class DbReplication:
 
     def _open(self) -> bool:
         waited = False
+        if self.wait_for_db:
+            self.agent.lock()  # so that `litesync status` sees an agent waiting for the database
         while self.wait_for_db and not os.path.exists(self.cfg.path):
             if not waited:
                 self.log.info("waiting for the database to be created")

@@ -72,9 +72,9 @@ def read_status(db_path: str, now: float | None = None) -> dict:
 
 
 def healthy(status: dict) -> bool:
-    """True when a live agent publishes a current status and no replica has failed."""
+    """True when a live agent publishes a current status, is not stopping, and no replica has failed."""
     return (status["running"] and status["published"] and not status["stale"]
-            and status.get("state") == "replicating"
+            and status.get("state") in ("starting", "waiting", "replicating")
             and all(r.get("state") != "failed" for r in status.get("replicas", [])))
 
 

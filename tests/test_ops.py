@@ -347,3 +347,30 @@ def test_addr_is_checked_in_config_and_at_start(tmp_path):
         r = litesync("--config", cfg, "replicate", "--once")
     assert r.returncode == 1
     assert f"litesync: error: addr: cannot serve metrics on '127.0.0.1:{port}': Address already in use" in r.stderr
+
+
+def test_status_while_exec_waits_for_the_database(tmp_path):
+    import sys
+
+    from proc import WORKLOAD, start_litesync
+
+    db = str(tmp_path / "app.db")
+    go = tmp_path / "go"
+    app = tmp_path / "app.py"
+    app.write_text(f"import os, subprocess, sys, time\n"
+                   f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.05)\n"
+                   f"subprocess.run([sys.executable, {WORKLOAD!r}, {db!r}, '--count', '3'], check=True)\n")
+    p = start_litesync("replicate", db, f"file://{tmp_path}/rep", "--exec", f"{sys.executable} {app}",
+                       log_path=str(tmp_path / "agent.log"))
+    try:
+        wait_for(lambda: read_status(db)["published"], timeout=30)
+        st = read_status(db)
+        assert st["running"] and st["state"] == "waiting" and st["replicas"][0]["state"] == "pending"
+        r = litesync("status", db)
+        assert r.returncode == 0 and f"{db}: waiting, agent pid {p.pid}" in r.stdout, r.stdout
+        go.touch()
+        assert p.wait(timeout=60) == 0
+    finally:
+        kill9(p)
+    st = read_status(db)
+    assert (st["running"], st["state"], st["transactions"] + st["snapshots"] > 0) == (False, "stopped", True)
