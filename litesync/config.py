@@ -272,6 +272,8 @@ def _endpoint(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
+    if "@" in parts.netloc:  # the endpoint is shown in logs, status and metrics: never echo it
+        raise ConfigError("endpoint must not contain credentials (give them as keys or in the environment)")
     return text
 
 

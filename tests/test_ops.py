@@ -337,6 +337,13 @@ def test_addr_is_checked_in_config_and_at_start(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(cfg)
     assert str(e.value) == f"{cfg}:2: validation-interval: must be greater than zero: '0s'"
+    cfg = write_config(tmp_path, "", "      - type: s3\n        bucket: b\n"
+                                     "        endpoint: https://AKIA:s3cr3t@s3.example.com\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg)
+    assert str(e.value).endswith("dbs[0].replicas[1].endpoint: endpoint must not contain credentials "
+                                 "(give them as keys or in the environment)")
+    assert "s3cr3t" not in str(e.value)
     run_writer(str(tmp_path / "app.db"), "--count", "1")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
