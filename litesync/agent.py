@@ -25,8 +25,11 @@ import apsw
 
 from . import layout, wal
 from .layout import state_dir_for
+from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .errors import DatabaseError, LitesyncError
+from .logs import Labelled
+from .progress import LogProgress
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
 from .spool import Spool
@@ -70,6 +73,142 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def connect(path: str) -> apsw.Connection:
+    """Open ``path`` the way litesync reads and seals it (never checkpointing on its own)."""
+    c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    # SQLite's own busy handler sleeps up to 100 ms between tries and loses the
+    # write lock to a busy writer for seconds; retry every 0.2 ms instead.
+    c.set_busy_handler(_busy_handler)
+    # Closing must not checkpoint: the WAL left behind is how a restarted agent
+    # proves it missed nothing.
+    c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+    c.execute("PRAGMA wal_autocheckpoint=0")
+    return c
+
+
+def wal_overlay(read_at: Callable[[int, int], bytes], hdr: wal.WalHeader | None,
+                after: int = 0) -> tuple[dict[int, int], WalPosition]:
+    """Return the WAL frame holding the newest committed version of each page (frames past
+    ``after`` only) and the position of the last commit."""
+    overlay: dict[int, int] = {}
+    if hdr is None:
+        return overlay, WalPosition()
+    last = None
+    for tx in wal.scan(read_at, hdr, 1, (hdr.checksum1, hdr.checksum2)):
+        last = tx
+        for fr in tx.frames:
+            if fr.index > after:
+                overlay[fr.pgno] = fr.index
+    if last is None:
+        return overlay, WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
+    return overlay, WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
+
+
+def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: Callable[[int, int], bytes],
+              wal_header: Callable[[], wal.WalHeader | None], out: SnapshotWriter | None = None,
+              progress: Callable[[int], None] | None = None) -> DbHash:
+    """Read every page of ``view`` through ``conn``, which holds the view's read transaction:
+    the database file, patched with the view's WAL frames. Hash the pages, write them to
+    ``out`` if given, report bytes read to ``progress``. Raises _WalChanged when the WAL
+    was restarted under the read."""
+    ps = page_size
+    hasher = DbHash()
+    pgno = 1
+    while pgno <= view.db_size:
+        n = min(_SNAPSHOT_CHUNK_PAGES, view.db_size - pgno + 1)
+        _complete, data = conn.read("main", 0, (pgno - 1) * ps, n * ps)
+        buf = bytearray(data)
+        patched = False
+        for i in range(n):
+            index = view.overlay.get(pgno + i)
+            if index is not None:
+                buf[i * ps:(i + 1) * ps] = wal.read_page(read_at, view.header, index)  # type: ignore[arg-type]
+                patched = True
+        if patched and wal_header() != view.header:
+            raise _WalChanged()
+        mv = memoryview(buf)
+        for i in range(n):
+            hasher.set_page(pgno + i, mv[i * ps:(i + 1) * ps])
+        if out is not None:
+            out.add_pages(mv)
+        pgno += n
+        if progress is not None:
+            progress((pgno - 1) * ps)
+    hasher.truncate(view.db_size)
+    return hasher
+
+
+@dataclass(frozen=True)
+class LiveState:
+    """The checksum of a live database as one read transaction saw it. Every transaction
+    that state holds was committed before wall time ``at``."""
+
+    checksum: int
+    pages: int
+    page_size: int
+    at: float
+
+
+def read_live(db_path: str, attempts: int = 5) -> LiveState:
+    """Read the whole database at ``db_path`` in one read transaction and return its checksum.
+
+    As for a snapshot, a brief seal (the write lock) makes the WAL hold exactly the commits
+    the read transaction sees; pages are read through SQLite and patched with those frames.
+    Nothing is written and nothing is checkpointed.
+    """
+    path = os.path.abspath(db_path)
+    if not os.path.exists(path):
+        raise DatabaseError(f"database does not exist: {path}")
+    wal_fd: list[int] = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        if not wal_fd:
+            try:
+                wal_fd.append(os.open(path + "-wal", os.O_RDONLY))
+            except FileNotFoundError:
+                return b""
+        return os.pread(wal_fd[0], size, offset)
+
+    def header() -> wal.WalHeader | None:
+        return wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
+
+    try:
+        seal, reader = connect(path), connect(path)
+    except apsw.Error as e:
+        raise DatabaseError(f"{path}: {e}") from e
+    try:
+        for _ in range(attempts):
+            try:
+                seal.execute("BEGIN IMMEDIATE")
+            except apsw.BusyError:
+                continue
+            try:
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
+                page_size = reader.execute("PRAGMA page_size").fetchall()[0][0]
+                db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
+                hdr = header()
+                overlay, pos = wal_overlay(read_at, hdr)
+                at = time.time()
+            finally:
+                seal.execute("ROLLBACK")
+            try:
+                hasher = read_view(reader, page_size, View(pos, hdr, overlay, db_size), read_at, header)
+            except _WalChanged:
+                continue
+            finally:
+                reader.execute("COMMIT")
+            return LiveState(hasher.value, db_size, page_size, at)
+    except apsw.Error as e:
+        raise DatabaseError(f"{path}: {e}") from e
+    finally:
+        seal.close()
+        reader.close()
+        for fd in wal_fd:
+            os.close(fd)
+    raise DatabaseError(f"{path}: could not read a consistent state after {attempts} attempts")
+
+
 class DbAgent:
     """Replicates one database into its local spool."""
 
@@ -78,6 +217,7 @@ class DbAgent:
         self.path = os.path.abspath(db_path)
         self.wal_path = self.path + "-wal"
         self.label = label or self.path
+        self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
@@ -91,10 +231,13 @@ class DbAgent:
         self.hasher = DbHash()
         self.page_size = 0
         self.last_snapshot_at = 0.0
-        self.stats = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
-                      "generations": 0, "max_wal_bytes": 0, "seals": 0, "seal_seconds": 0.0,
-                      "max_seal_seconds": 0.0}
+        self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
+                                        "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
+                                        "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0}
         self._sealed_at = 0.0
+        # (t, generation, next_seq): every transaction committed before wall time t is in
+        # the spool, in segments before next_seq of that generation.
+        self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
         self._restart_ok = False
         self._r_begin_pos = WalPosition()
         self._r_open = False
@@ -105,41 +248,48 @@ class DbAgent:
 
     # -- connections -----------------------------------------------------------------
 
-    def open(self) -> None:
-        """Open connections, take the agent lock, and make sure the database is in WAL mode."""
-        if not os.path.exists(self.path):
-            raise DatabaseError(f"database does not exist: {self.path}")
+    def lock(self) -> None:
+        """Take the agent lock of this database (held until ``close``): one agent per database."""
+        if self._lock_fd is not None:
+            return
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         if os.stat(self.state_dir).st_mode & 0o077:
             # It holds database pages (the spool); older litesync versions left it readable by all.
             os.chmod(self.state_dir, 0o700)
-        self._lock_fd = os.open(os.path.join(self.state_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DatabaseError(f"another litesync agent is replicating {self.path}") from None
-        conns = []
-        for _ in range(3):
-            c = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
-            # SQLite's own busy handler sleeps up to 100 ms between tries and loses the
-            # write lock to a busy writer for seconds; retry every 0.2 ms instead.
-            c.set_busy_handler(_busy_handler)
-            # Closing must not checkpoint: the WAL left behind is how a restarted agent
-            # proves it missed nothing.
-            c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            c.execute("PRAGMA wal_autocheckpoint=0")
-            conns.append(c)
-        self.R, self.W, self.C = conns
+        self._lock_fd = os.open(os.path.join(self.state_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        # `litesync status` holds a shared lock for an instant to see whether an agent runs.
+        for attempt in range(20):
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                    raise DatabaseError(f"another litesync agent is replicating {self.path}") from None
+                time.sleep(0.05)
+
+    def open(self) -> None:
+        """Take the agent lock, open connections, and make sure the database is in WAL mode."""
+        if not os.path.exists(self.path):
+            raise DatabaseError(f"database does not exist: {self.path}")
+        self.lock()
+        self.R, self.W, self.C = (connect(self.path) for _ in range(3))
         try:
             mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
             if mode.lower() != "wal":
                 mode = self.W.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
                 if mode.lower() != "wal":
                     raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
-                log.info("%s: switched the database to WAL mode", self.label)
+                self.log.info("switched the database to WAL mode")
             self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
         except apsw.Error as e:
             raise DatabaseError(f"{self.path}: {e}") from e
+
+    @property
+    def locked(self) -> bool:
+        """True while this agent holds the database's agent lock."""
+        return self._lock_fd is not None
 
     def close(self) -> None:
         self._end_read()
@@ -175,7 +325,7 @@ class DbAgent:
             self._sealed_at = time.monotonic()
             return True
         except apsw.BusyError:
-            log.warning("%s: could not take the write lock within %d ms; will retry", self.label, SEAL_TIMEOUT_MS)
+            self.log.warning("could not take the write lock within %d ms; will retry", SEAL_TIMEOUT_MS)
             return False
 
     def _unseal(self) -> None:
@@ -191,7 +341,7 @@ class DbAgent:
         """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed)."""
         busy, log_frames, ckpt = self.C.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         self.stats["checkpoints"] += 1
-        log.debug("%s: checkpoint: busy=%d wal=%d checkpointed=%d", self.label, busy, log_frames, ckpt)
+        self.log.debug("checkpoint: busy=%d wal=%d checkpointed=%d", busy, log_frames, ckpt)
         return max(log_frames, 0), max(ckpt, 0)
 
     # -- WAL access --------------------------------------------------------------------
@@ -272,8 +422,8 @@ class DbAgent:
         self._r_begin_pos = self.pos
         # The interval runs from the generation's newest snapshot still in the spool, or from now.
         self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
-        log.info("%s: resumed generation %s at segment %d", self.label,
-                 layout.format_generation(self.generation), self.next_seq)
+        self.log.info("resumed generation %s at segment %d",
+                      layout.format_generation(self.generation), self.next_seq)
         return None
 
     @staticmethod
@@ -315,25 +465,27 @@ class DbAgent:
 
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
+        t0 = time.time()
         hdr = self._wal_header()
         if hdr is None:
+            self.copied_through = (t0, self.generation, self.next_seq)
             return 0
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
             if not (self._restart_ok and self.pos == self._r_begin_pos):
                 self.new_generation("the WAL was restarted before all its frames were copied")
                 return 0
-            log.debug("%s: WAL restarted (salts %08x %08x)", self.label, hdr.salt1, hdr.salt2)
+            self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
             self._restart_ok = False
         txs = list(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1,
                             (self.pos.checksum1, self.pos.checksum2)))
-        if not txs:
-            return 0
-        try:
-            self._ship(txs, hdr, self._wal_read_at, recheck=hdr)
-        except _WalChanged:
-            return 0
-        self._restart_ok = False
+        if txs:
+            try:
+                self._ship(txs, hdr, self._wal_read_at, recheck=hdr)
+            except _WalChanged:
+                return 0
+            self._restart_ok = False
+        self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
 
     def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: Callable[[int, int], bytes],
@@ -430,22 +582,11 @@ class DbAgent:
         hdr = self._wal_header()
         if not pages:
             return View(self.pos, hdr, {}, 0)
-        overlay: dict[int, int] = {}
-        pos = WalPosition()
+        overlay, pos = wal_overlay(self._wal_read_at, hdr, ckpt)
         if hdr is not None:
-            last = None
-            for tx in wal.scan(self._wal_read_at, hdr, 1, (hdr.checksum1, hdr.checksum2)):
-                last = tx
-                for fr in tx.frames:
-                    if fr.index > ckpt:
-                        overlay[fr.pgno] = fr.index
-            if last is None:
-                pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-            else:
-                pos = WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
-                log.debug("%s: WAL holds %d committed frames, checkpoint reported %d",
-                          self.label, pos.frame, log_frames)
+                self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
+                               pos.frame, log_frames)
         db_size = self.R.execute("PRAGMA page_count").fetchall()[0][0]
         return View(pos, hdr, overlay, db_size)
 
@@ -488,7 +629,7 @@ class DbAgent:
                 self.sync()  # a restart: handled (and shipped) the usual way
                 hdr = self._wal_header()
                 if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
-                    log.warning("%s: WAL changed under the seal; checkpoint postponed", self.label)
+                    self.log.warning("WAL changed under the seal; checkpoint postponed")
                     return False
                 txs = self._uncopied(hdr) if hdr is not None else []
             tail = self._capture(hdr, txs) if hdr is not None else None
@@ -506,41 +647,20 @@ class DbAgent:
         self._r_begin_pos = self.pos
         return True
 
-    def _scan_view(self, view: View, out: SnapshotWriter | None) -> DbHash:
+    def _scan_view(self, view: View, out: SnapshotWriter | None,
+                   progress: Callable[[int], None] | None = None) -> DbHash:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
-        ps = self.page_size
-        hasher = DbHash()
-        pgno = 1
-        while pgno <= view.db_size:
-            n = min(_SNAPSHOT_CHUNK_PAGES, view.db_size - pgno + 1)
-            _complete, data = self.R.read("main", 0, (pgno - 1) * ps, n * ps)
-            buf = bytearray(data)
-            patched = False
-            for i in range(n):
-                p = pgno + i
-                index = view.overlay.get(p)
-                if index is not None:
-                    buf[i * ps:(i + 1) * ps] = wal.read_page(self._wal_read_at, view.header, index)  # type: ignore[arg-type]
-                    patched = True
-            if patched and self._wal_header() != view.header:
-                raise _WalChanged()
-            mv = memoryview(buf)
-            for i in range(n):
-                hasher.set_page(pgno + i, mv[i * ps:(i + 1) * ps])
-            if out is not None:
-                out.add_pages(mv)
-            pgno += n
-        hasher.truncate(view.db_size)
-        return hasher
+        return read_view(self.R, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
 
     def new_generation(self, reason: str) -> None:
         """Start a new generation: a fresh snapshot at the current state."""
-        log.info("%s: starting a new generation: %s", self.label, reason)
+        self.log.info("starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
     def snapshot(self, new_generation: bool = False) -> None:
         """Write a snapshot of the current state to the spool (a new generation if asked)."""
         for attempt in range(5):
+            t0 = time.time()
             if not self._seal():
                 time.sleep(0.1 * (attempt + 1))
                 continue
@@ -562,15 +682,17 @@ class DbAgent:
             try:
                 with self.spool.writing(name) as f:
                     w = SnapshotWriter(f, header)
-                    hasher = self._scan_view(view, w)
+                    progress = LogProgress(self.log, f"snapshot {layout.format_generation(gen)}/{seq}",
+                                           view.db_size * self.page_size)
+                    hasher = self._scan_view(view, w, progress)
                     w.close(hasher.value)
             except _WalChanged:
                 self.spool.discard(name)
                 continue
             if not new_generation and hasher.value != self.hasher.value:
                 self.spool.discard(name)
-                log.error("%s: replicated state disagrees with the database (checksum %016x != %016x); "
-                          "starting a new generation", self.label, self.hasher.value, hasher.value)
+                self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
+                               "starting a new generation", self.hasher.value, hasher.value)
                 new_generation = True
                 continue
             self.spool.publish(name)
@@ -582,9 +704,11 @@ class DbAgent:
             self._restart_ok = True
             self._r_begin_pos = self.pos
             self.last_snapshot_at = time.time()
+            self.copied_through = (t0, gen, seq)
             self.stats["snapshots"] += 1
-            log.info("%s: snapshot %s/%d written (%d pages)", self.label,
-                     layout.format_generation(gen), seq, view.db_size)
+            self.stats["snapshot_seconds"] = self.last_snapshot_at - t0
+            self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
+                          layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
             return
         raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts")
 

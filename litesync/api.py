@@ -28,7 +28,6 @@ from typing import IO, Mapping, Sequence
 from .config import Config, parse_replica_url, resolve_config
 from .dirwatch import find_databases
 from .errors import LitesyncError, UsageError
-from .layout import state_dir_for
 from .notify import ENV as NOTIFY_ENV
 from .notify import Listener
 
@@ -36,19 +35,17 @@ __all__ = ["Replicator", "restore_db", "read_db_status"]
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
 _ERROR_PREFIX = "litesync: error: "
 _TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
 _KEPT_LINES = 200
 
 
-def read_db_status(db_path: str) -> dict | None:
-    """Return the status the agent publishes for a database (``.<name>-litesync/status.json``), None if none."""
-    try:
-        with open(os.path.join(state_dir_for(db_path), STATUS_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def read_db_status(db_path: str) -> dict:
+    """Return what the agent replicating ``db_path`` publishes, and whether one runs
+    (``litesync.status.read_status``: ``running``, ``published``, ``stale``, ``replicas``, ...)."""
+    from .status import read_status
+
+    return read_status(db_path)
 
 
 def _parse_line(line: str) -> tuple[int, str]:

@@ -59,22 +59,14 @@ def _load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
     return with_max_bandwidth(cfg, rate) if rate else cfg
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        import json
-
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
-                           "logger": record.name, "msg": record.getMessage()})
-
-
 def _setup_logging(cfg_logging, verbose: bool) -> None:
     level = "debug" if verbose else (cfg_logging.level if cfg_logging else "info")
     stream = sys.stdout if cfg_logging and cfg_logging.stream == "stdout" else sys.stderr
     handler = logging.StreamHandler(stream)
     if cfg_logging is not None and cfg_logging.format == "json":
-        handler.setFormatter(_JsonFormatter())
+        from .logs import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger()
@@ -124,7 +116,7 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         threading.Thread(target=_after_stdin_closes, args=(lambda: on_signal(signal.SIGTERM, None),),
                          name="stdin", daemon=True).start()
     for d in cfg.dbs:
-        log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas))
+        log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas), extra={"db": d.path})
     for w in cfg.dirs:
         log.info("replicating the databases matching %r in %s%s to %s", w.pattern, w.path,
                  " and below" if w.recursive else "", ", ".join(r.name for r in w.template.replicas))
@@ -218,6 +210,7 @@ def _generation_arg(args: argparse.Namespace) -> int | None:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .config import priority_order
     from .fetch import ObjectCache
+    from .progress import terminal_printer
     from .replica import open_replica
     from .restore import choose, restore_any
 
@@ -250,7 +243,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.dry_run:
             c = choose(clients, generation=generation, until_ms=until_ms)
             return _print_plan(c.client.name, c.plan, until_ms, args.json)
-        progress = _progress_printer() if sys.stderr.isatty() else None
+        progress = terminal_printer()
         result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
                              progress=progress, generation=generation, until_ms=until_ms, cache=cache)
     finally:
@@ -400,23 +393,120 @@ def cmd_segments(args: argparse.Namespace) -> int:
     return _listing(args, "segments")
 
 
-def _progress_printer():
-    t0 = time.monotonic()
-    last = [0.0]
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
 
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.2 and done < total:
-            return
-        last[0] = now
-        rate = done / max(now - t0, 1e-6)
-        eta = (total - done) / rate if rate else 0
-        sys.stderr.write(f"\r{done / 1e6:8.1f} / {total / 1e6:.1f} MB  {rate / 1e6:6.1f} MB/s  ETA {eta:5.1f}s ")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+    from .status import healthy, read_status
 
-    return show
+    paths = [os.path.abspath(p) for p in args.dbs] if args.dbs else [d.path for d in _load(args, None, []).dbs]
+    statuses = [read_status(p) for p in paths]
+    if args.json:
+        print(json.dumps({"dbs": statuses}, indent=2))
+    else:
+        now = time.time()
+        for st in statuses:
+            print(_format_status(st, now))
+    return EXIT_OK if all(healthy(st) for st in statuses) else EXIT_FAILURE
+
+
+def _ago(t: float | None, now: float) -> str:
+    if not t:
+        return "never"
+    from .progress import format_duration
+
+    return f"{format_duration(max(0.0, now - t))} ago"
+
+
+def _size(n: int | None) -> str:
+    """Return 0 B, 999 B, 1.2 kB, 3.4 MB or 5.6 GB."""
+    n = n or 0
+    if n < 1000:
+        return f"{n} B"
+    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
+        if n < scale * 1000:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1e9:.1f} GB"
+
+
+def _format_status(st: dict, now: float) -> str:
+    """Return the text `litesync status` prints for one database."""
+    from .progress import format_duration
+
+    lines = []
+    if not st["running"]:
+        if st["published"]:
+            head = (f"no agent running (last status {_ago(st.get('updated_at'), now)}, from pid {st.get('pid')}, "
+                    f"state {st.get('state')}; stale)")
+        else:
+            head = "no agent running (no status published)"
+    elif not st["published"]:
+        head = "agent running, no status published yet" + (f" ({st['error']})" if st.get("error") else "")
+    else:
+        head = f"{st.get('state')}, agent pid {st.get('pid')} up {format_duration(now - st['started_at'])}"
+        if st["stale"]:
+            head += f"; status not updated for {format_duration(st['age_seconds'])} (stale)"
+    lines.append(f"{st['db']}: {head}")
+    if st["published"]:
+        lines.append(f"  generation {st.get('generation') or '-'}, "
+                     f"last snapshot {_ago(st.get('last_snapshot_at'), now)}, "
+                     f"spool {_size(st.get('spool_bytes'))} ({st.get('spool_objects', 0)} objects)")
+        if st.get("error"):
+            lines.append(f"  error: {st['error']}")
+    for r in st.get("replicas", []):
+        lines.append(f"  {r['name']:<10} {r['state']:<9}  lag {r['lag_seconds']:.1f}s, {_size(r['lag_bytes'])}; "
+                     f"shipped {r['uploaded_objects']} objects, {_size(r['uploaded_bytes'])}; "
+                     f"generation {r.get('generation') or '-'}  -> {r.get('destination')}")
+        if r.get("last_error"):
+            lines.append(f"  {'':<10} last error: {r['last_error']}")
+        last = (r.get("validation") or {}).get("last")
+        if last:
+            verdict = "ok" if last["ok"] else f"FAILED: {last['message']}"
+            lines.append(f"  {'':<10} validation {_ago(last['at'], now)}: {verdict}")
+    return "\n".join(lines)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .agent import state_dir_for
+    from .progress import terminal_printer
+    from .replica import open_replica
+    from .status import wait_replica
+    from .verify import verify_replica
+
+    positional = list(args.args)
+    db = positional.pop(0) if not _is_url(positional[0]) else None
+    if db is None:
+        from .config import parse_replica_url
+
+        replicas, db_path = [parse_replica_url(u) for u in positional], None
+    else:
+        cfg = _load(args, db, positional)
+        _setup_logging(cfg.logging, args.verbose)
+        replicas, db_path = list(cfg.dbs[0].replicas), cfg.dbs[0].path
+    if args.replica:
+        replicas = [rc for rc in replicas if rc.name == args.replica]
+        if not replicas:
+            raise UsageError(f"--replica: no replica named {args.replica!r}")
+    work_dir = state_dir_for(db_path) if db_path and os.path.isdir(state_dir_for(db_path)) else None
+    failed = 0
+    for rc in replicas:
+        def wait(since: float, rc=rc) -> bool:  # noqa: ANN001
+            assert db_path is not None
+            return wait_replica(db_path, rc.name, since, args.timeout, destination=rc.destination)
+
+        try:
+            client = open_replica(rc)
+            try:
+                v = verify_replica(client, db_path, work_dir=work_dir, wait=wait if db_path else None,
+                                   progress=terminal_printer())
+            finally:
+                client.close()
+            print(f"ok      {rc.name}: {v.describe()}")
+        except UsageError:
+            raise
+        except LitesyncError as e:
+            failed += 1
+            print(f"FAILED  {rc.name}: {e}")
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -530,6 +620,28 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keygen", help="print a new encryption key",
                        description="Print a new random encryption key (64 hex digits) for encryption-key.")
     k.set_defaults(func=cmd_keygen)
+
+    st = sub.add_parser("status", help="what the running agent reports: state, lag, generation, spool",
+                        description="For each database (those given, or every configured one) and each of its "
+                                    "replicas: state, lag, generation, last snapshot, spool size, as the "
+                                    "running agent publishes them. Exit 0 when an agent runs for every "
+                                    "database and no replica failed, else 1.")
+    st.add_argument("dbs", nargs="*", metavar="DB", help="database paths (default: every configured database)")
+    st.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=cmd_status)
+
+    vf = sub.add_parser("verify", help="restore a replica to a temporary file and compare it with the database",
+                        description="Restore each replica of DB (or the replica URLs given) to a temporary file, "
+                                    "run integrity_check, and compare its checksum with the live database at the "
+                                    "same position. Exit 0 only when every replica matches.")
+    vf.add_argument("args", nargs="+", metavar="DB|URL", help="a database (its replicas, or the URLs that follow "
+                                                             "it), or replica URLs alone (no live comparison)")
+    vf.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    vf.add_argument("--replica", metavar="NAME", help="verify only this replica of DB")
+    vf.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for a running agent to ship the live state (default 60)")
+    vf.set_defaults(func=cmd_verify)
 
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(func=cmd_version)

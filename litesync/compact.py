@@ -11,6 +11,7 @@ from typing import Callable
 
 from . import history, layout
 from .errors import ChainError, CorruptObjectError, LitesyncError
+from .logs import Labelled
 from .replica.base import ReplicaClient
 from .restore import PageBatch
 from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
@@ -82,13 +83,13 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
 class Maintainer(threading.Thread):
     """Compacts and applies retention on one replica, on a schedule."""
 
-    def __init__(self, client: ReplicaClient, *, label: str, retention: float | None,
+    def __init__(self, client: ReplicaClient, *, db: str, replica: str, retention: float | None,
                  compaction: tuple[float, ...], interval: float, work_dir: str,
                  activity: Callable[[], int] = lambda: 0, grace: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        super().__init__(name=f"maintain {label}", daemon=True)
+        self.log = Labelled(log, db, replica)
+        super().__init__(name=f"maintain {self.log.label}", daemon=True)
         self.client = client
-        self.label = label
         self.retention = retention
         self.compaction = compaction
         self.interval = interval
@@ -119,7 +120,7 @@ class Maintainer(threading.Thread):
             except (LitesyncError, OSError) as e:
                 self.stats["errors"] += 1
                 if str(e) != self.last_error:
-                    log.error("%s: maintenance: %s (will retry)", self.label, e)
+                    self.log.error("maintenance: %s (will retry)", e)
                 self.last_error = str(e)
 
     def run_once(self) -> bool:
@@ -146,8 +147,8 @@ class Maintainer(threading.Thread):
             self.client.write(name.key, out, size)
         self.stats["compactions"] += 1
         self.stats["compacted_segments"] += len(run)
-        log.debug("%s: compacted %d segments into %s (%d bytes, %.2fs)", self.label, len(run), name.key,
-                  size, time.monotonic() - t0)
+        self.log.debug("compacted %d segments into %s (%d bytes, %.2fs)", len(run), name.key, size,
+                       time.monotonic() - t0)
         return name
 
     def apply_retention(self) -> int:
@@ -163,7 +164,7 @@ class Maintainer(threading.Thread):
             for k in ripe:
                 del self._doomed[k]
             self.stats["deleted"] += len(ripe)
-            log.info("%s: retention deleted %d objects", self.label, len(ripe))
+            self.log.info("retention deleted %d objects", len(ripe))
         return len(ripe)
 
     def stop(self) -> None:

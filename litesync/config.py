@@ -31,7 +31,7 @@ __all__ = [
     "Config", "DbConfig", "DirConfig", "LoggingConfig", "ReplicaConfig",
     "command_line_replica", "config_from_args", "expand_env", "find_config", "keys_from_env",
     "load_config", "parse_bandwidth", "parse_duration", "parse_replica_url", "parse_size",
-    "priority_order", "read_key_file", "resolve_config", "with_max_bandwidth",
+    "priority_order", "read_key_file", "resolve_config", "split_addr", "with_max_bandwidth",
 ]
 
 CONFIG_ENV = "LITESYNC_CONFIG"
@@ -122,6 +122,7 @@ class DbConfig:
     retention: float = DEFAULT_RETENTION
     retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
     compaction: tuple[float, ...] = DEFAULT_COMPACTION
+    validation_interval: float | None = None
 
 
 # Files a directory never replicates: SQLite's own companions and litesync's temp files.
@@ -171,13 +172,15 @@ def _beneath(rc: ReplicaConfig, rel: str) -> ReplicaConfig:
 class Config:
     """The whole configuration; ``source`` is the file it came from, None for the command line.
 
-    ``dbs`` are the databases listed by path, ``dirs`` the directories (``dir:`` entries).
+    ``dbs`` are the databases listed by path, ``dirs`` the directories (``dir:`` entries),
+    ``addr`` is where to serve Prometheus metrics (``host:port``), None for nowhere.
     """
 
     dbs: tuple[DbConfig, ...]
     logging: LoggingConfig = LoggingConfig()
     source: str | None = None
     dirs: tuple[DirConfig, ...] = ()
+    addr: str | None = None
 
     def database(self, db_path: str) -> DbConfig | None:
         """Return the configuration of the database at the absolute ``db_path``, listed or in a directory."""
@@ -326,6 +329,23 @@ def _part_size(text: str) -> int:
     return size
 
 
+def split_addr(text: str) -> tuple[str, int]:
+    """Return (host, port) of "host:port", "[ipv6]:port" or ":port" (all interfaces)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not re.fullmatch(r"\d{1,5}", port) or not 0 < int(port) < 65536:
+        raise ConfigError(f"expected host:port with a port from 1 to 65535: {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(f"write an IPv6 address in brackets, [::1]:9090: {text!r}")
+    return host, int(port)
+
+
+def _addr(text: str) -> str:
+    split_addr(text)
+    return text.strip()
+
+
 def _replica_type(text: str) -> str:
     if text not in REPLICA_TYPES:
         raise ConfigError(f"unknown replica type: {text!r} (expected {_one_of(REPLICA_TYPES)})")
@@ -349,6 +369,8 @@ def _endpoint(text: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
+    if "@" in parts.netloc:  # the endpoint is shown in logs, status and metrics: never echo it
+        raise ConfigError("endpoint must not contain credentials (give them as keys or in the environment)")
     return text
 
 
@@ -630,8 +652,8 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
-                "retention-check-interval", "compaction")
-_TOP_KEYS = _DB_SETTINGS + ("logging", "dbs")
+                "retention-check-interval", "compaction", "validation-interval")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
 _DB_KEYS = ("path", "dir", "replicas") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
@@ -802,8 +824,9 @@ class _Reader:
         self.check_keys(items, _TOP_KEYS, "")
         defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
                                                 DEFAULT_SPOOL_MAX_SIZE, DEFAULT_RETENTION,
-                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION))
+                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION, None))
         logging_config = self.logging(items)
+        addr = self.value(items, "addr", "", _addr)
         if "dbs" not in items:
             raise self.error("missing required key: 'dbs'", "", root)
         db_nodes = self.sequence(items["dbs"][1], "dbs")
@@ -811,17 +834,18 @@ class _Reader:
             raise self.error("at least one database is required", "dbs", items["dbs"][1])
         entries = [self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes)]
         return Config(tuple(e for e in entries if isinstance(e, DbConfig)), logging_config, self.file,
-                      tuple(e for e in entries if isinstance(e, DirConfig)))
+                      tuple(e for e in entries if isinstance(e, DirConfig)), addr)
 
     def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
         (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
-         compaction) = inherited
+         compaction, validation_interval) = inherited
         return (self.value(items, "snapshot-interval", path, _positive_duration, snapshot_interval),
                 self.value(items, "checkpoint-pages", path, _integer(1), checkpoint_pages),
                 self.value(items, "spool-max-size", path, _positive_size, spool_max_size),
                 self.value(items, "retention", path, _positive_duration, retention),
                 self.value(items, "retention-check-interval", path, _positive_duration, check_interval),
-                self.value(items, "compaction", path, _compaction, compaction))
+                self.value(items, "compaction", path, _compaction, compaction),
+                self.value(items, "validation-interval", path, _positive_duration, validation_interval))
 
     def logging(self, items: Items) -> LoggingConfig:
         default = LoggingConfig()

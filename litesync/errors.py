@@ -87,5 +87,13 @@ class RestoreError(LitesyncError):
     """A restore cannot produce a verified database."""
 
 
+class VerifyError(LitesyncError):
+    """A restored replica differs from the live database it should equal."""
+
+    def __init__(self, replica: str, message: str) -> None:
+        self.replica = replica
+        super().__init__(message)
+
+
 class OutputExistsError(UsageError):
     """The restore output exists and --force was not given."""

@@ -211,10 +211,11 @@ def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable
                 hashed.cancel()
 
 
-def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: int | None = None) -> bool:
+def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: int | None = None,
+                  observe: Callable[[int], None] | None = None) -> bool:
     """Apply the transactions of one segment (those committed at or before ``until_ms``) to
-    ``sink``, verifying the link and the database checksum after each; advance ``pos``.
-    Return whether the whole segment was applied."""
+    ``sink``, verifying the link and the database checksum after each (and passing it to
+    ``observe``); advance ``pos``. Return whether the whole segment was applied."""
     seg = SegmentReader(src, key)
     sh = seg.header
     if sh.generation != pos.generation or sh.first_seq != pos.next_seq:
@@ -239,6 +240,8 @@ def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: 
         if tx.checksum_known and tx.db_checksum != hasher.value:
             raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
                                           f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")
+        if observe:
+            observe(hasher.value)
 
     for i, pgno, data in seg.pages():
         while cur < i and cur < stop_at:
@@ -277,6 +280,7 @@ class Result:
     #: objects read from the cache directory without a download
     cached_objects: int = 0
     position: Position | None = None
+    db_checksum: int = 0
 
     @property
     def db_bytes(self) -> int:
@@ -304,7 +308,7 @@ class _CountingReader:
 
 
 def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
-           progress: Callable[[int, int], None] | None) -> Result:
+           progress: Callable[[int, int], None] | None, observe: Callable[[int], None] | None = None) -> Result:
     t0 = time.monotonic()
     total = plan.total_bytes
     done = 0
@@ -316,11 +320,13 @@ def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
         tick = (lambda: progress(done + src.count, total)) if progress else None
         pos = load_snapshot(snap, sink, tick)
         done += src.count
+    if observe:
+        observe(pos.hasher.value)
     for name, _size in plan.segments:
         key = name.key
         with fetch.open(key) as f:
             src = _CountingReader(f, replica, key)
-            whole = apply_segment(src, key, pos, sink, plan.until_ms)
+            whole = apply_segment(src, key, pos, sink, plan.until_ms, observe)
             done += src.count
             if progress:
                 progress(done, total)
@@ -328,7 +334,7 @@ def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
             break
     sink.finish()
     return Result("", plan.generation, pos.transactions, done, pos.db_size, pos.page_size,
-                  time.monotonic() - t0, pos.last_commit_ms, replica, position=pos)
+                  time.monotonic() - t0, pos.last_commit_ms, replica, position=pos, db_checksum=pos.hasher.value)
 
 
 def integrity_check(path: str) -> str:
@@ -345,11 +351,14 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             check: bool = True, progress: Callable[[int, int], None] | None = None,
             generation: int | None = None, until_ms: int | None = None,
             objects: list[ObjectInfo] | None = None, cache: ObjectCache | None = None,
-            retries: int = RETRIES, on_verified: Callable[[str, Result], None] | None = None) -> Result:
+            retries: int = RETRIES, on_verified: Callable[[str, Result], None] | None = None,
+            observe: Callable[[int], None] | None = None) -> Result:
     """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified.
 
     ``objects`` is a listing made moments ago (else the replica is listed); ``on_verified``
-    is called with the verified temp file before it is renamed into place.
+    is called with the verified temp file before it is renamed into place; ``observe`` with
+    the checksum of the database after the snapshot and after each transaction applied
+    (states a verification may compare with the live database).
     """
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
@@ -373,7 +382,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             keys = [(plan.snapshot.key, plan.snapshot_size)] + [(n.key, s) for n, s in plan.segments]
             fetch = Fetcher(client, keys, cache=cache, tmp_dir=os.path.dirname(out_path))
             try:
-                result = _apply(fetch, client.name, plan, fd, progress)
+                result = _apply(fetch, client.name, plan, fd, progress, observe)
                 os.fsync(fd)
                 result.cached_objects = len(fetch.cached)
                 break
@@ -382,7 +391,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 if not planned_here or replans == RETRIES:
                     raise
                 replans += 1
-                log.info("%s; planning the restore again", e)
+                log.info("%s; planning the restore again", e, extra={"replica": client.name})
                 plan = make_plan()
             except (CorruptObjectError, ChainError) as e:
                 # Never trust the cache: drop what this attempt read from it, download again.
@@ -399,7 +408,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt,
-                            retries + 1, delay)
+                            retries + 1, delay, extra={"replica": client.name})
                 time.sleep(delay)
             finally:
                 fetch.close()
@@ -421,9 +430,9 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp + suffix)
         raise
-    log.info("restored %s from %s: generation %s, %d transactions after the snapshot, %d bytes read",
-             out_path, client.name, layout.format_generation(plan.generation), result.transactions,
-             result.bytes_read)
+    log.debug("restored %s from replica %s: generation %s, %d transactions after the snapshot, %d bytes read",
+              out_path, client.name, layout.format_generation(plan.generation), result.transactions,
+              result.bytes_read, extra={"replica": client.name})
     return result
 
 

@@ -11,10 +11,12 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from . import layout, status
 from .agent import DbAgent
 from .compact import Maintainer
 from .dirwatch import DirWatcher
 from .errors import LitesyncError
+from .logs import Labelled
 from .replica import open_replica
 from .shipper import Shipper
 from .spool import Name
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 STEP_INTERVAL = 0.01
+PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
+PUBLISH_TICK = 0.25  # and this soon after a change
+VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
 
 
 class DbReplication:
@@ -38,6 +43,7 @@ class DbReplication:
         # Found in a configured directory: its errors are its own, not the whole process's.
         self.discovered = discovered
         self.poll_interval = poll_interval
+        self.log = Labelled(log, cfg.path)
         self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
                              snapshot_interval=cfg.snapshot_interval)
         self.shippers: list[Shipper] = []
@@ -45,12 +51,12 @@ class DbReplication:
         for rc in cfg.replicas:
             client = open_replica(rc)
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
-            shipper = Shipper(self.agent.spool, client, state, label=f"{cfg.path} -> {rc.name}",
+            shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
                               request_snapshot=self.agent.snapshot_requested,
                               sync_interval=rc.sync_interval or 0.0, destination=rc.destination)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
-                client, label=shipper.label, retention=cfg.retention, compaction=cfg.compaction,
+                client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
                 interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
                 activity=lambda s=shipper: s.uploaded_objects))
         self.stop_event = threading.Event()
@@ -58,15 +64,28 @@ class DbReplication:
         self.waiting = threading.Event()  # for the database to be created
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name=f"agent {cfg.path}", daemon=True)
+        self.started_at = time.time()
+        self.stopping = self.stopped = False
+        self._published: tuple[float, dict] | None = None
+        self._publish_lock = threading.Lock()
+        # replica name -> {"ok": count, "failed": count, "last": {...}}
+        self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
+        self.validator: threading.Thread | None = None
+        if cfg.validation_interval is not None:
+            self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
+        if self.validator is not None:
+            self.validator.start()
 
     def _open(self) -> bool:
         waited = False
+        if self.wait_for_db:
+            self.agent.lock()  # so that `litesync status` sees an agent waiting for the database
         while self.wait_for_db and not os.path.exists(self.cfg.path):
             if not waited:
-                log.info("%s: waiting for the database to be created", self.cfg.path)
+                self.log.info("waiting for the database to be created")
                 waited = True
                 self.waiting.set()
             if self.stop_event.wait(0.2) and not os.path.exists(self.cfg.path):
@@ -107,15 +126,15 @@ class DbReplication:
                 self.agent.step()
                 self.collect_garbage()
             except LitesyncError as e:
-                log.error("%s: %s", self.cfg.path, e)
+                self.log.error("%s", e)
                 self.stop_event.wait(1.0)
             except Exception:
-                log.exception("%s: unexpected error; continuing", self.cfg.path)
+                self.log.exception("unexpected error; continuing")
                 self.stop_event.wait(1.0)
         try:
             self.agent.sync()
         except Exception as e:
-            log.error("%s: final sync failed: %s", self.cfg.path, e)
+            self.log.error("final sync failed: %s", e)
             self.error = e
 
     def collect_garbage(self) -> None:
@@ -134,8 +153,8 @@ class DbReplication:
                     continue
                 drop.append(n)
                 size -= s
-            log.warning("%s: spool over %d bytes; dropped unshipped objects, lagging replicas get a new snapshot",
-                        self.cfg.path, self.cfg.spool_max_size)
+            self.log.warning("spool over %d bytes; dropped unshipped objects, lagging replicas get a new snapshot",
+                             self.cfg.spool_max_size)
         self.agent.spool.delete(drop)
 
     def ready(self) -> bool:
@@ -147,6 +166,7 @@ class DbReplication:
 
     def request_stop(self) -> None:
         """Start the final sync without waiting for it."""
+        self.stopping = True
         self.stop_event.set()
         self.agent.wake.set()
 
@@ -154,6 +174,8 @@ class DbReplication:
         """Stop after a final sync; wait up to ``timeout`` for every replica; True if all shipped."""
         self.request_stop()
         self.thread.join()
+        if self.validator is not None and self.validator.is_alive():
+            self.validator.join(timeout=60)  # a restore under way finishes before the clients close
         deadline = time.monotonic() + timeout
         ok = True
         if self.started.is_set() and self.error is None:
@@ -165,7 +187,7 @@ class DbReplication:
                 if s.fatal is not None:
                     ok = False
                 elif s.pending():
-                    log.error("%s: stopped before everything was shipped (last error: %s)", s.label, s.last_error)
+                    s.log.error("stopped before everything was shipped (last error: %s)", s.last_error)
                     ok = False
         for m in self.maintainers:
             m.stop()
@@ -178,11 +200,123 @@ class DbReplication:
             if s.is_alive():
                 s.join(timeout=5)
             s.client.close()
+        self.stopped = True
+        self.publish_status(force=True)
         try:
             self.agent.close()
         except Exception as e:  # closing must not hide the shipping verdict
-            log.warning("%s: close: %s", self.cfg.path, e)
+            self.log.warning("close: %s", e)
         return ok and self.error is None
+
+    # -- status --------------------------------------------------------------------
+
+    def state(self) -> str:
+        if self.stopped:
+            return "stopped"
+        if self.error is not None:
+            return "failed"
+        if self.stopping:
+            return "stopping"
+        if self.started.is_set():
+            return "replicating"
+        return "waiting" if self.wait_for_db and not os.path.exists(self.cfg.path) else "starting"
+
+    def status(self, now: float | None = None) -> dict:
+        """Return this database's status (the content of ``status.json``, see status.py)."""
+        now = time.time() if now is None else now
+        a = self.agent
+        copied_at, copied_gen, copied_seq = a.copied_through
+        replicas = []
+        for rc, s, m in zip(self.cfg.replicas, self.shippers, self.maintainers):
+            r = s.report(now)
+            r["destination"] = rc.destination
+            r["errors"] += m.stats["errors"]
+            r["validation"] = dict(self.validation[s.replica])
+            replicas.append(r)
+        objects = a.spool.objects()
+        return {
+            "format": status.FORMAT, "db": self.cfg.path, "pid": os.getpid(), "started_at": self.started_at,
+            "updated_at": now, "state": self.state(), "error": str(self.error) if self.error else None,
+            "generation": layout.format_generation(a.generation) if a.generation else None,
+            "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
+            "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
+            "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
+            "copied_through": {"at": copied_at, "next_seq": copied_seq,
+                               "generation": layout.format_generation(copied_gen) if copied_gen else None},
+            "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
+            "transactions": a.stats["transactions"], "segments": a.stats["segments"],
+            "replicas": replicas,
+        }
+
+    def publish_status(self, force: bool = False) -> None:
+        """Rewrite ``status.json`` when something changed, or once a second."""
+        with self._publish_lock:
+            # Another agent may own this database: its status is not ours to replace.
+            if not self.agent.locked or (self.stopped and not force):
+                return
+            now = time.time()
+            data = self.status(now)
+            # What a change is: anything but the clock and what moves with it.
+            same = {k: v for k, v in data.items() if k not in ("updated_at", "replicas")}
+            same["replicas"] = [{k: v for k, v in r.items() if k != "lag_seconds"} for r in data["replicas"]]
+            if not force and self._published is not None:
+                at, before = self._published
+                if before == same and now - at < PUBLISH_INTERVAL:
+                    return
+            try:
+                status.write_status(self.cfg.path, data)
+            except OSError as e:
+                self.log.warning("cannot write the status file: %s", e)
+                return
+            self._published = (now, same)
+
+    # -- validation ----------------------------------------------------------------
+
+    def _validate_loop(self) -> None:
+        assert self.cfg.validation_interval is not None
+        while not self.started.wait(0.2):
+            if self.stop_event.is_set():
+                return
+        while not self.stop_event.wait(self.cfg.validation_interval):
+            if self.error is not None:
+                return
+            for s in self.shippers:
+                if self.stop_event.is_set():
+                    return
+                self.validate(s)
+
+    def validate(self, s: Shipper) -> bool:
+        """Verify one replica against the live database (see verify.py); record and log the verdict."""
+        from .verify import verify_replica
+
+        t0 = time.time()
+        try:
+            v = verify_replica(s.client, self.cfg.path, work_dir=self.agent.state_dir,
+                               wait=lambda since: self.wait_shipped(s, since, VALIDATION_WAIT))
+            ok, message = True, v.describe()
+            s.log.info("validation ok: %s", message)
+        except LitesyncError as e:
+            if self.stop_event.is_set():
+                return False  # cut short by the shutdown: no verdict
+            ok, message = False, str(e)
+            s.log.error("validation failed: %s", e)
+        entry = self.validation[s.replica]
+        entry["ok" if ok else "failed"] += 1
+        entry["last"] = {"at": t0, "ok": ok, "message": message, "seconds": round(time.time() - t0, 3)}
+        return ok
+
+    def wait_shipped(self, s: Shipper, since: float, timeout: float) -> bool:
+        """Wait until ``s``'s replica holds every transaction committed before ``since``; False
+        after ``timeout``. Raises when the agent stops meanwhile, so no restore starts then."""
+        deadline = time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            if status.caught_up(self.agent.copied_through, (s.pos.generation, s.pos.next_seq), since):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.agent.wake.set()
+            time.sleep(0.05)
+        raise LitesyncError(f"{self.cfg.path}: validation cut short: the agent is stopping")
 
 
 class Runner:
@@ -202,14 +336,23 @@ class Runner:
         self._observer = None
         self._handler = None
         self._watches: dict[str, tuple[object, int]] = {}  # directory -> (its watch, its inode)
+        self._stop_publishing = threading.Event()
+        self._publisher = threading.Thread(target=self._publish_loop, name="status", daemon=True)
+        self.metrics = None
 
     def start(self) -> None:
+        if self.config.addr is not None:
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.config.addr, self.statuses)  # fails at once if addr is taken
+            self.metrics.start()
         self._start_watcher()
         for d in self.dbs:
             d.start()
         for w in self.dirs:
             w.scan()  # the databases already there start now, with the listed ones
             w.start()
+        self._publisher.start()
 
     def databases(self) -> list[DbReplication]:
         """Return the databases being replicated now."""
@@ -236,6 +379,16 @@ class Runner:
             self.dbs.remove(d)
             self._wakes.pop(d.agent.wal_path, None)
         return d.stop(timeout)
+
+    def statuses(self) -> list[dict]:
+        """Return the current status of every database."""
+        now = time.time()
+        return [d.status(now) for d in self.databases()]
+
+    def _publish_loop(self) -> None:
+        while not self._stop_publishing.wait(PUBLISH_TICK):
+            for d in self.databases():
+                d.publish_status()
 
     def wait_started(self, timeout: float | None = None) -> None:
         """Wait until every database took its first snapshot or resumed; raise its error if any."""
@@ -329,6 +482,12 @@ class Runner:
         ok = True
         for d in dbs:
             ok = d.stop(max(0.0, deadline - time.monotonic())) and ok
+        self._stop_publishing.set()
+        if self._publisher.is_alive():
+            self._publisher.join()
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import layout
 from .errors import CorruptObjectError, LitesyncError
+from .logs import Labelled
 from .replica.base import ReplicaClient
 from .replica.crypt import check_encryption
 from .replica.file import atomic_file
@@ -90,6 +91,22 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
     return None, gap
 
 
+def unshipped(objects: list[tuple[Name, int]], pos: Position) -> list[tuple[Name, int]]:
+    """Return the spool objects a replica at ``pos`` has yet to receive (pure)."""
+    if pos.key is None:
+        first, _ = choose_next(objects, pos)
+        if first is None:
+            return []
+        return [(n, s) for n, s in objects if sort_key(n) >= sort_key(first)]
+    return [(n, s) for n, s in objects if sort_key(n) > pos.key]
+
+
+def object_time(name: Name) -> float:
+    """Return when an object's content was committed: a segment's last commit, a snapshot's creation."""
+    ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+    return ms / 1000
+
+
 class Shipper(threading.Thread):
     """Uploads spool objects to one replica in order; retries forever with backoff.
 
@@ -97,14 +114,16 @@ class Shipper(threading.Thread):
     for another destination, under the same replica name, is not this replica's.
     """
 
-    def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, label: str,
+    def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, db: str, replica: str,
                  request_snapshot: threading.Event, sync_interval: float = 0.0,
                  destination: str | None = None) -> None:
-        super().__init__(name=f"ship {label}", daemon=True)
+        self.log = Labelled(log, db, replica)
+        self.label = self.log.label
+        super().__init__(name=f"ship {self.label}", daemon=True)
         self.spool = spool
         self.client = client
         self.state_path = state_path
-        self.label = label
+        self.replica = replica
         self.destination = destination
         self.request_snapshot = request_snapshot
         self.sync_interval = sync_interval
@@ -116,10 +135,14 @@ class Shipper(threading.Thread):
         self.uploaded_objects = 0
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
+        self.last_snapshot_at: float | None = None  # creation time of the last snapshot shipped
+        self.errors = 0  # failed attempts, retried or not
+        self.retries = 0  # attempts made again after a failure
         self.idle = threading.Event()
         # The first listing is done: it succeeded, or failed in a way a retry may cure (the
         # replica then catches up from the spool); not set on a configuration error.
         self.checked = threading.Event()
+        self._caught_up_once = False
 
     def _load(self) -> Position:
         try:
@@ -134,8 +157,8 @@ class Shipper(threading.Thread):
         except FileNotFoundError:
             return Position()
         except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s: ignoring unreadable position file %s (%s); shipping from the newest snapshot",
-                        self.label, self.state_path, e)
+            self.log.warning("ignoring unreadable position file %s (%s); shipping from the newest snapshot",
+                             self.state_path, e)
             return Position()
 
     def _save(self, pos: Position) -> None:
@@ -177,6 +200,8 @@ class Shipper(threading.Thread):
         self.uploaded_objects += 1
         self.uploaded_bytes += size
         self.last_upload_at = time.time()
+        if isinstance(name, layout.SnapshotName):
+            self.last_snapshot_at = object_time(name)
         return True
 
     def _upload(self, name: Name) -> int:
@@ -201,7 +226,7 @@ class Shipper(threading.Thread):
                     run = run[:i]  # ship what is sound; the damaged one comes first next time
                     break
                 # Never ship what is known to be damaged: drop it, bridge the gap with a snapshot.
-                log.error("%s: damaged spool object, dropped; a new snapshot will bridge the gap: %s", self.label, e)
+                self.log.error("damaged spool object, dropped; a new snapshot will bridge the gap: %s", e)
                 self.spool.delete([n])
                 self.request_snapshot.set()
                 return [], 0
@@ -213,6 +238,22 @@ class Shipper(threading.Thread):
         self.client.write(name.key, buf, size)
         return run, size
 
+    def report(self, now: float) -> dict:
+        """Return this replica's state for ``litesync status`` and the metrics (see status.py)."""
+        pos = self.pos
+        waiting = unshipped(self.spool.objects(), pos)
+        oldest = min((object_time(n) for n, _ in waiting), default=None)
+        return {
+            "name": self.replica, "state": self.status,
+            "last_error": self.last_error,
+            "lag_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
+            "lag_bytes": sum(size for _, size in waiting),
+            "generation": layout.format_generation(pos.generation) if pos.generation is not None else None,
+            "next_seq": pos.next_seq, "last_snapshot_at": self.last_snapshot_at,
+            "last_upload_at": self.last_upload_at, "uploaded_objects": self.uploaded_objects,
+            "uploaded_bytes": self.uploaded_bytes, "errors": self.errors, "retries": self.retries,
+        }
+
     def _probe(self) -> bool:
         """Look at the replica once before shipping: a configuration error (credentials, bucket,
         encryption that does not match what is stored) shows at once."""
@@ -223,16 +264,19 @@ class Shipper(threading.Thread):
                 self.checked.set()
                 return True
             except LitesyncError as e:
+                self.errors += 1
                 if not e.retryable:
-                    log.error("%s: %s", self.label, e)
+                    self.log.error("%s", e)
                     self.status, self.last_error, self.fatal = "failed", str(e), e
                     return False
-                log.warning("%s: %s (retrying)", self.label, e)
+                self.log.warning("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
             except OSError as e:
-                log.warning("%s: %s (retrying)", self.label, e)
+                self.errors += 1
+                self.log.warning("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
             self.checked.set()
+            self.retries += 1
             self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, 30.0)
         return False
@@ -241,25 +285,27 @@ class Shipper(threading.Thread):
         if not self._probe():
             return
         backoff = 0.0
-        announced = False
         while not self.stop_event.is_set():
             try:
                 shipped = self.ship_one()
                 if self.status != "completed" and not shipped:
-                    # Said once, and again after a failure: a busy database is caught up
-                    # many times a second.
-                    log.log(logging.DEBUG if announced else logging.INFO, "%s: up to date", self.label)
-                    announced = True
+                    # Said once when the replica first catches up or recovers; then only in debug.
+                    if self.last_error is not None or not self._caught_up_once:
+                        self.log.info("up to date")
+                    else:
+                        self.log.debug("up to date")
+                    self._caught_up_once = True
                 self.status = "pending" if shipped else "completed"
                 self.last_error = None
                 backoff = 0.0
             except (LitesyncError, OSError) as e:
                 shipped = False
+                self.errors += 1
+                self.retries += 1
                 backoff = min(max(backoff * 2, 0.5), 30.0)
                 if str(e) != self.last_error:
-                    log.error("%s: %s (retrying)", self.label, e)
+                    self.log.error("%s (retrying)", e)
                 self.status, self.last_error = "failed", str(e)
-                announced = False
                 self.idle.clear()
                 self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
                 continue

@@ -142,11 +142,16 @@ def test_stop_raises_when_a_replica_missed_something(tmp_path):
 def test_status_reads_the_published_status_file(tmp_path):
     db = str(tmp_path / "app.db")
     rep = Replicator(db, [str(tmp_path / "r")])
-    assert rep.status() == {"running": False, "pid": None, "exit_code": None, "databases": {db: None}}
+    st = rep.status()
+    assert (st["running"], st["pid"], st["exit_code"]) == (False, None, None)
+    assert st["databases"][db] == {"db": db, "running": False, "published": False, "stale": False,
+                                   "age_seconds": None, "replicas": []}
     state = tmp_path / ".app.db-litesync"
     state.mkdir()
-    (state / "status.json").write_text('{"replicas": {"file": {"lag_seconds": 0.1}}}')
-    assert rep.status()["databases"][db] == {"replicas": {"file": {"lag_seconds": 0.1}}}
+    (state / "status.json").write_text('{"updated_at": 1, "replicas": [{"name": "file", "lag_seconds": 0.1}]}')
+    published = rep.status()["databases"][db]
+    assert published["published"] and published["stale"]  # no agent holds the lock
+    assert published["replicas"] == [{"name": "file", "lag_seconds": 0.1}]
 
 
 @pytest.mark.parametrize("line, level, message", [

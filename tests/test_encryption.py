@@ -124,7 +124,7 @@ def test_encrypted_round_trip_on_b2(tmp_path, b2_api):
         agent.start()
         write_marked_rows(db, 20)
         agent.step()
-        shipper = Shipper(agent.spool, client, str(tmp_path / "pos.json"), label="b2",
+        shipper = Shipper(agent.spool, client, str(tmp_path / "pos.json"), db=db, replica="b2",
                           request_snapshot=threading.Event())
         while shipper.ship_one():
             pass

@@ -315,7 +315,7 @@ def test_follower_survives_compaction_and_retention_under_it(tmp_path):
     assert stop(agent) == 0
     client = FileReplicaClient(rep)
     now = [time.time() + 3600]
-    m = Maintainer(client, label="t", retention=60, compaction=(600,), interval=1, work_dir=str(tmp_path),
+    m = Maintainer(client, db="t", replica="r", retention=60, compaction=(600,), interval=1, work_dir=str(tmp_path),
                    grace=0, clock=lambda: now[0])
     segs = [o.key for o in client.list("generations/") if o.key.endswith(".seg")]
     # The follower starts from the snapshot alone: its first restore sees no segment.

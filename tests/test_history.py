@@ -142,8 +142,8 @@ def test_merging_changes_nothing_restored_and_shrinks_the_plan(replicated, tmp_p
     db, client = replicated
     before = restore(client, str(tmp_path / "before.db"))
     assert before.transactions > 400
-    m = Maintainer(client, label="t", retention=None, compaction=(0.25, 600), interval=1, work_dir=str(tmp_path),
-                   clock=lambda: time.time() + 1000)  # every window closed
+    m = Maintainer(client, db="t", replica="r", retention=None, compaction=(0.25, 600), interval=1,
+                   work_dir=str(tmp_path), clock=lambda: time.time() + 1000)  # every window closed
     m.run_once()
     assert m.stats["compactions"] >= 2
     cat = history.catalog(client.list("generations/"))
@@ -372,8 +372,8 @@ def test_retention_waits_for_a_restore_that_planned_with_old_objects(replicated,
     objects vanish mid-way plans again rather than failing or restoring less."""
     db, client = replicated
     now = [time.time() + 3600]  # an hour later: merged segments end before the window
-    m = Maintainer(client, label="t", retention=60, compaction=(600,), interval=1, work_dir=str(tmp_path),
-                   grace=5, clock=lambda: now[0])
+    m = Maintainer(client, db="t", replica="r", retention=60, compaction=(600,), interval=1,
+                   work_dir=str(tmp_path), grace=5, clock=lambda: now[0])
 
     class RetentionMidway(FileReplicaClient):
         """Compacts, then deletes the parts, just after the restore opened its snapshot."""

@@ -79,7 +79,7 @@ def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
     state = str(tmp_path / "file.json")
 
     def shipper(destination):
-        return Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, label="db -> file",
+        return Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
                        request_snapshot=threading.Event(), destination=destination)
 
     shipper("/a")._save(Position((G, 2, 1), 3))

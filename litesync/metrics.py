@@ -1,0 +1,124 @@
+"""Prometheus metrics: the text exposition format rendered from the agent's status (pure),
+and a small HTTP server for ``/metrics`` on the configured ``addr``."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from .config import split_addr
+from .errors import LitesyncError
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# (name, type, help, key in a replica's status)
+_REPLICA_METRICS = (
+    ("litesync_replica_lag_seconds", "gauge",
+     "Seconds since the oldest transaction this replica has not received was committed (0: up to date).",
+     "lag_seconds"),
+    ("litesync_replica_lag_bytes", "gauge", "Spool bytes this replica has not received.", "lag_bytes"),
+    ("litesync_shipped_bytes_total", "counter", "Bytes uploaded to the replica by this agent.", "uploaded_bytes"),
+    ("litesync_shipped_objects_total", "counter", "Objects (snapshots, segments) uploaded to the replica.",
+     "uploaded_objects"),
+    ("litesync_replica_errors_total", "counter", "Failed replica operations (shipping and maintenance).",
+     "errors"),
+    ("litesync_replica_retries_total", "counter", "Replica operations tried again after a failure.", "retries"),
+)
+# (name, type, help, key in a database's status)
+_DB_METRICS = (
+    ("litesync_spool_bytes", "gauge", "Bytes in the local spool (copied, not yet shipped everywhere).",
+     "spool_bytes"),
+    ("litesync_checkpoints_total", "counter", "WAL checkpoints run by the agent.", "checkpoints"),
+    ("litesync_snapshots_total", "counter", "Snapshots written to the spool.", "snapshots"),
+    ("litesync_snapshot_duration_seconds", "gauge", "How long the last snapshot took.", "snapshot_seconds"),
+    ("litesync_transactions_total", "counter", "Transactions copied from the WAL to the spool.", "transactions"),
+)
+_STATES = ("pending", "completed", "failed")
+
+
+def escape(value: str) -> str:
+    """Escape a label value: backslash, double quote and newline."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: str) -> str:
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float | int | bool | None) -> str:
+    return repr(float(value or 0)) if isinstance(value, float) else str(int(value or 0))
+
+
+def render(statuses: list[dict]) -> str:
+    """Return the metrics of every database status (as ``DbReplication.status`` builds them)."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, text: str, samples: list[tuple[str, object]]) -> None:
+        out.append(f"# HELP {name} {text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)  # type: ignore[arg-type]
+
+    for name, kind, text, key in _DB_METRICS:
+        family(name, kind, text, [(_labels(db=st["db"]), st.get(key)) for st in statuses])
+    replicas = [(st["db"], r) for st in statuses for r in st.get("replicas", [])]
+    for name, kind, text, key in _REPLICA_METRICS:
+        family(name, kind, text, [(_labels(db=db, replica=r["name"]), r.get(key)) for db, r in replicas])
+    family("litesync_replica_state", "gauge", "1 for the replica's current state: pending, completed or failed.",
+           [(_labels(db=db, replica=r["name"], state=s), r.get("state") == s) for db, r in replicas
+            for s in _STATES])
+    family("litesync_validations_total", "counter", "Periodic verifications of the replica, by result.",
+           [(_labels(db=db, replica=r["name"], result=res), (r.get("validation") or {}).get(res))
+            for db, r in replicas for res in ("ok", "failed")])
+    return "\n".join(out) + "\n"
+
+
+class MetricsServer:
+    """Serves ``GET /metrics`` on ``addr`` from a thread; ``source`` returns the statuses."""
+
+    def __init__(self, addr: str, source: Callable[[], list[dict]]) -> None:
+        host, port = split_addr(addr)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+                if self.path.split("?")[0] != "/metrics":
+                    self.send_error(404, "only /metrics is served here")
+                    return
+                body = render(source()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                log.debug("metrics: %s %s", self.address_string(), format % args)
+
+        server_class = ThreadingHTTPServer
+        if ":" in host:
+            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]  # noqa: N801
+                address_family = socket.AF_INET6
+        try:
+            self.server = server_class((host, port), Handler)
+        except OSError as e:
+            raise LitesyncError(f"addr: cannot serve metrics on {addr!r}: {e.strerror}") from None
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def start(self) -> None:
+        self.thread.start()
+        log.info("serving metrics on http://%s:%d/metrics", *self.server.server_address[:2])
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.server.shutdown()  # waits for serve_forever, so only when it runs
+            self.thread.join(timeout=5)
+        self.server.server_close()
