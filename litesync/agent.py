@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 
 SEAL_TIMEOUT_MS = 5000
 _SNAPSHOT_CHUNK_PAGES = 256
-# Pages of one shipment kept in memory between hashing and compressing; larger shipments
-# read the WAL twice instead (from the page cache), which keeps the agent's RSS flat.
-_KEEP_IN_MEMORY = 4 << 20
+# The WAL frames of one shipment are read at once when they take at most this much;
+# larger shipments read the WAL page by page, twice, which keeps the agent's RSS flat.
+_KEEP_IN_MEMORY = 8 << 20
 # A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
 # tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
 _MAX_TAIL = 2 << 20
@@ -501,8 +501,23 @@ class DbAgent:
                 latest[fr.pgno] = fr.index
             per_tx.append(latest)
             total += len(latest)
-        keep = total * self.page_size <= _KEEP_IN_MEMORY
-        kept: dict[int, bytes] = {}
+        # The frames of ``txs`` lie back to back: read them with one call when they fit in
+        # memory, else page by page (twice: to hash, then to compress).
+        first = txs[0].frames[0].index
+        span = (txs[-1].end_index - first + 1) * hdr.frame_size
+        keep = span <= _KEEP_IN_MEMORY
+        if keep:
+            block = memoryview(read_at(hdr.frame_offset(first), span))
+            if len(block) != span:
+                raise EOFError(f"WAL frames {first}..{txs[-1].end_index}: short read")
+            ps = self.page_size
+
+            def page(index: int) -> memoryview:
+                off = (index - first) * hdr.frame_size + wal.FRAME_HEADER_SIZE
+                return block[off:off + ps]
+        else:
+            def page(index: int) -> bytes:
+                return wal.read_page(read_at, hdr, index)
         # Pass 1: hash each shipped page and compute the database checksum after each tx.
         changes: dict[int, int] = {}
         value = self.hasher.value
@@ -510,10 +525,7 @@ class DbAgent:
         infos = []
         for tx, latest in zip(txs, per_tx):
             for pgno, index in latest.items():
-                data = wal.read_page(read_at, hdr, index)
-                if keep:
-                    kept[index] = data
-                h = page_hash(pgno, data)
+                h = page_hash(pgno, page(index))
                 old = changes.get(pgno, self.hasher.get(pgno)) if pgno <= size else 0
                 value ^= old ^ h
                 changes[pgno] = h
@@ -540,7 +552,7 @@ class DbAgent:
             w = SegmentWriter(f, header)
             for latest in per_tx:
                 for pgno, index in latest.items():
-                    w.add_page(pgno, kept[index] if keep else wal.read_page(read_at, hdr, index))
+                    w.add_page(pgno, page(index))
             w.close()
         if recheck is not None and not keep and self._wal_header() != recheck:
             self.spool.discard(name)

@@ -42,6 +42,10 @@ LOCAL_CONFIG = "litesync.yml"
 SYSTEM_CONFIG = "/etc/litesync.yml"
 
 DEFAULT_SNAPSHOT_INTERVAL = 4 * 3600.0
+# Least time between the starts of two uploads to a replica while commits keep coming
+# (a commit after a quiet spell goes up at once). Object stores charge per request: a
+# busy database makes at most 4 uploads a second to one.
+DEFAULT_SYNC_INTERVAL = {"file": 0.0, "s3": 0.25, "b2": 0.25}
 DEFAULT_CHECKPOINT_PAGES = 1000
 DEFAULT_SPOOL_MAX_SIZE = 1 << 30
 DEFAULT_RETENTION = 24 * 3600.0
@@ -76,7 +80,7 @@ class ReplicaConfig:
     secret_access_key: str | None = None
     application_key_id: str | None = None
     application_key: str | None = None
-    sync_interval: float | None = None
+    sync_interval: float | None = None  # unset: DEFAULT_SYNC_INTERVAL of the type
     part_size: int | None = None
     concurrency: int | None = None
     priority: int | None = None

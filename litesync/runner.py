@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import layout, status
 from .agent import DbAgent
 from .compact import Maintainer
+from .config import DEFAULT_SYNC_INTERVAL
 from .dirwatch import DirWatcher
 from .errors import LitesyncError
 from .logs import Labelled
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
-STEP_INTERVAL = 0.01
+STEP_INTERVAL = 0.025
 PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
 PUBLISH_TICK = 0.25  # and this soon after a change
 VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
@@ -53,7 +54,8 @@ class DbReplication:
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
             shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
                               request_snapshot=self.agent.snapshot_requested,
-                              sync_interval=rc.sync_interval or 0.0, destination=rc.destination)
+                              sync_interval=rc.sync_interval if rc.sync_interval is not None
+                              else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
                 client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
@@ -420,8 +422,11 @@ class Runner:
                         for w in dirs:
                             w.notice(path)
 
+        from . import watch
+
         self._handler = Handler()
-        self._observer = Observer()
+        # Our own inotify reader where there is one: watchdog's costs a busy agent much CPU.
+        self._observer = watch.InotifyObserver() if watch.available() else Observer()
         self._observer.daemon = True
         self._observer.start()
         for d in self.dbs:

@@ -127,6 +127,7 @@ class Shipper(threading.Thread):
         self.destination = destination
         self.request_snapshot = request_snapshot
         self.sync_interval = sync_interval
+        self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
         self.stop_event = threading.Event()
         self.pos = self._load()
         self.status = "pending"
@@ -164,7 +165,9 @@ class Shipper(threading.Thread):
     def _save(self, pos: Position) -> None:
         data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
                            "destination": self.destination}).encode()
-        with atomic_file(self.state_path) as f:
+        # Not fsynced: after a machine crash an older position only means objects are shipped
+        # again, or, when the spool no longer has them, that the replica gets a new snapshot.
+        with atomic_file(self.state_path, durable=False) as f:
             f.write(data)
 
     def done_with(self, name: Name) -> bool:
@@ -194,12 +197,13 @@ class Shipper(threading.Thread):
                 if not run:
                     return False
             new_pos = Position(sort_key(run[-1]), run[-1].last_seq + 1)
-        # Durable first: the spool drops what self.pos says is shipped.
+        # Saved before self.pos moves: the spool drops what self.pos says is shipped.
         self._save(new_pos)
         self.pos = new_pos
         self.uploaded_objects += 1
         self.uploaded_bytes += size
         self.last_upload_at = time.time()
+        self._uploaded_mono = time.monotonic()
         if isinstance(name, layout.SnapshotName):
             self.last_snapshot_at = object_time(name)
         return True
@@ -316,8 +320,10 @@ class Shipper(threading.Thread):
             with self.spool.changed:
                 if not self.stop_event.is_set() and not self.pending():
                     self.spool.changed.wait(1.0)
-            if self.sync_interval:
-                self.stop_event.wait(self.sync_interval)
+            # What arrives after a quiet spell goes up at once; while commits keep coming,
+            # uploads start at most every sync_interval (each carries all that waited).
+            if self.sync_interval and self._uploaded_mono is not None:
+                self.stop_event.wait(max(0.0, self._uploaded_mono + self.sync_interval - time.monotonic()))
 
     def stop(self) -> None:
         self.stop_event.set()

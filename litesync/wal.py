@@ -163,8 +163,12 @@ def scan(read_at: ReadAt, header: WalHeader, start: int, state: tuple[int, int],
     pending: list[Frame] = []
     index = start
     scanned = 0
+    # Small reads first, growing: the frames after the end are often stale ones of an
+    # earlier WAL, and reading (and summing) a whole chunk of them costs every poll.
+    batch = min(16, chunk_frames)
     while max_frames is None or scanned < max_frames:
-        want = chunk_frames if max_frames is None else min(chunk_frames, max_frames - scanned)
+        want = batch if max_frames is None else min(batch, max_frames - scanned)
+        batch = min(batch * 2, chunk_frames)
         chunk = read_at(header.frame_offset(index), want * frame_size)
         if len(chunk) < frame_size:
             return

@@ -88,3 +88,52 @@ def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
     with open(state, "w") as f:  # written before destinations were saved: taken as this replica's
         f.write('{"key": [16, 2, 1], "next_seq": 3}')
     assert shipper("/b").pos == Position((G, 2, 1), 3)
+
+
+def test_sync_interval_ships_after_a_quiet_spell_at_once_then_spaces_uploads(tmp_path):
+    """With sync-interval 2s: the first commit goes up at once, the next waits for the interval."""
+    import os
+    import threading
+    import time
+
+    from litesync.agent import DbAgent
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from proc import run_writer
+
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    agent = DbAgent(db)
+    agent.open()
+    rep = FileReplicaClient(str(tmp_path / "rep"))
+    shipper = Shipper(agent.spool, rep, str(tmp_path / "pos.json"), db=db, replica="file",
+                      request_snapshot=threading.Event(), sync_interval=2.0)
+
+    def segments() -> int:
+        return sum(1 for o in rep.list("generations/") if o.key.endswith(".seg"))
+
+    def shipped_within(seconds: float) -> float:
+        t0 = time.monotonic()
+        while segments() < want and time.monotonic() - t0 < seconds:
+            time.sleep(0.01)
+        return time.monotonic() - t0
+
+    try:
+        agent.start()
+        shipper.start()
+        assert shipper.idle.wait(10)
+        time.sleep(2.5)  # a quiet spell longer than the interval
+        run_writer(db, "--count", "1")
+        agent.sync()
+        want = 1
+        assert shipped_within(5) < 1.0, "after a quiet spell the commit goes up at once"
+        run_writer(db, "--count", "1")
+        agent.sync()
+        want = 2
+        waited = shipped_within(5)
+        assert 1.0 < waited < 3.0, waited
+    finally:
+        shipper.stop()
+        shipper.join(5)
+        agent.close()
+    assert os.path.exists(tmp_path / "pos.json")

@@ -41,15 +41,16 @@ def makedirs_private(path: str) -> None:
 
 
 @contextlib.contextmanager
-def temp_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """Yield ``path.tmp`` for writing; fsync it on success, remove it on failure."""
+def temp_file(path: str, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield ``path.tmp`` for writing; fsync it on success (when ``durable``), remove it on failure."""
     makedirs_private(os.path.dirname(os.path.abspath(path)))
     tmp = path + _TMP_SUFFIX
     f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
     try:
         yield f
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     except BaseException:
         f.close()
         _unlink_quietly(tmp)
@@ -57,18 +58,20 @@ def temp_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
     f.close()
 
 
-def publish_temp(path: str) -> None:
-    """Rename ``path.tmp`` to ``path`` and make the rename durable."""
+def publish_temp(path: str, durable: bool = True) -> None:
+    """Rename ``path.tmp`` to ``path`` and (when ``durable``) make the rename durable."""
     os.replace(path + _TMP_SUFFIX, path)
-    fsync_dir(os.path.dirname(path) or ".")
+    if durable:
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 @contextlib.contextmanager
-def atomic_file(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the dir."""
-    with temp_file(path, mode) as f:
+def atomic_file(path: str, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the
+    dir (without the fsyncs when not ``durable``: the file is whole or absent, maybe older)."""
+    with temp_file(path, mode, durable) as f:
         yield f
-    publish_temp(path)
+    publish_temp(path, durable)
 
 
 def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
