@@ -151,8 +151,7 @@ class Shipper(threading.Thread):
                 d = json.load(f)
             # Files written before the destination was saved have none: taken as this one.
             if d.get("destination", self.destination) != self.destination:
-                log.info("%s: the replica moved (was %s); shipping from the newest snapshot",
-                         self.label, d["destination"])
+                self.log.info("the replica moved (was %s); shipping from the newest snapshot", d["destination"])
                 return Position()
             return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]))
         except FileNotFoundError:
