@@ -328,8 +328,8 @@ def _print_plan(replica: str, p, until_ms: int | None, as_json: bool) -> int:  #
         print("segments    none")
     print(f"total       {p.objects} objects, {p.total_bytes} bytes")
     if not p.exact:
-        print("note        the target falls inside a merged segment whose parts retention deleted; "
-              "the restore stops before it")
+        print("note        the target falls inside a segment covering several shipments; if compaction "
+              "merged it (its parts deleted), the restore stops before it")
     return EXIT_OK
 
 

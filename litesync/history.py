@@ -118,8 +118,10 @@ class Plan:
     snapshot_size: int
     segments: tuple[tuple[layout.SegmentName, int], ...]
     until_ms: int | None = None
-    #: False when the target time falls inside a merged segment whose parts are gone, so the
-    #: restore stops at the last state before that segment.
+    #: False when the target time falls inside a segment covering several sequence numbers
+    #: with no finer one beside it. The names cannot tell which kind it is: a concatenated
+    #: one (every commit kept: the restore stops exactly at the target) or a merged one
+    #: whose parts retention deleted (the restore stops before it). See docs/FORMAT.md.
     exact: bool = True
 
     @property
