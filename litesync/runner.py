@@ -135,6 +135,11 @@ class DbReplication:
                 self.stop_event.wait(1.0)
         try:
             self.agent.sync()
+            # A replica that needs a snapshot (new, moved, or behind the spool) gets one before
+            # the shippers' final round: no later step of this loop would take it.
+            if any(s.needs_snapshot() for s in self.shippers):
+                self.agent.snapshot_requested.clear()
+                self.agent.snapshot()
         except Exception as e:
             self.log.error("final sync failed: %s", e)
             self.error = e

@@ -144,6 +144,7 @@ class Shipper(threading.Thread):
         # replica then catches up from the spool); not set on a configuration error.
         self.checked = threading.Event()
         self._caught_up_once = False
+        self.awaiting_snapshot = False  # the spool lacks the snapshot this replica needs next
 
     def _load(self) -> Position:
         try:
@@ -177,9 +178,14 @@ class Shipper(threading.Thread):
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
         return name is not None or need_snapshot
 
+    def needs_snapshot(self) -> bool:
+        """True when this replica can only go on from a snapshot the spool does not hold."""
+        return choose_next(self.spool.objects(), self.pos)[1]
+
     def ship_one(self) -> bool:
         """Ship the next object if there is one; return whether something was shipped."""
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
+        self.awaiting_snapshot = name is None and need_snapshot
         if name is None:
             if need_snapshot:
                 self.request_snapshot.set()
@@ -291,14 +297,16 @@ class Shipper(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 shipped = self.ship_one()
-                if self.status != "completed" and not shipped:
+                # Not up to date while the replica waits for a snapshot the agent is asked for.
+                caught_up = not shipped and not self.awaiting_snapshot
+                if self.status != "completed" and caught_up:
                     # Said once when the replica first catches up or recovers; then only in debug.
                     if self.last_error is not None or not self._caught_up_once:
                         self.log.info("up to date")
                     else:
                         self.log.debug("up to date")
                     self._caught_up_once = True
-                self.status = "pending" if shipped else "completed"
+                self.status = "completed" if caught_up else "pending"
                 self.last_error = None
                 backoff = 0.0
             except (LitesyncError, OSError) as e:

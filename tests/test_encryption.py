@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import base64
 import os
-import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -27,14 +28,24 @@ def env_with(key: bytes | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
+_WRITER = """
+import os, sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA journal_mode=WAL")
+c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
+for _ in range(int(sys.argv[2])):
+    c.execute("INSERT INTO t VALUES (?)", (os.urandom(1500) + bytes.fromhex(sys.argv[3]) + os.urandom(500),))
+c.close()
+"""
+
+
 def write_marked_rows(db: str, count: int) -> None:
-    """Commit ``count`` rows of incompressible bytes, each with MARKER inside, one per transaction."""
-    c = sqlite3.connect(db, isolation_level=None)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
-    for _ in range(count):
-        c.execute("INSERT INTO t VALUES (?)", (os.urandom(1500) + MARKER + os.urandom(500),))
-    c.close()
+    """Commit ``count`` rows of incompressible bytes, each with MARKER inside, one per transaction.
+
+    In a process of its own: a test may hold an in-process agent (apsw) on the same database,
+    and two SQLite libraries must not open one database in one process.
+    """
+    subprocess.run([sys.executable, "-c", _WRITER, db, str(count), MARKER.hex()], check=True, env=clean_env())
 
 
 def file_objects(root) -> dict[str, bytes]:

@@ -432,3 +432,25 @@ def test_exec_forwards_sigterm_to_the_app(tmp_path):
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=30) == 7  # the app's own exit code, after a final sync
     restore_and_compare(db, f"file://{tmp_path}/rep", str(tmp_path / "out.db"))
+
+
+def test_once_to_a_new_replica_when_the_spool_holds_no_snapshot(tmp_path):
+    """The spool keeps only a segment; a replica that needs a snapshot still gets one from
+    `replicate --once`, and says it is up to date only after."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "5")
+    agent = start_agent_ready(db, f"file://{tmp_path / 'a'}", log_path=str(tmp_path / "agent.log"))
+    try:
+        run_writer(db, "--count", "20", "--rate", "100", "--autocheckpoint", "0")
+        time.sleep(1.5)  # shipped, and the spool collected: the snapshot goes, the last segment stays
+    finally:
+        assert stop(agent) == 0
+    spool = os.path.join(tmp_path, ".app.db-litesync", "spool")
+    kept = [f for _, _, files in os.walk(spool) for f in files]
+    assert kept and all(f.endswith(".seg") for f in kept), kept
+    # Same replica name ("file"), another place: it starts from a snapshot of its own.
+    t0 = time.monotonic()
+    r = litesync("replicate", "--once", db, f"file://{tmp_path / 'b'}")
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 20
+    restore_and_compare(db, f"file://{tmp_path / 'b'}", str(tmp_path / "out.db"))
