@@ -477,8 +477,7 @@ class DbAgent:
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
             self._restart_ok = False
-        txs = list(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1,
-                            (self.pos.checksum1, self.pos.checksum2)))
+        txs = self._uncopied(hdr)
         if txs:
             try:
                 self._ship(txs, hdr, self._wal_read_at, recheck=hdr)

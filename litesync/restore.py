@@ -471,7 +471,7 @@ def restore_missing(cfg: "Config") -> list[Result]:
                 continue
             log.info("%s does not exist: restoring it from %s", db.path, cands[0].client.name)
             os.makedirs(os.path.dirname(db.path), exist_ok=True)
-            results.append(restore_any(clients, db.path))
+            results.append(restore_any(clients, db.path, cands=cands))
         finally:
             for c in clients:
                 c.close()
@@ -565,11 +565,14 @@ def choose(clients: Sequence[ReplicaClient], *, generation: int | None = None,
 
 
 def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: int | None = None,
-                until_ms: int | None = None, cache: ObjectCache | None = None, **kw) -> Result:  # noqa: ANN003
+                until_ms: int | None = None, cache: ObjectCache | None = None,
+                cands: list[Candidate] | None = None, **kw) -> Result:  # noqa: ANN003
     """Restore from the replica with the newest state among ``clients`` (given in priority
     order), falling back to the next ones when a replica is unreachable, damaged or
-    incomplete. The result names the replica used and why others were not."""
-    cands = survey(clients, generation=generation, until_ms=until_ms)
+    incomplete. The result names the replica used and why others were not. ``cands`` is a
+    ``survey`` of ``clients`` made moments ago (else they are listed here)."""
+    if cands is None:
+        cands = survey(clients, generation=generation, until_ms=until_ms)
     failures = [c.error for c in cands if c.error is not None]
     skipped = [(c.client.name, str(c.error)) for c in cands if c.error is not None]
     usable = [c for c in cands if c.plan is not None]
