@@ -243,6 +243,7 @@ class DbAgent:
         self._r_open = False
         self._seal_depth = 0
         self._wal_fd: int | None = None
+        self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.R = self.W = self.C = None  # type: ignore[assignment]
 
@@ -300,6 +301,9 @@ class DbAgent:
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
+        if self._shm_fd is not None:
+            os.close(self._shm_fd)
+            self._shm_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -407,8 +411,8 @@ class DbAgent:
                     return f"WAL frame {pos.frame} is not the one last copied"
             # Copy what was committed while the agent was away, then re-read the view.
             self.generation, self.pos = name.generation, pos
-            txs = self._uncopied(hdr)
-            tail = self._capture(hdr, txs)
+            txs, read_at = self._uncopied(hdr)
+            tail = self._capture(hdr, txs, read_at)
             view = self._reopen_view()
         finally:
             self._unseal()
@@ -443,25 +447,60 @@ class DbAgent:
 
     @dataclass
     class _Tail:
+        """WAL bytes read once, from offset ``base``; reads past them go to ``fallback``,
+        or find nothing without one (a tail kept after the WAL may have restarted)."""
         base: int
         data: bytes
+        fallback: Callable[[int, int], bytes] | None = None
 
-        def read_at(self, offset: int, size: int) -> bytes:
+        def read_at(self, offset: int, size: int) -> bytes | memoryview:
             start = offset - self.base
-            return self.data[start:start + size] if start >= 0 else b""
+            if 0 <= start and start + size <= len(self.data):
+                return memoryview(self.data)[start:start + size]
+            if self.fallback is None:
+                return self.data[start:start + size] if start >= 0 else b""
+            if 0 <= start < len(self.data):
+                return self.data[start:] + self.fallback(offset + len(self.data) - start,
+                                                         size - len(self.data) + start)
+            return self.fallback(offset, size)
 
-    def _uncopied(self, hdr: wal.WalHeader) -> list[wal.Transaction]:
-        """The committed transactions after our position (complete when called under the seal)."""
-        return list(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1, (self.pos.checksum1, self.pos.checksum2)))
+    def _index_frames(self, hdr: wal.WalHeader) -> int | None:
+        """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
+        if self._shm_fd is None:
+            try:
+                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+            except OSError:
+                return None
+        return wal.index_frames(os.pread(self._shm_fd, 2 * wal.INDEX_HEADER_SIZE, 0), hdr)
 
-    def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction]) -> "DbAgent._Tail":
+    def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], Callable[[int, int], bytes]]:
+        """The committed transactions after our position (complete when called under the
+        seal), and a reader that serves their frames from memory where it can.
+
+        The wal-index says how many frames to expect: they are read in one call (up to
+        _KEEP_IN_MEMORY), checked, and the same bytes are shipped. The checksums alone
+        decide which frames are valid.
+        """
+        start = self.pos.frame + 1
+        max_frame = self._index_frames(hdr)
+        expect = max_frame - self.pos.frame if max_frame is not None and max_frame >= self.pos.frame else None
+        read_at: Callable[[int, int], bytes] = self._wal_read_at
+        if expect:
+            base = hdr.frame_offset(start)
+            size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
+            read_at = DbAgent._Tail(base, self._wal_read_at(base, size), self._wal_read_at).read_at
+        state = (self.pos.checksum1, self.pos.checksum2)
+        return list(wal.scan(read_at, hdr, start, state, expect=expect)), read_at
+
+    def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
+                 read_at: Callable[[int, int], bytes]) -> "DbAgent._Tail":
         """Copy the frames of ``txs`` into memory, so they can be shipped after the WAL restarts.
 
         Only committed frames: the file may hold stale frames of an earlier WAL after them.
         """
         base = hdr.frame_offset(self.pos.frame + 1)
         end = hdr.frame_offset(txs[-1].end_index + 1) if txs else base
-        return DbAgent._Tail(base, self._wal_read_at(base, end - base))
+        return DbAgent._Tail(base, bytes(read_at(base, end - base)))
 
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
@@ -477,10 +516,10 @@ class DbAgent:
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
             self._restart_ok = False
-        txs = self._uncopied(hdr)
+        txs, read_at = self._uncopied(hdr)
         if txs:
             try:
-                self._ship(txs, hdr, self._wal_read_at, recheck=hdr)
+                self._ship(txs, hdr, read_at, recheck=hdr)
             except _WalChanged:
                 return 0
             self._restart_ok = False
@@ -627,7 +666,7 @@ class DbAgent:
             hdr = self._wal_header()
             if hdr is None or hdr.salts != (self.pos.salt1, self.pos.salt2):
                 break  # no WAL, or a restart: handled below
-            txs = self._uncopied(hdr)
+            txs, read_at = self._uncopied(hdr)
             frames = txs[-1].end_index - self.pos.frame if txs else 0
             if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS - 1:
                 break
@@ -642,8 +681,8 @@ class DbAgent:
                 if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
                     self.log.warning("WAL changed under the seal; checkpoint postponed")
                     return False
-                txs = self._uncopied(hdr) if hdr is not None else []
-            tail = self._capture(hdr, txs) if hdr is not None else None
+                txs, read_at = self._uncopied(hdr) if hdr is not None else ([], self._wal_read_at)
+            tail = self._capture(hdr, txs, read_at) if hdr is not None else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
             self._end_read()

@@ -18,6 +18,8 @@ from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentRe
 
 log = logging.getLogger(__name__)
 
+IDLE_LOOK = 3600.0  # seconds between retention rounds on a replica nothing is shipped to
+
 
 def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, work_dir: str | None = None
                    ) -> tuple[layout.SegmentName, int]:  # noqa: ANN001
@@ -85,7 +87,7 @@ class Maintainer(threading.Thread):
 
     def __init__(self, client: ReplicaClient, *, db: str, replica: str, retention: float | None,
                  compaction: tuple[float, ...], interval: float, work_dir: str,
-                 activity: Callable[[], int] = lambda: 0, grace: float | None = None,
+                 activity: Callable[[], int] = lambda: 0, grace: float | None = None, tick: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.log = Labelled(log, db, replica)
         super().__init__(name=f"maintain {self.log.label}", daemon=True)
@@ -95,39 +97,48 @@ class Maintainer(threading.Thread):
         self.interval = interval
         self.work_dir = work_dir
         self.activity = activity  # a counter that changes when something was shipped
+        self.tick = min(1.0, interval) if tick is None else tick  # how often activity is looked at
         self.grace = interval if grace is None else grace
         self.clock = clock
         self.stop_event = threading.Event()
         self._doomed: dict[str, float] = {}  # key -> when first found deletable
-        self.stats = {"compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0}
+        self.stats = {"rounds": 0, "compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0}
         self.last_error: str | None = None
 
     def run(self) -> None:
-        seen = None
-        busy = True
-        last_run = self.clock()
-        while not self.stop_event.wait(self.interval):
+        """Compaction rides on shipping: a round that compacts starts when the shipper has
+        just uploaded and the previous round is ``interval`` old, so the requests it makes
+        come while the database is being written, never after it falls quiet. A quiet
+        replica gets retention alone: each interval while deletions wait out their grace
+        period, otherwise once an hour (one listing)."""
+        seen = self.activity()
+        last_round = self.clock()
+        while not self.stop_event.wait(self.tick):
             act = self.activity()
-            # An idle replica is looked at once an hour (no requests in between); a busy one,
-            # or one the last round changed, every interval.
-            if act == seen and not busy and not self._doomed and self.clock() - last_run < max(self.interval, 3600.0):
+            shipped, seen = act != seen, act
+            since = self.clock() - last_round
+            if shipped and since >= self.interval:
+                compact = True
+            elif since >= (self.interval if self._doomed else max(self.interval, IDLE_LOOK)):
+                compact = False
+            else:
                 continue
-            seen = act
-            last_run = self.clock()
+            last_round = self.clock()
             try:
-                busy = self.run_once()
+                self.run_once(compact=compact)
                 self.last_error = None
+                self.stats["rounds"] += 1
             except (LitesyncError, OSError) as e:
                 self.stats["errors"] += 1
                 if str(e) != self.last_error:
                     self.log.error("maintenance: %s (will retry)", e)
                 self.last_error = str(e)
 
-    def run_once(self) -> bool:
-        """One round: compact every closed window at every level, then retention; return
-        whether anything changed."""
+    def run_once(self, compact: bool = True) -> bool:
+        """One round: compact every closed window at every level (unless ``compact`` is
+        false), then retention; return whether anything changed."""
         changed = False
-        for window in self.compaction:
+        for window in self.compaction if compact else ():
             now = int(self.clock() * 1000)
             cat = history.catalog(self.client.list(layout.GENERATIONS + "/"))
             for run in history.compaction_runs(cat, now, int(window * 1000)):

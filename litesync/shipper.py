@@ -16,7 +16,7 @@ from .errors import CorruptObjectError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
 from .replica.crypt import check_encryption
-from .replica.file import atomic_file
+from .replica.file import makedirs_private
 from .segment import concat_segments, split_segment
 from .spool import Name, Spool, sort_key
 
@@ -130,6 +130,8 @@ class Shipper(threading.Thread):
         self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
         self.stop_event = threading.Event()
         self.pos = self._load()
+        self._state_fd: int | None = None
+        self._state_len = 0
         self.status = "pending"
         self.last_error: str | None = None
         self.fatal: LitesyncError | None = None  # a configuration error found before shipping began
@@ -165,10 +167,18 @@ class Shipper(threading.Thread):
     def _save(self, pos: Position) -> None:
         data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
                            "destination": self.destination}).encode()
-        # Not fsynced: after a machine crash an older position only means objects are shipped
-        # again, or, when the spool no longer has them, that the replica gets a new snapshot.
-        with atomic_file(self.state_path, durable=False) as f:
-            f.write(data)
+        # Written in place (one small write, padded to the previous length) and not fsynced:
+        # after a machine crash an older or unreadable position only means objects are
+        # shipped again, or, when the spool no longer has them, that the replica gets a new
+        # snapshot. In place, because a new file per upload costs an inode allocation.
+        if self._state_fd is None:
+            makedirs_private(os.path.dirname(self.state_path))
+            self._state_fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._state_len = os.fstat(self._state_fd).st_size
+        data = data.ljust(self._state_len)
+        os.pwrite(self._state_fd, data, 0)
+        if len(data) > self._state_len:
+            self._state_len = len(data)
 
     def done_with(self, name: Name) -> bool:
         """True when this replica no longer needs ``name`` from the spool."""
@@ -214,11 +224,7 @@ class Shipper(threading.Thread):
         return True
 
     def _upload(self, name: Name) -> int:
-        path = self.spool.path(name)
-        size = os.stat(path).st_size
-        with open(path, "rb") as f:
-            self.client.write(name.key, f, size)
-        return size
+        return self.client.write_file(name.key, self.spool.path(name))
 
     def _upload_batch(self, run: list[layout.SegmentName]) -> tuple[list[layout.SegmentName], int]:
         """Upload ``run`` (or its undamaged start) as one segment covering its sequence
@@ -291,6 +297,14 @@ class Shipper(threading.Thread):
         return False
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self._state_fd is not None:
+                os.close(self._state_fd)
+                self._state_fd = None
+
+    def _run(self) -> None:
         if not self._probe():
             return
         backoff = 0.0

@@ -1,4 +1,7 @@
-"""The local spool: sealed, fsynced objects waiting to be shipped, named as on a replica."""
+"""The local spool: sealed, fsynced objects waiting to be shipped, named as on a replica.
+
+A published object never changes: a file replica on the same file system hard-links it.
+"""
 
 from __future__ import annotations
 
@@ -91,7 +94,8 @@ class Spool:
     def delete(self, names: list[Name]) -> None:
         if not names:
             return
-        self.client.delete([n.key for n in names])
+        # Not fsynced: an object that comes back after a machine crash is shipped again or dropped.
+        self.client.delete([n.key for n in names], durable=False)
         with self.changed:
             for n in names:
                 self._objects.pop(n, None)

@@ -6,8 +6,7 @@ caller passes bytes or a ``read_at(offset, size) -> bytes`` function.
 The checksum runs over 32-bit words two at a time:  s0 += w[i] + s1;  s1 += w[i+1] + s0.
 That is a linear recurrence, so the checksum of a frame is ``M^n·(s0, s1) + C·words`` for a
 fixed 2x2 matrix ``M^n`` and fixed coefficient rows ``C``; numpy evaluates ``C·words`` for
-many frames at once (uint64 arithmetic wraps modulo 2^64, which keeps the result exact
-modulo 2^32).
+many frames at once in uint32 arithmetic, which wraps modulo 2^32 as the checksum does.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -86,8 +85,7 @@ class WalHeader:
         return hdr
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One valid frame: its 1-based index, page number and db size (non-zero on commit)."""
 
     index: int
@@ -114,81 +112,124 @@ class Transaction:
 
 @lru_cache(maxsize=8)
 def _coefficients(n_words: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-    """Rows C0, C1 and matrix M^n with checksum(words, s) = M^n·s + (C0·words, C1·words)."""
+    """Coefficients C (one row per checksummed word, two columns) and matrix M^n with
+    checksum(words, s) = M^n·s + words·C, all modulo 2^32. ``C`` is split into the rows
+    for the frame header's first two words and the rows for the page."""
     n_pairs = n_words // 2
     # powers[j] = M^j with M = [[1,1],[1,2]], modulo 2^32.
     powers = [(1, 0, 0, 1)]
     for _ in range(n_pairs):
         a, b, c, d = powers[-1]
         powers.append(((a + b) & _MASK, (a + 2 * b) & _MASK, (c + d) & _MASK, (c + 2 * d) & _MASK))
-    c0 = np.empty(n_words, dtype=np.uint64)
-    c1 = np.empty(n_words, dtype=np.uint64)
+    coef = np.empty((n_words, 2), dtype=np.uint32)
     for k in range(n_pairs):
         # Pair k contributes M^(n-1-k)·(a_k, a_k + b_k).
         p00, p01, p10, p11 = powers[n_pairs - 1 - k]
-        c0[2 * k] = (p00 + p01) & _MASK
-        c0[2 * k + 1] = p01
-        c1[2 * k] = (p10 + p11) & _MASK
-        c1[2 * k + 1] = p11
-    return c0, c1, powers[n_pairs]
+        coef[2 * k] = ((p00 + p01) & _MASK, (p10 + p11) & _MASK)
+        coef[2 * k + 1] = (p01, p11)
+    return np.ascontiguousarray(coef[:2]), np.ascontiguousarray(coef[2:]), powers[n_pairs]
 
 
-def _frame_sums(chunk: bytes, page_size: int, big_endian: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (frame headers as uint32 rows, C0·words, C1·words) for whole frames in ``chunk``."""
-    frame_size = FRAME_HEADER_SIZE + page_size
+INDEX_HEADER_SIZE = 48  # one copy of the wal-index header at the start of the -shm file
+
+
+def index_frames(shm: bytes, header: WalHeader) -> int | None:
+    """Return the frame count (mxFrame) the wal-index header in ``shm`` (the first 96
+    bytes of the -shm file) gives for the WAL with ``header``; None when it cannot be
+    used: short, its two copies differ (a write in progress), uninitialised, or written
+    for other salts (another WAL)."""
+    if len(shm) < 2 * INDEX_HEADER_SIZE or shm[:INDEX_HEADER_SIZE] != shm[INDEX_HEADER_SIZE:2 * INDEX_HEADER_SIZE]:
+        return None
+    # Native byte order (the -shm file never leaves the machine); the salts are copied
+    # byte for byte from the WAL header.
+    is_init, max_frame = shm[12], struct.unpack_from("=I", shm, 16)[0]
+    if not is_init or shm[32:40] != struct.pack(">2I", header.salt1, header.salt2):
+        return None
+    return max_frame
+
+
+def _valid_prefix(chunk: bytes | memoryview, header: WalHeader, state: tuple[int, int]
+                  ) -> tuple[int, np.ndarray]:
+    """Check the whole frames in ``chunk``, the first continuing the checksum ``state``;
+    return how many lead the chunk validly and the frame headers as rows of six uint32
+    (page number, commit size, salt 1, salt 2, checksum 1, checksum 2).
+
+    A frame is valid when it carries the WAL's salts, a page number and the checksum that
+    continues its predecessor's. Each frame is checked against the checksum stored in the
+    frame before it, so every frame is checked at once: a stored checksum is only relied
+    on once its own frame has passed.
+    """
+    frame_size = header.frame_size
     n = len(chunk) // frame_size
-    raw = np.frombuffer(chunk, dtype=(">u4" if big_endian else "<u4"), count=n * frame_size // 4)
-    raw = raw.reshape(n, frame_size // 4)
-    # Checksummed words: the first 8 bytes of the frame header, then the page.
-    words = np.concatenate((raw[:, :2], raw[:, 6:]), axis=1).astype(np.uint64)
-    c0, c1, _ = _coefficients(words.shape[1])
-    headers = np.frombuffer(chunk, dtype=">u4", count=n * frame_size // 4).reshape(n, frame_size // 4)[:, :6]
-    return headers, words @ c0, words @ c1
+    count = n * frame_size // 4
+    rows = np.frombuffer(chunk, dtype=">u4", count=count).reshape(n, frame_size // 4)
+    words = rows if header.big_endian else np.frombuffer(chunk, dtype="<u4", count=count).reshape(rows.shape)
+    head_coef, page_coef, (m00, m01, m10, m11) = _coefficients(2 + header.page_size // 4)
+    # uint32 arithmetic wraps modulo 2^32, which is the checksum's own arithmetic.
+    sums = words[:, 6:] @ page_coef
+    sums += words[:, :2] @ head_coef
+    headers = rows[:, :6].astype(np.uint32)
+    prev0 = np.empty(n, dtype=np.uint32)
+    prev1 = np.empty(n, dtype=np.uint32)
+    prev0[0], prev1[0] = state
+    prev0[1:], prev1[1:] = headers[:-1, 4], headers[:-1, 5]
+    m = [np.uint32(x) for x in (m00, m01, m10, m11)]
+    ok = (headers[:, 2] == header.salt1) & (headers[:, 3] == header.salt2) & (headers[:, 0] != 0)
+    ok &= m[0] * prev0 + m[1] * prev1 + sums[:, 0] == headers[:, 4]
+    ok &= m[2] * prev0 + m[3] * prev1 + sums[:, 1] == headers[:, 5]
+    return (n if ok.all() else int(ok.argmin())), headers
 
 
 def scan(read_at: ReadAt, header: WalHeader, start: int, state: tuple[int, int],
-         chunk_frames: int = 256, max_frames: int | None = None) -> Iterator[Transaction]:
+         chunk_frames: int = 256, max_frames: int | None = None, expect: int | None = None
+         ) -> Iterator[Transaction]:
     """Yield the committed transactions that follow frame ``start - 1``.
 
     ``state`` is the cumulative checksum after frame ``start - 1`` (the header's checksum
     when ``start`` is 1). Scanning ends at the first frame that is short, carries other
     salts, or breaks the checksum chain: that is the end of the WAL, not an error. Frames
     after the last commit frame are not part of a transaction and are not yielded.
+
+    ``expect`` is how many frames the caller believes follow (from the wal-index): they
+    are read in one go, then a single frame past them shows whether more follow. It only
+    sizes the reads; validity is always the checksums'.
     """
-    page_size = header.page_size
     frame_size = header.frame_size
-    _, _, mn = _coefficients(2 + page_size // 4)
-    m00, m01, m10, m11 = mn
     s0, s1 = state
     pending: list[Frame] = []
     index = start
     scanned = 0
-    # Small reads first, growing: the frames after the end are often stale ones of an
-    # earlier WAL, and reading (and summing) a whole chunk of them costs every poll.
+    # Without a hint, small reads first, growing: the frames after the end are often stale
+    # ones of an earlier WAL, and reading (and summing) a whole chunk of them costs every poll.
     batch = min(16, chunk_frames)
+    hinted = -1 if expect is None else expect  # frames still expected; 0: probe one frame past them
     while max_frames is None or scanned < max_frames:
-        want = batch if max_frames is None else min(batch, max_frames - scanned)
-        batch = min(batch * 2, chunk_frames)
+        if hinted >= 0:
+            want = min(hinted, chunk_frames) or 1
+            hinted = hinted - want if hinted else -1
+        else:
+            want, batch = batch, min(batch * 2, chunk_frames)
+        if max_frames is not None:
+            want = min(want, max_frames - scanned)
         chunk = read_at(header.frame_offset(index), want * frame_size)
         if len(chunk) < frame_size:
             return
-        headers, sums0, sums1 = _frame_sums(chunk, page_size, header.big_endian)
-        for i in range(len(headers)):
-            pgno, commit, salt1, salt2, ck1, ck2 = (int(x) for x in headers[i])
-            if salt1 != header.salt1 or salt2 != header.salt2 or pgno == 0:
-                return
-            n0 = (m00 * s0 + m01 * s1 + int(sums0[i])) & _MASK
-            n1 = (m10 * s0 + m11 * s1 + int(sums1[i])) & _MASK
-            if (n0, n1) != (ck1, ck2):
-                return
-            s0, s1 = n0, n1
-            pending.append(Frame(index, pgno, commit))
-            index += 1
-            scanned += 1
-            if commit:
-                yield Transaction(tuple(pending), commit, (s0, s1))
-                pending = []
-        if len(headers) < want:
+        valid, headers = _valid_prefix(chunk, header, (s0, s1))
+        pgnos = headers[:valid, 0].tolist()
+        commits = headers[:valid, 1].tolist()
+        pending.extend(map(Frame, range(index, index + valid), pgnos, commits))
+        cut = 0
+        base = len(pending) - valid  # frames of an unfinished transaction from earlier chunks
+        for i in np.flatnonzero(headers[:valid, 1]).tolist():
+            upto = base + i + 1
+            yield Transaction(tuple(pending[cut:upto]), commits[i], (int(headers[i, 4]), int(headers[i, 5])))
+            cut = upto
+        del pending[:cut]
+        if valid:
+            s0, s1 = int(headers[valid - 1, 4]), int(headers[valid - 1, 5])
+        index += valid
+        scanned += valid
+        if valid < len(headers) or len(headers) < want:
             return
 
 

@@ -154,6 +154,55 @@ def test_merging_changes_nothing_restored_and_shrinks_the_plan(replicated, tmp_p
     assert after.bytes_read < before.bytes_read
 
 
+def test_compaction_rides_on_shipping_and_a_quiet_replica_gets_no_upload(replicated, tmp_path):
+    """Closed windows are merged only in a round that follows an upload; while nothing is
+    shipped the maintainer makes no upload, only the hourly retention listing."""
+    _db, client = replicated
+    writes, lists = [], []
+
+    class Counting(FileReplicaClient):
+        def write(self, key, src, size):
+            writes.append(key)
+            return super().write(key, src, size)
+
+        def list(self, prefix=""):
+            lists.append(prefix)
+            return super().list(prefix)
+
+    now = [time.time() + 1000]  # every 0.25 s window is closed
+    shipped = [0]
+    m = Maintainer(Counting(client.root), db="t", replica="r", retention=10**9, compaction=(0.25,), interval=1,
+                   work_dir=str(tmp_path), tick=0.01, clock=lambda: now[0], activity=lambda: shipped[0])
+
+    def settle():
+        for _ in range(20):  # many ticks of the maintainer's thread
+            time.sleep(0.01)
+
+    m.start()
+    try:
+        for _ in range(5):  # quiet minutes: nothing at all
+            now[0] += 60
+            settle()
+        assert (writes, lists) == ([], [])
+        now[0] += 3600  # the hourly look: retention lists, nothing is merged
+        settle()
+        assert writes == [] and len(lists) == 1 and m.stats["compactions"] == 0
+        assert m.stats["rounds"] == 1
+        now[0] += 60
+        shipped[0] += 1  # an upload an interval later: the next tick compacts the closed windows
+        deadline = time.monotonic() + 20
+        while m.stats["rounds"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert m.stats["compactions"] >= 1 and writes
+        n = len(writes)
+        shipped[0] += 1  # another upload inside the interval: no round
+        settle()
+        assert len(writes) == n
+    finally:
+        m.stop()
+        m.join()
+
+
 def test_merged_segment_is_verified_on_restore(replicated, tmp_path):
     _db, client = replicated
     cat = history.catalog(client.list("generations/"))

@@ -36,6 +36,37 @@ def test_overwrite_replaces(replica_client):
     assert [(o.key, o.size) for o in replica_client.list("k")] == [("k", 4)]
 
 
+def test_write_file_stores_a_local_file(replica_client, tmp_path):
+    src = tmp_path / "obj"
+    for data in (os.urandom(100_000), b"again"):  # the second replaces the first
+        src.write_bytes(data)
+        assert replica_client.write_file("f/obj", str(src)) == len(data)
+        assert replica_client.read("f/obj") == data
+    assert [(o.key, o.size) for o in replica_client.list("f/")] == [("f/obj", 5)]
+
+
+def test_file_replica_links_a_file_on_its_file_system_and_copies_when_it_cannot(tmp_path, monkeypatch):
+    import errno
+
+    from litesync.replica.file import FileReplicaClient
+
+    client = FileReplicaClient(str(tmp_path / "rep"))
+    src = tmp_path / "spooled"
+    src.write_bytes(b"segment bytes")
+    client.write_file("g/one", str(src))
+    linked = tmp_path / "rep" / "g" / "one"
+    assert os.stat(linked).st_ino == os.stat(src).st_ino and os.stat(src).st_nlink == 2
+
+    def no_link(a, b):  # another file system
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    client.write_file("g/two", str(src))
+    copied = tmp_path / "rep" / "g" / "two"
+    assert copied.read_bytes() == b"segment bytes" and os.stat(copied).st_ino != os.stat(src).st_ino
+    assert sorted(p.name for p in (tmp_path / "rep" / "g").iterdir()) == ["one", "two"]  # no temp file left
+
+
 def test_list_order_and_prefix(replica_client):
     keys = ["generations/000b/segments/0002.seg", "generations/000a/segments/0001.seg",
             "generations/000a/snapshots/0000.snap", "generations/000a/segments/0000.seg", "other/x"]

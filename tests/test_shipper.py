@@ -90,6 +90,32 @@ def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
     assert shipper("/b").pos == Position((G, 2, 1), 3)
 
 
+def test_the_position_file_is_rewritten_in_place(tmp_path):
+    """One file for the shipper's life (no new inode per upload); a shorter position is
+    padded over the longer one before it and still reads back."""
+    import os
+    import threading
+
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from litesync.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    state = str(tmp_path / "replicas" / "file.json")
+    s = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
+                request_snapshot=threading.Event(), destination="/r")
+    s._save(Position((G, 123456789, 1), 123456790))
+    inode = os.stat(state).st_ino
+    s._save(Position((G, 2, 1), 3))
+    assert os.stat(state).st_ino == inode
+    again = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
+                    request_snapshot=threading.Event(), destination="/r")
+    assert again.pos == Position((G, 2, 1), 3)
+    s.stop()
+    s.run()  # stopped before it began: closes the file
+    assert s._state_fd is None
+
+
 def test_sync_interval_ships_after_a_quiet_spell_at_once_then_spaces_uploads(tmp_path):
     """With sync-interval 2s: the first commit goes up at once, the next waits for the interval."""
     import os

@@ -125,19 +125,55 @@ def test_header_rejects_bad_magic_checksum_and_short_input(tmp_path):
     assert wal.WalHeader.parse(bytes(b)) is None
 
 
-def test_big_endian_checksum_matches_reference():
-    # The fast path must agree with the definition for both byte orders.
-    page_size = 512
-    words = os.urandom(8 + page_size)
-    for big in (True, False):
-        c0, c1, mn = wal._coefficients(len(words) // 4)
-        import numpy as np
+def synth_wal(big_endian, commits, page_size=512, salts=(0x11111111, 0x22222222)):
+    """A WAL built by hand: ``commits`` lists, per transaction, its frame count."""
+    magic = wal.MAGIC_BE if big_endian else wal.MAGIC_LE
+    head = struct.pack(">6I", magic, wal.WAL_VERSION, page_size, 7, *salts)
+    s = wal.checksum(head, big_endian)
+    out = [head + struct.pack(">2I", *s)]
+    pgno = 0
+    for n in commits:
+        for k in range(n):
+            pgno += 1
+            page = os.urandom(page_size)
+            first8 = struct.pack(">2I", pgno, pgno if k == n - 1 else 0)
+            s = wal.checksum(first8 + page, big_endian, *s)
+            out.append(first8 + struct.pack(">4I", *salts, *s) + page)
+    return b"".join(out)
 
-        w = np.frombuffer(words, dtype=">u4" if big else "<u4").astype(np.uint64)
-        s = (123456789, 987654321)
-        fast = ((mn[0] * s[0] + mn[1] * s[1] + int(w @ c0)) & 0xFFFFFFFF,
-                (mn[2] * s[0] + mn[3] * s[1] + int(w @ c1)) & 0xFFFFFFFF)
-        assert fast == wal.checksum(words, big, *s)
+
+@pytest.mark.parametrize("big_endian", [True, False])
+def test_scan_agrees_with_the_definition_in_both_byte_orders(big_endian):
+    data = synth_wal(big_endian, [1, 3, 40, 2, 300, 1])
+    hdr = wal.WalHeader.parse(data)
+    assert hdr.big_endian == big_endian
+    ref = reference_scan(data)
+    txs = list(wal.scan(reader(data), hdr, 1, (hdr.checksum1, hdr.checksum2)))
+    assert [f.index for tx in txs for f in tx.frames] == [r[0] for r in ref] == list(range(1, 348))
+    assert [tx.checksum for tx in txs] == [r[3] for r in ref if r[2]]
+    assert [len(tx.frames) for tx in txs] == [1, 3, 40, 2, 300, 1]
+
+
+@pytest.mark.parametrize("expect", [0, 1, 5, 46, 347, 348, 1000])
+def test_the_expected_frame_count_only_sizes_reads(expect):
+    """A wrong hint (short, exact or long) changes the reads, never the result; a frame
+    past an exact hint is still found."""
+    data = synth_wal(False, [1, 3, 40, 2, 300, 1])
+    hdr = wal.WalHeader.parse(data)
+    full = list(wal.scan(reader(data), hdr, 1, (hdr.checksum1, hdr.checksum2)))
+    reads = []
+
+    def counting(off, n):
+        reads.append(n // hdr.frame_size)
+        return data[off:off + n]
+
+    assert list(wal.scan(counting, hdr, 1, (hdr.checksum1, hdr.checksum2), expect=expect)) == full
+    if expect == 347:  # the whole WAL: the hint in chunks, then one frame past it
+        assert reads == [256, 91, 1]
+    if expect == 46:  # more follows the hint: the frame past it is valid, and reads grow from there
+        assert reads[:4] == [46, 1, 16, 32]
+    third = full[2]
+    assert list(wal.scan(reader(data), hdr, third.end_index + 1, third.checksum, expect=expect)) == full[3:]
 
 
 def test_checksum_rejects_odd_length():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
@@ -40,6 +41,14 @@ class ReplicaClient(abc.ABC):
     @abc.abstractmethod
     def delete(self, keys: Iterable[str]) -> None:
         """Delete the objects (every version); keys that do not exist are ignored."""
+
+    def write_file(self, key: str, path: str) -> int:
+        """Store the local file ``path`` under ``key`` atomically; return its size. The
+        caller never modifies the file afterwards, so a backend may share it, not copy it."""
+        size = os.stat(path).st_size
+        with open(path, "rb") as f:
+            self.write(key, f, size)
+        return size
 
     def close(self) -> None:
         """Release connections and threads."""

@@ -153,7 +153,26 @@ class FileReplicaClient(ReplicaClient):
         except OSError as e:
             raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
 
-    def delete(self, keys: Iterable[str]) -> None:
+    def write_file(self, key: str, path: str) -> int:
+        """Hard-link ``path`` into place when it lies on the same file system (no copy, no
+        new inode; ``path`` is already durable and never changes), else copy it."""
+        dest = self._path(key)
+        tmp = dest + _TMP_SUFFIX
+        try:
+            makedirs_private(os.path.dirname(dest))
+            _unlink_quietly(tmp)
+            os.link(path, tmp)
+        except OSError:  # another file system, or no hard links here: copy
+            return super().write_file(key, path)
+        try:
+            publish_temp(dest)
+            return os.stat(dest).st_size
+        except OSError as e:
+            _unlink_quietly(tmp)
+            raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
+
+    def delete(self, keys: Iterable[str], durable: bool = True) -> None:
+        """Delete the files; with ``durable`` the deletions are fsynced."""
         dirs = set()
         for key in keys:
             path = self._path(key)
@@ -164,7 +183,7 @@ class FileReplicaClient(ReplicaClient):
                 pass
             except OSError as e:
                 raise ReplicaError(self.name, f"cannot delete {key!r}: {e.strerror}") from e
-        for d in dirs:
+        for d in dirs if durable else ():
             fsync_dir(d)
         # Remove directories left empty, up to the root.
         for d in sorted(dirs, key=len, reverse=True):
