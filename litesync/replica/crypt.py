@@ -18,10 +18,10 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:  # loaded with the first encrypted replica: 7 MB an agent without one never spends
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .. import layout
 from ..errors import ConfigError, CorruptObjectError, ObjectNotFoundError, ReplicaError
@@ -321,6 +321,8 @@ class _DecryptingReader(io.RawIOBase):
             raise self._corrupt(f"truncated: chunk {self._index} has {len(sealed)} bytes, "
                                 f"less than its {TAG_SIZE}-byte tag")
         ad = _associated_data(self._header_bytes, self._index, last, self._name)
+        from cryptography.exceptions import InvalidTag  # loaded already, with the key
+
         try:
             plain = self._aead.decrypt(_nonce(self._header.nonce_base, self._index), sealed, ad)
         except InvalidTag:
@@ -361,6 +363,12 @@ class _DecryptingReader(io.RawIOBase):
         super().close()
 
 
+def _aesgcm(key: bytes) -> "AESGCM":
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
 class EncryptedClient(ReplicaClient):
     """Wraps ``inner`` so that every object is stored encrypted and authenticated.
 
@@ -382,7 +390,7 @@ class EncryptedClient(ReplicaClient):
                     raise ValueError(f"encryption keys share key id {kid.hex()}")
                 continue
             seen[kid] = k
-            self._aeads[kid] = AESGCM(k)
+            self._aeads[kid] = _aesgcm(k)
         Header(bytes(KEY_ID_SIZE), bytes(NONCE_SIZE), chunk_size).validate()
         self.inner = inner
         self.name = inner.name
