@@ -337,6 +337,13 @@ def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
                   time.monotonic() - t0, pos.last_commit_ms, replica, position=pos, db_checksum=pos.hasher.value)
 
 
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def integrity_check(path: str) -> str:
     """Return SQLite's integrity_check verdict for the database at ``path`` ("ok" when sound)."""
     conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
@@ -373,6 +380,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
         plan = (plan_restore(objects, generation=generation, until_ms=until_ms, replica=client.name)
                 if objects is not None else make_plan())
     tmp = out_path + ".tmp"
+    syncing = None
     try:
         replans = 0
         attempt = 0
@@ -383,7 +391,10 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             fetch = Fetcher(client, keys, cache=cache, tmp_dir=os.path.dirname(out_path))
             try:
                 result = _apply(fetch, client.name, plan, fd, progress, observe)
-                os.fsync(fd)
+                # The file goes to disk while SQLite checks it (both without the GIL).
+                syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
+                syncing = syncer.submit(_fsync_and_close, os.dup(fd))
+                syncer.shutdown(wait=False)
                 result.cached_objects = len(fetch.cached)
                 break
             except ObjectNotFoundError as e:
@@ -417,6 +428,7 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             verdict = integrity_check(tmp)
             if verdict != "ok":
                 raise RestoreError(f"restored database fails integrity_check: {verdict.splitlines()[0]}")
+        syncing.result()  # an fsync error is raised here
         result.path = out_path
         if on_verified is not None:
             on_verified(tmp, result)
@@ -426,6 +438,8 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
         os.replace(tmp, out_path)
         fsync_dir(os.path.dirname(out_path))
     except BaseException:
+        if syncing is not None:
+            syncing.exception()  # let it finish (and close its descriptor) before the file goes
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp + suffix)
