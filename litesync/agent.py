@@ -231,6 +231,8 @@ class DbAgent:
         self.hasher = DbHash()
         self.page_size = 0
         self.last_snapshot_at = 0.0
+        self._snapshot_at: tuple[int, int] | None = None  # (generation, seq) of our last snapshot
+        self._snapshot_checked_at = 0.0  # when an unchanged database last stood in for a snapshot
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0}
@@ -707,8 +709,16 @@ class DbAgent:
         self.log.info("starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
-    def snapshot(self, new_generation: bool = False) -> None:
-        """Write a snapshot of the current state to the spool (a new generation if asked)."""
+    def snapshot(self, new_generation: bool = False, if_changed: bool = False) -> bool:
+        """Write a snapshot of the current state to the spool (a new generation if asked);
+        return whether one was written.
+
+        With ``if_changed``, a database that committed nothing since the last snapshot of
+        this generation is read and checksummed instead: when it matches the replicated
+        state no snapshot is written (an idle database causes no upload); when it does not,
+        something changed it without a trace in the WAL, and a new generation starts.
+        """
+        unchanged = if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq)
         for attempt in range(5):
             t0 = time.time()
             if not self._seal():
@@ -722,6 +732,18 @@ class DbAgent:
                 view = self._reopen_view()
             finally:
                 self._unseal()
+            if unchanged and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
+                try:
+                    value = self._scan_view(view, None).value
+                except _WalChanged:
+                    continue
+                if value == self.hasher.value:
+                    self._snapshot_checked_at = time.time()
+                    self.log.debug("no snapshot: nothing committed since the last one")
+                    return False
+                self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
+                               "starting a new generation", self.hasher.value, value)
+                new_generation = True
             if new_generation:
                 gen, seq, prev = layout.new_generation(), 0, NO_LINK
             else:
@@ -757,9 +779,10 @@ class DbAgent:
             self.copied_through = (t0, gen, seq)
             self.stats["snapshots"] += 1
             self.stats["snapshot_seconds"] = self.last_snapshot_at - t0
+            self._snapshot_at = (gen, seq)
             self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
                           layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
-            return
+            return True
         raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts")
 
     # -- the loop ------------------------------------------------------------------
@@ -770,7 +793,9 @@ class DbAgent:
         if self.pos.frame >= self.checkpoint_pages:
             self.checkpoint()
         due = (self.snapshot_interval is not None
-               and time.time() - self.last_snapshot_at >= self.snapshot_interval)
-        if due or self.snapshot_requested.is_set():
+               and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
+        if self.snapshot_requested.is_set():
             self.snapshot_requested.clear()
             self.snapshot()
+        elif due:
+            self.snapshot(if_changed=True)

@@ -179,6 +179,48 @@ def test_periodic_snapshots_continue_the_generation(tmp_path):
     restore_and_compare(db, f"file://{tmp_path}/rep", out)
 
 
+def test_an_idle_database_gets_no_periodic_snapshot_unless_it_changed(tmp_path, caplog):
+    """At each snapshot interval an unchanged database is read and compared, not uploaded
+    again; a commit brings the next snapshot back; a change made behind the WAL's back
+    (bytes of the file rewritten) starts a new generation."""
+    from litesync.agent import DbAgent
+
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "20")
+    agent = DbAgent(db, snapshot_interval=0.1)
+    agent.open()
+    try:
+        agent.start()
+        agent.checkpoint()  # every page in the database file
+        snaps, gen = agent.stats["snapshots"], agent.generation
+        for _ in range(3):
+            time.sleep(0.15)
+            agent.step()
+        assert agent.stats["snapshots"] == snaps
+        assert len([n for n, _ in agent.spool.objects() if n.key.endswith(".snap")]) == snaps
+        run_writer(db, "--count", "1")
+        time.sleep(0.15)
+        agent.step()
+        assert (agent.stats["snapshots"], agent.generation) == (snaps + 1, gen)
+        agent.checkpoint()
+        time.sleep(0.15)
+        agent.step()
+        assert agent.stats["snapshots"] == snaps + 1  # the checkpoint changed nothing
+        size = os.path.getsize(db)
+        with open(db, "r+b") as f:  # not through SQLite: no WAL frame shows it
+            f.seek(size - 4096 + 2000)
+            b = f.read(1)
+            f.seek(size - 4096 + 2000)
+            f.write(bytes([b[0] ^ 0xFF]))
+        caplog.set_level("INFO")
+        time.sleep(0.15)
+        agent.step()
+        assert agent.generation != gen and agent.stats["snapshots"] == snaps + 2
+        assert "replicated state disagrees with the database" in caplog.text
+    finally:
+        agent.close()
+
+
 def s3_env():
     from proc import clean_env
 
