@@ -709,6 +709,10 @@ class DbAgent:
         self.log.info("starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
+    def _disagreement(self, found: int) -> None:
+        self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
+                       "starting a new generation", self.hasher.value, found)
+
     def snapshot(self, new_generation: bool = False, if_changed: bool = False) -> bool:
         """Write a snapshot of the current state to the spool (a new generation if asked);
         return whether one was written.
@@ -718,7 +722,6 @@ class DbAgent:
         state no snapshot is written (an idle database causes no upload); when it does not,
         something changed it without a trace in the WAL, and a new generation starts.
         """
-        unchanged = if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq)
         for attempt in range(5):
             t0 = time.time()
             if not self._seal():
@@ -732,7 +735,7 @@ class DbAgent:
                 view = self._reopen_view()
             finally:
                 self._unseal()
-            if unchanged and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
+            if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
                 try:
                     value = self._scan_view(view, None).value
                 except _WalChanged:
@@ -741,8 +744,7 @@ class DbAgent:
                     self._snapshot_checked_at = time.time()
                     self.log.debug("no snapshot: nothing committed since the last one")
                     return False
-                self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
-                               "starting a new generation", self.hasher.value, value)
+                self._disagreement(value)
                 new_generation = True
             if new_generation:
                 gen, seq, prev = layout.new_generation(), 0, NO_LINK
@@ -763,8 +765,7 @@ class DbAgent:
                 continue
             if not new_generation and hasher.value != self.hasher.value:
                 self.spool.discard(name)
-                self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
-                               "starting a new generation", self.hasher.value, hasher.value)
+                self._disagreement(hasher.value)
                 new_generation = True
                 continue
             self.spool.publish(name)

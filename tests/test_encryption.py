@@ -306,3 +306,14 @@ def test_files_are_owner_only(tmp_path):
                 assert stat.S_IMODE(os.stat(path).st_mode) == want, path
                 checked += 1
     assert checked > 10
+
+
+def test_an_agent_without_encryption_does_not_load_cryptography():
+    """The AES library (7 MB of RSS) is loaded with the first encrypted replica only."""
+    import subprocess
+    import sys
+
+    code = ("import sys, litesync.cli, litesync.runner, litesync.config, litesync.shipper, litesync.restore; "
+            "print('cryptography' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
