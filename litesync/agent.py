@@ -51,6 +51,10 @@ class _WalChanged(Exception):
     """The WAL changed under a read that needed it stable; the step is retried."""
 
 
+class _Diverged(Exception):
+    """The WAL's committed frames do not continue what was copied: a new generation starts."""
+
+
 @dataclass
 class View:
     """The database as ``R`` sees it right after a seal."""
@@ -86,19 +90,27 @@ def connect(path: str) -> apsw.Connection:
     return c
 
 
-def wal_overlay(read_at: Callable[[int, int], bytes], hdr: wal.WalHeader | None,
+def wal_overlay(read_at: Callable[[int, int], bytes], hdr: wal.WalHeader | None, committed: int | None,
                 after: int = 0) -> tuple[dict[int, int], WalPosition]:
     """Return the WAL frame holding the newest committed version of each page (frames past
-    ``after`` only) and the position of the last commit."""
+    ``after`` only) and the position of the last commit.
+
+    ``committed`` is the wal-index's frame count, read under the write lock: frames past it
+    are not committed, however well they chain. Raises _WalChanged when it is unknown or
+    the frames it counts do not chain (the WAL changed under the read)."""
     overlay: dict[int, int] = {}
     if hdr is None:
         return overlay, WalPosition()
+    if committed is None:
+        raise _WalChanged()
     last = None
-    for tx in wal.scan(read_at, hdr, 1, (hdr.checksum1, hdr.checksum2)):
+    for tx in wal.scan(read_at, hdr, 1, (hdr.checksum1, hdr.checksum2), max_frames=committed, expect=committed):
         last = tx
         for fr in tx.frames:
             if fr.index > after:
                 overlay[fr.pgno] = fr.index
+    if (last.end_index if last is not None else 0) != committed:
+        raise _WalChanged()
     if last is None:
         return overlay, WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
     return overlay, WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
@@ -172,6 +184,15 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
     def header() -> wal.WalHeader | None:
         return wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
 
+    def committed(hdr: wal.WalHeader | None) -> int | None:
+        if hdr is None:
+            return 0
+        try:
+            with open(path + "-shm", "rb") as f:  # the -shm file: plain I/O is safe there
+                return wal.index_frames(f.read(2 * wal.INDEX_HEADER_SIZE), hdr)
+        except FileNotFoundError:
+            return None
+
     try:
         seal, reader = connect(path), connect(path)
     except apsw.Error as e:
@@ -188,7 +209,11 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
                 page_size = reader.execute("PRAGMA page_size").fetchall()[0][0]
                 db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
                 hdr = header()
-                overlay, pos = wal_overlay(read_at, hdr)
+                try:
+                    overlay, pos = wal_overlay(read_at, hdr, committed(hdr))
+                except _WalChanged:
+                    reader.execute("COMMIT")
+                    continue
                 at = time.time()
             finally:
                 seal.execute("ROLLBACK")
@@ -248,6 +273,8 @@ class DbAgent:
         self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.R = self.W = self.C = None  # type: ignore[assignment]
+        # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
+        self.in_flight = False
 
     # -- connections -----------------------------------------------------------------
 
@@ -394,33 +421,38 @@ class DbAgent:
                 self.next_seq, self.end_link, pos = h.seq, h.prev_link, h.wal
         if h.page_size != self.page_size:
             return f"page size changed from {h.page_size} to {self.page_size}"
+        hdr = self._wal_header()
+        reason = self._wal_continues(hdr, pos)
+        if reason is not None:
+            return reason
+        self.generation, self.pos = name.generation, pos
+        # Copy what was committed while the agent was away: all but the last transaction
+        # outside the seal (its checksums unknown: the hash of the state at ``pos`` is not
+        # kept), R pinning those frames meanwhile; the rest under the seal, after which the
+        # view is read in full and its checksum recorded with the last transaction.
+        self._begin_read()
+        try:
+            txs, read_at = self._uncopied(hdr)  # type: ignore[arg-type]
+        except _Diverged as e:
+            return str(e)
+        if len(txs) > 1:
+            self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)  # type: ignore[arg-type]
         if not self._seal():
             raise DatabaseError(f"{self.path}: database is locked; cannot start replication")
         try:
-            hdr = self._wal_header()
-            if hdr is None:
-                return "the WAL was removed or reset while the agent was stopped"
-            if hdr.salts != (pos.salt1, pos.salt2):
-                return "the WAL was restarted while the agent was stopped"
-            if pos.frame == 0:
-                if (hdr.checksum1, hdr.checksum2) != (pos.checksum1, pos.checksum2):
-                    return "the WAL header changed while the agent was stopped"
-            else:
-                fh = self._wal_read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
-                if len(fh) < wal.FRAME_HEADER_SIZE or fh[8:24] != (
-                        pos.salt1.to_bytes(4, "big") + pos.salt2.to_bytes(4, "big")
-                        + pos.checksum1.to_bytes(4, "big") + pos.checksum2.to_bytes(4, "big")):
-                    return f"WAL frame {pos.frame} is not the one last copied"
-            # Copy what was committed while the agent was away, then re-read the view.
-            self.generation, self.pos = name.generation, pos
-            txs, read_at = self._uncopied(hdr)
-            tail = self._capture(hdr, txs, read_at)
+            if self._wal_header() != hdr:
+                return "the WAL was restarted while the agent was resuming"
+            try:
+                txs, read_at = self._uncopied(hdr)  # type: ignore[arg-type]
+            except _Diverged as e:
+                return str(e)
+            tail = self._capture(hdr, txs, read_at)  # type: ignore[arg-type]
             view = self._reopen_view()
         finally:
             self._unseal()
         new_hash = self._scan_view(view, None)
         if txs:
-            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
+            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)  # type: ignore[arg-type]
         elif new_hash.value != self._spool_checksum(name, path):
             return "the database changed while the agent was stopped without a trace in the WAL"
         self.hasher = new_hash
@@ -430,6 +462,23 @@ class DbAgent:
         self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
         self.log.info("resumed generation %s at segment %d",
                       layout.format_generation(self.generation), self.next_seq)
+        return None
+
+    def _wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
+        """Why the WAL does not continue from ``pos`` (the last position copied), or None."""
+        if hdr is None:
+            return "the WAL was removed or reset while the agent was stopped"
+        if hdr.salts != (pos.salt1, pos.salt2):
+            return "the WAL was restarted while the agent was stopped"
+        if pos.frame == 0:
+            if (hdr.checksum1, hdr.checksum2) != (pos.checksum1, pos.checksum2):
+                return "the WAL header changed while the agent was stopped"
+            return None
+        fh = self._wal_read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
+        if len(fh) < wal.FRAME_HEADER_SIZE or fh[8:24] != (
+                pos.salt1.to_bytes(4, "big") + pos.salt2.to_bytes(4, "big")
+                + pos.checksum1.to_bytes(4, "big") + pos.checksum2.to_bytes(4, "big")):
+            return f"WAL frame {pos.frame} is not the one last copied"
         return None
 
     @staticmethod
@@ -479,20 +528,52 @@ class DbAgent:
         """The committed transactions after our position (complete when called under the
         seal), and a reader that serves their frames from memory where it can.
 
-        The wal-index says how many frames to expect: they are read in one call (up to
-        _KEEP_IN_MEMORY), checked, and the same bytes are shipped. The checksums alone
-        decide which frames are valid.
+        Committed means counted by the wal-index (mxFrame), never merely "checksums chain":
+        an app killed between writing its frames and updating the wal-index wrote frames
+        that SQLite discards. Those frames are read in one call (up to _KEEP_IN_MEMORY),
+        checked, and the same bytes are shipped. Raises _Diverged when the committed frames
+        do not continue the ones copied, _WalChanged when the WAL changed under the read.
         """
+        self.in_flight = False
+        committed = self._index_frames(hdr)
+        if committed is None:
+            # A restart or a wal-index update half done: nothing can be proven committed yet.
+            self.in_flight = True
+            return [], self._wal_read_at
+        if committed < self.pos.frame:
+            self._check_unchanged(hdr, committed)
+            raise _Diverged(f"the wal-index counts {committed} committed WAL frames, "
+                            f"fewer than the {self.pos.frame} already copied")
+        if committed == self.pos.frame:
+            self.in_flight = self._frame_follows(hdr, committed)
+            return [], self._wal_read_at
         start = self.pos.frame + 1
-        max_frame = self._index_frames(hdr)
-        expect = max_frame - self.pos.frame if max_frame is not None and max_frame >= self.pos.frame else None
-        read_at: Callable[[int, int], bytes] = self._wal_read_at
-        if expect:
-            base = hdr.frame_offset(start)
-            size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
-            read_at = DbAgent._Tail(base, self._wal_read_at(base, size), self._wal_read_at).read_at
+        expect = committed - self.pos.frame
+        base = hdr.frame_offset(start)
+        size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
+        read_at = DbAgent._Tail(base, self._wal_read_at(base, size), self._wal_read_at).read_at
         state = (self.pos.checksum1, self.pos.checksum2)
-        return list(wal.scan(read_at, hdr, start, state, expect=expect)), read_at
+        txs = list(wal.scan(read_at, hdr, start, state, max_frames=expect, expect=expect))
+        end = txs[-1].end_index if txs else self.pos.frame
+        if end != committed:
+            self._check_unchanged(hdr, committed)
+            raise _Diverged(f"WAL frame {end + 1} does not continue the frames already copied "
+                            f"(the wal-index counts {committed} committed)")
+        self.in_flight = self._frame_follows(hdr, committed)
+        return txs, read_at
+
+    def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
+        """Raise _WalChanged unless the WAL header and the wal-index still say what they
+        said when ``committed`` was read: a break seen during a restart proves nothing."""
+        if self._wal_header() != hdr or self._index_frames(hdr) != committed:
+            raise _WalChanged()
+
+    def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
+        """True when a frame with this WAL's salts follows the committed ones: a commit is
+        likely being written (the wal-index is updated after its frames, without a file
+        event), so the loop looks again soon."""
+        fh = self._wal_read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
+        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
 
     def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
                  read_at: Callable[[int, int], bytes]) -> "DbAgent._Tail":
@@ -504,6 +585,11 @@ class DbAgent:
         end = hdr.frame_offset(txs[-1].end_index + 1) if txs else base
         return DbAgent._Tail(base, bytes(read_at(base, end - base)))
 
+    def _restart_harmless(self) -> bool:
+        """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
+        seal with everything copied, and nothing was copied since."""
+        return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
+
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
         t0 = time.time()
@@ -512,13 +598,19 @@ class DbAgent:
             self.copied_through = (t0, self.generation, self.next_seq)
             return 0
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
-            if not (self._restart_ok and self.pos == self._r_begin_pos):
+            if not self._restart_harmless():
                 self.new_generation("the WAL was restarted before all its frames were copied")
                 return 0
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
             self._restart_ok = False
-        txs, read_at = self._uncopied(hdr)
+        try:
+            txs, read_at = self._uncopied(hdr)
+        except _WalChanged:
+            return 0
+        except _Diverged as e:
+            self.new_generation(str(e))
+            return 0
         if txs:
             try:
                 self._ship(txs, hdr, read_at, recheck=hdr)
@@ -529,16 +621,25 @@ class DbAgent:
         return len(txs)
 
     def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: Callable[[int, int], bytes],
-              *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None) -> None:
-        """Write ``txs`` as the next segment in the spool and advance the position."""
+              *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None,
+              checksums_known: bool = True) -> None:
+        """Write ``txs`` as the next segment in the spool and advance the position.
+
+        With ``final_hash`` (after a restart of the agent) only the state after the last
+        transaction is known; without ``checksums_known`` none is, and the incremental hash
+        is left as it was (a later segment records the checksum).
+        """
         commit_ms = now_ms()
-        # Last frame of each page per transaction; a page written twice ships once.
+        # Last frame of each page per transaction; a page written twice ships once. Pages
+        # past the size in the commit frame are not part of the database: a transaction
+        # that spilled its cache, then shrank the file (auto_vacuum), wrote them.
         per_tx = []
         total = 0
         for tx in txs:
             latest: dict[int, int] = {}
             for fr in tx.frames:
-                latest[fr.pgno] = fr.index
+                if fr.pgno <= tx.db_size:
+                    latest[fr.pgno] = fr.index
             per_tx.append(latest)
             total += len(latest)
         # The frames of ``txs`` lie back to back: read them with one call when they fit in
@@ -577,10 +678,10 @@ class DbAgent:
             infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
         if recheck is not None and self._wal_header() != recheck:
             raise _WalChanged()
-        if final_hash is not None:
-            # After a restart of the agent only the final state is known (from a full scan).
+        if final_hash is not None or not checksums_known:
             for info in infos:
                 info[3], info[4] = 0, 0
+        if final_hash is not None:
             infos[-1][3], infos[-1][4] = final_hash.value, TX_CHECKSUM_KNOWN
         end = txs[-1]
         pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
@@ -599,7 +700,7 @@ class DbAgent:
             raise _WalChanged()
         self.spool.publish(name)
         # The segment is durable: advance.
-        if final_hash is None:
+        if final_hash is None and checksums_known:
             for pgno, h in changes.items():
                 if pgno <= size:
                     self.hasher.set_hash(pgno, h)
@@ -612,29 +713,22 @@ class DbAgent:
 
     # -- checkpoints and views -----------------------------------------------------
 
-    def _fully_copied(self) -> bool:
-        """True when no committed frame follows our position (meaningful under the seal)."""
-        hdr = self._wal_header()
-        if hdr is None:
-            return True
-        if hdr.salts != (self.pos.salt1, self.pos.salt2):
-            return False
-        return next(wal.scan(self._wal_read_at, hdr, self.pos.frame + 1,
-                             (self.pos.checksum1, self.pos.checksum2)), None) is None
-
     def _reopen_view(self, pages: bool = True) -> View:
         """Under the seal, with every committed frame copied: checkpoint and restart ``R``.
 
         With ``pages`` the view also says where each page of the new read lies (for a full
         read of the database); without, only the checkpoint and the restart happen.
         """
+        # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
+        self._restart_ok = False
         self._end_read()
         log_frames, ckpt = self._checkpoint()
         self._begin_read()
         hdr = self._wal_header()
         if not pages:
             return View(self.pos, hdr, {}, 0)
-        overlay, pos = wal_overlay(self._wal_read_at, hdr, ckpt)
+        committed = self._index_frames(hdr) if hdr is not None else 0
+        overlay, pos = wal_overlay(self._wal_read_at, hdr, committed, ckpt)
         if hdr is not None:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
@@ -658,33 +752,44 @@ class DbAgent:
         self.sync()
         return self._cycle(checkpoint=True)
 
+    def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
+                                        Callable[[int, int], bytes]] | None:
+        """Take the seal with little uncopied WAL behind it; return the WAL header and the
+        uncopied transactions, still sealed, or None (not sealed) when the write lock could
+        not be had or the WAL kept changing.
+
+        Nothing slow happens under the seal, since the app waits for it: a long tail
+        (which would hold the write lock, and memory, while read), a WAL restart or a
+        divergence (a new generation) is handled by ``sync`` outside it first.
+        """
+        for attempt in range(_TAIL_ATTEMPTS + 1):
+            if not self._seal():
+                return None
+            hdr = self._wal_header()
+            if hdr is None:
+                return None, [], self._wal_read_at
+            if hdr.salts == (self.pos.salt1, self.pos.salt2):
+                try:
+                    txs, read_at = self._uncopied(hdr)
+                    frames = txs[-1].end_index - self.pos.frame if txs else 0
+                    if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
+                        return hdr, txs, read_at
+                except (_WalChanged, _Diverged):
+                    pass
+            self._unseal()
+            self.sync()
+        self.log.warning("the WAL kept changing under the seal; postponed")
+        return None
+
     def _cycle(self, checkpoint: bool) -> bool:
         """Under a seal: capture the WAL tail, restart ``R`` (checkpointing in between if
         asked); then ship the captured transactions."""
-        txs: list[wal.Transaction] = []
-        for attempt in range(_TAIL_ATTEMPTS):
-            if not self._seal():
-                return False
-            hdr = self._wal_header()
-            if hdr is None or hdr.salts != (self.pos.salt1, self.pos.salt2):
-                break  # no WAL, or a restart: handled below
-            txs, read_at = self._uncopied(hdr)
-            frames = txs[-1].end_index - self.pos.frame if txs else 0
-            if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS - 1:
-                break
-            # A long tail would hold the write lock (and memory) while it is read: copy it
-            # without the seal first.
-            self._unseal()
-            self.sync()
+        sealed = self._seal_small_tail()
+        if sealed is None:
+            return False
+        hdr, txs, read_at = sealed
         try:
-            if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
-                self.sync()  # a restart: handled (and shipped) the usual way
-                hdr = self._wal_header()
-                if hdr is not None and hdr.salts != (self.pos.salt1, self.pos.salt2):
-                    self.log.warning("WAL changed under the seal; checkpoint postponed")
-                    return False
-                txs, read_at = self._uncopied(hdr) if hdr is not None else ([], self._wal_read_at)
-            tail = self._capture(hdr, txs, read_at) if hdr is not None else None
+            tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
             self._end_read()
@@ -693,8 +798,8 @@ class DbAgent:
             self._begin_read()
         finally:
             self._unseal()
-        if tail is not None and txs:
-            self._ship(txs, hdr, tail.read_at)
+        if tail is not None:
+            self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
         self._restart_ok = True
         self._r_begin_pos = self.pos
         return True
@@ -724,17 +829,31 @@ class DbAgent:
         """
         for attempt in range(5):
             t0 = time.time()
-            if not self._seal():
+            if not new_generation:
+                self.sync()  # outside the seal: what the seal captures stays small
+                new_generation = self.generation == 0
+            hdr, txs, read_at = None, [], self._wal_read_at
+            if new_generation:
+                sealed = self._seal()
+            else:
+                tail_sealed = self._seal_small_tail()
+                sealed = tail_sealed is not None
+                if tail_sealed is not None:
+                    hdr, txs, read_at = tail_sealed
+            if not sealed:
                 time.sleep(0.1 * (attempt + 1))
                 continue
             try:
-                if not new_generation:
-                    self.sync()
-                    if self.generation == 0 or not self._fully_copied():
-                        new_generation = True
+                tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
                 view = self._reopen_view()
             finally:
                 self._unseal()
+            if tail is not None:
+                # Written and fsynced after the seal; R's view already includes these frames.
+                self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
+            if not new_generation:
+                # R began under the seal with every committed frame copied.
+                self._restart_ok, self._r_begin_pos = True, self.pos
             if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
                 try:
                     value = self._scan_view(view, None).value
@@ -788,9 +907,10 @@ class DbAgent:
 
     # -- the loop ------------------------------------------------------------------
 
-    def step(self) -> None:
-        """One round of work: copy, checkpoint when the WAL is long, snapshot when due."""
-        self.sync()
+    def step(self) -> int:
+        """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
+        return how many transactions were copied."""
+        copied = self.sync()
         if self.pos.frame >= self.checkpoint_pages:
             self.checkpoint()
         due = (self.snapshot_interval is not None
@@ -800,3 +920,4 @@ class DbAgent:
             self.snapshot()
         elif due:
             self.snapshot(if_changed=True)
+        return copied

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 STEP_INTERVAL = 0.025
+RECHECK_FIRST = 0.001
 PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
 PUBLISH_TICK = 0.25  # and this soon after a change
 VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
@@ -112,20 +113,25 @@ class DbReplication:
             self.started.set()
             return
         last_step = 0.0
+        copied = 0
+        recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         while not self.stop_event.is_set():
-            self.agent.wake.wait(self.poll_interval)
+            self.agent.wake.wait(recheck or self.poll_interval)
             # Commits that arrive close together ship together: a lone commit is copied at
             # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
             # bounds the per-shipment work (files, fsyncs, uploads) it causes.
             pause = last_step + STEP_INTERVAL - time.monotonic()
-            if pause > 0:
+            if pause > 0 and copied:
                 self.stop_event.wait(pause)
             self.agent.wake.clear()
             if self.stop_event.is_set():
                 break
             last_step = time.monotonic()
             try:
-                self.agent.step()
+                copied = self.agent.step()
+                # A commit's frames are written before the wal-index counts them, and only
+                # the frames cause a file event: when one seems in flight, look again soon.
+                recheck = min(max(recheck * 2, RECHECK_FIRST), self.poll_interval) if self.agent.in_flight else 0.0
                 self.collect_garbage()
             except LitesyncError as e:
                 self.log.error("%s", e)

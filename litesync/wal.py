@@ -12,6 +12,7 @@ many frames at once in uint32 arithmetic, which wraps modulo 2^32 as the checksu
 from __future__ import annotations
 
 import struct
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable, Iterator, NamedTuple
@@ -135,9 +136,15 @@ INDEX_HEADER_SIZE = 48  # one copy of the wal-index header at the start of the -
 
 def index_frames(shm: bytes, header: WalHeader) -> int | None:
     """Return the frame count (mxFrame) the wal-index header in ``shm`` (the first 96
-    bytes of the -shm file) gives for the WAL with ``header``; None when it cannot be
-    used: short, its two copies differ (a write in progress), uninitialised, or written
-    for other salts (another WAL)."""
+    bytes of the -shm file) gives for the WAL with ``header``: the frames SQLite counts as
+    committed. None when it cannot be used: short, its two copies differ or fail their
+    checksum (a write in progress, or a writer killed inside one), uninitialised, or
+    written for other salts (another WAL, or a restart half done).
+
+    Frames past mxFrame are not committed even when their checksums chain: a writer killed
+    after writing them, before updating the wal-index, wrote a transaction that never
+    happened, and the next writer overwrites those frames.
+    """
     if len(shm) < 2 * INDEX_HEADER_SIZE or shm[:INDEX_HEADER_SIZE] != shm[INDEX_HEADER_SIZE:2 * INDEX_HEADER_SIZE]:
         return None
     # Native byte order (the -shm file never leaves the machine); the salts are copied
@@ -145,7 +152,14 @@ def index_frames(shm: bytes, header: WalHeader) -> int | None:
     is_init, max_frame = shm[12], struct.unpack_from("=I", shm, 16)[0]
     if not is_init or shm[32:40] != struct.pack(">2I", header.salt1, header.salt2):
         return None
+    if _native_checksum(shm[:40]) != struct.unpack_from("=2I", shm, 40):
+        return None
     return max_frame
+
+
+def _native_checksum(data: bytes) -> tuple[int, int]:
+    """The checksum SQLite keeps in the wal-index header: over native-order words."""
+    return checksum(data, sys.byteorder == "big")
 
 
 def _valid_prefix(chunk: bytes | memoryview, header: WalHeader, state: tuple[int, int]
