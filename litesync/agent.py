@@ -249,6 +249,10 @@ class DbAgent:
         self.spool = Spool(os.path.join(self.state_dir, "spool"))
         self.wake = threading.Event()
         self.snapshot_requested = threading.Event()
+        # Generation ids must grow whatever the clock does: a replica may hold a newer one.
+        self.generation_floor = 0
+        self._last_recorded_ms = 0  # see _recorded_ms
+        self.newer_generation_seen = threading.Event()
         self.generation = 0
         self.next_seq = 0
         self.end_link = NO_LINK
@@ -426,6 +430,7 @@ class DbAgent:
         if reason is not None:
             return reason
         self.generation, self.pos = name.generation, pos
+        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
         # Copy what was committed while the agent was away: all but the last transaction
         # outside the seal (its checksums unknown: the hash of the state at ``pos`` is not
         # kept), R pinning those frames meanwhile; the rest under the seal, after which the
@@ -629,7 +634,7 @@ class DbAgent:
         transaction is known; without ``checksums_known`` none is, and the incremental hash
         is left as it was (a later segment records the checksum).
         """
-        commit_ms = now_ms()
+        commit_ms = self._recorded_ms()
         # Last frame of each page per transaction; a page written twice ships once. Pages
         # past the size in the commit frame are not part of the database: a transaction
         # that spilled its cache, then shrank the file (auto_vacuum), wrote them.
@@ -809,6 +814,27 @@ class DbAgent:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
         return read_view(self.R, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
 
+    def _recorded_ms(self) -> int:
+        """The time recorded for what is written now: the wall clock, but never earlier than
+        what this generation recorded before, so a clock stepped back keeps a generation's
+        times in order (a point-in-time restore stops at the first commit past its target)."""
+        self._last_recorded_ms = max(now_ms(), self._last_recorded_ms)
+        return self._last_recorded_ms
+
+    def _newest_generation(self) -> int:
+        """The greatest generation id this database's history holds: in the spool (which
+        always keeps its newest object), this agent's, or one a replica holds."""
+        spooled = max((n.generation for n, _ in self.spool.objects()), default=0)
+        return max(spooled, self.generation, self.generation_floor)
+
+    def note_generation(self, generation: int) -> None:
+        """A replica holds ``generation``, newer than ours (a clock behind another's, or a
+        lost state directory): start a new generation after it (called from any thread)."""
+        if generation > self.generation_floor:
+            self.generation_floor = generation
+        self.newer_generation_seen.set()
+        self.wake.set()
+
     def new_generation(self, reason: str) -> None:
         """Start a new generation: a fresh snapshot at the current state."""
         self.log.info("starting a new generation: %s", reason)
@@ -866,10 +892,10 @@ class DbAgent:
                 self._disagreement(value)
                 new_generation = True
             if new_generation:
-                gen, seq, prev = layout.new_generation(), 0, NO_LINK
+                gen, seq, prev = layout.new_generation(after=self._newest_generation()), 0, NO_LINK
             else:
                 gen, seq, prev = self.generation, self.next_seq, self.end_link
-            created = now_ms()
+            created = self._recorded_ms() if not new_generation else now_ms()
             name = layout.SnapshotName(gen, seq, created)
             header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos)
             try:
@@ -891,6 +917,8 @@ class DbAgent:
             if new_generation:
                 self.stats["generations"] += 1
             self.generation, self.next_seq, self.end_link = gen, seq, prev
+            if new_generation:
+                self._last_recorded_ms = created
             self.pos = view.pos
             self.hasher = hasher
             self._restart_ok = True
@@ -915,9 +943,19 @@ class DbAgent:
             self.checkpoint()
         due = (self.snapshot_interval is not None
                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
-        if self.snapshot_requested.is_set():
+        if self.newer_generation_seen.is_set():
+            self.newer_generation_seen.clear()
+            self.snapshot_requested.clear()  # the new generation's snapshot serves it
+            if self.generation_floor >= self.generation:
+                self.new_generation(f"a replica holds generation {layout.format_generation(self.generation_floor)}, "
+                                    f"newer than this one ({layout.format_generation(self.generation)})")
+        elif self.snapshot_requested.is_set():
             self.snapshot_requested.clear()
-            self.snapshot()
+            try:
+                self.snapshot()
+            except BaseException:
+                self.snapshot_requested.set()  # a replica waits for it: ask again next step
+                raise
         elif due:
             self.snapshot(if_changed=True)
         return copied

@@ -4,6 +4,10 @@ The checksum is the XOR of one 64-bit hash per page, sha256(pgno || page)[:8]. W
 page XORs its old hash out and its new hash in; shrinking the database XORs the dropped
 pages out. The agent and a restore both keep one; they must agree after every
 transaction, which proves that a restore rebuilt the exact pages the agent saw.
+
+The lock-byte page (the one holding byte offset 1 GiB) hashes as 0 whatever it holds:
+SQLite never stores data there, so no WAL frame carries it and a checksum kept from
+page writes never sees it, while a full read of the database sees the file's bytes.
 """
 
 from __future__ import annotations
@@ -11,9 +15,18 @@ from __future__ import annotations
 import hashlib
 from array import array
 
+from .journal import pending_page
+
 
 def page_hash(pgno: int, data: bytes | memoryview) -> int:
-    """Return the 64-bit hash of page ``pgno`` holding ``data``."""
+    """Return the 64-bit hash of page ``pgno`` holding ``data`` (0 for the lock-byte page)."""
+    if pgno == pending_page(len(data)):
+        return 0
+    return raw_page_hash(pgno, data)
+
+
+def raw_page_hash(pgno: int, data: bytes | memoryview) -> int:
+    """Return the hash of ``data`` as page ``pgno``, with no exception for the lock-byte page."""
     h = hashlib.sha256(pgno.to_bytes(4, "big"))
     h.update(data)
     return int.from_bytes(h.digest()[:8], "little")

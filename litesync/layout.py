@@ -24,9 +24,22 @@ _SEG_RE = re.compile(
     r"^generations/([0-9a-f]{16})/segments/([0-9a-f]{16})-([0-9a-f]{16})-([0-9a-f]{12})\.seg$")
 
 
-def new_generation() -> int:
-    """Return a new generation id: milliseconds since the epoch, then 16 random bits."""
-    return (int(time.time() * 1000) << 16) | int.from_bytes(os.urandom(2), "big")
+MAX_GENERATION = (1 << 64) - 1
+
+
+def new_generation(after: int = 0) -> int:
+    """Return a new generation id greater than ``after``: milliseconds since the epoch, then
+    16 random bits; or, when the clock is behind ``after`` (an NTP step, a VM restored from
+    a snapshot, another host's clock), ``after``'s millisecond plus one.
+
+    Ids order history: everything (the shippers, spool cleanup, restore, follow, retention)
+    takes the greatest id as the newest, so an id never comes from the clock alone.
+    """
+    ms = max(int(time.time() * 1000), (after >> 16) + 1)
+    gen = (ms << 16) | int.from_bytes(os.urandom(2), "big")
+    if gen > MAX_GENERATION:
+        raise ValueError(f"no generation id after {after:016x}: the id space is exhausted")
+    return gen
 
 
 def format_generation(gen: int) -> str:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protoc
 import apsw
 
 from . import history, layout
-from .dbhash import DbHash, page_hash
+from .dbhash import DbHash, page_hash, raw_page_hash
 from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
                      RestoreError, TransientReplicaError, UsageError)
 from .fetch import Fetcher, ObjectCache, list_all
 from .history import Plan
+from .journal import pending_page
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
@@ -168,8 +169,12 @@ def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | N
     h = snap.header
     ps = h.page_size
     hasher = DbHash()
-    _load_pages(snap, sink, hasher, tick)
+    legacy = _load_pages(snap, sink, hasher, tick)
     trailer = snap.finish()
+    if legacy and trailer.db_checksum == hasher.value ^ legacy:
+        # Written by an agent that hashed the lock-byte page by its bytes (see dbhash): so
+        # are its later checksums in this generation, while the database holds that page.
+        hasher.set_hash(pending_page(ps), legacy)
     if trailer.db_checksum != hasher.value:
         raise CorruptObjectError(snap.name, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
                                             f"pages give {hasher.value:016x}")
@@ -181,13 +186,16 @@ def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
     return [(pgno + i, page_hash(pgno + i, chunk[i * ps:(i + 1) * ps])) for i in range(len(chunk) // ps)]
 
 
-def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable[[], None] | None) -> None:
-    """Write every page of ``snap`` to ``sink`` and record its hash in ``hasher``.
+def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable[[], None] | None) -> int:
+    """Write every page of ``snap`` to ``sink`` and record its hash in ``hasher``; return
+    the lock-byte page's ``raw_page_hash`` (0 when the snapshot ends before it).
 
     Decompression (here), page writes (one thread, in order) and page hashing (another)
     overlap: each releases the GIL for most of its work, so a restore uses both cores.
     """
     ps = snap.header.page_size
+    lock = pending_page(ps)
+    legacy = 0
     pending: collections.deque = collections.deque()
 
     def settle(limit: int) -> None:
@@ -200,6 +208,8 @@ def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable
     with ThreadPoolExecutor(1, "restore-write") as writer, ThreadPoolExecutor(1, "restore-hash") as hashes:
         try:
             for pgno, chunk in snap.chunks():
+                if pgno <= lock < pgno + len(chunk) // ps:
+                    legacy = raw_page_hash(lock, chunk[(lock - pgno) * ps:(lock - pgno + 1) * ps])
                 pending.append((writer.submit(sink.write, pgno, chunk), hashes.submit(_hash_pages, pgno, chunk, ps)))
                 settle(_IN_FLIGHT_CHUNKS)
                 if tick:
@@ -209,6 +219,7 @@ def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable
             for written, hashed in pending:  # after an error: nothing more reaches the sink
                 written.cancel()
                 hashed.cancel()
+    return legacy
 
 
 def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: int | None = None,
@@ -230,6 +241,7 @@ def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: 
     if until_ms is not None:
         stop_at = sum(1 for t in sh.txs if t.commit_ms <= until_ms)
     hasher = pos.hasher
+    lock = pending_page(sh.page_size)
     cur = 0
 
     def close_tx(i: int) -> None:
@@ -237,6 +249,9 @@ def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: 
         sink.set_size(tx.db_size)
         hasher.truncate(tx.db_size)
         pos.db_size = tx.db_size
+        legacy = hasher.get(lock)
+        if tx.checksum_known and legacy and tx.db_checksum == hasher.value ^ legacy:
+            hasher.set_hash(lock, 0)  # an agent with the lock-byte rule went on with this generation
         if tx.checksum_known and tx.db_checksum != hasher.value:
             raise CorruptObjectError(key, f"transaction {i}: database checksum mismatch: object says "
                                           f"{tx.db_checksum:016x}, restored pages give {hasher.value:016x}")

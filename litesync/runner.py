@@ -56,7 +56,8 @@ class DbReplication:
             shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
                               request_snapshot=self.agent.snapshot_requested,
                               sync_interval=rc.sync_interval if rc.sync_interval is not None
-                              else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination)
+                              else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination,
+                              newer_generation=self.agent.note_generation)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
                 client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,

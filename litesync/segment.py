@@ -359,12 +359,7 @@ class _ObjectReader:
         self._sha.update(raw)
         self._body_len += len(raw)
         try:
-            out = self._dec.decompress(raw)
-            # A body may be several zstd frames back to back (see concat_segments).
-            while self._dec.eof and self._dec.unused_data:
-                rest = self._dec.unused_data
-                self._dec = zstandard.ZstdDecompressor().decompressobj()
-                out += self._dec.decompress(rest)
+            out = self._decompress(raw)
         except zstandard.ZstdError as e:
             raise CorruptObjectError(self.name, f"compressed body is damaged: {e}") from None
         if out:
@@ -372,6 +367,18 @@ class _ObjectReader:
             self._out = self._out[self._out_pos:] + out
             self._out_pos = 0
         return True
+
+    def _decompress(self, raw: bytes) -> bytes:
+        """Decompress ``raw``, the next body bytes, whatever frame boundaries it crosses."""
+        # A body may be several zstd frames back to back (see concat_segments), and a read
+        # may end exactly where a frame does: a finished decompressor never takes more input.
+        out = b""
+        while raw:
+            if self._dec.eof:
+                self._dec = zstandard.ZstdDecompressor().decompressobj()
+            out += self._dec.decompress(raw)
+            raw = self._dec.unused_data if self._dec.eof else b""
+        return out
 
     def read_body(self, n: int, what: str) -> memoryview:
         """Return the next ``n`` decompressed body bytes."""
@@ -438,15 +445,20 @@ class SegmentReader:
         self.header.validate(name)
 
     def pages(self) -> Iterator[tuple[int, int, memoryview]]:
-        """Yield (transaction index, page number, page) in order; views are valid until the next."""
+        """Yield (transaction index, page number, page) in order, for the pages inside each
+        transaction's database size; views are valid until the next."""
         page_size = self.header.page_size
         for i, tx in enumerate(self.header.txs):
             for _ in range(tx.page_count):
                 rec = self._r.read_body(4 + page_size, f"page of transaction {i}")
                 pgno = _PGNO.unpack_from(rec)[0]
-                if pgno == 0 or pgno > tx.db_size:
-                    raise CorruptObjectError(self.name, f"transaction {i}: invalid page number: {pgno} (database size {tx.db_size})")
-                yield i, pgno, rec[4:]
+                if pgno == 0:
+                    raise CorruptObjectError(self.name, f"transaction {i}: invalid page number: 0")
+                # A transaction that spilled its cache and then shrank the database (auto_vacuum)
+                # wrote pages past the size it committed; agents shipped them. As for SQLite,
+                # they are not part of the database (the checksum after the transaction says so).
+                if pgno <= tx.db_size:
+                    yield i, pgno, rec[4:]
 
     def finish(self) -> Trailer:
         trailer = self._r.finish()

@@ -10,6 +10,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from . import layout
 from .errors import CorruptObjectError, LitesyncError
@@ -116,7 +117,7 @@ class Shipper(threading.Thread):
 
     def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, db: str, replica: str,
                  request_snapshot: threading.Event, sync_interval: float = 0.0,
-                 destination: str | None = None) -> None:
+                 destination: str | None = None, newer_generation: Callable[[int], None] | None = None) -> None:
         self.log = Labelled(log, db, replica)
         self.label = self.log.label
         super().__init__(name=f"ship {self.label}", daemon=True)
@@ -126,6 +127,10 @@ class Shipper(threading.Thread):
         self.replica = replica
         self.destination = destination
         self.request_snapshot = request_snapshot
+        # Told of a generation on the replica newer than the one to ship (see _newer_on_replica).
+        self.newer_generation = newer_generation
+        self._generations_checked: set[int] = set()
+        self._outbid_by: int | None = None  # the replica's generation this agent was asked to pass
         self.sync_interval = sync_interval
         self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
         self.stop_event = threading.Event()
@@ -147,6 +152,8 @@ class Shipper(threading.Thread):
         self.checked = threading.Event()
         self._caught_up_once = False
         self.awaiting_snapshot = False  # the spool lacks the snapshot this replica needs next
+        self._asked_at: Position | None = None  # the position a snapshot was last asked for at
+        self._offered: Name | None = None  # what the spool offered the last ship_one
 
     def _load(self) -> Position:
         try:
@@ -195,11 +202,17 @@ class Shipper(threading.Thread):
     def ship_one(self) -> bool:
         """Ship the next object if there is one; return whether something was shipped."""
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
+        self._offered = name
         self.awaiting_snapshot = name is None and need_snapshot
         if name is None:
             if need_snapshot:
-                self.request_snapshot.set()
+                self._ask_for_snapshot()
             return False
+        if isinstance(name, layout.SnapshotName) and name.generation != self.pos.generation:
+            newer = self._newer_on_replica(name.generation)
+            if newer is not None:
+                self.awaiting_snapshot = True
+                return False
         if isinstance(name, layout.SnapshotName):
             size = self._upload(name)
             new_pos = Position(sort_key(name), name.seq)
@@ -222,6 +235,41 @@ class Shipper(threading.Thread):
         if isinstance(name, layout.SnapshotName):
             self.last_snapshot_at = object_time(name)
         return True
+
+    def _newer_on_replica(self, generation: int) -> int | None:
+        """Before a generation's first object goes up: the newest generation the replica
+        holds when it is newer than ``generation``, after asking the agent for a generation
+        after it; else None.
+
+        Ids order history, and a restore takes the greatest; the agent keeps its own ids
+        growing, but only the replica knows the ids written by a host whose clock ran
+        ahead, or before the state directory was lost. Asked once per process: two agents
+        writing to one replica would otherwise outbid each other for ever.
+        """
+        if self._outbid_by is not None:
+            return self._outbid_by if generation <= self._outbid_by else None
+        if self.newer_generation is None or generation in self._generations_checked:
+            return None
+        gens = {n.generation for n in map(layout.parse_key, (o.key for o in self.client.list(layout.GENERATIONS + "/")))
+                if isinstance(n, layout.SnapshotName)}
+        newest = max(gens, default=0)
+        self._generations_checked.add(generation)
+        if newest <= generation:
+            return None
+        self.log.warning("the replica holds generation %s, newer than this database's %s (a clock behind the "
+                         "one that wrote it, or a lost state directory); starting a new generation after it",
+                         layout.format_generation(newest), layout.format_generation(generation))
+        self._outbid_by = newest
+        self.newer_generation(newest)
+        return newest
+
+    def _ask_for_snapshot(self) -> None:
+        """Ask the agent for a snapshot, once per position that needs one."""
+        # Asking again while the agent takes it would make it take a second one: the spool
+        # changes meanwhile (the agent copies the WAL before a snapshot), the need does not.
+        if self._asked_at != self.pos:
+            self._asked_at = self.pos
+            self.request_snapshot.set()
 
     def _upload(self, name: Name) -> int:
         return self.client.write_file(name.key, self.spool.path(name))
@@ -339,7 +387,9 @@ class Shipper(threading.Thread):
                 continue
             self.idle.set()
             with self.spool.changed:
-                if not self.stop_event.is_set() and not self.pending():
+                # Nothing shipped: wait until the spool offers something else (while a
+                # snapshot the agent was asked for is awaited, too: never spin).
+                if not self.stop_event.is_set() and choose_next(self.spool.objects(), self.pos)[0] == self._offered:
                     self.spool.changed.wait(1.0)
             # What arrives after a quiet spell goes up at once; while commits keep coming,
             # uploads start at most every sync_interval (each carries all that waited).

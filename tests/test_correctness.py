@@ -4,11 +4,14 @@ shrinks the database below pages it spilled."""
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 
 import pytest
 
@@ -129,3 +132,83 @@ def test_a_commit_that_spills_then_shrinks_the_database_restores(tmp_path, mode)
     assert stop(agent) == 0, open(log).read()
     restore(url, out)
     assert content_digest(out) == content_digest(db)
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """An environment whose processes see the wall clock shifted by ``offset`` (libfaketime)."""
+    libs = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
+    if not libs:
+        pytest.skip("needs libfaketime (.ci/run installs the faketime package)")
+    return clean_env({"LD_PRELOAD": libs[0], "FAKETIME": offset})
+
+
+def replicate_once(db: str, url: str, env: dict[str, str] | None = None) -> None:
+    r = litesync("replicate", "--once", db, url, env=env)
+    assert r.returncode == 0, r.stderr
+
+
+def checkpoint_truncate(db: str) -> None:
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    c.close()
+
+
+@pytest.mark.parametrize("state", ["kept", "lost"])
+def test_a_clock_behind_the_previous_generation_still_ships_the_newest_history(tmp_path, state):
+    """The agent ran with a clock an hour ahead, then restarts with the true clock and needs
+    a new generation (the WAL was checkpointed and restarted meanwhile). Its id must still
+    be the newest, whether the spool remembers the old one (kept) or only the replica does
+    (lost: a new host, or the state directory removed)."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    run_app(db, "before", 3)
+    replicate_once(db, url, env=faketime_env("+3600s"))
+    run_app(db, "ahead", 2)
+    replicate_once(db, url, env=faketime_env("+3600s"))
+    checkpoint_truncate(db)
+    if state == "lost":
+        shutil.rmtree(tmp_path / ".app.db-litesync")
+    run_app(db, "after", 4)
+    replicate_once(db, url)
+    out = str(tmp_path / "restored.db")
+    restore(url, out)
+    assert tags(out) == {"before": 3, "ahead": 2, "after": 4}
+    # The newest history has the greatest id although its clock is an hour behind.
+    snaps = {g: os.listdir(tmp_path / "replica" / "generations" / g / "snapshots")
+             for g in os.listdir(tmp_path / "replica" / "generations")}
+    created = {g: min(int(n.split("-")[1].split(".")[0], 16) for n in names) for g, names in snaps.items() if names}
+    newest = max(created)
+    assert created[newest] < max(created.values()) - 3000 * 1000
+
+
+def test_point_in_time_restore_across_a_clock_step_back(tmp_path):
+    """History: generation A written with the clock an hour ahead, then generation B with
+    the true clock (its times earlier than A's, its id greater). A target at or after B's
+    snapshot restores from B, the newest generation with a snapshot at or before it, even
+    a target past A's (future) times. A target before both finds nothing, and says what the
+    replica holds."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    run_app(db, "ahead", 2)
+    replicate_once(db, url, env=faketime_env("+3600s"))
+    checkpoint_truncate(db)
+    run_app(db, "after", 3)
+    replicate_once(db, url)
+    out = str(tmp_path / "restored.db")
+
+    def restore_at(ms: int) -> dict[str, int]:
+        if os.path.exists(out):
+            os.unlink(out)
+        stamp = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        r = litesync("restore", "-o", out, "--timestamp", stamp, url)
+        assert r.returncode == 0, r.stderr
+        return tags(out)
+
+    now = int(time.time() * 1000)
+    assert restore_at(now + 1000) == {"ahead": 2, "after": 3}
+    assert restore_at(now + 7200 * 1000) == {"ahead": 2, "after": 3}
+    assert restore_at(now + 3600 * 1000 + 60_000) == {"ahead": 2, "after": 3}
+    r = litesync("restore", "-o", out + "2", "--timestamp",
+                 datetime.fromtimestamp(now / 1000 - 600, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), url)
+    assert r.returncode == 1
+    assert "nothing to restore at or before" in r.stderr

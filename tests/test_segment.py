@@ -1,5 +1,6 @@
 import io
 import os
+import random
 
 import pytest
 
@@ -91,10 +92,16 @@ def test_invalid_page_size_is_named():
         SegmentWriter(io.BytesIO(), h)
 
 
-def test_page_number_past_database_size_is_rejected():
-    data, h, _ = seg_bytes(pages_per_tx=((1, 5),))
-    # db_size 3 in the table, page 5 in the body
-    with pytest.raises(CorruptObjectError, match=r"^s: transaction 0: invalid page number: 5 \(database size 3\)$"):
+def test_pages_past_the_transaction_size_are_not_part_of_the_database():
+    # db_size 3 in the table, page 5 in the body: written before the commit shrank the database
+    data, _, pages = seg_bytes(pages_per_tx=((1, 5), (2,)))
+    _, got = read_all(data, "s")
+    assert got == [(0, 1, pages[1]), (1, 2, pages[2])]
+
+
+def test_page_number_zero_is_rejected():
+    data, _, _ = seg_bytes(pages_per_tx=((1, 0),))
+    with pytest.raises(CorruptObjectError, match=r"^s: transaction 0: invalid page number: 0$"):
         read_all(data, "s")
 
 
@@ -233,3 +240,88 @@ def test_a_damaged_frame_inside_a_concatenation_is_detected():
     data[len(data) - TRAILER_SIZE - 3] ^= 0x40  # inside the last part's frame
     with pytest.raises(CorruptObjectError, match=r"^cat: "):
         read_all(bytes(data), "cat")
+
+
+
+# --- frame boundaries and read boundaries -------------------------------------------------
+
+
+def chain_part(seq, pages, empty_txs=0, page_size=512):
+    """Segment ``seq`` of a chain (name, header, body), holding ``pages`` (page 1..n) in one
+    transaction and ``empty_txs`` more transactions without pages."""
+    from litesync.segment import split_segment
+
+    txs = (TxInfo(1000 + seq, len(pages), len(pages), 0),) + (TxInfo(1000 + seq, len(pages), 0, 0),) * empty_txs
+    h = SegmentHeader(page_size, 7, seq, seq, bytes([seq]) * 16, bytes([seq + 1]) * 16, WalPosition(1, 2, 9, 3, 4),
+                      5, txs)
+    out = io.BytesIO()
+    w = SegmentWriter(out, h)
+    for p, d in enumerate(pages, 1):
+        w.add_page(p, d)
+    w.close()
+    return (f"seg-{seq}", *split_segment(out.getvalue(), f"seg-{seq}"))
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1])
+def test_a_frame_ending_where_a_read_ends_is_followed_by_the_next(delta):
+    """The reader reads 1 MiB at a time and holds the trailer back, so the body bytes of its
+    first read end at object offset 1 MiB - TRAILER_SIZE. In a concatenation the shipper would
+    upload, a part's frame ends there (or one byte either side), and another part follows.
+
+    Random pages are stored, not compressed: the frame of n pages is 516 n bytes and a
+    little. The offset is tuned by the number of one-page parts (an odd length each) and of
+    transactions (28 bytes each in the header).
+    """
+    from litesync.segment import _READ_CHUNK, _SEG_FIXED, concat_segments
+
+    target = _READ_CHUNK - TRAILER_SIZE + delta
+    rnd = random.Random(1)
+    randoms = [rnd.randbytes(512) for _ in range(2040)]
+    small = chain_part(0, randoms[:1])[2]
+    bigs = {n: chain_part(0, randoms[:n])[2] for n in range(2000, 2033)}
+    head0 = _SEG_FIXED.size + 4 + 28  # the header of a concatenation of one transaction
+
+    def layout():
+        # a big part, m one-page parts, then a last part with e empty transactions
+        for m in range(4):
+            for e in range(129):
+                for n, body in bigs.items():
+                    if head0 + 28 * (m + 1 + e) + len(body) + m * len(small) == target:
+                        return n, m, e
+        raise AssertionError(f"no layout puts a frame end at {target}")
+
+    n, m, e = layout()
+    pages = [randoms[:n]] + [randoms[n + i:n + i + 1] for i in range(m)] + [randoms[:3]]
+    parts = [chain_part(seq, p, e if seq == m + 1 else 0) for seq, p in enumerate(pages)]
+    out = io.BytesIO()
+    header, _ = concat_segments(parts, out)
+    assert len(header.to_bytes()) + sum(len(b) for _, _, b in parts[:-1]) == target
+    got_header, got = read_all(out.getvalue(), "cat")
+    assert got_header == header
+    # every part but the last holds one transaction: part i's pages are transaction i's
+    assert got == [(i, p, d) for i, ps in enumerate(pages) for p, d in enumerate(ps, 1)]
+
+
+def test_every_read_size_decodes_a_concatenation():
+    """Whatever sizes the source returns (a network stream returns what it has), a read may
+    end exactly where a part's frame ends."""
+    from litesync.segment import concat_segments
+
+    parts, expect = chain_of_segments(3, page_size=512)
+    out = io.BytesIO()
+    concat_segments(parts, out)
+    data = out.getvalue()
+
+    class Trickle(io.RawIOBase):
+        def __init__(self, step):
+            self.pos, self.step = 0, step
+
+        def read(self, n=-1):
+            chunk = data[self.pos:self.pos + min(n, self.step)]
+            self.pos += len(chunk)
+            return chunk
+
+    for step in range(1, len(data) + 1):
+        r = SegmentReader(Trickle(step), f"read size {step}")
+        assert [(i, p, bytes(d)) for i, p, d in r.pages()] == expect
+        r.finish()

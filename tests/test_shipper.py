@@ -163,3 +163,55 @@ def test_sync_interval_ships_after_a_quiet_spell_at_once_then_spaces_uploads(tmp
         shipper.join(5)
         agent.close()
     assert os.path.exists(tmp_path / "pos.json")
+
+
+def test_a_replica_waiting_for_a_snapshot_asks_once_and_sleeps(tmp_path, monkeypatch):
+    """The spool lacks what the replica needs next (segments 3..6 were dropped): the shipper
+    asks the agent for a snapshot once for that position, then waits for the spool instead
+    of spinning; a new position that needs one asks again."""
+    import threading
+    import time
+
+    from litesync import shipper as shipper_mod
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from litesync.spool import Spool
+
+    calls = []
+
+    def counting(objects, pos):
+        calls.append(pos)
+        return choose_next(objects, pos)
+
+    monkeypatch.setattr(shipper_mod, "choose_next", counting)
+    spool = Spool(str(tmp_path / "spool"))
+
+    def publish(name):
+        with spool.writing(name) as f:
+            f.write(b"x")
+        spool.publish(name)
+
+    publish(seg(G, 7))
+    requested = threading.Event()
+    s = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), str(tmp_path / "pos.json"), db="db", replica="file",
+                request_snapshot=requested)
+    s.pos = shipped(seg(G, 2))
+    s.start()
+    try:
+        assert requested.wait(5)
+        requested.clear()
+        calls.clear()
+        time.sleep(1.0)
+        assert len(calls) < 20, f"{len(calls)} choose_next calls in 1s"
+        assert s.awaiting_snapshot and s.status == "pending"
+        assert not requested.is_set(), "asked again for the same need"
+        publish(seg(G, 8))  # the agent copies the WAL while it takes the snapshot
+        time.sleep(0.2)
+        assert not requested.is_set(), "asked again for the same need"
+        publish(snap(G, 9))  # the snapshot: shipped, and the replica goes on from it
+        publish(seg(G, 10))  # ... but segment 9 was dropped too: a new need
+        assert requested.wait(5)
+        assert s.pos == shipped(snap(G, 9))
+    finally:
+        s.stop()
+        s.join(5)
