@@ -5,8 +5,8 @@ Both formats are ``header | body | trailer`` (see docs/FORMAT.md):
            closed by a CRC-32 of the header;
   body     zstd frames with content checksums (one when written; several when segments
            were concatenated);
-  trailer  48 bytes: database checksum, body length, sha256 of header and body, magic.
-Readers stream: they hold back the last 48 bytes of the input as the trailer and verify
+  trailer  56 bytes: database checksum, body length, sha256 of header and body, magic.
+Readers stream: they hold back the last 56 bytes of the input as the trailer and verify
 the digest when the object ends, so a damaged object is never reported as good.
 """
 
