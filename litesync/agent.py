@@ -45,6 +45,8 @@ _KEEP_IN_MEMORY = 8 << 20
 # tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
 _MAX_TAIL = 2 << 20
 _TAIL_ATTEMPTS = 3
+# The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
+_INDEX_REPAIR_AFTER = 0.5
 
 
 class _WalChanged(Exception):
@@ -63,6 +65,37 @@ class View:
     header: wal.WalHeader | None
     overlay: dict[int, int]  # pgno -> WAL frame index holding the page for this view
     db_size: int
+
+
+_shm_fds: dict[tuple[int, int], int] = {}
+_shm_fds_lock = threading.Lock()
+
+
+def read_index_header(shm_path: str) -> bytes:
+    """Return the wal-index header (both copies) from a -shm file, or b"" when there is none.
+
+    SQLite's WAL locks (every reader's pin on the WAL among them) are POSIX locks on the
+    -shm file, and closing *any* descriptor of that file drops every lock this process
+    holds on it. So the file is read through one descriptor per file, never closed.
+    """
+    try:
+        st = os.stat(shm_path)
+    except FileNotFoundError:
+        return b""
+    key = (st.st_dev, st.st_ino)
+    with _shm_fds_lock:
+        fd = _shm_fds.get(key)
+        if fd is None:
+            try:
+                fd = os.open(shm_path, os.O_RDONLY)
+            except FileNotFoundError:
+                return b""
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            if key in _shm_fds:  # re-created between stat and open; keep both open
+                fd = _shm_fds[key]
+            _shm_fds[key] = fd
+    return os.pread(fd, 2 * wal.INDEX_HEADER_SIZE, 0)
 
 
 def _busy_handler(tries: int) -> bool:
@@ -182,16 +215,11 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
         return os.pread(wal_fd[0], size, offset)
 
     def header() -> wal.WalHeader | None:
-        return wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
+        hdr = wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
+        return None if hdr is not None and wal.index_restarted(read_index_header(path + "-shm"), hdr) else hdr
 
     def committed(hdr: wal.WalHeader | None) -> int | None:
-        if hdr is None:
-            return 0
-        try:
-            with open(path + "-shm", "rb") as f:  # the -shm file: plain I/O is safe there
-                return wal.index_frames(f.read(2 * wal.INDEX_HEADER_SIZE), hdr)
-        except FileNotFoundError:
-            return None
+        return 0 if hdr is None else wal.index_frames(read_index_header(path + "-shm"), hdr)
 
     try:
         seal, reader = connect(path), connect(path)
@@ -279,6 +307,7 @@ class DbAgent:
         self.R = self.W = self.C = None  # type: ignore[assignment]
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
+        self._index_unknown_since: float | None = None  # since when the wal-index could not be used
 
     # -- connections -----------------------------------------------------------------
 
@@ -392,7 +421,11 @@ class DbAgent:
         return os.pread(self._wal_fd, size, offset)
 
     def _wal_header(self) -> wal.WalHeader | None:
+        """The WAL's header; None when there is no WAL, or none by the wal-index (restarted,
+        nothing written since)."""
         hdr = wal.WalHeader.parse(self._wal_read_at(0, wal.WAL_HEADER_SIZE))
+        if hdr is not None and wal.index_restarted(self._read_index(), hdr):
+            return None
         if hdr is not None:
             size = os.fstat(self._wal_fd).st_size  # type: ignore[arg-type]
             if size > self.stats["max_wal_bytes"]:
@@ -520,14 +553,20 @@ class DbAgent:
                                                          size - len(self.data) + start)
             return self.fallback(offset, size)
 
-    def _index_frames(self, hdr: wal.WalHeader) -> int | None:
-        """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
+    def _read_index(self) -> bytes:
+        """The wal-index header's two copies, from the -shm file (b"" when there is none).
+
+        The descriptor stays open until ``close``: closing one drops SQLite's locks."""
         if self._shm_fd is None:
             try:
                 self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
             except OSError:
-                return None
-        return wal.index_frames(os.pread(self._shm_fd, 2 * wal.INDEX_HEADER_SIZE, 0), hdr)
+                return b""
+        return os.pread(self._shm_fd, 2 * wal.INDEX_HEADER_SIZE, 0)
+
+    def _index_frames(self, hdr: wal.WalHeader) -> int | None:
+        """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
+        return wal.index_frames(self._read_index(), hdr)
 
     def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], Callable[[int, int], bytes]]:
         """The committed transactions after our position (complete when called under the
@@ -544,7 +583,10 @@ class DbAgent:
         if committed is None:
             # A restart or a wal-index update half done: nothing can be proven committed yet.
             self.in_flight = True
+            if self._index_unknown_since is None:
+                self._index_unknown_since = time.monotonic()
             return [], self._wal_read_at
+        self._index_unknown_since = None
         if committed < self.pos.frame:
             self._check_unchanged(hdr, committed)
             raise _Diverged(f"the wal-index counts {committed} committed WAL frames, "
@@ -853,6 +895,7 @@ class DbAgent:
         state no snapshot is written (an idle database causes no upload); when it does not,
         something changed it without a trace in the WAL, and a new generation starts.
         """
+        why = "the write lock was not granted"
         for attempt in range(5):
             t0 = time.time()
             if not new_generation:
@@ -867,11 +910,15 @@ class DbAgent:
                 if tail_sealed is not None:
                     hdr, txs, read_at = tail_sealed
             if not sealed:
+                why = "the write lock was not granted, or the WAL kept changing"
                 time.sleep(0.1 * (attempt + 1))
                 continue
             try:
                 tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
                 view = self._reopen_view()
+            except _WalChanged:
+                why = "the WAL and the wal-index disagree under the write lock"
+                continue
             finally:
                 self._unseal()
             if tail is not None:
@@ -884,6 +931,7 @@ class DbAgent:
                 try:
                     value = self._scan_view(view, None).value
                 except _WalChanged:
+                    why = "the WAL was restarted while the database was read"
                     continue
                 if value == self.hasher.value:
                     self._snapshot_checked_at = time.time()
@@ -907,6 +955,7 @@ class DbAgent:
                     w.close(hasher.value)
             except _WalChanged:
                 self.spool.discard(name)
+                why = "the WAL was restarted while the database was read"
                 continue
             if not new_generation and hasher.value != self.hasher.value:
                 self.spool.discard(name)
@@ -931,7 +980,7 @@ class DbAgent:
             self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
                           layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
             return True
-        raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts")
+        raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
 
     # -- the loop ------------------------------------------------------------------
 
@@ -939,16 +988,25 @@ class DbAgent:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
         return how many transactions were copied."""
         copied = self.sync()
+        if self._index_unknown_since is not None and time.monotonic() - self._index_unknown_since > _INDEX_REPAIR_AFTER:
+            # A writer killed between the wal-index header's two copies: SQLite repairs the
+            # index when a connection next locks the database; take the write lock briefly.
+            self._index_unknown_since = None
+            if self._seal():
+                self._unseal()
         if self.pos.frame >= self.checkpoint_pages:
             self.checkpoint()
         due = (self.snapshot_interval is not None
                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
-        if self.newer_generation_seen.is_set():
+        if self.newer_generation_seen.is_set() and self.generation_floor >= self.generation:
             self.newer_generation_seen.clear()
-            self.snapshot_requested.clear()  # the new generation's snapshot serves it
-            if self.generation_floor >= self.generation:
+            try:
                 self.new_generation(f"a replica holds generation {layout.format_generation(self.generation_floor)}, "
                                     f"newer than this one ({layout.format_generation(self.generation)})")
+            except BaseException:
+                self.newer_generation_seen.set()  # the shipper waits for it: try again next step
+                raise
+            self.snapshot_requested.clear()  # the new generation's snapshot serves it
         elif self.snapshot_requested.is_set():
             self.snapshot_requested.clear()
             try:

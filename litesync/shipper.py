@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 # store sees few requests, while a lone commit still goes up at once.
 MAX_BATCH_BYTES = 8 << 20
 MAX_BATCH_PARTS = 1000
+# A generation id further ahead of this host's clock than this is taken for a stray object.
+_FUTURE_MS = 366 * 24 * 3600 * 1000
 
 
 @dataclass
@@ -127,9 +129,10 @@ class Shipper(threading.Thread):
         self.replica = replica
         self.destination = destination
         self.request_snapshot = request_snapshot
-        # Told of a generation on the replica newer than the one to ship (see _newer_on_replica).
+        # Told of a generation on the replica newer than the one to ship (see _replica_is_ahead).
         self.newer_generation = newer_generation
         self._generations_checked: set[int] = set()
+        self._replica_checked = False  # listed before this process's first upload
         self._outbid_by: int | None = None  # the replica's generation this agent was asked to pass
         self.sync_interval = sync_interval
         self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
@@ -208,11 +211,9 @@ class Shipper(threading.Thread):
             if need_snapshot:
                 self._ask_for_snapshot()
             return False
-        if isinstance(name, layout.SnapshotName) and name.generation != self.pos.generation:
-            newer = self._newer_on_replica(name.generation)
-            if newer is not None:
-                self.awaiting_snapshot = True
-                return False
+        if self._replica_is_ahead(name):
+            self.awaiting_snapshot = True
+            return False
         if isinstance(name, layout.SnapshotName):
             size = self._upload(name)
             new_pos = Position(sort_key(name), name.seq)
@@ -236,32 +237,79 @@ class Shipper(threading.Thread):
             self.last_snapshot_at = object_time(name)
         return True
 
-    def _newer_on_replica(self, generation: int) -> int | None:
-        """Before a generation's first object goes up: the newest generation the replica
-        holds when it is newer than ``generation``, after asking the agent for a generation
-        after it; else None.
+    def _replica_is_ahead(self, name: Name) -> bool:
+        """True when the replica holds history this agent's would not follow: the agent is
+        then asked for a generation after it, and ``name`` is held back.
 
         Ids order history, and a restore takes the greatest; the agent keeps its own ids
-        growing, but only the replica knows the ids written by a host whose clock ran
-        ahead, or before the state directory was lost. Asked once per process: two agents
-        writing to one replica would otherwise outbid each other for ever.
+        growing, but only the replica knows the ids written by a host whose clock ran ahead,
+        or before the state directory was lost; and only the replica shows that this host
+        was rolled back (a VM snapshot restored): it holds later objects of the generation
+        being resumed than the spool ever had, or others under the same sequence. Checked
+        before the first upload of each process and of each new generation. Asked once per
+        process: two agents writing to one replica would otherwise outbid each other for ever.
         """
+        if self.newer_generation is None:
+            return False
         if self._outbid_by is not None:
-            return self._outbid_by if generation <= self._outbid_by else None
-        if self.newer_generation is None or generation in self._generations_checked:
+            if name.generation > self._outbid_by:
+                return False
+            if any(isinstance(n, layout.SnapshotName) and n.generation > self._outbid_by
+                   for n, _ in self.spool.objects()):
+                self.pos = Position()  # the agent's new generation is here: ship from its snapshot
+            else:
+                self.newer_generation(self._outbid_by)  # again: the agent may have failed once
+            return True
+        first = not self._replica_checked
+        new_generation = isinstance(name, layout.SnapshotName) and name.generation != self.pos.generation
+        if not first and (not new_generation or name.generation in self._generations_checked):
+            return False
+        names = [n for n in map(layout.parse_key, (o.key for o in self.client.list(layout.GENERATIONS + "/")))
+                 if n is not None]
+        self._replica_checked = True
+        self._generations_checked.add(name.generation)
+        reason = (self._newer_generation_reason(names, name.generation)
+                  or self._diverged_reason(names, name))
+        if reason is None:
+            return False
+        ahead, why = reason
+        self.log.warning("%s; starting a new generation after %s", why, layout.format_generation(ahead))
+        self._outbid_by = ahead
+        self.newer_generation(ahead)
+        return True
+
+    def _newer_generation_reason(self, names: list[Name], generation: int) -> tuple[int, str] | None:
+        """(generation, why) when the replica holds a generation newer than ``generation``."""
+        horizon = (int(time.time() * 1000) + _FUTURE_MS) << 16
+        newest = 0
+        for n in names:
+            if not isinstance(n, layout.SnapshotName) or n.generation <= generation:
+                continue
+            if n.generation > horizon:
+                self.log.warning("ignoring %s: its generation id lies more than a year in the future", n.key)
+                continue
+            newest = max(newest, n.generation)
+        if not newest:
             return None
-        gens = {n.generation for n in map(layout.parse_key, (o.key for o in self.client.list(layout.GENERATIONS + "/")))
-                if isinstance(n, layout.SnapshotName)}
-        newest = max(gens, default=0)
-        self._generations_checked.add(generation)
-        if newest <= generation:
-            return None
-        self.log.warning("the replica holds generation %s, newer than this database's %s (a clock behind the "
-                         "one that wrote it, or a lost state directory); starting a new generation after it",
-                         layout.format_generation(newest), layout.format_generation(generation))
-        self._outbid_by = newest
-        self.newer_generation(newest)
-        return newest
+        return newest, (f"the replica holds generation {layout.format_generation(newest)}, newer than this "
+                        f"database's {layout.format_generation(generation)} (written by a clock ahead of this "
+                        "one, or before the state directory was lost)")
+
+    def _diverged_reason(self, names: list[Name], name: Name) -> tuple[int, str] | None:
+        """(generation, why) when the replica holds segments of ``name``'s generation, from
+        where this replica's shipping goes on, that the spool does not know: another history
+        under the same names (this host rolled back, or a second agent)."""
+        gen = name.generation
+        spooled = {n.last_seq: n.last_commit_ms for n, _ in self.spool.objects()
+                   if isinstance(n, layout.SegmentName) and n.generation == gen}
+        start = name.seq if isinstance(name, layout.SnapshotName) else name.first_seq
+        for n in names:
+            if not isinstance(n, layout.SegmentName) or n.generation != gen or n.last_seq < start:
+                continue
+            if spooled.get(n.last_seq) != n.last_commit_ms:
+                return gen, (f"the replica holds {n.key}, which this agent did not write (the host was "
+                             "rolled back, or another agent writes here)")
+        return None
 
     def _ask_for_snapshot(self) -> None:
         """Ask the agent for a snapshot, once per position that needs one."""

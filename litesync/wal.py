@@ -134,27 +134,42 @@ def _coefficients(n_words: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int,
 INDEX_HEADER_SIZE = 48  # one copy of the wal-index header at the start of the -shm file
 
 
+def _index_header(shm: bytes) -> tuple[int, bytes] | None:
+    """Return (mxFrame, salts as stored) from a consistent, initialised wal-index header in
+    ``shm`` (the first 96 bytes of the -shm file), or None: short, its two copies differ or
+    fail their checksum (a write in progress, or a writer killed inside one), uninitialised."""
+    if len(shm) < 2 * INDEX_HEADER_SIZE or shm[:INDEX_HEADER_SIZE] != shm[INDEX_HEADER_SIZE:2 * INDEX_HEADER_SIZE]:
+        return None
+    # Native byte order (the -shm file never leaves the machine); the salts are copied
+    # byte for byte from the WAL header.
+    if not shm[12] or _native_checksum(shm[:40]) != struct.unpack_from("=2I", shm, 40):
+        return None
+    return struct.unpack_from("=I", shm, 16)[0], shm[32:40]
+
+
 def index_frames(shm: bytes, header: WalHeader) -> int | None:
-    """Return the frame count (mxFrame) the wal-index header in ``shm`` (the first 96
-    bytes of the -shm file) gives for the WAL with ``header``: the frames SQLite counts as
-    committed. None when it cannot be used: short, its two copies differ or fail their
-    checksum (a write in progress, or a writer killed inside one), uninitialised, or
-    written for other salts (another WAL, or a restart half done).
+    """Return the frame count (mxFrame) the wal-index header in ``shm`` gives for the WAL
+    with ``header``: the frames SQLite counts as committed. None when it cannot be used
+    (see _index_header), or was written for other salts (another WAL, or a restart half
+    done).
 
     Frames past mxFrame are not committed even when their checksums chain: a writer killed
     after writing them, before updating the wal-index, wrote a transaction that never
     happened, and the next writer overwrites those frames.
     """
-    if len(shm) < 2 * INDEX_HEADER_SIZE or shm[:INDEX_HEADER_SIZE] != shm[INDEX_HEADER_SIZE:2 * INDEX_HEADER_SIZE]:
+    index = _index_header(shm)
+    if index is None or index[1] != struct.pack(">2I", header.salt1, header.salt2):
         return None
-    # Native byte order (the -shm file never leaves the machine); the salts are copied
-    # byte for byte from the WAL header.
-    is_init, max_frame = shm[12], struct.unpack_from("=I", shm, 16)[0]
-    if not is_init or shm[32:40] != struct.pack(">2I", header.salt1, header.salt2):
-        return None
-    if _native_checksum(shm[:40]) != struct.unpack_from("=2I", shm, 40):
-        return None
-    return max_frame
+    return index[0]
+
+
+def index_restarted(shm: bytes, header: WalHeader) -> bool:
+    """True when the wal-index says the WAL with ``header`` was restarted and holds nothing
+    yet: new salts and no frame. SQLite writes the wal-index first and the WAL header with
+    the first new frame, or truncates the file after it (a TRUNCATE checkpoint killed
+    between the two leaves this state until the next write): the WAL is empty."""
+    index = _index_header(shm)
+    return index is not None and index[0] == 0 and index[1] != struct.pack(">2I", header.salt1, header.salt2)
 
 
 def _native_checksum(data: bytes) -> tuple[int, int]:

@@ -212,3 +212,116 @@ def test_point_in_time_restore_across_a_clock_step_back(tmp_path):
                  datetime.fromtimestamp(now / 1000 - 600, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), url)
     assert r.returncode == 1
     assert "nothing to restore at or before" in r.stderr
+
+
+def sql(db: str, *statements: str) -> None:
+    """Run ``statements`` from a new process (the test process keeps to one SQLite library)."""
+    code = ("import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+            "for s in sys.argv[2:]:\n    c.execute(s).fetchall()\n")
+    subprocess.run([sys.executable, "-c", code, db, *statements], env=clean_env(), check=True, timeout=60)
+
+
+def test_a_host_rolled_back_to_an_earlier_state_starts_a_new_generation(tmp_path):
+    """A VM snapshot restored: the database, its WAL and the agent's state go back in time
+    together; the replica, elsewhere, keeps what the discarded timeline shipped. The agent
+    must not continue its old generation under names the replica already holds."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    state = tmp_path / ".app.db-litesync"
+    log = str(tmp_path / "agent.log")
+    sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)", "INSERT INTO t VALUES('base')")
+
+    def session(*rows: str, truncate_after: bool = False) -> None:
+        agent = start_agent_ready(db, url, log_path=log)
+        for row in rows:
+            sql(db, f"INSERT INTO t VALUES('{row}')")
+            time.sleep(0.2)
+        assert stop(agent) == 0, open(log).read()
+        if truncate_after:
+            sql(db, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+    session("s1")
+    saved = tmp_path / "vm-snapshot"
+    saved.mkdir()
+    for f in ("app.db", "app.db-wal"):
+        shutil.copy2(tmp_path / f, saved / f)
+    shutil.copytree(state, saved / state.name)
+    session("X1", "X2", truncate_after=True)  # the timeline the rollback discards
+    session("X3")
+    for f in ("app.db", "app.db-wal", "app.db-shm"):
+        if os.path.exists(tmp_path / f):
+            os.unlink(tmp_path / f)
+    shutil.rmtree(state)
+    for f in ("app.db", "app.db-wal"):
+        shutil.copy2(saved / f, tmp_path / f)
+    shutil.copytree(saved / state.name, state)
+    session("Y1", "Y2", "Y3")
+    out = str(tmp_path / "restored.db")
+    restore(url, out)
+    assert content_digest(out) == content_digest(db)
+    assert "starting a new generation after" in open(log).read()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (.ci/run installs it)")
+def test_a_truncate_checkpoint_killed_before_the_truncate_leaves_an_empty_wal(tmp_path):
+    """SQLite writes the restarted wal-index (new salts, no frame), then truncates the WAL:
+    killed in between, the WAL file keeps its old header while the wal-index says it is
+    empty. The agent must read that as an empty WAL, not fail."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    holder = subprocess.Popen([sys.executable, "-c", """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA journal_mode=WAL"); c.execute("CREATE TABLE t(x)")
+for i in range(5):
+    c.execute("INSERT INTO t VALUES(?)", (i,))
+c.execute("PRAGMA wal_checkpoint(PASSIVE)")
+print("ready", flush=True)
+sys.stdin.read()
+""", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(), text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"  # the -shm stays alive with the holder
+        killed = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=ftruncate",
+                                 "-e", "inject=ftruncate:signal=KILL", sys.executable, "-c",
+                                 "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute("
+                                 "'PRAGMA wal_checkpoint(TRUNCATE)').fetchall()", db], env=clean_env(), timeout=60)
+        assert killed.returncode == -9
+        assert os.path.getsize(db + "-wal") > 0  # the old WAL header is still there
+        replicate_once(db, url)
+        out = str(tmp_path / "restored.db")
+        restore(url, out)
+        assert content_digest(out) == content_digest(db)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_reading_the_live_database_in_the_agent_process_keeps_its_pin_on_the_wal(tmp_path):
+    """SQLite's WAL locks are POSIX locks on the -shm file: closing any descriptor of it in
+    a process drops them all. ``read_live`` (validation runs it inside the agent) must
+    leave a read transaction's pin in place, so that a TRUNCATE checkpoint stays busy."""
+    import apsw
+
+    from litesync.agent import read_live
+
+    db = str(tmp_path / "app.db")
+    sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)", "INSERT INTO t VALUES(1)")
+    reader = apsw.Connection(db)
+    writer = apsw.Connection(db)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    try:
+        writer.execute("INSERT INTO t VALUES(2)")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchall()  # pins the WAL at this frame
+        writer.execute("INSERT INTO t VALUES(3)")
+        read_live(db)
+        checkpoint = subprocess.run(
+            [sys.executable, "-c", "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute("
+             "'PRAGMA wal_checkpoint(TRUNCATE)').fetchone()[0])", db],
+            env=clean_env(), capture_output=True, text=True, timeout=60, check=True)
+        assert checkpoint.stdout.strip() == "1"  # busy: the reader's pin held
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+        writer.close()
