@@ -4,7 +4,6 @@ shrinks the database below pages it spilled."""
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import sqlite3
@@ -14,6 +13,9 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import torture  # noqa: E402  (the clock-shifting environment)
 
 from dbcheck import content_digest, integrity
 from proc import clean_env, litesync, start_agent_ready, stop, wait_for
@@ -134,12 +136,13 @@ def test_a_commit_that_spills_then_shrinks_the_database_restores(tmp_path, mode)
     assert content_digest(out) == content_digest(db)
 
 
-def faketime_env(offset: str) -> dict[str, str]:
-    """An environment whose processes see the wall clock shifted by ``offset`` (libfaketime)."""
-    libs = glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1")
-    if not libs:
+def faketime_env(offset: int, tmp_path) -> dict[str, str]:
+    """An environment whose processes see the wall clock shifted by ``offset`` seconds
+    (libfaketime, with the torture suite's shim for Python's monotonic waits)."""
+    lib = torture.Tools.find().faketime
+    if lib is None:
         pytest.skip("needs libfaketime (.ci/run installs the faketime package)")
-    return clean_env({"LD_PRELOAD": libs[0], "FAKETIME": offset})
+    return clean_env(torture.faketime_env(lib, offset, str(tmp_path / "faketime-shim")))
 
 
 def replicate_once(db: str, url: str, env: dict[str, str] | None = None) -> None:
@@ -162,9 +165,9 @@ def test_a_clock_behind_the_previous_generation_still_ships_the_newest_history(t
     db = str(tmp_path / "app.db")
     url = f"file://{tmp_path / 'replica'}"
     run_app(db, "before", 3)
-    replicate_once(db, url, env=faketime_env("+3600s"))
+    replicate_once(db, url, env=faketime_env(3600, tmp_path))
     run_app(db, "ahead", 2)
-    replicate_once(db, url, env=faketime_env("+3600s"))
+    replicate_once(db, url, env=faketime_env(3600, tmp_path))
     checkpoint_truncate(db)
     if state == "lost":
         shutil.rmtree(tmp_path / ".app.db-litesync")
@@ -190,7 +193,7 @@ def test_point_in_time_restore_across_a_clock_step_back(tmp_path):
     db = str(tmp_path / "app.db")
     url = f"file://{tmp_path / 'replica'}"
     run_app(db, "ahead", 2)
-    replicate_once(db, url, env=faketime_env("+3600s"))
+    replicate_once(db, url, env=faketime_env(3600, tmp_path))
     checkpoint_truncate(db)
     run_app(db, "after", 3)
     replicate_once(db, url)

@@ -1,0 +1,102 @@
+"""scripts/torture.py: a few short seeded runs pass, and the faults they draw really happen."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORTURE = os.path.join(ROOT, "scripts", "torture.py")
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import torture
+
+# The first seed of runs whose plans (torture.draw_plan) hold, between them, every kind of fault.
+SEED, RUNS, SECONDS = 11, 3, 15
+
+
+def missing_tools() -> list[str]:
+    tools = torture.Tools.find()
+    return [name for name, path in (("strace", tools.strace), ("libfaketime", tools.faketime)) if not path]
+
+
+@pytest.mark.slow
+def test_short_seeded_runs_pass_and_draw_every_fault(tmp_path):
+    report = tmp_path / "summary.json"
+    p = subprocess.run([sys.executable, TORTURE, "--runs", str(RUNS), "--seed", str(SEED), "--duration",
+                        str(SECONDS), "--workdir", str(tmp_path), "--json", str(report)],
+                       capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stdout[-6000:] + p.stderr[-3000:]
+    s = json.loads(report.read_text())
+    assert (s["runs"], s["failures"]) == (RUNS, 0), p.stdout
+    counters = s["counters"]
+    expected = ["agent kill -9", "agent SIGSTOP/SIGCONT", "app SIGKILL at random time", "restore latest ok (checked)",
+                "restore mid-run", "restore to a point in time", "replica s3", "replica file"]
+    expected += [f"checkpoint {mode}" for mode in torture.CHECKPOINT_MODES]
+    if not missing_tools():
+        expected += ["app killed at WAL write (strace)", "app killed at sync (strace)"]
+        expected += ["clock step forwards", "clock step backwards"]
+    missing = [name for name in expected if not counters.get(name)]
+    assert not missing, f"faults never drawn: {missing}\n{p.stdout}"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("torture-")], "passing runs left their directories"
+    if missing_tools():
+        pytest.skip(f"ran without the faults that need {' and '.join(missing_tools())} (apt-get install strace faketime)")
+
+
+def test_plan_is_a_function_of_the_seed():
+    tools = torture.Tools("/usr/bin/strace", "/lib/faketime.so")
+    a = torture.draw_plan(7, tools, s3=True)
+    assert a == torture.draw_plan(7, tools, s3=True)
+    assert [a.app(i, tools) for i in range(5)] == [a.app(i, tools) for i in range(5)]
+    assert a != torture.draw_plan(8, tools, s3=True)
+
+
+def test_history_takes_the_acked_or_observed_attempt_and_flags_phantoms():
+    log = [line.split() for line in [
+        "start 1 small", "observed 0 0", "begin 1 1 init", "commit 1 1", "begin 2 1 small",  # killed
+        "start 2 small", "observed 1 1", "begin 2 2 small",                                    # killed, recovered
+        "start 3 small", "observed 2 2", "begin 3 1 kv", "commit 3 1", "exit 3"]]
+    h = torture.History.from_log(log)
+    assert h.problems == []
+    assert h.committed == {1: (1, "init"), 2: (2, "small"), 3: (1, "kv")}
+    assert h.explain((2, 2)) is None
+    assert h.explain((2, 1)) == "a phantom: attempt 1 of transaction 2 never committed (attempt 2 did)"
+    assert h.explain((4, 1)) == "transaction 4 never committed"
+
+
+def test_history_flags_a_lost_acknowledged_commit():
+    log = [line.split() for line in ["observed 0 0", "begin 1 1 init", "commit 1 1", "begin 2 1 small",
+                                     "commit 2 1", "observed 1 1"]]
+    assert torture.History.from_log(log).problems == [
+        "live database lost acknowledged transactions: a writer observed 1 after 2 was committed"]
+
+
+def test_replay_detects_wrong_content(tmp_path):
+    """The checker is not fooled by a database whose meta row is right and whose rows are not."""
+    import apsw
+    import torture_app
+
+    db = str(tmp_path / "db")
+    conn = apsw.Connection(db)
+    committed = {}
+    for k, kind in enumerate(["init", "small", "kv", "schema", "update"], start=1):
+        conn.execute("BEGIN")
+        torture_app.run_tx(conn, 5, k, 1, kind)
+        conn.execute("COMMIT")
+        committed[k] = (1, kind)
+    history = torture.History(committed, [], {})
+    assert torture.replay_and_compare(5, history, {5: [("good", db)]}, str(tmp_path / "r1")) == []
+    conn.execute("UPDATE items SET v = x'00' WHERE id = (SELECT min(id) FROM items)")
+    conn.close()
+    assert torture.replay_and_compare(5, history, {5: [("bad", db)]}, str(tmp_path / "r2")) == [
+        "bad: content differs from the replay of transactions 1..5 (meta matches, rows do not)"]
+
+
+def test_ci_installs_strace_and_faketime():
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        text = f.read()
+    assert "apt-get install" in text and "strace" in text and "faketime" in text
