@@ -20,6 +20,27 @@ transactions 1..k and integrity_check is ok. A mid-run restore may fail cleanly 
 code != 0 and no output). At the end, with the agent running unharmed, the replica must
 reach the last commit within the liveness deadline.
 
+What the world can do that a replication agent's model may not expect, and whether a run
+draws it:
+- SQLite: a writer killed after writing a commit's frames, before the wal-index counts
+  them (strace at a WAL sync or write: drawn); wal-index recovery turning such frames into
+  a commit when the next process opens the database first (drawn, with agent kills);
+  checkpoints of every mode from another process (drawn), one killed between restarting
+  the wal-index and truncating the WAL (drawn); the app's autocheckpoint on and off
+  (drawn); a transaction spilling its cache, then shrinking the file with auto_vacuum
+  (drawn); VACUUM, auto_vacuum changes, schema changes, page sizes 512..65536 (drawn);
+  a database past 1 GiB, its lock-byte page (--long); a writer killed between the two
+  wal-index header copies (not drawn: a memory write, out of strace's reach);
+  locking_mode=EXCLUSIVE (not drawn: the agent cannot read such a database at all).
+- The kernel: SIGKILL of the app and of the agent at any moment, SIGSTOP/SIGCONT of the
+  agent (drawn); the agent reading the live database in its own process while it
+  replicates (validation-interval: drawn); a full disk, a machine crash losing the page
+  cache (not drawn here: see the faults issue).
+- The clock: the agent restarted with its clock an hour or a day ahead or behind
+  (libfaketime: drawn); a host rolled back with its state (tests/test_correctness.py).
+- The network and the store: S3 on loopback (drawn); resets, stalls and outages (not
+  drawn here: see the faults issue).
+
 A failing run prints its seed and the command that reruns it, and keeps its directory.
 The agent and restores run `python -m litesync` from this environment: to torture another
 checkout, put its directory first on PYTHONPATH.
@@ -142,6 +163,9 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
         config = {"snapshot-interval": rng.choice(["3s", "10s", "4h"]), "retention": rng.choice(["5s", "20s", "24h"]),
                   "retention-check-interval": "1s", "compaction": rng.choice(["1s, 3s", "2s", "500ms, 2s, 8s"]),
                   "checkpoint-pages": rng.choice([20, 200, 1000]), "sync-interval": rng.choice(["0s", "100ms", "1s"])}
+        # Drawn apart, so that adding it left every other draw of a seed as it was.
+        if random.Random(f"{seed}/validation").random() < 0.5:
+            config["validation-interval"] = "2s"  # the agent reads the live database in its own process
     clock = tools.faketime is not None and rng.random() < 0.6
     return Plan(seed=seed, duration=duration, page_size=rng.choice(PAGE_SIZES),
                 auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),
@@ -468,6 +492,8 @@ class Run:
         self.count(f"auto_vacuum {p.auto_vacuum}")
         self.count(f"replica {p.replica}")
         self.count("agent with config (compaction, retention)" if p.config else "agent with DB URL")
+        if p.config and "validation-interval" in p.config:
+            self.count("agent validating the live database")
         self.note(f"plan: {p}")
 
     # --- the main loop
@@ -527,7 +553,11 @@ class Run:
                 self.agent.stop()
                 self.pending_cont = time.monotonic() + event.param
         elif event.action == "checkpoint":
-            self.start_checkpoint(event.param)
+            # A TRUNCATE checkpoint killed between restarting the wal-index and truncating
+            # the WAL leaves them disagreeing; drawn apart (see draw_plan).
+            killed = (event.param == "TRUNCATE" and self.tools.strace is not None
+                      and random.Random(f"{self.plan.seed}/ckpt-kill/{event.at}").random() < 0.5)
+            self.start_checkpoint(event.param, killed=killed)
         elif event.action == "restore" and not any(r.rc is None for r in self.restores):
             self.count("restore mid-run")
             self.start_restore(final=False)
@@ -545,14 +575,18 @@ class Run:
             self.fail(f"agent exited by itself with {self.agent.proc.returncode}; see agent.log")
             self.pending_restart = (now + 1.0, self.agent.offset)  # keep going: later restores still count
 
-    def start_checkpoint(self, mode: str, busy_ms: int = 2000) -> None:
+    def start_checkpoint(self, mode: str, busy_ms: int = 2000, killed: bool = False) -> None:
         if alive(self.checkpointer):
             return
-        self.count(f"checkpoint {mode}")
-        self.note(f"checkpoint {mode}")
+        what = f"checkpoint {mode}" + (" killed at the WAL truncate (strace)" if killed else "")
+        self.count(what)
+        self.note(what)
+        cmd = [sys.executable, "-c", CHECKPOINT_CODE, self.db, mode, str(busy_ms)]
+        if killed:
+            cmd = [self.tools.strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=ftruncate",
+                   "-e", "inject=ftruncate:signal=KILL", *cmd]
         with open(self.path("checkpoint.log"), "ab") as out:
-            self.checkpointer = subprocess.Popen([sys.executable, "-c", CHECKPOINT_CODE, self.db, mode,
-                                                  str(busy_ms)], stdout=out, stderr=out, env=clean_env())
+            self.checkpointer = subprocess.Popen(cmd, stdout=out, stderr=out, env=clean_env())
 
     def start_restore(self, final: bool, *options: str) -> Restore:
         """Start `litesync restore -o restore-N.db [options] URL` in the background."""
