@@ -458,6 +458,8 @@ def _format_status(st: dict, now: float) -> str:
                      f"generation {r.get('generation') or '-'}  -> {r.get('destination')}")
         if r.get("last_error"):
             lines.append(f"  {'':<10} last error: {r['last_error']}")
+        for unsound in r.get("unsound_objects") or ():
+            lines.append(f"  {'':<10} unsound object, left alone: {unsound}")
         last = (r.get("validation") or {}).get("last")
         if last:
             verdict = "ok" if last["ok"] else f"FAILED: {last['message']}"

@@ -14,7 +14,8 @@ from .errors import ChainError, CorruptObjectError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
 from .restore import PageBatch
-from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
+from .segment import (SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter,
+                      SnapshotReader, TxInfo)
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,33 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
     return layout.SegmentName(first.generation, first.first_seq, last.last_seq, commit_ms), size
 
 
+def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName) -> str | None:
+    """Why the snapshot object ``name`` cannot be restored from, or None when it reads back
+    whole as the snapshot its name says."""
+    try:
+        with client.open(name.key) as f:
+            snap = SnapshotReader(f, name.key)
+            h = snap.header
+            if (h.generation, h.seq) != (name.generation, name.seq):
+                return f"its header names generation {h.generation:016x} seq {h.seq}"
+            for _ in snap.chunks():
+                pass
+            snap.finish()
+    except (LitesyncError, OSError) as e:
+        if getattr(e, "retryable", False):
+            raise  # the store, not the object: the round is retried
+        return str(e)
+    return None
+
+
 class Maintainer(threading.Thread):
     """Compacts and applies retention on one replica, on a schedule."""
 
     def __init__(self, client: ReplicaClient, *, db: str, replica: str, retention: float | None,
                  compaction: tuple[float, ...], interval: float, work_dir: str,
                  activity: Callable[[], int] = lambda: 0, grace: float | None = None, tick: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, written: Callable[[str], bool] = lambda key: False,
+                 current_generation: Callable[[], int | None] = lambda: None) -> None:
         self.log = Labelled(log, db, replica)
         super().__init__(name=f"maintain {self.log.label}", daemon=True)
         self.client = client
@@ -102,7 +123,12 @@ class Maintainer(threading.Thread):
         self.clock = clock
         self.stop_event = threading.Event()
         self._doomed: dict[str, float] = {}  # key -> when first found deletable
-        self.stats = {"rounds": 0, "compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0}
+        self.written = written  # keys this process uploaded: sound without a download
+        self.current_generation = current_generation  # never deleted
+        self._checked: dict[str, str | None] = {}  # snapshot key -> why it is unsound (None: sound)
+        self.unsound: list[str] = []  # "key: why" of snapshots retention found unsound, for status
+        self.stats = {"rounds": 0, "compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0,
+                      "unsound_objects": 0}
         self.last_error: str | None = None
 
     def run(self) -> None:
@@ -166,7 +192,8 @@ class Maintainer(threading.Thread):
         """Delete what retention allows once it has been unneeded for the grace period."""
         now = self.clock()
         cat = history.catalog(self.client.list(layout.GENERATIONS + "/"))
-        unneeded = set(history.retention_deletes(cat, int(now * 1000), int(self.retention * 1000)))  # type: ignore[operator]
+        unneeded = set(history.retention_deletes(cat, int(now * 1000), int(self.retention * 1000),  # type: ignore[operator]
+                                                 usable=self._sound, keep_generation=self.current_generation()))
         self._doomed = {k: self._doomed.get(k, now) for k in unneeded}
         # A restore or follower may have planned with these a moment ago: let it finish.
         ripe = sorted(k for k, t in self._doomed.items() if now - t >= self.grace)
@@ -177,6 +204,22 @@ class Maintainer(threading.Thread):
             self.stats["deleted"] += len(ripe)
             self.log.info("retention deleted %d objects", len(ripe))
         return len(ripe)
+
+    def _sound(self, name: layout.SnapshotName) -> bool:
+        """Whether snapshot ``name`` may stand as the state everything before it is deleted
+        for: this process uploaded it, or it reads back whole (header, every page, the
+        trailer's digest; an encrypted replica's authentication) as what its name says."""
+        key = name.key
+        if self.written(key):
+            return True
+        if key not in self._checked:
+            self._checked[key] = why = snapshot_fault(self.client, name)
+            if why is not None:
+                self.stats["unsound_objects"] += 1
+                self.unsound.append(f"{key}: {why}")
+                self.log.warning("retention: %s is unsound (%s); left alone, and not taken as a state to keep",
+                                 key, why)
+        return self._checked[key] is None
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Callable, Iterable
 
 from . import layout
 from .errors import ChainError, RestoreError
@@ -240,25 +240,32 @@ def follow_step(cat: Catalog, generation: int | None, next_seq: int, replica: st
 
 # -- retention ---------------------------------------------------------------------------
 
-def retention_deletes(cat: Catalog, now_ms: int, window_ms: int) -> list[str]:
+def retention_deletes(cat: Catalog, now_ms: int, window_ms: int,
+                      usable: Callable[[layout.SnapshotName], bool] = lambda s: True,
+                      keep_generation: int | None = None) -> list[str]:
     """Keys that no restore to a moment inside ``[now - window, now]`` needs.
 
-    Kept: the newest snapshot at or before the window's start (the floor) and everything
-    after it; the single-sequence segments inside any merged segment that ends inside the
-    window (a point-in-time restore may stop in the middle of it). Deleted: generations
+    Kept: the newest snapshot at or before the window's start that ``usable`` accepts (the
+    floor) and everything after it; the single-sequence segments inside any merged segment
+    that ends inside the window (a point-in-time restore may stop in the middle of it);
+    every object of ``keep_generation`` (the one being written). Deleted: generations
     before the floor's, snapshots and segments before the floor in its generation, and
     the parts of merged segments that end before the window.
+
+    ``usable`` is asked about candidates newest first, until one passes: a name alone
+    proves nothing (a stray object, a half-written one, another host's), so the floor is
+    a snapshot known to be sound, and one stray object never makes the history redundant.
     """
     cutoff = now_ms - window_ms
-    floor: layout.SnapshotName | None = None
-    for g in cat.generations.values():
-        for s, _ in g.snapshots:
-            if s.created_ms <= cutoff and (floor is None or (s.generation, s.seq) > (floor.generation, floor.seq)):
-                floor = s
+    candidates = sorted((s for g in cat.generations.values() for s, _ in g.snapshots if s.created_ms <= cutoff),
+                        key=lambda s: (s.generation, s.seq), reverse=True)
+    floor = next((s for s in candidates if usable(s)), None)
     if floor is None:
         return []
     out: list[str] = []
     for gen, g in cat.generations.items():
+        if gen == keep_generation and gen != floor.generation:
+            continue
         if gen < floor.generation:
             out += [n.key for n, _ in g.snapshots] + [n.key for n, _ in g.segments]
             continue

@@ -28,6 +28,8 @@ _REPLICA_METRICS = (
     ("litesync_replica_errors_total", "counter", "Failed replica operations (shipping and maintenance).",
      "errors"),
     ("litesync_replica_retries_total", "counter", "Replica operations tried again after a failure.", "retries"),
+    ("litesync_replica_unsound_objects", "gauge",
+     "Snapshots on the replica that do not read back whole; retention leaves them alone.", "unsound_count"),
 )
 # (name, type, help, key in a database's status)
 _DB_METRICS = (

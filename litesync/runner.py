@@ -62,7 +62,9 @@ class DbReplication:
             self.maintainers.append(Maintainer(
                 client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
                 interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
-                activity=lambda s=shipper: s.uploaded_objects))
+                activity=lambda s=shipper: s.uploaded_objects,
+                written=lambda key, s=shipper: key in s.uploaded_snapshots,
+                current_generation=lambda s=shipper: s.pos.generation))
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.waiting = threading.Event()  # for the database to be created
@@ -245,6 +247,8 @@ class DbReplication:
             r = s.report(now)
             r["destination"] = rc.destination
             r["errors"] += m.stats["errors"]
+            r["unsound_objects"] = list(m.unsound)
+            r["unsound_count"] = len(m.unsound)
             r["validation"] = dict(self.validation[s.replica])
             replicas.append(r)
         objects = a.spool.objects()

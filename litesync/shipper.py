@@ -144,6 +144,7 @@ class Shipper(threading.Thread):
         self.last_error: str | None = None
         self.fatal: LitesyncError | None = None  # a configuration error found before shipping began
         self.uploaded_objects = 0
+        self.uploaded_snapshots: set[str] = set()  # keys of the snapshots this process uploaded
         self.uploaded_bytes = 0
         self.last_upload_at: float | None = None
         self.last_snapshot_at: float | None = None  # creation time of the last snapshot shipped
@@ -216,6 +217,7 @@ class Shipper(threading.Thread):
             return False
         if isinstance(name, layout.SnapshotName):
             size = self._upload(name)
+            self.uploaded_snapshots.add(name.key)
             new_pos = Position(sort_key(name), name.seq)
         else:
             run = batch_after(self.spool.objects(), name)

@@ -1,0 +1,143 @@
+"""Retention acts on what it can prove, never on names alone: one stray object in the
+replica (empty, truncated, another tool's) must not make it delete the genuine history."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+
+from dbcheck import content_digest
+from proc import litesync
+
+from litesync import history, layout
+from litesync.compact import Maintainer
+from litesync.replica.file import FileReplicaClient
+
+
+def write_rows(db: str, n: int) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(n):
+        conn.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+    conn.close()
+
+
+@pytest.fixture
+def two_generations(tmp_path):
+    """A replica holding two genuine generations of app.db; returns (db, replica root, newest gen)."""
+    db, root = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    for n in (3, 4):
+        write_rows(db, n)  # the last connection closes: the WAL is checkpointed and removed
+        r = litesync("replicate", "--once", db, root)
+        assert r.returncode == 0, r.stderr
+    gens = sorted(os.listdir(os.path.join(root, "generations")))
+    assert len(gens) == 2
+    return db, root, int(gens[-1], 16)
+
+
+def stray_zero_bytes(root: str, newest: int) -> str:
+    key = "generations/7fffffffffffffff/snapshots/0000000000000000-000000000001.snap"
+    path = os.path.join(root, *key.split("/"))
+    os.makedirs(os.path.dirname(path))
+    open(path, "wb").close()
+    return key
+
+
+def stray_truncated(root: str, newest: int) -> str:
+    """Half of the newest genuine snapshot, named as a snapshot of a newer generation."""
+    client = FileReplicaClient(root)
+    snap = [o.key for o in client.list(layout.generation_prefix(newest)) if o.key.endswith(".snap")][0]
+    data = client.read(snap)
+    key = layout.SnapshotName(newest + (1 << 16), 0, 2).key
+    client.write_bytes(key, data[:len(data) // 2])
+    return key
+
+
+@pytest.mark.parametrize("make_stray", [stray_zero_bytes, stray_truncated])
+def test_a_stray_snapshot_never_makes_retention_delete_the_genuine_history(two_generations, tmp_path, make_stray):
+    db, root, newest = two_generations
+    stray = make_stray(root, newest)
+    client = FileReplicaClient(root)
+    genuine_newest = {o.key for o in client.list(layout.generation_prefix(newest))}
+    m = Maintainer(client, db="app.db", replica="r", retention=1, compaction=(), interval=1,
+                   work_dir=str(tmp_path), grace=0, clock=lambda: time.time() + 10**6)
+    m.apply_retention()
+    left = {o.key for o in client.list(layout.GENERATIONS + "/")}
+    assert genuine_newest <= left  # the newest genuine state stays whole
+    assert stray in left  # left alone, and reported
+    assert len(m.unsound) == 1 and m.unsound[0].startswith(stray + ": ")
+    assert m.stats["unsound_objects"] == 1
+    out = str(tmp_path / "restored.db")
+    r = litesync("restore", "-o", out, "--generation", layout.format_generation(newest), f"file://{root}")
+    assert r.returncode == 0, r.stderr
+    assert content_digest(out) == content_digest(db)
+    m.apply_retention()  # checked once: no second download, no second report
+    assert m.stats["unsound_objects"] == 1
+
+
+def test_retention_never_deletes_the_generation_being_written(two_generations, tmp_path):
+    """Even under a sound newer snapshot (another host writing under the same path during
+    a blue/green deploy), the generation this agent writes stays."""
+    _db, root, newest = two_generations
+    client = FileReplicaClient(root)
+    gens = sorted(int(g, 16) for g in os.listdir(os.path.join(root, "generations")))
+    older = gens[0]
+    before = {o.key for o in client.list(layout.generation_prefix(older))}
+    m = Maintainer(client, db="app.db", replica="r", retention=1, compaction=(), interval=1,
+                   work_dir=str(tmp_path), grace=0, clock=lambda: time.time() + 10**6,
+                   current_generation=lambda: older)
+    m.apply_retention()
+    assert {o.key for o in client.list(layout.generation_prefix(older))} == before
+
+
+def test_the_floor_is_the_newest_usable_snapshot():
+    objs = []
+    for gen, seq, t in [(1, 0, 100), (2, 0, 200), (3, 0, 300)]:
+        objs.append(history.ObjectInfo(layout.SnapshotName(gen, seq, t).key, 10))
+    cat = history.catalog(objs)
+    deletes = history.retention_deletes(cat, now_ms=1000, window_ms=10, usable=lambda s: s.generation != 3)
+    assert sorted(deletes) == [layout.SnapshotName(1, 0, 100).key]
+    assert history.retention_deletes(cat, now_ms=1000, window_ms=10, usable=lambda s: False) == []
+
+
+def test_a_running_agent_keeps_its_history_beside_a_stray_newer_snapshot(tmp_path):
+    """The reported case: retention 1s, checked every second, and a 0-byte file named as a
+    snapshot of a newer generation. The genuine history stays restorable; status names
+    the stray object."""
+    import json
+
+    from proc import start_agent_ready, stop, wait_for
+
+    db, root = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    write_rows(db, 3)
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"retention: 1s\nretention-check-interval: 1s\ndbs:\n  - path: {db}\n"
+                   f"    replicas:\n      - url: file://{root}\n")
+    agent = start_agent_ready("--config", str(cfg), log_path=str(tmp_path / "agent.log"))
+    try:
+        gen = int(os.listdir(os.path.join(root, "generations"))[0], 16)
+        stray = stray_zero_bytes(root, gen)
+        conn = sqlite3.connect(db, isolation_level=None)
+        for i in range(20):
+            conn.execute("INSERT INTO t(v) VALUES (?)", (f"more {i}",))
+            time.sleep(0.1)
+
+        def reported() -> bool:
+            r = litesync("--config", str(cfg), "status", "--json")
+            st = json.loads(r.stdout)
+            found = [u for d in st["dbs"] for rep in d.get("replicas", ()) for u in rep.get("unsound_objects") or ()]
+            return any(u.startswith(stray) for u in found)
+
+        wait_for(reported, 15)
+        expected = content_digest(db)
+        conn.close()
+        out = str(tmp_path / "restored.db")
+        r = litesync("restore", "-o", out, "--generation", layout.format_generation(gen), f"file://{root}")
+        assert r.returncode == 0, r.stderr
+        assert content_digest(out) == expected
+    finally:
+        assert stop(agent) == 0
