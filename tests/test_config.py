@@ -818,14 +818,15 @@ def test_find_config_named_files_must_exist(lookup, monkeypatch):
 
 # --- the example file ---------------------------------------------------------------------------
 
+KEY_1, KEY_2 = "1f0123456789abcdef0123456789abcdef0123456789abcdeffedcba98765432", "2efedcba9876543210fedcba9876543210fedcba98765432100123456789abcd"  # test keys (a repeated byte is refused as weak)
 EXAMPLE_ENV = {"AWS_ACCESS_KEY_ID": "AKID", "AWS_SECRET_ACCESS_KEY": "s3-secret",
                "B2_APPLICATION_KEY_ID": "kid", "B2_APPLICATION_KEY": "b2-secret",
-               "LITESYNC_ENCRYPTION_KEY": "11" * 32}
+               "LITESYNC_ENCRYPTION_KEY": KEY_1}
 
 
 def test_example_loads(tmp_path):
     key_file = tmp_path / "litesync.key"
-    key_file.write_text("22" * 32 + "\n")
+    key_file.write_text(KEY_2 + "\n")
     key_file.chmod(0o600)
     cfg = load_config(EXAMPLE, environ={**EXAMPLE_ENV, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     app, jobs = cfg.dbs
@@ -834,9 +835,9 @@ def test_example_loads(tmp_path):
                                                         ("b2", "b2")]
     s3 = app.replicas[2]
     assert (s3.secret_access_key, s3.part_size, s3.force_path_style) == ("s3-secret", 8 << 20, True)
-    assert (s3.encryption_keys, s3.max_bandwidth) == ((bytes([0x11]) * 32,), 5_000_000)
+    assert (s3.encryption_keys, s3.max_bandwidth) == ((bytes.fromhex(KEY_1),), 5_000_000)
     b2 = app.replicas[3]
-    assert (b2.encryption_keys, b2.max_bandwidth) == ((bytes([0x22]) * 32,), 512 << 10)
+    assert (b2.encryption_keys, b2.max_bandwidth) == ((bytes.fromhex(KEY_2),), 512 << 10)
     assert (jobs.path, jobs.snapshot_interval, jobs.spool_max_size) == ("/var/lib/app/jobs.db", 14400.0, 1 << 30)
     assert jobs.replicas[0].region == "us-east-1"
 

@@ -459,3 +459,11 @@ def test_check_encryption(replica_client):
     assert refused(enc_a) == (f"replica {replica_client.name}: {new_gen}/{seg}: object is not encrypted; an "
                               f"encrypted replica needs a place of its own (give it a new path, or remove its "
                               f"encryption key)")
+
+
+@pytest.mark.parametrize("key", ["00" * 32, "ab" * 32, "0102" * 16, "deadbeef" * 8, base64.b64encode(bytes(32)).decode()])
+def test_a_guessable_key_is_refused(key):
+    with pytest.raises(ConfigError) as e:
+        load_key(key)
+    assert str(e.value).startswith("encryption key is weak: a pattern of ")
+    assert str(e.value).endswith("repeated; generate one with `litesync keygen`")

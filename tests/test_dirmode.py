@@ -53,7 +53,7 @@ def test_example_has_a_directory(tmp_path):
     from test_config import EXAMPLE, EXAMPLE_ENV
 
     key_file = tmp_path / "litesync.key"
-    key_file.write_text("22" * 32 + "\n")
+    key_file.write_text("2efedcba9876543210fedcba9876543210fedcba98765432100123456789abcd\n")
     key_file.chmod(0o600)
     cfg = load_config(EXAMPLE, environ={**EXAMPLE_ENV, "CREDENTIALS_DIRECTORY": str(tmp_path)})
     (d,) = cfg.dirs

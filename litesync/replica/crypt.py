@@ -62,7 +62,7 @@ def load_key(text: str) -> bytes:
     if not s:
         raise ConfigError("encryption key is empty")
     if len(s) == 2 * KEY_SIZE and all(c in "0123456789abcdefABCDEF" for c in s):
-        return bytes.fromhex(s)
+        return _strong(bytes.fromhex(s))
     try:
         raw = base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError):
@@ -70,7 +70,17 @@ def load_key(text: str) -> bytes:
                           f"({len(s)} characters)") from None
     if len(raw) != KEY_SIZE:
         raise ConfigError(f"encryption key must be {KEY_SIZE} bytes: base64 decodes to {len(raw)} bytes")
-    return raw
+    return _strong(raw)
+
+
+def _strong(key: bytes) -> bytes:
+    """Return ``key``, or raise ConfigError for one anybody could guess: a single byte
+    repeated (all zero among them), or a short pattern repeated. Use `litesync keygen`."""
+    for period in (1, 2, 4, 8, 16):
+        if key == key[:period] * (KEY_SIZE // period):
+            raise ConfigError(f"encryption key is weak: a pattern of {period} byte{'s' if period > 1 else ''} "
+                              "repeated; generate one with `litesync keygen`")
+    return key
 
 
 def load_keys(text: str) -> list[bytes]:
