@@ -15,7 +15,7 @@ import time
 from typing import Callable, Sequence, TypeVar
 
 from . import __version__
-from .errors import LitesyncError, UsageError
+from .errors import LitesyncError, RestoreError, UsageError
 from .notify import notify
 
 log = logging.getLogger("litesync")
@@ -244,8 +244,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
             c = choose(clients, generation=generation, until_ms=until_ms)
             return _print_plan(c.client.name, c.plan, until_ms, args.json)
         progress = terminal_printer()
-        result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
-                             progress=progress, generation=generation, until_ms=until_ms, cache=cache)
+        try:
+            result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
+                                 progress=progress, generation=generation, until_ms=until_ms, cache=cache)
+        except LitesyncError as e:
+            intact = getattr(e, "intact_generation", None)
+            if intact is None:
+                raise
+            from . import layout
+
+            gen = layout.format_generation(intact)
+            raise RestoreError(f"{e}; generation {gen} is intact, restore it with: litesync restore "
+                               f"--generation {gen} -o {out} {args.target}") from e
     finally:
         for client in clients:
             client.close()

@@ -359,6 +359,23 @@ def _fsync_and_close(fd: int) -> None:
         os.close(fd)
 
 
+def intact_generation(client: ReplicaClient, damaged: int) -> int | None:
+    """The newest generation older than ``damaged`` that a restore can use: its chain plans
+    and its snapshot reads back whole (the segments are only known to be there). For the
+    message of a restore whose newest generation is damaged."""
+    from .compact import snapshot_fault
+
+    cat = history.catalog(client.list(layout.GENERATIONS + "/"))
+    for gen in sorted((g for g in cat.generations if g < damaged), reverse=True):
+        try:
+            p = history.plan(cat, generation=gen, replica=client.name)
+            if snapshot_fault(client, p.snapshot) is None:
+                return gen
+        except LitesyncError:
+            continue
+    return None
+
+
 def integrity_check(path: str) -> str:
     """Return SQLite's integrity_check verdict for the database at ``path`` ("ok" when sound)."""
     conn = apsw.Connection(f"file:{path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
@@ -422,6 +439,8 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             except (CorruptObjectError, ChainError) as e:
                 # Never trust the cache: drop what this attempt read from it, download again.
                 if not fetch.cached or fresh_downloads:
+                    if generation is None and until_ms is None:
+                        e.intact_generation = intact_generation(client, plan.generation)  # type: ignore[union-attr]
                     raise
                 fresh_downloads = True
                 log.warning("%s (read from the cache directory); discarding %d cached objects and "

@@ -141,3 +141,23 @@ def test_a_running_agent_keeps_its_history_beside_a_stray_newer_snapshot(tmp_pat
         assert content_digest(out) == expected
     finally:
         assert stop(agent) == 0
+
+
+def test_a_damaged_newest_generation_names_the_intact_older_one_and_the_command(two_generations, tmp_path):
+    _db, root, newest = two_generations
+    client = FileReplicaClient(root)
+    snap = [o.key for o in client.list(layout.generation_prefix(newest)) if o.key.endswith(".snap")][0]
+    path = os.path.join(root, *snap.split("/"))
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    older = layout.format_generation(min(int(g, 16) for g in os.listdir(os.path.join(root, "generations"))))
+    out = str(tmp_path / "restored.db")
+    r = litesync("restore", "-o", out, f"file://{root}")
+    assert r.returncode == 1
+    command = f"litesync restore --generation {older} -o {out} file://{root}"
+    assert r.stderr.startswith(f"litesync: error: {snap}: ")
+    assert r.stderr.rstrip().endswith(f"; generation {older} is intact, restore it with: {command}")
+    assert not os.path.exists(out)
+    r = litesync(*command.split()[1:])
+    assert r.returncode == 0, r.stderr
