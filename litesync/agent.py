@@ -940,7 +940,10 @@ class DbAgent:
                 self._disagreement(value)
                 new_generation = True
             if new_generation:
-                gen, seq, prev = layout.new_generation(after=self._newest_generation()), 0, NO_LINK
+                try:
+                    gen, seq, prev = layout.new_generation(after=self._newest_generation()), 0, NO_LINK
+                except ValueError as e:
+                    raise LitesyncError(f"{self.path}: {e}") from None
             else:
                 gen, seq, prev = self.generation, self.next_seq, self.end_link
             created = self._recorded_ms() if not new_generation else now_ms()

@@ -72,6 +72,7 @@ class DirWatcher(threading.Thread):
         self.active: dict[str, tuple["DbReplication", tuple[int, int]]] = {}
         # path -> the file's identity when it was passed over (not SQLite, or failed)
         self.passed: dict[str, tuple[int, int, int, int] | None] = {}
+        self.aliases: set[str] = set()  # names of databases replicated under another name (logged once)
 
     def notice(self, path: str) -> None:
         """Hear of a file-system event; rescan when it concerns a database of this directory."""
@@ -118,7 +119,10 @@ class DirWatcher(threading.Thread):
         for path, identity in found.items():
             if path in self.active or identity is None or self.passed.get(path) == identity:
                 continue
-            if self.runner.replicates(path):  # listed by path, or found by another directory entry
+            if self.runner.replicates(path):  # listed, found by another entry, or another name of one
+                if path not in self.aliases:
+                    self.aliases.add(path)
+                    log.info("%s: another name of a database already replicated; skipped", path)
                 continue
             # Only a file this process does not replicate may be opened here: closing a
             # descriptor of a database drops every SQLite lock the process holds on it.

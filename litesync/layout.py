@@ -38,7 +38,8 @@ def new_generation(after: int = 0) -> int:
     ms = max(int(time.time() * 1000), (after >> 16) + 1)
     gen = (ms << 16) | int.from_bytes(os.urandom(2), "big")
     if gen > MAX_GENERATION:
-        raise ValueError(f"no generation id after {after:016x}: the id space is exhausted")
+        raise ValueError(f"no generation id after {after:016x}: the id space is exhausted (a stray object "
+                         "with that generation in a replica? remove it)")
     return gen
 
 

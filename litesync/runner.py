@@ -378,8 +378,25 @@ class Runner:
             return list(self.dbs)
 
     def replicates(self, path: str) -> bool:
-        """True when a database at ``path`` is being replicated (listed, or found in a directory)."""
-        return any(d.cfg.path == path for d in self.databases())
+        """True when the database file at ``path`` is being replicated (listed, or found in a
+        directory), under this name or another (a symbolic or hard link, a path through a
+        linked directory): such a file must never be opened here, since closing a
+        descriptor of it would drop every SQLite lock this process holds on it."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        for d in self.databases():
+            if d.cfg.path == path:
+                return True
+            if st is not None:
+                try:
+                    other = os.stat(d.cfg.path)
+                except OSError:
+                    continue
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+        return False
 
     def add(self, cfg: "DbConfig") -> DbReplication:
         """Start replicating a database found in a directory; return it."""

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 # store sees few requests, while a lone commit still goes up at once.
 MAX_BATCH_BYTES = 8 << 20
 MAX_BATCH_PARTS = 1000
-# A generation id further ahead of this host's clock than this is taken for a stray object.
-_FUTURE_MS = 366 * 24 * 3600 * 1000
 
 
 @dataclass
@@ -282,16 +280,10 @@ class Shipper(threading.Thread):
 
     def _newer_generation_reason(self, names: list[Name], generation: int) -> tuple[int, str] | None:
         """(generation, why) when the replica holds a generation newer than ``generation``."""
-        horizon = (int(time.time() * 1000) + _FUTURE_MS) << 16
-        newest = 0
-        for n in names:
-            if not isinstance(n, layout.SnapshotName) or n.generation <= generation:
-                continue
-            if n.generation > horizon:
-                self.log.warning("ignoring %s: its generation id lies more than a year in the future", n.key)
-                continue
-            newest = max(newest, n.generation)
-        if not newest:
+        # Never dismissed as "from the future": this clock may be the wrong one, and a
+        # restore takes the greatest id whatever this host thinks of it.
+        newest = max((n.generation for n in names if isinstance(n, layout.SnapshotName)), default=0)
+        if newest <= generation:
             return None
         return newest, (f"the replica holds generation {layout.format_generation(newest)}, newer than this "
                         f"database's {layout.format_generation(generation)} (written by a clock ahead of this "
@@ -302,13 +294,20 @@ class Shipper(threading.Thread):
         where this replica's shipping goes on, that the spool does not know: another history
         under the same names (this host rolled back, or a second agent)."""
         gen = name.generation
-        spooled = {n.last_seq: n.last_commit_ms for n, _ in self.spool.objects()
-                   if isinstance(n, layout.SegmentName) and n.generation == gen}
+        objects = [n for n, _ in self.spool.objects() if n.generation == gen]
+        spooled = {n.last_seq: n.last_commit_ms for n in objects if isinstance(n, layout.SegmentName)}
+        snapshots = {n.key for n in objects if isinstance(n, layout.SnapshotName)}
         start = name.seq if isinstance(name, layout.SnapshotName) else name.first_seq
+        # Shipping is in order, and the spool keeps what this replica has not been told is
+        # shipped: an object from ``start`` on that the spool does not hold came from elsewhere.
         for n in names:
-            if not isinstance(n, layout.SegmentName) or n.generation != gen or n.last_seq < start:
+            if n.generation != gen:
                 continue
-            if spooled.get(n.last_seq) != n.last_commit_ms:
+            if isinstance(n, layout.SegmentName):
+                foreign = n.last_seq >= start and spooled.get(n.last_seq) != n.last_commit_ms
+            else:
+                foreign = n.seq >= start and n.key not in snapshots
+            if foreign:
                 return gen, (f"the replica holds {n.key}, which this agent did not write (the host was "
                              "rolled back, or another agent writes here)")
         return None

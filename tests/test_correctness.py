@@ -156,18 +156,19 @@ def checkpoint_truncate(db: str) -> None:
     c.close()
 
 
-@pytest.mark.parametrize("state", ["kept", "lost"])
-def test_a_clock_behind_the_previous_generation_still_ships_the_newest_history(tmp_path, state):
-    """The agent ran with a clock an hour ahead, then restarts with the true clock and needs
-    a new generation (the WAL was checkpointed and restarted meanwhile). Its id must still
-    be the newest, whether the spool remembers the old one (kept) or only the replica does
-    (lost: a new host, or the state directory removed)."""
+@pytest.mark.parametrize("state,ahead", [("kept", 3600), ("lost", 3600), ("lost", 800 * 86400)])
+def test_a_clock_behind_the_previous_generation_still_ships_the_newest_history(tmp_path, state, ahead):
+    """The agent ran with a clock an hour (or 800 days) ahead, then restarts with the true
+    clock and needs a new generation (the WAL was checkpointed and restarted meanwhile). Its
+    id must still be the newest, whether the spool remembers the old one (kept) or only the
+    replica does (lost: a new host, or the state directory removed). However far ahead the
+    replica's generation is, it is never dismissed: a restore would take it."""
     db = str(tmp_path / "app.db")
     url = f"file://{tmp_path / 'replica'}"
     run_app(db, "before", 3)
-    replicate_once(db, url, env=faketime_env(3600, tmp_path))
+    replicate_once(db, url, env=faketime_env(ahead, tmp_path))
     run_app(db, "ahead", 2)
-    replicate_once(db, url, env=faketime_env(3600, tmp_path))
+    replicate_once(db, url, env=faketime_env(ahead, tmp_path))
     checkpoint_truncate(db)
     if state == "lost":
         shutil.rmtree(tmp_path / ".app.db-litesync")
@@ -328,3 +329,87 @@ def test_reading_the_live_database_in_the_agent_process_keeps_its_pin_on_the_wal
     finally:
         reader.close()
         writer.close()
+
+
+def test_a_rolled_back_host_whose_lost_timeline_left_only_a_snapshot_starts_a_new_generation(tmp_path):
+    """The lost timeline took a snapshot of the generation, and retention removed the
+    segments before it: the replica holds, at a sequence the rolled-back agent has yet to
+    ship, a snapshot this agent never wrote. Shipping on would make restore return the
+    lost timeline."""
+    from litesync.compact import Maintainer
+    from litesync.replica.file import FileReplicaClient
+
+    db = str(tmp_path / "app.db")
+    root = tmp_path / "replica"
+    log = str(tmp_path / "agent.log")
+    cfg = tmp_path / "litesync.yml"
+    sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)", "INSERT INTO t VALUES('r1')")
+    holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                               "c.execute('SELECT 1 FROM t').fetchall(); sys.stdin.read()", db],
+                              stdin=subprocess.PIPE, env=clean_env())  # the app keeps the WAL alive
+    try:
+        cfg.write_text(f"snapshot-interval: 1s\ncompaction: \"off\"\ndbs:\n  - path: {db}\n"
+                       f"    replicas:\n      - url: file://{root}\n")
+        agent = start_agent_ready("--config", str(cfg), log_path=log)
+        sql(db, "INSERT INTO t VALUES('r2')")
+        time.sleep(0.3)
+        assert stop(agent) == 0
+        saved = tmp_path / "vm-snapshot"
+        shutil.copytree(tmp_path, saved, ignore=shutil.ignore_patterns("vm-snapshot", "replica"))
+        agent = start_agent_ready("--config", str(cfg), log_path=log)  # the timeline to be lost
+        for i in range(3):
+            sql(db, f"INSERT INTO t VALUES('lost{i}')")
+            time.sleep(0.2)
+        time.sleep(2.5)  # a periodic snapshot of the lost timeline
+        assert stop(agent) == 0
+        # Retention a day later (as the lost agent's idle look would run it).
+        Maintainer(FileReplicaClient(str(root)), db="app.db", replica="r", retention=24 * 3600, compaction=(),
+                   interval=60, work_dir=str(tmp_path), grace=0, clock=lambda: time.time() + 25 * 3600,
+                   written=lambda key: True).run_once(compact=False)
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        for name in os.listdir(saved):  # the rollback: the disk as it was
+            target = tmp_path / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            (shutil.copytree if (saved / name).is_dir() else shutil.copy2)(saved / name, target)
+        holder = subprocess.Popen(holder.args, stdin=subprocess.PIPE, env=clean_env())
+        time.sleep(0.3)
+        sql(db, "INSERT INTO t VALUES('new1')", "INSERT INTO t VALUES('new2')")
+        r = litesync("--config", str(cfg), "replicate", "--once")
+        assert r.returncode == 0, r.stderr
+        out = str(tmp_path / "restored.db")
+        restore(f"file://{root}", out)
+        assert content_digest(out) == content_digest(db)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def test_a_second_name_for_a_replicated_database_is_never_opened_by_the_directory_scan(tmp_path):
+    """A symbolic link to a database that directory mode replicates: opening and closing it
+    in the agent's process would drop the agent's SQLite locks, and an app closing its last
+    connection would then checkpoint past the agent and delete the WAL under it."""
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    db = str(tenants / "a.db")
+    sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - dir: {tenants}\n    pattern: \"*.db\"\n    replicas:\n"
+                   f"      - url: file://{tmp_path / 'replica'}\n")
+    log = str(tmp_path / "agent.log")
+    agent = start_agent_ready("--config", str(cfg), log_path=log)
+    try:
+        sql(db, "INSERT INTO t VALUES('before')")
+        os.symlink("a.db", tenants / "cur.db")
+        wait_for(lambda: "another name of a database already replicated" in open(log).read(), 10)
+        for i in range(10):
+            sql(db, f"INSERT INTO t VALUES('row{i}')")  # each closes the app's last connection
+        assert os.path.exists(db + "-wal")  # the agent still holds its locks: no checkpoint-and-delete
+    finally:
+        assert stop(agent) == 0, open(log).read()
+    out = str(tmp_path / "restored.db")
+    restore(f"file://{tmp_path / 'replica' / 'a.db'}", out)
+    assert content_digest(out) == content_digest(db)
