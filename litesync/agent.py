@@ -204,22 +204,23 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
     path = os.path.abspath(db_path)
     if not os.path.exists(path):
         raise DatabaseError(f"database does not exist: {path}")
+    file = os.path.realpath(path)  # where SQLite keeps the -wal and -shm (see DbAgent)
     wal_fd: list[int] = []
 
     def read_at(offset: int, size: int) -> bytes:
         if not wal_fd:
             try:
-                wal_fd.append(os.open(path + "-wal", os.O_RDONLY))
+                wal_fd.append(os.open(file + "-wal", os.O_RDONLY))
             except FileNotFoundError:
                 return b""
         return os.pread(wal_fd[0], size, offset)
 
     def header() -> wal.WalHeader | None:
         hdr = wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
-        return None if hdr is not None and wal.index_restarted(read_index_header(path + "-shm"), hdr) else hdr
+        return None if hdr is not None and wal.index_restarted(read_index_header(file + "-shm"), hdr) else hdr
 
     def committed(hdr: wal.WalHeader | None) -> int | None:
-        return 0 if hdr is None else wal.index_frames(read_index_header(path + "-shm"), hdr)
+        return 0 if hdr is None else wal.index_frames(read_index_header(file + "-shm"), hdr)
 
     try:
         seal, reader = connect(path), connect(path)
@@ -268,7 +269,10 @@ class DbAgent:
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
                  snapshot_interval: float | None = 4 * 3600, label: str | None = None) -> None:
         self.path = os.path.abspath(db_path)
-        self.wal_path = self.path + "-wal"
+        # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
+        # the file it leads to: so does the agent. The state directory stays by the name.
+        self.wal_path = os.path.realpath(self.path) + "-wal"
+        self.shm_path = os.path.realpath(self.path) + "-shm"
         self.label = label or self.path
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
@@ -304,6 +308,7 @@ class DbAgent:
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
         self._lock_fd: int | None = None
+        self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
         self.R = self.W = self.C = None  # type: ignore[assignment]
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
@@ -338,6 +343,8 @@ class DbAgent:
             raise DatabaseError(f"database does not exist: {self.path}")
         self.lock()
         self.R, self.W, self.C = (connect(self.path) for _ in range(3))
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)  # the file replicated, whatever its name becomes
         try:
             mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
             if mode.lower() != "wal":
@@ -559,7 +566,7 @@ class DbAgent:
         The descriptor stays open until ``close``: closing one drops SQLite's locks."""
         if self._shm_fd is None:
             try:
-                self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
+                self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
             except OSError:
                 return b""
         return os.pread(self._shm_fd, 2 * wal.INDEX_HEADER_SIZE, 0)
@@ -987,6 +994,21 @@ class DbAgent:
 
     # -- the loop ------------------------------------------------------------------
 
+    def outbid(self) -> bool:
+        """Start a generation after the one a replica holds, when a shipper saw one newer
+        than ours (see ``note_generation``); return whether it did."""
+        if not (self.newer_generation_seen.is_set() and self.generation_floor >= self.generation):
+            return False
+        self.newer_generation_seen.clear()
+        try:
+            self.new_generation(f"a replica holds generation {layout.format_generation(self.generation_floor)}, "
+                                f"newer than this one ({layout.format_generation(self.generation)})")
+        except BaseException:
+            self.newer_generation_seen.set()  # the shipper waits for it: try again next step
+            raise
+        self.snapshot_requested.clear()  # the new generation's snapshot serves it
+        return True
+
     def step(self) -> int:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
         return how many transactions were copied."""
@@ -1001,15 +1023,8 @@ class DbAgent:
             self.checkpoint()
         due = (self.snapshot_interval is not None
                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
-        if self.newer_generation_seen.is_set() and self.generation_floor >= self.generation:
-            self.newer_generation_seen.clear()
-            try:
-                self.new_generation(f"a replica holds generation {layout.format_generation(self.generation_floor)}, "
-                                    f"newer than this one ({layout.format_generation(self.generation)})")
-            except BaseException:
-                self.newer_generation_seen.set()  # the shipper waits for it: try again next step
-                raise
-            self.snapshot_requested.clear()  # the new generation's snapshot serves it
+        if self.outbid():
+            pass
         elif self.snapshot_requested.is_set():
             self.snapshot_requested.clear()
             try:

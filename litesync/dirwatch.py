@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .layout import is_state_dir
 
@@ -37,13 +37,30 @@ def find_databases(cfg: "DirConfig") -> list[str]:
     return scan_directory(cfg)[0]
 
 
-def has_sqlite_header(path: str) -> bool | None:
-    """Return whether the file starts with SQLite's header; None while it is empty (being created) or gone."""
+# Descriptors of replicated databases that a scan opened under another name (a race with
+# a rename or a link): never closed, since closing one drops every SQLite lock this
+# process holds on the file.
+_parked: list[int] = []
+
+
+def has_sqlite_header(path: str, replicated: Callable[[tuple[int, int]], bool] = lambda identity: False
+                      ) -> bool | None:
+    """Return whether the file starts with SQLite's header; None while it is empty (being
+    created) or gone, or when it turns out to be a file ``replicated`` says is replicated."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    st = os.fstat(fd)
+    if replicated((st.st_dev, st.st_ino)):
+        _parked.append(fd)
+        return None
+    try:
+        head = os.pread(fd, len(SQLITE_HEADER), 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     if SQLITE_HEADER.startswith(head):
         return True if head == SQLITE_HEADER else None
     return False
@@ -126,7 +143,7 @@ class DirWatcher(threading.Thread):
                 continue
             # Only a file this process does not replicate may be opened here: closing a
             # descriptor of a database drops every SQLite lock the process holds on it.
-            header = has_sqlite_header(path)
+            header = has_sqlite_header(path, self.runner.replicates_file)
             if header is None:
                 continue
             if not header:

@@ -198,6 +198,10 @@ class DbReplication:
             self.agent.spool.notify()
             for s in self.shippers:
                 while s.is_alive() and s.fatal is None and s.pending() and time.monotonic() < deadline:
+                    # A shipper's first look at its replica may come only now (--once, an
+                    # outage at start): the agent's loop is over, so its new generation is made here.
+                    with contextlib.suppress(LitesyncError):
+                        self.agent.outbid()
                     self.agent.spool.notify()
                     time.sleep(0.02)
                 if s.fatal is not None:
@@ -382,20 +386,26 @@ class Runner:
         directory), under this name or another (a symbolic or hard link, a path through a
         linked directory): such a file must never be opened here, since closing a
         descriptor of it would drop every SQLite lock this process holds on it."""
+        if any(d.cfg.path == path for d in self.databases()):
+            return True
         try:
             st = os.stat(path)
         except OSError:
-            st = None
+            return False
+        return self.replicates_file((st.st_dev, st.st_ino))
+
+    def replicates_file(self, identity: tuple[int, int]) -> bool:
+        """True when the file with (device, inode) ``identity`` is replicated here: the one
+        an agent opened (whatever its name now), or the one a configured name leads to."""
         for d in self.databases():
-            if d.cfg.path == path:
+            if d.agent.identity == identity:
                 return True
-            if st is not None:
-                try:
-                    other = os.stat(d.cfg.path)
-                except OSError:
-                    continue
-                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                    return True
+            try:
+                st = os.stat(d.cfg.path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == identity:
+                return True
         return False
 
     def add(self, cfg: "DbConfig") -> DbReplication:

@@ -36,6 +36,7 @@ class Position:
 
     key: tuple[int, int, int] | None = None
     next_seq: int = 0
+    snapshot: str | None = None  # the key of the last snapshot shipped (the spool may drop it)
 
     @property
     def generation(self) -> int | None:
@@ -165,7 +166,7 @@ class Shipper(threading.Thread):
             if d.get("destination", self.destination) != self.destination:
                 self.log.info("the replica moved (was %s); shipping from the newest snapshot", d["destination"])
                 return Position()
-            return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]))
+            return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]), d.get("snapshot"))
         except FileNotFoundError:
             return Position()
         except (ValueError, KeyError, TypeError) as e:
@@ -175,7 +176,7 @@ class Shipper(threading.Thread):
 
     def _save(self, pos: Position) -> None:
         data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
-                           "destination": self.destination}).encode()
+                           "snapshot": pos.snapshot, "destination": self.destination}).encode()
         # Written in place (one small write, padded to the previous length) and not fsynced:
         # after a machine crash an older or unreadable position only means objects are
         # shipped again, or, when the spool no longer has them, that the replica gets a new
@@ -216,7 +217,7 @@ class Shipper(threading.Thread):
         if isinstance(name, layout.SnapshotName):
             size = self._upload(name)
             self.uploaded_snapshots.add(name.key)
-            new_pos = Position(sort_key(name), name.seq)
+            new_pos = Position(sort_key(name), name.seq, name.key)
         else:
             run = batch_after(self.spool.objects(), name)
             if len(run) == 1:
@@ -225,7 +226,7 @@ class Shipper(threading.Thread):
                 run, size = self._upload_batch(run)
                 if not run:
                     return False
-            new_pos = Position(sort_key(run[-1]), run[-1].last_seq + 1)
+            new_pos = Position(sort_key(run[-1]), run[-1].last_seq + 1, self.pos.snapshot)
         # Saved before self.pos moves: the spool drops what self.pos says is shipped.
         self._save(new_pos)
         self.pos = new_pos
@@ -296,10 +297,11 @@ class Shipper(threading.Thread):
         gen = name.generation
         objects = [n for n, _ in self.spool.objects() if n.generation == gen]
         spooled = {n.last_seq: n.last_commit_ms for n in objects if isinstance(n, layout.SegmentName)}
-        snapshots = {n.key for n in objects if isinstance(n, layout.SnapshotName)}
+        snapshots = {n.key for n in objects if isinstance(n, layout.SnapshotName)} | {self.pos.snapshot}
         start = name.seq if isinstance(name, layout.SnapshotName) else name.first_seq
         # Shipping is in order, and the spool keeps what this replica has not been told is
-        # shipped: an object from ``start`` on that the spool does not hold came from elsewhere.
+        # shipped: an object from ``start`` on that the spool does not hold came from
+        # elsewhere; but for the snapshot at ``start`` that the position records shipping.
         for n in names:
             if n.generation != gen:
                 continue

@@ -53,6 +53,15 @@ def tags(path: str) -> dict[str, int]:
         conn.close()
 
 
+def wait_until_restored(url: str, out: str, expected: dict[str, str], seconds: float = 10) -> None:
+    """Restore ``url`` to ``out`` until its content digest is ``expected`` (the replica caught up)."""
+    def caught_up() -> bool:
+        restore(url, out)
+        return content_digest(out) == expected
+
+    wait_for(caught_up, seconds)
+
+
 def restore(url: str, out: str) -> None:
     if os.path.exists(out):
         os.unlink(out)
@@ -121,12 +130,7 @@ def test_a_commit_that_spills_then_shrinks_the_database_restores(tmp_path, mode)
         subprocess.run([sys.executable, "-c", SHRINK, db, mode], env=clean_env(), check=True, timeout=60)
         expected = content_digest(db)
         out = str(tmp_path / "restored.db")
-
-        def caught_up() -> bool:
-            restore(url, out)
-            return content_digest(out) == expected
-
-        wait_for(caught_up, 10)
+        wait_until_restored(url, out, expected)
     finally:
         assert stop(agent) == 0
     # The agent starts again on the idle database (it crash-looped here before).
@@ -413,3 +417,25 @@ def test_a_second_name_for_a_replicated_database_is_never_opened_by_the_director
     out = str(tmp_path / "restored.db")
     restore(f"file://{tmp_path / 'replica' / 'a.db'}", out)
     assert content_digest(out) == content_digest(db)
+
+
+def test_a_database_named_through_a_symbolic_link_is_replicated_from_its_wal(tmp_path):
+    """SQLite keeps the -wal and -shm beside the file a link leads to; the agent must read
+    them there, not beside the link (it once copied nothing and still said up to date)."""
+    (tmp_path / "data").mkdir()
+    real = str(tmp_path / "data" / "real.db")
+    link = str(tmp_path / "app.db")
+    os.symlink(real, link)
+    sql(real, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)")
+    url = f"file://{tmp_path / 'replica'}"
+    log = str(tmp_path / "agent.log")
+    agent = start_agent_ready(link, url, log_path=log)
+    try:
+        for i in range(5):
+            sql(real, f"INSERT INTO t VALUES({i})")
+        expected = content_digest(real)
+        out = str(tmp_path / "restored.db")
+        wait_until_restored(url, out, expected)
+    finally:
+        assert stop(agent) == 0
+    assert open(log).read().count("starting a new generation") == 1  # the first: no snapshot stood in

@@ -1,7 +1,10 @@
 """choose_next: which spool object a replica ships next (pure)."""
 
+import json
+import threading
+
 from litesync.layout import SegmentName, SnapshotName
-from litesync.shipper import Position, choose_next
+from litesync.shipper import Position, Shipper, choose_next
 from litesync.spool import sort_key
 
 G, H = 0x10, 0x20
@@ -20,8 +23,9 @@ def snap(gen, seq):
 
 
 def shipped(name):
-    nxt = name.seq if isinstance(name, SnapshotName) else name.last_seq + 1
-    return Position(sort_key(name), nxt)
+    if isinstance(name, SnapshotName):
+        return Position(sort_key(name), name.seq, name.key)
+    return Position(sort_key(name), name.last_seq + 1)
 
 
 def test_fresh_replica_starts_at_the_newest_snapshot_of_the_newest_generation():
@@ -215,3 +219,35 @@ def test_a_replica_waiting_for_a_snapshot_asks_once_and_sleeps(tmp_path, monkeyp
     finally:
         s.stop()
         s.join(5)
+
+
+def test_its_own_snapshot_dropped_from_the_spool_is_not_taken_for_a_foreign_one(tmp_path):
+    """Snapshot S shipped, then dropped from the spool once segment S followed it; the agent
+    restarts before segment S goes up. The replica's snapshot at S is this agent's (the
+    position file says so): no needless new generation."""
+    from litesync.replica.file import FileReplicaClient
+    from litesync.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+    client = FileReplicaClient(str(tmp_path / "replica"))
+    G = 1 << 40
+    snapshot = SnapshotName(G, 3, 1000)
+    client.write_bytes(snapshot.key, b"the snapshot")
+    state = str(tmp_path / "state.json")
+    with open(state, "w") as f:
+        json.dump({"key": list(sort_key(snapshot)), "next_seq": 3, "snapshot": snapshot.key,
+                   "destination": None}, f)
+    with spool.writing(seg(G, 3)) as f:
+        f.write(b"segment")
+    spool.publish(seg(G, 3))
+    outbid = []
+    s = Shipper(spool, client, state, db="db", replica="r", request_snapshot=threading.Event(),
+                newer_generation=outbid.append)
+    assert not s._replica_is_ahead(seg(G, 3))
+    assert outbid == []
+    other = SnapshotName(G, 3, 2000)  # the same sequence, another history's snapshot
+    client.write_bytes(other.key, b"another")
+    s = Shipper(spool, client, state, db="db", replica="r", request_snapshot=threading.Event(),
+                newer_generation=outbid.append)
+    assert s._replica_is_ahead(seg(G, 3))
+    assert outbid == [G]
