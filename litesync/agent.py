@@ -53,6 +53,12 @@ class _WalChanged(Exception):
     """The WAL changed under a read that needed it stable; the step is retried."""
 
 
+class WriteLockBusy(DatabaseError):
+    """The application held the write lock for longer than a seal may wait; retryable."""
+
+    retryable = True
+
+
 class _Diverged(Exception):
     """The WAL's committed frames do not continue what was copied: a new generation starts."""
 
@@ -441,8 +447,21 @@ class DbAgent:
 
     # -- state -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Resume the spool's generation when continuity is provable, else start a new one."""
+    def start(self, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Resume the spool's generation when continuity is provable, else start a new one.
+
+        An application may hold the write lock for long (a huge transaction): replication
+        then starts once it lets go, unless ``stopping`` says to give up."""
+        while True:
+            try:
+                self._start_once()
+                return
+            except WriteLockBusy:
+                if stopping():
+                    raise
+                self.log.warning("the application holds the write lock; waiting for it to start replication")
+
+    def _start_once(self) -> None:
         try:
             reason = self._try_resume()
         except _WalChanged:
@@ -483,7 +502,8 @@ class DbAgent:
         if len(txs) > 1:
             self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)  # type: ignore[arg-type]
         if not self._seal():
-            raise DatabaseError(f"{self.path}: database is locked; cannot start replication")
+            self._end_read()
+            raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() != hdr:
                 return "the WAL was restarted while the agent was resuming"
@@ -990,6 +1010,8 @@ class DbAgent:
             self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
                           layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
             return True
+        if why.startswith("the write lock was not granted"):
+            raise WriteLockBusy(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
         raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
 
     # -- the loop ------------------------------------------------------------------

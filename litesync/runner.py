@@ -97,7 +97,7 @@ class DbReplication:
             if self.stop_event.wait(0.2) and not os.path.exists(self.cfg.path):
                 return False
         self.agent.open()
-        self.agent.start()
+        self.agent.start(stopping=self.stop_event.is_set)
         for s in self.shippers:
             s.start()
         for m in self.maintainers:

@@ -439,3 +439,39 @@ def test_a_database_named_through_a_symbolic_link_is_replicated_from_its_wal(tmp
     finally:
         assert stop(agent) == 0
     assert open(log).read().count("starting a new generation") == 1  # the first: no snapshot stood in
+
+
+def test_an_agent_started_while_the_app_holds_the_write_lock_waits_for_it(tmp_path):
+    """A huge transaction can hold the write lock for longer than a seal waits (5 s): the
+    agent resuming then must wait and replicate, not exit (the torture suite found it)."""
+    db = str(tmp_path / "app.db")
+    url = f"file://{tmp_path / 'replica'}"
+    sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)", "INSERT INTO t VALUES('before')")
+    app = subprocess.Popen([sys.executable, "-c", """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+c.execute("PRAGMA wal_autocheckpoint=0")
+c.execute("INSERT INTO t VALUES('in the WAL')")  # kept there: the agent can resume
+print("open", flush=True)
+sys.stdin.readline()
+c.execute("BEGIN IMMEDIATE")
+c.execute("INSERT INTO t VALUES('held')")
+print("locked", flush=True)
+time.sleep(12)
+c.execute("COMMIT")
+""", db], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=clean_env(), text=True)
+    assert app.stdout.readline().strip() == "open"
+    replicate_once(db, url)  # a previous state to resume
+    app.stdin.write("go\n")
+    app.stdin.flush()
+    assert app.stdout.readline().strip() == "locked"
+    log = str(tmp_path / "agent.log")
+    agent = start_agent_ready(db, url, log_path=log, timeout=60)
+    try:
+        assert app.wait(timeout=30) == 0
+        text = open(log).read()
+        assert "the application holds the write lock; waiting for it to start replication" in text
+        sql(db, "INSERT INTO t VALUES('after')")
+        wait_until_restored(url, str(tmp_path / "restored.db"), content_digest(db))
+    finally:
+        assert stop(agent) == 0, open(log).read()
