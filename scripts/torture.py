@@ -438,6 +438,7 @@ class Run:
     s3: S3Server | None
     counters: Counter = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    clean_failures: list[str] = field(default_factory=list)  # restores that failed as allowed: why
     catchup: float | None = None  # seconds from the last commit to a restore that holds it
     wall: float = 0.0
 
@@ -727,6 +728,7 @@ class Run:
         flavour = r.options.split()[0] if r.options else "latest"
         if r.rc != 0:
             self.count(f"restore {flavour} failed cleanly" if not leftovers else "restore failed, left output")
+            self.clean_failures.append(f"seed {self.plan.seed} {r.label}: {last_error_line(self.path(r.label + '.log'))}")
             if leftovers:
                 self.fail(f"{r.label}: exit {r.rc} but left {', '.join(map(os.path.basename, leftovers))}")
             elif r.final:
@@ -895,6 +897,17 @@ def report(run: Run, args: argparse.Namespace) -> None:
         shutil.rmtree(run.dir, ignore_errors=True)
 
 
+def last_error_line(log_path: str) -> str:
+    """The error a failed restore printed (its last line starting with 'litesync: error'), or its last line."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return "(no log)"
+    errors = [line for line in lines if line.startswith("litesync: error")]
+    return (errors or lines or ["(empty log)"])[-1][:300]
+
+
 def summary(runs: list[Run], wall: float) -> dict:
     totals = Counter()
     for run in runs:
@@ -902,7 +915,8 @@ def summary(runs: list[Run], wall: float) -> dict:
     catchups = [r.catchup for r in runs if r.catchup is not None]
     return {"runs": len(runs), "failures": sum(1 for r in runs if r.failures), "wall_seconds": round(wall, 1),
             "catchup_max_seconds": round(max(catchups), 2) if catchups else None,
-            "failed_seeds": [r.plan.seed for r in runs if r.failures], "counters": dict(sorted(totals.items()))}
+            "failed_seeds": [r.plan.seed for r in runs if r.failures], "counters": dict(sorted(totals.items())),
+            "clean_restore_failures": [text for r in runs for text in r.clean_failures]}
 
 
 def print_summary(s: dict) -> None:
@@ -912,6 +926,8 @@ def print_summary(s: dict) -> None:
     print(f"{'last commit to restorable, slowest run (s)':<48} {s['catchup_max_seconds']!s:>8}")
     for name, n in s["counters"].items():
         print(f"{name:<48} {n:>8}")
+    for text in s["clean_restore_failures"]:
+        print(f"restore failed cleanly (allowed mid-run): {text}")
     if s["failed_seeds"]:
         print(f"failed seeds: {' '.join(map(str, s['failed_seeds']))}")
 
