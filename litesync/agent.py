@@ -1046,8 +1046,8 @@ class DbAgent:
         due = (self.snapshot_interval is not None
                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
         if self.outbid():
-            pass
-        elif self.snapshot_requested.is_set():
+            return copied  # the new generation's snapshot serves any other need
+        if self.snapshot_requested.is_set():
             self.snapshot_requested.clear()
             try:
                 self.snapshot()

@@ -13,9 +13,8 @@ from . import history, layout
 from .errors import ChainError, CorruptObjectError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
-from .restore import PageBatch
-from .segment import (SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter,
-                      SnapshotReader, TxInfo)
+from .restore import PageBatch, snapshot_fault
+from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +80,6 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
         if batch is not None:
             batch.close()
     return layout.SegmentName(first.generation, first.first_seq, last.last_seq, commit_ms), size
-
-
-def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName) -> str | None:
-    """Why the snapshot object ``name`` cannot be restored from, or None when it reads back
-    whole as the snapshot its name says."""
-    try:
-        with client.open(name.key) as f:
-            snap = SnapshotReader(f, name.key)
-            h = snap.header
-            if (h.generation, h.seq) != (name.generation, name.seq):
-                return f"its header names generation {h.generation:016x} seq {h.seq}"
-            for _ in snap.chunks():
-                pass
-            snap.finish()
-    except (LitesyncError, OSError) as e:
-        if getattr(e, "retryable", False):
-            raise  # the store, not the object: the round is retried
-        return str(e)
-    return None
 
 
 class Maintainer(threading.Thread):

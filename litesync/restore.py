@@ -164,6 +164,24 @@ def open_snapshot(src: BinaryIO, name: layout.SnapshotName) -> SnapshotReader:
     return snap
 
 
+def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName) -> str | None:
+    """Why the snapshot object ``name`` cannot be restored from, or None when it reads back
+    whole (every page, the trailer's digest) as the snapshot its name says."""
+    try:
+        with client.open(name.key) as f:
+            snap = open_snapshot(f, name)
+            for _ in snap.chunks():
+                pass
+            snap.finish()
+    except CorruptObjectError as e:
+        return e.reason
+    except (LitesyncError, OSError) as e:
+        if getattr(e, "retryable", False):
+            raise  # the store, not the object: the caller tries again
+        return str(e)
+    return None
+
+
 def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | None = None) -> Position:
     """Write every page of a snapshot to ``sink``, verify its checksum, return the position after it."""
     h = snap.header
@@ -363,8 +381,6 @@ def intact_generation(client: ReplicaClient, damaged: int) -> int | None:
     """The newest generation older than ``damaged`` that a restore can use: its chain plans
     and its snapshot reads back whole (the segments are only known to be there). For the
     message of a restore whose newest generation is damaged."""
-    from .compact import snapshot_fault
-
     cat = history.catalog(client.list(layout.GENERATIONS + "/"))
     for gen in sorted((g for g in cat.generations if g < damaged), reverse=True):
         try:

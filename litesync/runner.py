@@ -396,10 +396,13 @@ class Runner:
 
     def replicates_file(self, identity: tuple[int, int]) -> bool:
         """True when the file with (device, inode) ``identity`` is replicated here: the one
-        an agent opened (whatever its name now), or the one a configured name leads to."""
+        an agent opened (whatever its name now), or, for an agent not open yet, the one its
+        configured name leads to (a stat each; an open agent costs none)."""
         for d in self.databases():
-            if d.agent.identity == identity:
-                return True
+            if d.agent.identity is not None:
+                if d.agent.identity == identity:
+                    return True
+                continue
             try:
                 st = os.stat(d.cfg.path)
             except OSError:

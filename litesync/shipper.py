@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import layout
+from . import history, layout
 from .errors import CorruptObjectError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
@@ -265,12 +265,10 @@ class Shipper(threading.Thread):
         new_generation = isinstance(name, layout.SnapshotName) and name.generation != self.pos.generation
         if not first and (not new_generation or name.generation in self._generations_checked):
             return False
-        names = [n for n in map(layout.parse_key, (o.key for o in self.client.list(layout.GENERATIONS + "/")))
-                 if n is not None]
+        cat = history.catalog(self.client.list(layout.GENERATIONS + "/"))
         self._replica_checked = True
         self._generations_checked.add(name.generation)
-        reason = (self._newer_generation_reason(names, name.generation)
-                  or self._diverged_reason(names, name))
+        reason = self._newer_generation_reason(cat, name.generation) or self._diverged_reason(cat, name)
         if reason is None:
             return False
         ahead, why = reason
@@ -279,18 +277,18 @@ class Shipper(threading.Thread):
         self.newer_generation(ahead)
         return True
 
-    def _newer_generation_reason(self, names: list[Name], generation: int) -> tuple[int, str] | None:
+    def _newer_generation_reason(self, cat: history.Catalog, generation: int) -> tuple[int, str] | None:
         """(generation, why) when the replica holds a generation newer than ``generation``."""
         # Never dismissed as "from the future": this clock may be the wrong one, and a
         # restore takes the greatest id whatever this host thinks of it.
-        newest = max((n.generation for n in names if isinstance(n, layout.SnapshotName)), default=0)
+        newest = max((g for g, objects in cat.generations.items() if objects.snapshots), default=0)
         if newest <= generation:
             return None
         return newest, (f"the replica holds generation {layout.format_generation(newest)}, newer than this "
                         f"database's {layout.format_generation(generation)} (written by a clock ahead of this "
                         "one, or before the state directory was lost)")
 
-    def _diverged_reason(self, names: list[Name], name: Name) -> tuple[int, str] | None:
+    def _diverged_reason(self, cat: history.Catalog, name: Name) -> tuple[int, str] | None:
         """(generation, why) when the replica holds segments of ``name``'s generation, from
         where this replica's shipping goes on, that the spool does not know: another history
         under the same names (this host rolled back, or a second agent)."""
@@ -302,17 +300,15 @@ class Shipper(threading.Thread):
         # Shipping is in order, and the spool keeps what this replica has not been told is
         # shipped: an object from ``start`` on that the spool does not hold came from
         # elsewhere; but for the snapshot at ``start`` that the position records shipping.
-        for n in names:
-            if n.generation != gen:
-                continue
-            if isinstance(n, layout.SegmentName):
-                foreign = n.last_seq >= start and spooled.get(n.last_seq) != n.last_commit_ms
-            else:
-                foreign = n.seq >= start and n.key not in snapshots
-            if foreign:
-                return gen, (f"the replica holds {n.key}, which this agent did not write (the host was "
-                             "rolled back, or another agent writes here)")
-        return None
+        held = cat.generations.get(gen)
+        if held is None:
+            return None
+        foreign = [s for s, _ in held.snapshots if s.seq >= start and s.key not in snapshots]
+        foreign += [s for s, _ in held.segments if s.last_seq >= start and spooled.get(s.last_seq) != s.last_commit_ms]
+        if not foreign:
+            return None
+        return gen, (f"the replica holds {foreign[0].key}, which this agent did not write (the host was "
+                     "rolled back, or another agent writes here)")
 
     def _ask_for_snapshot(self) -> None:
         """Ask the agent for a snapshot, once per position that needs one."""
