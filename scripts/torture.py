@@ -146,6 +146,7 @@ class Plan:
     first_offset: int
     events: tuple[Event, ...]
     long: bool
+    via_link: bool = False  # the agent names the database through a symbolic link
 
     def app(self, index: int, tools: Tools) -> AppSpec:
         """The index-th writer after the first: drawn from its own PRNG, so timing does not change the draws."""
@@ -171,7 +172,9 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
                 auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),
                 replica="s3" if s3 and rng.random() < 0.5 else "file", config=config, clock=clock,
                 first_offset=rng.choice(CLOCK_OFFSETS) if clock else 0,
-                events=draw_events(rng, duration, clock), long=long)
+                events=draw_events(rng, duration, clock), long=long,
+                # Drawn apart, so that adding it left every other draw of a seed as it was.
+                via_link=random.Random(f"{seed}/link").random() < 0.3)
 
 
 def draw_events(rng: random.Random, duration: float, clock: bool) -> tuple[Event, ...]:
@@ -293,7 +296,7 @@ class Agent:
     def command(self) -> list[str]:
         if self.run.config_path:
             return [sys.executable, "-m", "litesync", "--config", self.run.config_path, "replicate"]
-        return [sys.executable, "-m", "litesync", "replicate", self.run.db, self.run.url]
+        return [sys.executable, "-m", "litesync", "replicate", self.run.agent_db, self.run.url]
 
     def start(self) -> None:
         env = clean_env(self.run.replica_env)
@@ -444,6 +447,10 @@ class Run:
 
     def __post_init__(self) -> None:
         self.db = self.path("app.db")
+        # The name the agent is given: the database, or a symbolic link to it.
+        self.agent_db = self.path("link.db") if self.plan.via_link else self.db
+        if self.plan.via_link:
+            os.symlink("app.db", self.agent_db)
         self.log = self.path("history.log")
         self.replica_env: dict[str, str] = {}
         if self.plan.replica == "s3":
@@ -480,7 +487,7 @@ class Run:
         cfg = dict(self.plan.config)
         sync_interval = cfg.pop("sync-interval")
         lines = [f"{key}: {value}" for key, value in cfg.items()]
-        lines += ["logging:", "  level: info", "dbs:", f"  - path: {self.db}", "    replicas:",
+        lines += ["logging:", "  level: info", "dbs:", f"  - path: {self.agent_db}", "    replicas:",
                   f"      - url: {json.dumps(self.url)}", f"        sync-interval: {sync_interval}"]
         path = self.path("litesync.yml")
         with open(path, "w") as f:
@@ -493,6 +500,8 @@ class Run:
         self.count(f"auto_vacuum {p.auto_vacuum}")
         self.count(f"replica {p.replica}")
         self.count("agent with config (compaction, retention)" if p.config else "agent with DB URL")
+        if p.via_link:
+            self.count("agent names the database through a symbolic link")
         if p.config and "validation-interval" in p.config:
             self.count("agent validating the live database")
         self.note(f"plan: {p}")
@@ -548,6 +557,13 @@ class Run:
                 self.agent.kill()
                 delay, offset = event.param
                 self.pending_restart = (time.monotonic() + delay, offset)
+                # Now and then the state directory is lost with the agent (a new host, a
+                # wiped volume): the spool, the positions, the last generation id.
+                if random.Random(f"{self.plan.seed}/lose-state/{event.at}").random() < 0.2:
+                    self.count("agent state directory lost")
+                    self.note("agent state directory removed")
+                    state = os.path.join(self.dir, "." + os.path.basename(self.agent_db) + "-litesync")
+                    shutil.rmtree(state, ignore_errors=True)
         elif event.action == "agent-stop":
             if alive(self.agent.proc) and not self.agent.stopped:
                 self.count("agent SIGSTOP/SIGCONT")
