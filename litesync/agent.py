@@ -273,8 +273,10 @@ class DbAgent:
     """Replicates one database into its local spool."""
 
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
-                 snapshot_interval: float | None = 4 * 3600, label: str | None = None) -> None:
+                 snapshot_interval: float | None = 4 * 3600, label: str | None = None,
+                 db_id: str | None = None) -> None:
         self.path = os.path.abspath(db_path)
+        self.db_id = db_id or layout.default_db_id(self.path)  # written into every object (see DbConfig)
         # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
         # the file it leads to: so does the agent. The state directory stays by the name.
         self.wal_path = os.path.realpath(self.path) + "-wal"
@@ -484,6 +486,8 @@ class DbAgent:
                 self.next_seq, self.end_link, pos = h.seq, h.prev_link, h.wal
         if h.page_size != self.page_size:
             return f"page size changed from {h.page_size} to {self.page_size}"
+        if h.db_id is not None and h.db_id != self.db_id:
+            return f"the database id changed from {h.db_id!r} to {self.db_id!r}"
         hdr = self._wal_header()
         reason = self._wal_continues(hdr, pos)
         if reason is not None:
@@ -761,7 +765,7 @@ class DbAgent:
         pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
         seq = self.next_seq
         header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
-                               pos, txs[0].frames[0].index, tuple(TxInfo(*i) for i in infos))
+                               pos, txs[0].frames[0].index, tuple(TxInfo(*i) for i in infos), db_id=self.db_id)
         name = layout.SegmentName(self.generation, seq, seq, commit_ms)
         with self.spool.writing(name) as f:
             w = SegmentWriter(f, header)
@@ -975,7 +979,8 @@ class DbAgent:
                 gen, seq, prev = self.generation, self.next_seq, self.end_link
             created = self._recorded_ms() if not new_generation else now_ms()
             name = layout.SnapshotName(gen, seq, created)
-            header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos)
+            header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos,
+                                    db_id=self.db_id)
             try:
                 with self.spool.writing(name) as f:
                     w = SnapshotWriter(f, header)

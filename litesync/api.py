@@ -233,8 +233,8 @@ class Replicator:
 
 
 def restore_db(source: str, output: str | None = None, *, config: str | None = None,
-            timestamp: str | datetime | None = None, generation: str | None = None, force: bool = False,
-            if_db_not_exists: bool = False, if_replica_exists: bool = False, integrity_check: bool = True,
+            timestamp: str | datetime | None = None, generation: str | None = None, db_id: str | None = None,
+            force: bool = False, if_db_not_exists: bool = False, if_replica_exists: bool = False, integrity_check: bool = True,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
             python: str = sys.executable) -> str | None:
     """Rebuild a database with ``litesync restore`` in a child process; return the path written,
@@ -242,6 +242,7 @@ def restore_db(source: str, output: str | None = None, *, config: str | None = N
 
     ``source`` is a replica URL (then ``output`` is required) or a configured database path
     (``output`` defaults to it). ``timestamp`` is RFC 3339 text or an aware datetime.
+    ``db_id`` is the id of the database wanted (``--id``): a replica holding another is refused.
     """
     environ = dict(os.environ if env is None else env)
     args = ["restore"]
@@ -262,6 +263,8 @@ def restore_db(source: str, output: str | None = None, *, config: str | None = N
         args += ["--timestamp", timestamp.isoformat() if isinstance(timestamp, datetime) else timestamp]
     if generation is not None:
         args += ["--generation", generation]
+    if db_id is not None:
+        args += ["--id", db_id]
     for flag, given in (("--force", force), ("--if-db-not-exists", if_db_not_exists),
                         ("--if-replica-exists", if_replica_exists), ("--no-integrity-check", not integrity_check)):
         if given:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -86,6 +87,10 @@ def cmd_replicate(args: argparse.Namespace) -> int:
     if positional and db is None:
         raise UsageError(f"replicate: a replica URL needs a database path first: {positional[0]!r}")
     cfg = _load(args, db, positional)
+    if args.id is not None:
+        if db is None:
+            raise UsageError("replicate: --id needs the database path (DB) it names")
+        cfg = dataclasses.replace(cfg, dbs=(cfg.dbs[0].with_id(_db_id_arg(args.id)),))
     _setup_logging(cfg.logging, args.verbose)
     if args.restore_if_db_not_exists:
         from .restore import restore_missing
@@ -179,20 +184,29 @@ def _raise_startup_errors(runner) -> None:  # noqa: ANN001
         raise errors[0]
 
 
-def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: ANN202
-    """Return (replica configs, database path or None) for a DB path or a replica URL."""
-    from dataclasses import replace
+def _db_id_arg(text: str) -> str:
+    from .segment import check_db_id
 
+    try:
+        return check_db_id(text)
+    except ValueError as e:
+        raise UsageError(f"--id: {e}") from None
+
+
+def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: ANN202
+    """Return (replica configs, database path or None, id of the database wanted or None)
+    for a DB path or a replica URL; ``--id`` given overrides the configured id."""
     from .config import command_line_replica
 
+    wanted = _db_id_arg(args.id) if getattr(args, "id", None) is not None else None
     if _is_url(target):
         rate = _max_bandwidth(args)
         rc = command_line_replica(target)
-        return [replace(rc, max_bandwidth=rate) if rate else rc], None
+        return [dataclasses.replace(rc, max_bandwidth=rate) if rate else rc], None, wanted
     cfg = _load(args, target, [])
     _setup_logging(cfg.logging, args.verbose)
     db = cfg.dbs[0]
-    return list(db.replicas), db.path
+    return list(db.replicas), db.path, wanted or db.id or None
 
 
 def _until_ms(args: argparse.Namespace) -> int | None:
@@ -214,7 +228,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .replica import open_replica
     from .restore import choose, restore_any
 
-    replicas, db_path = _replicas_of(args, args.target, "restore")
+    replicas, db_path, db_id = _replicas_of(args, args.target, "restore")
     if db_path is None and not args.output and not args.dry_run:
         raise UsageError("restore: -o/--output is required when restoring from a URL")
     out = args.output or db_path
@@ -239,14 +253,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
                 log.info("no replica holds a backup, nothing to do")
                 return EXIT_OK
         if args.follow:
-            return _follow(clients, out, interval, cache, args)
+            return _follow(clients, out, interval, cache, args, db_id)
         if args.dry_run:
             c = choose(clients, generation=generation, until_ms=until_ms)
             return _print_plan(c.client.name, c.plan, until_ms, args.json)
         progress = terminal_printer()
         try:
             result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
-                                 progress=progress, generation=generation, until_ms=until_ms, cache=cache)
+                                 progress=progress, generation=generation, until_ms=until_ms, cache=cache,
+                                 db_id=db_id)
         except LitesyncError as e:
             intact = getattr(e, "intact_generation", None)
             if intact is None:
@@ -293,14 +308,15 @@ def _follow_interval(args: argparse.Namespace) -> float:
     return interval
 
 
-def _follow(clients, out: str, interval: float, cache, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _follow(clients, out: str, interval: float, cache, args: argparse.Namespace,  # noqa: ANN001
+            db_id: str | None) -> int:
     from .follow import Follower
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     Follower(clients, out, interval=interval, stop=stop, cache=cache, force=args.force,
-             check=not args.no_integrity_check).run()
+             check=not args.no_integrity_check, db_id=db_id).run()
     log.info("%s: follower stopped", os.path.abspath(out))
     return EXIT_OK
 
@@ -349,7 +365,7 @@ def _listing(args: argparse.Namespace, what: str) -> int:
     from . import history, layout
     from .replica import open_replica
 
-    replicas, _db = _replicas_of(args, args.target, what)
+    replicas, _db, _id = _replicas_of(args, args.target, what)
     generation = _generation_arg(args)
     client = open_replica(replicas[0])
     try:
@@ -489,11 +505,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if db is None:
         from .config import parse_replica_url
 
-        replicas, db_path = [parse_replica_url(u) for u in positional], None
+        replicas, db_path, db_id = [parse_replica_url(u) for u in positional], None, None
     else:
         cfg = _load(args, db, positional)
         _setup_logging(cfg.logging, args.verbose)
-        replicas, db_path = list(cfg.dbs[0].replicas), cfg.dbs[0].path
+        replicas, db_path, db_id = list(cfg.dbs[0].replicas), cfg.dbs[0].path, cfg.dbs[0].id
     if args.replica:
         replicas = [rc for rc in replicas if rc.name == args.replica]
         if not replicas:
@@ -509,7 +525,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             client = open_replica(rc)
             try:
                 v = verify_replica(client, db_path, work_dir=work_dir, wait=wait if db_path else None,
-                                   progress=terminal_printer())
+                                   progress=terminal_printer(), db_id=db_id)
             finally:
                 client.close()
             print(f"ok      {rc.name}: {v.describe()}")
@@ -538,7 +554,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         try:
             client = open_replica(rc)
             try:
-                seconds = check_replica(client)
+                seconds = check_replica(client, rc.db_id)
             finally:
                 client.close()
             print(f"ok      {rc.name}: list, write, read back, delete ({seconds * 1000:.0f} ms)")
@@ -574,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database path and replica URLs (file:///dir, s3://bucket/path, b2://bucket/path); "
                         "without URLs: the config's replicas, or DB.backups/ next to the database")
     r.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    r.add_argument("--id", metavar="ID", help="the database's id, written into every object (default: its "
+                                            "configured id, else its path)")
     r.add_argument("--exec", metavar="CMD", help="start CMD, replicate while it runs, exit with its code")
     r.add_argument("--once", action="store_true", help="sync everything once and exit")
     r.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
@@ -600,6 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="restore the state after the last transaction committed at or before TIME "
                         "(RFC 3339: 2026-11-22T14:01:00Z or 2026-11-22T15:01:00+01:00)")
     s.add_argument("--generation", metavar="GEN", help="restore from this generation (16 hex digits)")
+    s.add_argument("--id", metavar="ID", help="the id of the database wanted (default: the configured one; "
+                                            "from a URL, any): a replica holding another is refused")
     s.add_argument("--dry-run", action="store_true", help="print the plan (snapshot, segments, bytes); write nothing")
     s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     s.add_argument("--follow", action="store_true",

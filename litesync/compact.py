@@ -10,20 +10,22 @@ import time
 from typing import Callable
 
 from . import history, layout
-from .errors import ChainError, CorruptObjectError, LitesyncError
+from .errors import ChainError, CorruptObjectError, ForeignDatabaseError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
-from .restore import PageBatch, snapshot_fault
-from .segment import SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo
+from .restore import PageBatch, check_db_id, snapshot_fault
+from .segment import (SEGMENT_MERGED, TX_CHECKSUM_KNOWN, SegmentHeader, SegmentReader, SegmentWriter, TxInfo,
+                      common_db_id)
 
 log = logging.getLogger(__name__)
 
 IDLE_LOOK = 3600.0  # seconds between retention rounds on a replica nothing is shipped to
 
 
-def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, work_dir: str | None = None
-                   ) -> tuple[layout.SegmentName, int]:  # noqa: ANN001
+def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, work_dir: str | None = None,
+                   db_id: str | None = None) -> tuple[layout.SegmentName, int]:  # noqa: ANN001
     """Write to ``out`` one segment equal to applying ``names`` in order; return its name and size.
+    Every part must belong to database ``db_id`` (None: to one database).
 
     The result holds two transactions: the smallest database size reached inside the run
     (no pages: a restore truncates to it, as replaying the run would) and then the latest
@@ -35,12 +37,15 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
     first: SegmentHeader | None = None
     last: SegmentHeader | None = None
     batch: PageBatch | None = None
+    ids: list[tuple[str, str | None]] = []
     try:
         expected_seq = names[0].first_seq
         for name in names:
             with client.open(name.key) as f:
                 seg = SegmentReader(f, name.key)
                 h = seg.header
+                check_db_id(name.key, h.db_id, db_id)
+                ids.append((name.key, h.db_id))
                 if first is None:
                     first = h
                     batch = PageBatch(h.page_size, work_dir=work_dir)
@@ -71,7 +76,8 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
         txs = (TxInfo(commit_ms, batch.low, 0, 0, 0),
                TxInfo(commit_ms, final.db_size, batch.count, final.db_checksum, final.flags & TX_CHECKSUM_KNOWN))
         header = SegmentHeader(first.page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
-                               last.end_link, last.wal, first.wal_first_frame, txs, SEGMENT_MERGED)
+                               last.end_link, last.wal, first.wal_first_frame, txs, SEGMENT_MERGED,
+                               db_id=common_db_id(ids))
         w = SegmentWriter(out, header)
         for p in batch.page_numbers():
             w.add_page(p, batch.page(p))
@@ -89,7 +95,7 @@ class Maintainer(threading.Thread):
                  compaction: tuple[float, ...], interval: float, work_dir: str,
                  activity: Callable[[], int] = lambda: 0, grace: float | None = None, tick: float | None = None,
                  clock: Callable[[], float] = time.time, written: Callable[[str], bool] = lambda key: False,
-                 current_generation: Callable[[], int | None] = lambda: None) -> None:
+                 current_generation: Callable[[], int | None] = lambda: None, db_id: str | None = None) -> None:
         self.log = Labelled(log, db, replica)
         super().__init__(name=f"maintain {self.log.label}", daemon=True)
         self.client = client
@@ -105,6 +111,8 @@ class Maintainer(threading.Thread):
         self._doomed: dict[str, float] = {}  # key -> when first found deletable
         self.written = written  # keys this process uploaded: sound without a download
         self.current_generation = current_generation  # never deleted
+        self.db_id = db_id  # objects of another database are never taken as this one's
+        self._unmergeable: set[str] = set()  # first keys of runs a merge failed on, for good
         self._checked: dict[str, str | None] = {}  # snapshot key -> why it is unsound (None: sound)
         self.unsound: list[str] = []  # "key: why" of snapshots retention found unsound, for status
         self.stats = {"rounds": 0, "compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0,
@@ -150,8 +158,17 @@ class Maintainer(threading.Thread):
             for run in history.compaction_runs(cat, now, int(window * 1000)):
                 if self.stop_event.is_set():
                     return changed
-                self.compact(run)
-                changed = True
+                if run[0].key in self._unmergeable:
+                    continue
+                try:
+                    self.compact(run)
+                    changed = True
+                except (CorruptObjectError, ChainError, ForeignDatabaseError) as e:
+                    # An object that is not what its name says (a stray, a damaged or foreign
+                    # one) stays as it is, and is reported; the rest of the round goes on.
+                    self._unmergeable.add(run[0].key)
+                    self._report_unsound(str(e))
+                    self.log.warning("compaction: %s; that run is left as it is", e)
         if self.retention is not None:
             changed = self.apply_retention() > 0 or changed
         return changed
@@ -159,7 +176,7 @@ class Maintainer(threading.Thread):
     def compact(self, run: list[layout.SegmentName]) -> layout.SegmentName:
         t0 = time.monotonic()
         with tempfile.TemporaryFile(dir=self.work_dir) as out:
-            name, size = merge_segments(self.client, run, out, self.work_dir)
+            name, size = merge_segments(self.client, run, out, self.work_dir, self.db_id)
             out.seek(0)
             self.client.write(name.key, out, size)
         self.stats["compactions"] += 1
@@ -193,13 +210,19 @@ class Maintainer(threading.Thread):
         if self.written(key):
             return True
         if key not in self._checked:
-            self._checked[key] = why = snapshot_fault(self.client, name)
+            # Every generation this agent writes carries its id: a newer one without is not its own.
+            current = self.current_generation()
+            newer = current is not None and name.generation > current
+            self._checked[key] = why = snapshot_fault(self.client, name, self.db_id, require_id=newer)
             if why is not None:
-                self.stats["unsound_objects"] += 1
-                self.unsound.append(f"{key}: {why}")
+                self._report_unsound(f"{key}: {why}")
                 self.log.warning("retention: %s is unsound (%s); left alone, and not taken as a state to keep",
                                  key, why)
         return self._checked[key] is None
+
+    def _report_unsound(self, what: str) -> None:
+        self.stats["unsound_objects"] += 1
+        self.unsound.append(what)
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -22,8 +22,9 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError, UsageError
-from .layout import is_state_dir
+from .layout import default_db_id, is_state_dir
 from .replica.crypt import load_key, load_keys
+from .segment import check_db_id
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class ReplicaConfig:
     priority: int | None = None
     encryption_keys: tuple[bytes, ...] | None = None  # the first encrypts, every one decrypts
     max_bandwidth: int | None = None  # bytes per second, uploads and downloads together
+    db_id: str | None = None  # the id of the database it holds (encrypted objects are bound to it)
 
     def __repr__(self) -> str:
         parts = []
@@ -116,7 +118,13 @@ class LoggingConfig:
 
 @dataclass(frozen=True)
 class DbConfig:
-    """One database (absolute path) and the replicas it ships to."""
+    """One database (absolute path), its id and the replicas it ships to.
+
+    The id names the database in every object it writes; a restore refuses a replica whose
+    objects carry another. By default it is the path (``layout.default_db_id``); the ``id:``
+    key sets it, so a moved database keeps its backups. In a directory's template it is the
+    prefix of its databases' ids: ``<prefix>/<path relative to the directory>``.
+    """
 
     path: str
     replicas: tuple[ReplicaConfig, ...]
@@ -127,6 +135,11 @@ class DbConfig:
     retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
     compaction: tuple[float, ...] = DEFAULT_COMPACTION
     validation_interval: float | None = None
+    id: str = ""
+
+    def with_id(self, db_id: str) -> "DbConfig":
+        """Return this database with id ``db_id``, its replicas told (they bind encrypted objects to it)."""
+        return replace(self, id=db_id, replicas=tuple(replace(rc, db_id=db_id) for rc in self.replicas))
 
 
 # Files a directory never replicates: SQLite's own companions and litesync's temp files.
@@ -160,8 +173,8 @@ class DirConfig:
     def database(self, db_path: str) -> DbConfig:
         """Return the configuration of the database at ``db_path`` inside this directory."""
         rel = os.path.relpath(db_path, self.path)
-        return replace(self.template, path=db_path,
-                       replicas=tuple(_beneath(rc, rel) for rc in self.template.replicas))
+        db = replace(self.template, path=db_path, replicas=tuple(_beneath(rc, rel) for rc in self.template.replicas))
+        return db.with_id(f"{self.template.id}/{rel.replace(os.sep, '/')}")
 
 
 def _beneath(rc: ReplicaConfig, rel: str) -> ReplicaConfig:
@@ -388,6 +401,13 @@ def _key_prefix(text: str) -> str:
     return text.strip("/")
 
 
+def _db_id(text: str) -> str:
+    try:
+        return check_db_id(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _abspath(path: str, base: str | None) -> str:
     if not path:
         raise ConfigError("empty path")
@@ -572,7 +592,11 @@ def config_from_args(db_path: str, replica_urls: Sequence[str], environ: Mapping
             raise ConfigError(f"replica given twice: {rc.destination!r}")
         seen.add(key)
         replicas.append(replace(rc, name=_default_name(rc.type, [r.name for r in replicas]), encryption_keys=keys))
-    return Config((DbConfig(path, tuple(replicas)),), LoggingConfig(), None)
+    try:
+        db_id = check_db_id(default_db_id(path))
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e} (give it one with --id)") from None
+    return Config((DbConfig(path, tuple(replicas)).with_id(db_id),), LoggingConfig(), None)
 
 
 # --- configuration files -------------------------------------------------------------------
@@ -659,7 +683,7 @@ _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "rete
                 "retention-check-interval", "compaction", "validation-interval")
 _TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
-_DB_KEYS = ("path", "dir", "replicas") + _DIR_ONLY_KEYS + _DB_SETTINGS
+_DB_KEYS = ("path", "dir", "replicas", "id") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
 
 _ENCRYPTION_KEYS = ("encryption-key", "encryption-key-file", "decryption-keys")
@@ -729,6 +753,7 @@ class _Reader:
         self.environ = environ
         self.base_dir = base_dir
         self.db_paths: dict[str, str] = {}
+        self.db_ids: dict[str, tuple[str, bool, str]] = {}  # id or prefix -> (kind, explicit, entry)
         self.destinations: dict[tuple[str | None, ...], str] = {}
         self.literal_secrets: list[str] = []  # "field (line N)" of secrets written into the file itself
 
@@ -895,11 +920,35 @@ class _Reader:
             if key in self.destinations:
                 raise self.error(f"same destination as {self.destinations[key]}: {rc.destination!r}", rpath, rnode)
             self.destinations[key] = rpath
-        db = DbConfig(db_path, tuple(replicas), *settings)
+        db = DbConfig(db_path, tuple(replicas), *settings).with_id(self.db_id(items, path, kind, db_path))
         if kind == "path":
             return db
         return DirConfig(db, self.value(items, "pattern", path, _pattern, DEFAULT_PATTERN),
                          self.value(items, "recursive", path, _bool, False))
+
+    def db_id(self, items: Items, path: str, kind: str, db_path: str) -> str:
+        """Return the id of a ``path:`` entry, or the prefix of a ``dir:`` entry's ids, checked
+        against those of the entries before: no two databases may ever share one."""
+        explicit = self.value(items, "id", path, _db_id)
+        if explicit is None:
+            try:
+                db_id = check_db_id(default_db_id(db_path))
+            except ValueError as e:
+                raise self.error(f"{e} (give it one with id:)", f"{path}.{kind}", items[kind][1]) from None
+        else:
+            db_id = explicit
+        node = items["id"][1] if explicit is not None else items[kind][1]
+        for other, (other_kind, other_explicit, other_path) in self.db_ids.items():
+            clash = other == db_id
+            if not clash and (explicit is not None or other_explicit):
+                # A path entry's id inside a directory's prefix: that directory may find a database with it.
+                clash = (other_kind == "dir" and db_id.startswith(other + "/")) or \
+                        (kind == "dir" and other.startswith(db_id + "/"))
+            if clash:
+                raise self.error(f"database id {db_id!r} {'is' if other == db_id else 'could be'} also "
+                                 f"{other_path}'s", f"{path}.id" if explicit is not None else f"{path}.{kind}", node)
+        self.db_ids[db_id] = (kind, explicit is not None, path)
+        return db_id
 
     def name_replicas(self, found: list[tuple[ReplicaConfig, Node | None]], path: str) -> list[ReplicaConfig]:
         """Return the replicas with unique names: explicit names as given, others type, type-2, ..."""

@@ -95,5 +95,24 @@ class VerifyError(LitesyncError):
         super().__init__(message)
 
 
+class ForeignDatabaseError(UsageError):
+    """A stored object belongs to another database than the one expected: their ids differ
+    (another tenant's backup copied in, replica paths swapped, a database moved)."""
+
+    RESTORE_HINT = "if that is the backup wanted, restore it with --id {found!r}"
+
+    def __init__(self, name: str, found: str, expected: str, hint: str = RESTORE_HINT) -> None:
+        self.name = name
+        self.found = found
+        self.expected = expected
+        super().__init__(f"{name}: belongs to database {found!r}, not {expected!r}; "
+                         + hint.format(found=found, expected=expected))
+
+
+class LegacyGenerationError(UsageError):
+    """The newest generation carries no database id (format 1), yet an older one does: an
+    agent that writes ids never writes a generation without one, so it is not this history."""
+
+
 class OutputExistsError(UsageError):
     """The restore output exists and --force was not given."""

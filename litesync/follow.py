@@ -224,8 +224,9 @@ class Follower:
 
     def __init__(self, clients: Sequence[ReplicaClient], out_path: str, *, interval: float,
                  stop: threading.Event, cache: ObjectCache | None = None, force: bool = False,
-                 check: bool = True) -> None:
+                 check: bool = True, db_id: str | None = None) -> None:
         self.clients = list(clients)
+        self.db_id = db_id  # the database followed (None: the one the replica holds, as long as it stays)
         self.out = os.path.abspath(out_path)
         self.state_path = self.out + STATE_SUFFIX
         self.interval = interval
@@ -312,7 +313,7 @@ class Follower:
             self._save(None, _mark(result.position, self.page1))
 
         result = restore_any(self.clients, self.out, cache=self.cache, force=self.force, check=self.check,
-                             on_verified=prepare)
+                             on_verified=prepare, db_id=self.db_id)
         for name, why in result.skipped:
             log.warning("%s: not restored from %s: %s", self.out, name, why)
         self.pos = result.position
@@ -390,14 +391,18 @@ class Follower:
             try:
                 if snapshot is not None:
                     with fetch.open(snapshot[0].key) as f:
-                        snap = open_snapshot(f, snapshot[0])
+                        # A new generation must belong to the database followed so far.
+                        known = self.db_id or (self.pos.db_id if self.pos is not None else None)
+                        snap = open_snapshot(f, snapshot[0], known)
                         if snap.header.page_size != db.page_size:
                             raise RestoreError(f"{snapshot[0].key}: page size {snap.header.page_size} differs from "
                                                f"the output's {db.page_size}; start over with a new output")
                         pos = load_snapshot(snap, batch)
+                        pos.db_id = pos.db_id or known
                 else:
                     assert self.pos is not None
                     pos = self.pos.copy()
+                    pos.db_id = pos.db_id or self.db_id
                 for name, _size in segments:
                     with fetch.open(name.key) as f:
                         apply_segment(f, name.key, pos, batch)

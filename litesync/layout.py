@@ -53,6 +53,17 @@ def parse_generation(text: str) -> int:
     return int(text, 16)
 
 
+def default_db_id(path: str) -> str:
+    """Return the id a database (or, for a directory, the prefix its databases' ids start
+    with) has when none is configured: its absolute path, through the real directory (a
+    symbolic link on the way, or a working directory reached through one, names the same
+    database), keeping its own name. A name that is not UTF-8 is made so, the same way each time."""
+    full = os.path.abspath(path)
+    d, name = os.path.split(full)
+    canonical = os.path.join(os.path.realpath(d), name) if name else os.path.realpath(full)
+    return os.fsencode(canonical).decode("utf-8", "backslashreplace")
+
+
 def state_dir_for(db_path: str) -> str:
     """Return the agent's local state directory for a database: ``.<name>-litesync`` beside it."""
     d, name = os.path.split(os.path.abspath(db_path))

@@ -19,14 +19,15 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
 
 import apsw
 
 from . import history, layout
 from .dbhash import DbHash, page_hash, raw_page_hash
-from .errors import (ChainError, CorruptObjectError, LitesyncError, ObjectNotFoundError, OutputExistsError,
-                     RestoreError, TransientReplicaError, UsageError)
+from .errors import (ChainError, CorruptObjectError, ForeignDatabaseError, LegacyGenerationError, LitesyncError,
+                     ObjectNotFoundError, OutputExistsError, RestoreError, TransientReplicaError, UsageError)
 from .fetch import Fetcher, ObjectCache, list_all
 from .history import Plan
 from .journal import pending_page
@@ -149,30 +150,47 @@ class Position:
     hasher: DbHash
     last_commit_ms: int | None = None
     transactions: int = 0
+    db_id: str | None = None  # the database the chain belongs to; None while no object has said
 
     def copy(self) -> "Position":
         return replace(self, hasher=self.hasher.copy())
 
 
-def open_snapshot(src: BinaryIO, name: layout.SnapshotName) -> SnapshotReader:
-    """Start reading a snapshot; its header must agree with its name."""
+def check_db_id(name: str, found: str | None, expected: str | None) -> None:
+    """Raise ForeignDatabaseError when the object ``name`` says it belongs to database
+    ``found`` and another, ``expected``, is wanted. Objects written before database ids
+    (format version 1) say nothing, and pass."""
+    if found is not None and expected is not None and found != expected:
+        raise ForeignDatabaseError(name, found, expected)
+
+
+def open_snapshot(src: BinaryIO, name: layout.SnapshotName, db_id: str | None = None) -> SnapshotReader:
+    """Start reading a snapshot; its header must agree with its name, and with ``db_id``
+    (the database expected; None: any)."""
     snap = SnapshotReader(src, name.key)
     h = snap.header
     if (h.generation, h.seq) != (name.generation, name.seq):
         raise CorruptObjectError(name.key, f"header names generation {h.generation:016x} seq {h.seq}, "
                                            f"object name says {name.generation:016x} seq {name.seq}")
+    check_db_id(name.key, h.db_id, db_id)
     return snap
 
 
-def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName) -> str | None:
+def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName, db_id: str | None = None,
+                   require_id: bool = False) -> str | None:
     """Why the snapshot object ``name`` cannot be restored from, or None when it reads back
-    whole (every page, the trailer's digest) as the snapshot its name says."""
+    whole (every page, the trailer's digest) as the snapshot its name says, of database
+    ``db_id`` (None: any); with ``require_id``, one written before ids existed is not."""
     try:
         with client.open(name.key) as f:
-            snap = open_snapshot(f, name)
+            snap = open_snapshot(f, name, db_id)
+            if require_id and snap.header.db_id is None:
+                return "carries no database id (format 1), yet is newer than objects that do"
             for _ in snap.chunks():
                 pass
             snap.finish()
+    except ForeignDatabaseError as e:
+        return f"belongs to database {e.found!r}, not {e.expected!r}"
     except CorruptObjectError as e:
         return e.reason
     except (LitesyncError, OSError) as e:
@@ -197,7 +215,7 @@ def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | N
         raise CorruptObjectError(snap.name, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
                                             f"pages give {hasher.value:016x}")
     sink.set_size(h.db_size)
-    return Position(h.generation, h.seq, h.prev_link, ps, h.db_size, hasher)
+    return Position(h.generation, h.seq, h.prev_link, ps, h.db_size, hasher, db_id=h.db_id)
 
 
 def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
@@ -247,6 +265,8 @@ def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: 
     ``observe``); advance ``pos``. Return whether the whole segment was applied."""
     seg = SegmentReader(src, key)
     sh = seg.header
+    check_db_id(key, sh.db_id, pos.db_id)
+    pos.db_id = pos.db_id or sh.db_id
     if sh.generation != pos.generation or sh.first_seq != pos.next_seq:
         raise ChainError(f"{key}: header says generation {sh.generation:016x} seq {sh.first_seq}, "
                          f"expected generation {pos.generation:016x} seq {pos.next_seq}")
@@ -340,18 +360,57 @@ class _CountingReader:
         return data
 
 
+def id_before(client: ReplicaClient, generation: int, look: int = 8) -> tuple[int, str] | None:
+    """Return (generation, database id) of the newest of the ``look`` generations before
+    ``generation`` whose smallest object carries a database id, or None. One header read
+    per generation looked at."""
+    cat = history.catalog(client.list(layout.GENERATIONS + "/"))
+    for gen in sorted((g for g in cat.generations if g < generation), reverse=True)[:look]:
+        info = cat.generations[gen]
+        objects = info.snapshots + info.segments
+        if not objects:
+            continue
+        name = min(objects, key=lambda o: o[1])[0]
+        try:
+            with client.open(name.key) as f:
+                reader = SnapshotReader if isinstance(name, layout.SnapshotName) else SegmentReader
+                found = reader(f, name.key).header.db_id
+        except (CorruptObjectError, ObjectNotFoundError):
+            continue
+        if found is not None:
+            return gen, found
+    return None
+
+
+def _refuse_legacy_after_ids(client: ReplicaClient, snapshot: layout.SnapshotName) -> None:
+    """Raise LegacyGenerationError when ``snapshot`` (which carries no id) belongs to a
+    generation newer than one whose objects carry an id."""
+    before = id_before(client, snapshot.generation)
+    if before is not None:
+        gen, found = before
+        raise LegacyGenerationError(
+            f"{snapshot.key}: carries no database id (written before ids existed), yet generation "
+            f"{layout.format_generation(gen)} before it belongs to database {found!r}: another database's old "
+            f"backup copied in? If that is the backup wanted, restore it with --generation "
+            f"{layout.format_generation(snapshot.generation)}")
+
+
 def _apply(fetch: Fetcher, replica: str, plan: Plan, fd: int,
-           progress: Callable[[int, int], None] | None, observe: Callable[[int], None] | None = None) -> Result:
+           progress: Callable[[int, int], None] | None, observe: Callable[[int], None] | None = None,
+           db_id: str | None = None, legacy_check: Callable[[layout.SnapshotName], None] | None = None) -> Result:
     t0 = time.monotonic()
     total = plan.total_bytes
     done = 0
     key = plan.snapshot.key
     with fetch.open(key) as f:
         src = _CountingReader(f, replica, key)
-        snap = open_snapshot(src, plan.snapshot)
+        snap = open_snapshot(src, plan.snapshot, db_id)
+        if snap.header.db_id is None and legacy_check is not None:
+            legacy_check(plan.snapshot)
         sink = FileSink(fd, snap.header.page_size)
         tick = (lambda: progress(done + src.count, total)) if progress else None
         pos = load_snapshot(snap, sink, tick)
+        pos.db_id = pos.db_id or db_id
         done += src.count
     if observe:
         observe(pos.hasher.value)
@@ -407,8 +466,12 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             generation: int | None = None, until_ms: int | None = None,
             objects: list[ObjectInfo] | None = None, cache: ObjectCache | None = None,
             retries: int = RETRIES, on_verified: Callable[[str, Result], None] | None = None,
-            observe: Callable[[int], None] | None = None) -> Result:
+            observe: Callable[[int], None] | None = None, db_id: str | None = None) -> Result:
     """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified.
+
+    ``db_id`` is the id of the database wanted: an object carrying another stops the
+    restore with ForeignDatabaseError before anything is written to ``out_path`` (None:
+    whatever database the replica holds, so long as its objects agree).
 
     ``objects`` is a listing made moments ago (else the replica is listed); ``on_verified``
     is called with the verified temp file before it is renamed into place; ``observe`` with
@@ -438,7 +501,10 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             keys = [(plan.snapshot.key, plan.snapshot_size)] + [(n.key, s) for n, s in plan.segments]
             fetch = Fetcher(client, keys, cache=cache, tmp_dir=os.path.dirname(out_path))
             try:
-                result = _apply(fetch, client.name, plan, fd, progress, observe)
+                # A generation chosen by the user is theirs to choose; one chosen as the newest
+                # must not be a legacy one newer than a history that carries ids.
+                legacy_check = None if generation is not None else partial(_refuse_legacy_after_ids, client)
+                result = _apply(fetch, client.name, plan, fd, progress, observe, db_id, legacy_check)
                 # The file goes to disk while SQLite checks it (both without the GIL).
                 syncer = ThreadPoolExecutor(1, thread_name_prefix="fsync")
                 syncing = syncer.submit(_fsync_and_close, os.dup(fd))
@@ -535,7 +601,7 @@ def restore_missing(cfg: "Config") -> list[Result]:
                 continue
             log.info("%s does not exist: restoring it from %s", db.path, cands[0].client.name)
             os.makedirs(os.path.dirname(db.path), exist_ok=True)
-            results.append(restore_any(clients, db.path, cands=cands))
+            results.append(restore_any(clients, db.path, cands=cands, db_id=db.id or None))
         finally:
             for c in clients:
                 c.close()

@@ -47,7 +47,7 @@ class DbReplication:
         self.poll_interval = poll_interval
         self.log = Labelled(log, cfg.path)
         self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
-                             snapshot_interval=cfg.snapshot_interval)
+                             snapshot_interval=cfg.snapshot_interval, db_id=cfg.id or None)
         self.shippers: list[Shipper] = []
         self.maintainers: list[Maintainer] = []
         for rc in cfg.replicas:
@@ -57,14 +57,14 @@ class DbReplication:
                               request_snapshot=self.agent.snapshot_requested,
                               sync_interval=rc.sync_interval if rc.sync_interval is not None
                               else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination,
-                              newer_generation=self.agent.note_generation)
+                              newer_generation=self.agent.note_generation, db_id=self.agent.db_id)
             self.shippers.append(shipper)
             self.maintainers.append(Maintainer(
                 client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
                 interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
                 activity=lambda s=shipper: s.uploaded_objects,
                 written=lambda key, s=shipper: key in s.uploaded_snapshots,
-                current_generation=lambda s=shipper: s.pos.generation))
+                current_generation=lambda s=shipper: s.pos.generation, db_id=self.agent.db_id))
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.waiting = threading.Event()  # for the database to be created
@@ -314,7 +314,8 @@ class DbReplication:
         t0 = time.time()
         try:
             v = verify_replica(s.client, self.cfg.path, work_dir=self.agent.state_dir,
-                               wait=lambda since: self.wait_shipped(s, since, VALIDATION_WAIT))
+                               wait=lambda since: self.wait_shipped(s, since, VALIDATION_WAIT),
+                               db_id=self.cfg.id or None)
             ok, message = True, v.describe()
             s.log.info("validation ok: %s", message)
         except LitesyncError as e:

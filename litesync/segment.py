@@ -17,7 +17,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import zstandard
 
@@ -30,7 +30,9 @@ TRAILER_MAGIC = b"LSYNCEND"
 ENCRYPTED_MAGIC = b"LSYNCENC"
 NO_KEY = "object is encrypted, and no encryption key is configured for this replica " \
          "(encryption-key, or $LITESYNC_ENCRYPTION_KEY)"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # written when the object carries its database id; version 1 objects (no id) still read
+_VERSIONS = (1, 2)
+MAX_DB_ID = 1024  # bytes of UTF-8
 # Level 1 compressed this project's WAL and text+JSON pages 1.3-3x faster than level 3 at
 # a ratio within 4% (better on some pages): the agent's CPU goes mostly to compression.
 ZSTD_LEVEL = 1
@@ -41,6 +43,7 @@ _SEG_FIXED = struct.Struct("<8sHHIQQQ16s16sIIIIIII")
 _TX = struct.Struct("<QIIQI")
 _SNAP_FIXED = struct.Struct("<8sHHIQQ16sIQIIIII")
 _CRC = struct.Struct("<I")
+_ID_LEN = struct.Struct("<H")
 _TRAILER = struct.Struct("<QQ32s8s")
 TRAILER_SIZE = _TRAILER.size
 _PGNO = struct.Struct("<I")
@@ -49,6 +52,33 @@ _WRITE_BATCH = 1 << 20
 
 TX_CHECKSUM_KNOWN = 1
 SEGMENT_MERGED = 1
+
+
+def check_db_id(db_id: str) -> str:
+    """Return ``db_id``, or raise ValueError when it cannot be a database id: empty, not
+    UTF-8, or longer than MAX_DB_ID bytes of it. (Messages quote ids with repr, so any
+    character is fine: a database path may hold a tab.)"""
+    if not db_id:
+        raise ValueError("database id is empty")
+    try:
+        raw = db_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"database id is not UTF-8: {db_id!r}") from None
+    if len(raw) > MAX_DB_ID:
+        raise ValueError(f"database id is longer than {MAX_DB_ID} bytes")
+    return db_id
+
+
+def _id_bytes(db_id: str | None) -> bytes:
+    """The id field of a version 2 header (length, UTF-8); nothing for a version 1 header."""
+    if db_id is None:
+        return b""
+    raw = check_db_id(db_id).encode("utf-8")
+    return _ID_LEN.pack(len(raw)) + raw
+
+
+def _version(db_id: str | None) -> int:
+    return 1 if db_id is None else FORMAT_VERSION
 
 
 def _check_page_size(name: str, page_size: int) -> None:
@@ -96,6 +126,7 @@ class SegmentHeader:
     wal_first_frame: int
     txs: tuple[TxInfo, ...]
     flags: int = 0  # SEGMENT_MERGED: compacted (only the run's final state; see compact.py)
+    db_id: str | None = None  # the database the segment belongs to; None in version 1 objects
 
     @property
     def merged(self) -> bool:
@@ -103,13 +134,13 @@ class SegmentHeader:
 
     def to_bytes(self) -> bytes:
         w = self.wal
-        fixed = _SEG_FIXED.pack(SEGMENT_MAGIC, FORMAT_VERSION, self.flags, self.page_size, self.generation,
+        fixed = _SEG_FIXED.pack(SEGMENT_MAGIC, _version(self.db_id), self.flags, self.page_size, self.generation,
                                 self.first_seq, self.last_seq, self.prev_link, self.end_link,
                                 w.salt1, w.salt2, self.wal_first_frame, w.frame, w.checksum1,
                                 w.checksum2, len(self.txs))
         table = b"".join(_TX.pack(t.commit_ms, t.db_size, t.page_count, t.db_checksum, t.flags)
                          for t in self.txs)
-        body = fixed + table
+        body = fixed + _id_bytes(self.db_id) + table
         return body + _CRC.pack(zlib.crc32(body))
 
     def validate(self, name: str) -> None:
@@ -142,12 +173,13 @@ class SnapshotHeader:
     db_size: int
     created_ms: int
     wal: WalPosition
+    db_id: str | None = None  # the database the snapshot belongs to; None in version 1 objects
 
     def to_bytes(self) -> bytes:
         w = self.wal
-        fixed = _SNAP_FIXED.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0, self.page_size, self.generation,
+        fixed = _SNAP_FIXED.pack(SNAPSHOT_MAGIC, _version(self.db_id), 0, self.page_size, self.generation,
                                  self.seq, self.prev_link, self.db_size, self.created_ms,
-                                 w.salt1, w.salt2, w.frame, w.checksum1, w.checksum2)
+                                 w.salt1, w.salt2, w.frame, w.checksum1, w.checksum2) + _id_bytes(self.db_id)
         return fixed + _CRC.pack(zlib.crc32(fixed))
 
     def validate(self, name: str) -> None:
@@ -263,7 +295,8 @@ def concat_segments(parts: list[tuple[str, SegmentHeader, memoryview]], out: Bin
     first, last = headers[0], headers[-1]
     header = SegmentHeader(first.page_size, first.generation, first.first_seq, last.last_seq, first.prev_link,
                            last.end_link, last.wal, first.wal_first_frame, tuple(t for h in headers for t in h.txs),
-                           SEGMENT_MERGED if any(h.merged for h in headers) else 0)
+                           SEGMENT_MERGED if any(h.merged for h in headers) else 0,
+                           db_id=common_db_id((name, h.db_id) for (name, _, _), h in zip(parts, headers)))
     header.validate("segment")
     w = _HashingWriter(out)
     w.write(header.to_bytes())
@@ -271,6 +304,20 @@ def concat_segments(parts: list[tuple[str, SegmentHeader, memoryview]], out: Bin
     for body in bodies:
         w.write(body)
     return header, _write_trailer(w, head_len, header.txs[-1].db_checksum)
+
+
+def common_db_id(ids: Iterable[tuple[str, str | None]]) -> str | None:
+    """Return the database id shared by consecutive objects (name, id) of one history, None
+    when none has one (version 1); raise ChainError when two ids differ. Objects without an
+    id were written before ids existed: a generation continued by a newer agent mixes both."""
+    found: tuple[str, str] | None = None
+    for name, db_id in ids:
+        if db_id is None:
+            continue
+        if found is not None and db_id != found[1]:
+            raise ChainError(f"{name}: belongs to database {db_id!r}, {found[0]} to {found[1]!r}")
+        found = found or (name, db_id)
+    return found[1] if found else None
 
 
 class SegmentWriter:
@@ -411,15 +458,32 @@ class _ObjectReader:
         return self.trailer
 
 
-def _read_magic(r: _ObjectReader, expected: bytes) -> None:
+def _read_magic(r: _ObjectReader, expected: bytes) -> int:
+    """Read the magic and the format version; return the version."""
     head = r.read_raw(8, "header")
     if head == ENCRYPTED_MAGIC:
         raise CorruptObjectError(r.name, NO_KEY)
     if head != expected:
         raise CorruptObjectError(r.name, f"invalid magic: {head!r} (expected {expected!r})")
     version = struct.unpack("<H", r.read_raw(2, "header"))[0]
-    if version != FORMAT_VERSION:
+    if version not in _VERSIONS:
         raise CorruptObjectError(r.name, f"unsupported format version: {version}")
+    return version
+
+
+def _read_id(r: _ObjectReader, version: int) -> tuple[bytes, str | None]:
+    """Read a version 2 header's database id; return its raw field and the id (None in version 1)."""
+    if version < 2:
+        return b"", None
+    raw_len = r.read_raw(_ID_LEN.size, "database id")
+    (n,) = _ID_LEN.unpack(raw_len)
+    if not 0 < n <= MAX_DB_ID:
+        raise CorruptObjectError(r.name, f"invalid database id length: {n}")
+    raw = r.read_raw(n, "database id")
+    try:
+        return raw_len + raw, check_db_id(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptObjectError(r.name, f"invalid database id: {e}") from None
 
 
 class SegmentReader:
@@ -428,20 +492,22 @@ class SegmentReader:
     def __init__(self, src: BinaryIO, name: str) -> None:
         self.name = name
         self._r = _ObjectReader(src, name)
-        _read_magic(self._r, SEGMENT_MAGIC)
+        version = _read_magic(self._r, SEGMENT_MAGIC)
         rest = self._r.read_raw(_SEG_FIXED.size - 10, "header")
-        fixed = SEGMENT_MAGIC + struct.pack("<H", FORMAT_VERSION) + rest
+        fixed = SEGMENT_MAGIC + struct.pack("<H", version) + rest
         (_, _, flags, page_size, generation, first_seq, last_seq, prev_link, end_link, salt1, salt2,
          first_frame, last_frame, ck1, ck2, tx_count) = _SEG_FIXED.unpack(fixed)
+        id_field, db_id = _read_id(self._r, version)
         if tx_count > 1 << 24:
             raise CorruptObjectError(name, f"invalid transaction count: {tx_count}")
         table = self._r.read_raw(tx_count * _TX.size, "transaction table")
         (crc,) = _CRC.unpack(self._r.read_raw(4, "header checksum"))
-        if zlib.crc32(fixed + table) != crc:
+        if zlib.crc32(fixed + id_field + table) != crc:
             raise CorruptObjectError(name, "header checksum mismatch")
         txs = tuple(TxInfo(*_TX.unpack_from(table, i * _TX.size)) for i in range(tx_count))
         self.header = SegmentHeader(page_size, generation, first_seq, last_seq, prev_link, end_link,
-                                    WalPosition(salt1, salt2, last_frame, ck1, ck2), first_frame, txs, flags)
+                                    WalPosition(salt1, salt2, last_frame, ck1, ck2), first_frame, txs, flags,
+                                    db_id=db_id)
         self.header.validate(name)
 
     def pages(self) -> Iterator[tuple[int, int, memoryview]]:
@@ -473,16 +539,17 @@ class SnapshotReader:
     def __init__(self, src: BinaryIO, name: str) -> None:
         self.name = name
         self._r = _ObjectReader(src, name)
-        _read_magic(self._r, SNAPSHOT_MAGIC)
+        version = _read_magic(self._r, SNAPSHOT_MAGIC)
         rest = self._r.read_raw(_SNAP_FIXED.size - 10, "header")
-        fixed = SNAPSHOT_MAGIC + struct.pack("<H", FORMAT_VERSION) + rest
+        fixed = SNAPSHOT_MAGIC + struct.pack("<H", version) + rest
+        id_field, db_id = _read_id(self._r, version)
         (crc,) = _CRC.unpack(self._r.read_raw(4, "header checksum"))
-        if zlib.crc32(fixed) != crc:
+        if zlib.crc32(fixed + id_field) != crc:
             raise CorruptObjectError(name, "header checksum mismatch")
         (_, _, _flags, page_size, generation, seq, prev_link, db_size, created_ms,
          salt1, salt2, frame, ck1, ck2) = _SNAP_FIXED.unpack(fixed)
         self.header = SnapshotHeader(page_size, generation, seq, prev_link, db_size, created_ms,
-                                     WalPosition(salt1, salt2, frame, ck1, ck2))
+                                     WalPosition(salt1, salt2, frame, ck1, ck2), db_id=db_id)
         self.header.validate(name)
 
     def chunks(self, pages_per_chunk: int = 256) -> Iterator[tuple[int, memoryview]]:

@@ -16,7 +16,7 @@ from . import history, layout
 from .errors import CorruptObjectError, LitesyncError
 from .logs import Labelled
 from .replica.base import ReplicaClient
-from .replica.crypt import check_encryption
+from .replica.check import check_stored
 from .replica.file import makedirs_private
 from .segment import concat_segments, split_segment
 from .spool import Name, Spool, sort_key
@@ -118,8 +118,10 @@ class Shipper(threading.Thread):
 
     def __init__(self, spool: Spool, client: ReplicaClient, state_path: str, *, db: str, replica: str,
                  request_snapshot: threading.Event, sync_interval: float = 0.0,
-                 destination: str | None = None, newer_generation: Callable[[int], None] | None = None) -> None:
+                 destination: str | None = None, newer_generation: Callable[[int], None] | None = None,
+                 db_id: str | None = None) -> None:
         self.log = Labelled(log, db, replica)
+        self.db_id = db_id  # a replica whose newest generation is another database's is refused
         self.label = self.log.label
         super().__init__(name=f"ship {self.label}", daemon=True)
         self.spool = spool
@@ -370,7 +372,7 @@ class Shipper(threading.Thread):
         backoff = 0.5
         while not self.stop_event.is_set():
             try:
-                check_encryption(self.client)
+                check_stored(self.client, self.db_id)
                 self.checked.set()
                 return True
             except LitesyncError as e:

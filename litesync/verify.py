@@ -44,10 +44,11 @@ class Verified:
 
 def verify_replica(client: ReplicaClient, db_path: str | None, *, work_dir: str | None = None,
                    wait: Callable[[float], bool] | None = None, attempts: int = 3,
-                   progress: Callable[[int, int], None] | None = None) -> Verified:
+                   progress: Callable[[int, int], None] | None = None, db_id: str | None = None) -> Verified:
     """Restore ``client``'s latest state to a temporary file under ``work_dir`` and check it;
     with ``db_path``, compare it with the live database. ``wait(t)`` returns once the
     replica holds every transaction committed before ``t`` (False: it could not tell).
+    ``db_id``: the id of the database the replica must hold (None: any).
 
     Raises ``VerifyError`` naming both checksums when the replica does not match, and the
     restore's own errors (naming the damaged object) when it does not restore.
@@ -58,7 +59,8 @@ def verify_replica(client: ReplicaClient, db_path: str | None, *, work_dir: str 
         states: set[int] = set()
         tmp = tempfile.mkdtemp(prefix="verify-", dir=work_dir)
         try:
-            result = restore(client, os.path.join(tmp, "verify.db"), progress=progress, observe=states.add)
+            result = restore(client, os.path.join(tmp, "verify.db"), progress=progress, observe=states.add,
+                             db_id=db_id)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         if live is None or live.checksum in states:

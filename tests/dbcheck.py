@@ -48,3 +48,13 @@ def committed_prefix(path: str) -> int:
         return k
     finally:
         conn.close()
+
+
+def write_rows(db: str, n: int, label: str = "row") -> None:
+    """Append ``n`` rows ``"<label> <i>"`` to table t of ``db`` (WAL mode), then close: the
+    last connection checkpoints and removes the WAL."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t(v) VALUES (?)", [(f"{label} {i}",) for i in range(n)])
+    conn.close()

@@ -238,8 +238,9 @@ def test_expanded_value_converts_with_its_field_path(cwd):
 def test_minimal_config_has_defaults(cwd):
     cfg = load(MINIMAL)
     assert cfg == Config(
-        dbs=(DbConfig(str(cwd / "app.db"), (ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app"),),
-                      snapshot_interval=14400.0, checkpoint_pages=1000, spool_max_size=1 << 30),),
+        dbs=(DbConfig(str(cwd / "app.db"), (ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app",
+                                                          db_id=str(cwd / "app.db")),),
+                      snapshot_interval=14400.0, checkpoint_pages=1000, spool_max_size=1 << 30, id=str(cwd / "app.db")),),
         logging=LoggingConfig("info", "text", "stderr"),
         source="litesync.yml")
 
@@ -288,17 +289,18 @@ def test_full_config(cwd):
     assert (app.path, app.snapshot_interval, app.checkpoint_pages, app.spool_max_size) == \
         ("/var/lib/app/app.db", 3600.0, 1000, 10**9)
     local, s3, b2 = app.replicas
-    assert local == ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app")
+    assert local == ReplicaConfig("file", "file", "/backups/app", url="file:///backups/app", db_id=app.id)
     assert s3 == ReplicaConfig(
         "s3", "offsite", "app", bucket="mybucket", endpoint="https://s3.us-west-004.backblazeb2.com",
         region="us-west-004", force_path_style=True, access_key_id="AKID", secret_access_key="s3secret",
-        sync_interval=1.0, part_size=8_000_000, concurrency=4, priority=1)
-    assert b2 == ReplicaConfig("b2", "b2", "app", bucket="b", application_key_id="kid", application_key="b2secret")
+        sync_interval=1.0, part_size=8_000_000, concurrency=4, priority=1, db_id=app.id)
+    assert b2 == ReplicaConfig("b2", "b2", "app", bucket="b", application_key_id="kid", application_key="b2secret",
+                               db_id=app.id)
     # Globals are inherited; relative paths start at the config file's directory.
     assert (other.path, other.snapshot_interval, other.checkpoint_pages, other.spool_max_size) == \
         (str(cwd / "other.db"), 7200.0, 2000, 256 << 20)
     assert other.replicas == (ReplicaConfig("file", "file", str(cwd / "backups/other"), sync_interval=0.0,
-                                            priority=0),)
+                                            priority=0, db_id=other.id),)
 
 
 def test_relative_paths_start_at_the_config_directory(tmp_path, monkeypatch):
@@ -340,7 +342,7 @@ def test_url_replica_takes_credentials_and_tuning_keys(cwd):
         """).dbs[0].replicas[0]
     assert rc == ReplicaConfig("s3", "minio", "app", url=rc.url, bucket="bk", endpoint="http://localhost:9000", force_path_style=True,
                                access_key_id="id", secret_access_key="secret", part_size=16 << 20, concurrency=8,
-                               sync_interval=0.25)
+                               sync_interval=0.25, db_id=rc.db_id)
 
 
 def test_default_names_are_unique(cwd):
@@ -743,8 +745,8 @@ def test_world_readable_key_file_is_warned_about(cwd, caplog):
 def test_config_from_args_default_replica(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = config_from_args("app.db", [])
-    assert cfg == Config((DbConfig(str(tmp_path / "app.db"),
-                                   (ReplicaConfig("file", "file", str(tmp_path / "app.db.backups")),)),),
+    db = str(tmp_path / "app.db")
+    assert cfg == Config((DbConfig(db, (ReplicaConfig("file", "file", db + ".backups", db_id=db),), id=db),),
                          LoggingConfig(), None)
     db = cfg.dbs[0]
     assert (db.snapshot_interval, db.checkpoint_pages, db.spool_max_size) == (14400.0, 1000, 1 << 30)

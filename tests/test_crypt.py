@@ -12,13 +12,13 @@ import pytest
 from litesync.errors import ConfigError, CorruptObjectError, ObjectNotFoundError
 from litesync.replica.crypt import (
     DEFAULT_CHUNK_SIZE,
-    HEADER_SIZE,
     MAGIC,
     TAG_SIZE,
     EncryptedClient,
     Header,
     ciphertext_size,
     generate_key,
+    header_size,
     key_id,
     load_key,
     plaintext_size,
@@ -29,6 +29,7 @@ KEY_A = bytes(range(32))
 KEY_B = bytes(range(100, 132))
 MIB = 1 << 20
 SEALED = DEFAULT_CHUNK_SIZE + TAG_SIZE
+HEADER_SIZE = header_size("")  # of the objects these tests write: version 2, no database id
 
 
 def pattern(n: int, marker: bytes = b"") -> bytes:
@@ -163,11 +164,12 @@ AUTH_FAIL = "fails authentication: tampered, truncated, stored under another nam
 
 @pytest.mark.parametrize("offset, reason", [
     (0, f"not an encrypted litesync object: magic b'MSYNCENC', expected {MAGIC!r}"),
-    (8, "unsupported encryption format version: 0 (this litesync reads 1)"),
+    (8, "unsupported encryption format version: 3 (this litesync reads 1 and 2)"),
     (9, "reserved header bytes are not zero: 010000"),
     (12, f"chunk 0 {AUTH_FAIL}"),  # chunk size 1048577: still in range, but authenticated
     (15, "invalid chunk size: 17825792 (must be 1024 to 16777216)"),
     (24, f"chunk 0 {AUTH_FAIL}"),  # nonce base
+    (36, f"chunk 0 {AUTH_FAIL}"),  # salt: derives another key
     (HEADER_SIZE, f"chunk 0 {AUTH_FAIL}"),  # first ciphertext byte
     (HEADER_SIZE + SEALED - 1, f"chunk 0 {AUTH_FAIL}"),  # chunk 0's tag
     (HEADER_SIZE + 2 * SEALED + 12345, f"chunk 2 {AUTH_FAIL}"),
@@ -192,6 +194,7 @@ def test_flipped_key_id_is_an_unknown_key(local):
 @pytest.mark.parametrize("cut, reason", [
     (0, "truncated: header has 0 of 36 bytes"),
     (20, "truncated: header has 20 of 36 bytes"),
+    (40, "truncated: header has 40 of 54 bytes"),
     (HEADER_SIZE, "truncated: chunk 0 has 0 bytes, less than its 16-byte tag"),
     (HEADER_SIZE + 10, "truncated: chunk 0 has 10 bytes, less than its 16-byte tag"),
     (HEADER_SIZE + SEALED, f"chunk 0 {AUTH_FAIL}"),  # cut at a chunk boundary
@@ -256,8 +259,7 @@ def test_oversized_chunk_size_in_header_is_refused(local):
     inner, enc = local
     enc.write_bytes("o", b"x")
     raw = inner.read("o")
-    forged = Header(key_id(KEY_A), raw[24:36], 1024)
-    inner.write_bytes("o", forged.to_bytes()[:12] + (1 << 30).to_bytes(4, "little") + raw[16:])
+    inner.write_bytes("o", raw[:12] + (1 << 30).to_bytes(4, "little") + raw[16:])
     assert corrupt_reason(enc, "o") == "invalid chunk size: 1073741824 (must be 1024 to 16777216)"
 
 
@@ -467,3 +469,122 @@ def test_a_guessable_key_is_refused(key):
         load_key(key)
     assert str(e.value).startswith("encryption key is weak: a pattern of ")
     assert str(e.value).endswith("repeated; generate one with `litesync keygen`")
+
+
+# Format 2: per-object keys bound to the database; the documented vector and recipe.
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "ENCRYPTION.md")
+
+
+def doc_vector() -> dict[str, str]:
+    """The known-answer table of docs/ENCRYPTION.md, as {input: value without backticks}."""
+    import re
+
+    with open(DOC) as f:
+        text = f.read()
+    table = text[text.index("## Known-answer vector"):text.index("## Reading a backup without litesync")]
+    return {m[1]: m[2] for m in re.finditer(r"^\| ([^|]+?) \| `([^`]*)`", table, re.MULTILINE)}
+
+
+def doc_code_blocks() -> list[str]:
+    with open(DOC) as f:
+        text = f.read()
+    recipe = text[text.index("## Reading a backup without litesync"):]
+    return [block.split("```", 1)[0] for block in recipe.split("```python\n")[1:]]
+
+
+def test_documented_known_answer_vector_matches_the_code(tmp_path):
+    from litesync.replica.crypt import _EncryptingReader, _aesgcm, hkdf_sha256, object_key
+
+    v = doc_vector()
+    key, salt, nonce = bytes.fromhex(v["configured key"]), bytes.fromhex(v["salt"]), bytes.fromhex(v["nonce base"])
+    db_id, name, plain = v["database id"], v["object name"], v["plaintext"].encode()
+    assert key_id(key).hex() == v["key id"]
+    derived = object_key(key, salt, db_id)
+    assert derived.hex() == v["object key"]
+    # The HKDF written here agrees with the cryptography package's.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    info = b"litesync object key v2\x00" + db_id.encode()
+    assert HKDF(hashes.SHA256(), 32, salt, info).derive(key) == hkdf_sha256(key, salt, info) == derived
+    stored = bytes.fromhex(v["stored object, header"] + v["stored object, chunk 0"])
+    header = Header(key_id(key), nonce, int(v["chunk size"]), salt, db_id)
+    assert header.to_bytes().hex() == v["stored object, header"]
+    sealed = _EncryptingReader(io.BytesIO(plain), len(plain), _aesgcm(derived), header, name).read()
+    assert sealed == stored
+    inner = FileReplicaClient(str(tmp_path / "r"))
+    inner.write_bytes(name, stored)
+    assert EncryptedClient(inner, [key]).read(name) == plain
+
+
+def test_an_objects_database_id_cannot_be_changed_without_the_key(local):
+    inner, _ = local
+    alice = EncryptedClient(inner, [KEY_A], db_id="alice.db")
+    alice.write_bytes("k", b"alice's rows")
+    raw = inner.read("k")
+    assert raw[54:62] == b"alice.db"
+    inner.write_bytes("k", raw[:54] + b"bobby.db" + raw[62:])  # same length, another database
+    assert corrupt_reason(EncryptedClient(inner, [KEY_A], db_id="bobby.db"), "k") == f"chunk 0 {AUTH_FAIL}"
+    # Any client holding the key reads an object of any database (a restore then compares ids).
+    inner.write_bytes("k", raw)
+    assert EncryptedClient(inner, [KEY_A]).read("k") == b"alice's rows"
+
+
+def test_every_object_gets_its_own_key():
+    from litesync.replica.crypt import object_key
+
+    assert object_key(KEY_A, bytes(16), "a") != object_key(KEY_A, bytes(15) + b"\x01", "a")
+    assert object_key(KEY_A, bytes(16), "a") != object_key(KEY_A, bytes(16), "b")
+    assert object_key(KEY_A, bytes(16), "a") != object_key(KEY_B, bytes(16), "a")
+
+
+def test_format_1_objects_still_decrypt():
+    fixtures = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "v1", "encrypted-replica")
+    with open(os.path.join(os.path.dirname(fixtures), "encrypted.key")) as f:
+        key = load_key(f.read())
+    inner = FileReplicaClient(fixtures)
+    keys = [o.key for o in inner.list("generations/")]
+    assert keys and all(inner.read(k)[8] == 1 for k in keys)
+    client = EncryptedClient(inner, [key])
+    for k in keys:
+        assert client.read(k)[:6] == b"LSYNCS"  # a snapshot's or a segment's magic
+
+
+def test_documented_recipe_reads_a_backup_without_litesync(tmp_path):
+    """The two scripts in docs/ENCRYPTION.md, run as they are, turn an encrypted snapshot
+    that litesync wrote into the database it was taken of."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from dbcheck import content_digest
+    from proc import clean_env
+
+    decrypt, to_db = doc_code_blocks()
+    (tmp_path / "decrypt.py").write_text(decrypt)
+    (tmp_path / "snapshot-to-db.py").write_text(to_db)
+    v = doc_vector()
+    (tmp_path / "vector").write_bytes(bytes.fromhex(v["stored object, header"] + v["stored object, chunk 0"]))
+    out = subprocess.run([sys.executable, str(tmp_path / "decrypt.py"), v["configured key"],
+                          str(tmp_path / "vector"), v["object name"]], capture_output=True, check=True)
+    assert out.stdout == v["plaintext"].encode()
+
+    db, root = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(os.urandom(200).hex(),) for _ in range(3000)])
+    conn.close()
+    key = generate_key()
+    r = subprocess.run([sys.executable, "-m", "litesync", "replicate", "--once", "--id", "tenants/app.db", db,
+                        f"file://{root}"], env=clean_env({"LITESYNC_ENCRYPTION_KEY": key}),
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    snap = [o.key for o in FileReplicaClient(root).list("generations/") if o.key.endswith(".snap")][0]
+    with open(tmp_path / "plain.snap", "wb") as f:
+        subprocess.run([sys.executable, str(tmp_path / "decrypt.py"), key, os.path.join(root, snap), snap],
+                       stdout=f, check=True)
+    subprocess.run([sys.executable, str(tmp_path / "snapshot-to-db.py"), str(tmp_path / "plain.snap"),
+                    str(tmp_path / "out.db")], check=True)
+    assert content_digest(str(tmp_path / "out.db")) == content_digest(db)

@@ -48,6 +48,6 @@ def wrap_replica(client: ReplicaClient, cfg: "ReplicaConfig") -> ReplicaClient:
     if cfg.encryption_keys:
         from .crypt import EncryptedClient
 
-        client = EncryptedClient(client, list(cfg.encryption_keys))
+        client = EncryptedClient(client, list(cfg.encryption_keys), db_id=cfg.db_id)
         log.debug("%s: encrypting with key id %s", client.name, client.key_id.hex())
     return client

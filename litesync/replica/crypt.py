@@ -1,11 +1,17 @@
 """A replica wrapper that encrypts every object with AES-256-GCM in streamed chunks.
 
-The format is described byte by byte in docs/ENCRYPTION.md. In short: a 36-byte header,
-then the plaintext cut into chunks of ``chunk_size`` bytes, each sealed on its own with a
-nonce derived from the header's random nonce base and the chunk's index. Every chunk's
+The format is described byte by byte in docs/ENCRYPTION.md. In short: a header, then the
+plaintext cut into chunks of ``chunk_size`` bytes, each sealed on its own with a nonce
+derived from the header's random nonce base and the chunk's index. Every chunk's
 associated data binds the header, the chunk index, whether it is the last chunk, and the
 object's key, so a reader detects tampering, reordering, truncation, extension, and an
 object copied under another name, while holding only one chunk in memory.
+
+Version 2 objects (written since 2026-12) are sealed with a key of their own: HKDF-SHA256
+of the configured key, a random salt in the header and the id of the database the object
+belongs to (in the header too, in the clear), so an object cannot be read as another
+database's, and the nonce budget no longer spans every object under one key. Version 1
+objects (sealed with the configured key itself) still read.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 import io
 import os
 import re
@@ -29,7 +36,7 @@ from ..segment import ENCRYPTED_MAGIC, NO_KEY
 from .base import ObjectInfo, ReplicaClient
 
 MAGIC = ENCRYPTED_MAGIC
-VERSION = 1
+VERSION = 2  # written; version 1 still reads
 KEY_SIZE = 32
 KEY_ID_SIZE = 8
 NONCE_SIZE = 12
@@ -41,11 +48,31 @@ MAX_CHUNK_SIZE = 16 << 20
 
 # magic, version, reserved (3 zero bytes), chunk size, key id, nonce base; little-endian.
 _HEADER = struct.Struct("<8sB3sI8s12s")
-HEADER_SIZE = _HEADER.size
+HEADER_SIZE = _HEADER.size  # of version 1; version 2 adds a salt and the database id
+SALT_SIZE = 16
+_V2_TAIL = struct.Struct("<16sH")  # salt, database id length; then the id (UTF-8)
+MAX_DB_ID = 1024
 KEY_ID_OFFSET = 16
+_OBJECT_KEY_INFO = b"litesync object key v2\x00"  # HKDF info: this, then the database id
 # chunk index, last-chunk flag: the fixed part of each chunk's associated data.
 _CHUNK_AD = struct.Struct("<QB")
 _KEY_ID_CONTEXT = b"litesync key id"
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
+    """Return ``length`` bytes of HKDF-SHA256 (RFC 5869) of ``ikm`` with ``salt`` and ``info``."""
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    out, block = b"", b""
+    for i in range(1, -(-length // 32) + 1):
+        block = hmac.new(prk, block + info + bytes([i]), hashlib.sha256).digest()
+        out += block
+    return out[:length]
+
+
+def object_key(key: bytes, salt: bytes, db_id: str) -> bytes:
+    """Return the key that seals one version 2 object: HKDF-SHA256 of the configured ``key``,
+    the object's random ``salt`` and the id of the database it belongs to."""
+    return hkdf_sha256(key, salt, _OBJECT_KEY_INFO + db_id.encode("utf-8"))
 
 
 def key_id(key: bytes) -> bytes:
@@ -111,18 +138,26 @@ def chunk_count(size: int, chunk_size: int) -> int:
     return max(1, -(-size // chunk_size))
 
 
-def ciphertext_size(size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
-    """Return the stored size of an object of ``size`` plaintext bytes."""
-    return HEADER_SIZE + size + TAG_SIZE * chunk_count(size, chunk_size)
+def header_size(db_id: str | None) -> int:
+    """Return the size of the header of an object of database ``db_id`` (None: version 1)."""
+    if db_id is None:
+        return HEADER_SIZE
+    return HEADER_SIZE + _V2_TAIL.size + len(db_id.encode("utf-8"))
 
 
-def plaintext_size(stored: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+def ciphertext_size(size: int, chunk_size: int = DEFAULT_CHUNK_SIZE, db_id: str | None = "") -> int:
+    """Return the stored size of an object of ``size`` plaintext bytes (of database ``db_id``)."""
+    return header_size(db_id) + size + TAG_SIZE * chunk_count(size, chunk_size)
+
+
+def plaintext_size(stored: int, chunk_size: int = DEFAULT_CHUNK_SIZE, db_id: str | None = "") -> int:
     """Return the plaintext size of a stored object of ``stored`` bytes (0 if too short to be one).
 
-    Exact for every size ``ciphertext_size`` produces; a damaged object's figure is only an
-    estimate, and reading it fails.
+    Exact for every size ``ciphertext_size`` produces with the same ``db_id`` (the header's
+    length depends on it); for another database's object, or a damaged one, only an
+    estimate, and reading a damaged one fails.
     """
-    body = stored - HEADER_SIZE
+    body = stored - header_size(db_id)
     if body <= TAG_SIZE:
         return 0
     return max(0, body - TAG_SIZE * -(-body // (chunk_size + TAG_SIZE)))
@@ -130,30 +165,65 @@ def plaintext_size(stored: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
 
 @dataclass(frozen=True)
 class Header:
-    """The fixed header in front of every encrypted object."""
+    """The header in front of every encrypted object. ``salt`` and ``db_id`` are None in
+    version 1 (sealed with the configured key itself); ``db_id`` may be "" in version 2 for
+    an object of no database (a probe)."""
 
     key_id: bytes
     nonce_base: bytes
     chunk_size: int
+    salt: bytes | None = None
+    db_id: str | None = None
+
+    @property
+    def version(self) -> int:
+        return 1 if self.salt is None else 2
 
     def to_bytes(self) -> bytes:
-        """Return the header's 36 bytes."""
+        """Return the header's bytes: 36 in version 1, 54 and the id's in version 2."""
         self.validate()
-        return _HEADER.pack(MAGIC, VERSION, bytes(3), self.chunk_size, self.key_id, self.nonce_base)
+        fixed = _HEADER.pack(MAGIC, self.version, bytes(3), self.chunk_size, self.key_id, self.nonce_base)
+        if self.salt is None:
+            return fixed
+        raw = (self.db_id or "").encode("utf-8")
+        return fixed + _V2_TAIL.pack(self.salt, len(raw)) + raw
+
+    @staticmethod
+    def size_after(head: bytes) -> int:
+        """Given the first HEADER_SIZE bytes of a header, return how many bytes of it follow
+        before its variable part is known (0 for version 1, the salt and id length for 2)."""
+        return _V2_TAIL.size if len(head) == HEADER_SIZE and head[8] == 2 else 0
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Header:
-        """Parse and validate a header; raise ValueError naming the bad field."""
+        """Parse and validate a whole header; raise ValueError naming the bad field."""
         if data[:len(MAGIC)] != MAGIC[:len(data)]:
             raise ValueError(f"not an encrypted litesync object: magic {data[:len(MAGIC)]!r}, expected {MAGIC!r}")
-        if len(data) != HEADER_SIZE:
+        if len(data) < HEADER_SIZE:
             raise ValueError(f"truncated: header has {len(data)} of {HEADER_SIZE} bytes")
-        _magic, version, reserved, chunk_size, kid, nonce_base = _HEADER.unpack(data)
-        if version != VERSION:
-            raise ValueError(f"unsupported encryption format version: {version} (this litesync reads {VERSION})")
+        _magic, version, reserved, chunk_size, kid, nonce_base = _HEADER.unpack_from(data)
+        if version not in (1, 2):
+            raise ValueError(f"unsupported encryption format version: {version} (this litesync reads 1 and 2)")
         if reserved != bytes(3):
             raise ValueError(f"reserved header bytes are not zero: {reserved.hex()}")
-        h = cls(kid, nonce_base, chunk_size)
+        salt = db_id = None
+        end = HEADER_SIZE
+        if version == 2:
+            if len(data) < HEADER_SIZE + _V2_TAIL.size:
+                raise ValueError(f"truncated: header has {len(data)} of {HEADER_SIZE + _V2_TAIL.size} bytes")
+            salt, n = _V2_TAIL.unpack_from(data, HEADER_SIZE)
+            if n > MAX_DB_ID:
+                raise ValueError(f"invalid database id length: {n}")
+            end = HEADER_SIZE + _V2_TAIL.size + n
+            if len(data) < end:
+                raise ValueError(f"truncated: header has {len(data)} of {end} bytes")
+            try:
+                db_id = data[HEADER_SIZE + _V2_TAIL.size:end].decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError("invalid database id: not UTF-8") from None
+        if len(data) != end:
+            raise ValueError(f"header is {len(data)} bytes, expected {end}")
+        h = cls(kid, nonce_base, chunk_size, salt, db_id)
         h.validate()
         return h
 
@@ -165,6 +235,12 @@ class Header:
             raise ValueError(f"invalid key id length: {len(self.key_id)}")
         if len(self.nonce_base) != NONCE_SIZE:
             raise ValueError(f"invalid nonce base length: {len(self.nonce_base)}")
+        if self.salt is not None and len(self.salt) != SALT_SIZE:
+            raise ValueError(f"invalid salt length: {len(self.salt)}")
+        if (self.salt is None) != (self.db_id is None):
+            raise ValueError("a version 2 header has both a salt and a database id, version 1 neither")
+        if self.db_id is not None and len(self.db_id.encode("utf-8")) > MAX_DB_ID:
+            raise ValueError(f"database id is longer than {MAX_DB_ID} bytes")
 
 
 def _nonce(base: bytes, index: int) -> bytes:
@@ -265,11 +341,12 @@ class _DecryptingReader(io.RawIOBase):
     as a transient read failure.
     """
 
-    def __init__(self, f: BinaryIO, key: str, aeads: dict[bytes, AESGCM]) -> None:
+    def __init__(self, f: BinaryIO, key: str, keys: dict[bytes, bytes], aeads: dict[bytes, AESGCM]) -> None:
         super().__init__()
         self._f = f
         self._key = key
         self._name = key.encode("utf-8")
+        self._keys = keys
         self._aeads = aeads
         self._header: Header | None = None
         self._header_bytes = b""
@@ -301,15 +378,24 @@ class _DecryptingReader(io.RawIOBase):
 
     def _read_header(self) -> None:
         data = self._read_stored(HEADER_SIZE)
+        more = Header.size_after(data)
+        if more:
+            data += self._read_stored(more)
+            if len(data) == HEADER_SIZE + more:
+                data += self._read_stored(struct.unpack_from("<H", data, HEADER_SIZE + SALT_SIZE)[0])
         try:
-            self._header = Header.from_bytes(data)
+            h = self._header = Header.from_bytes(data)
         except ValueError as e:
             raise self._corrupt(str(e)) from None
-        self._aead = self._aeads.get(self._header.key_id)
-        if self._aead is None:
-            known = ", ".join(k.hex() for k in self._aeads)
-            raise self._corrupt(f"encrypted with key id {self._header.key_id.hex()}, which is not among the "
+        if h.key_id not in self._keys:
+            known = ", ".join(k.hex() for k in self._keys)
+            raise self._corrupt(f"encrypted with key id {h.key_id.hex()}, which is not among the "
                                 f"configured keys ({known}): wrong key, or tampered")
+        if h.salt is None:
+            self._aead = self._aeads[h.key_id]
+        else:
+            # A changed id or salt derives another key: the first chunk then fails authentication.
+            self._aead = _aesgcm(object_key(self._keys[h.key_id], h.salt, h.db_id or ""))
         self._header_bytes = data
 
     def _next_chunk(self) -> bool:
@@ -386,10 +472,14 @@ class EncryptedClient(ReplicaClient):
     names, sizes and timing stay visible to the store.
     """
 
-    def __init__(self, inner: ReplicaClient, keys: list[bytes], *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(self, inner: ReplicaClient, keys: list[bytes], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 db_id: str | None = None) -> None:
         if not keys:
             raise ValueError("no encryption key given")
+        if db_id is not None and len(db_id.encode("utf-8")) > MAX_DB_ID:
+            raise ValueError(f"database id is longer than {MAX_DB_ID} bytes")
         self._aeads: dict[bytes, AESGCM] = {}
+        self._keys: dict[bytes, bytes] = {}
         seen: dict[bytes, bytes] = {}
         for i, k in enumerate(keys):
             if len(k) != KEY_SIZE:
@@ -400,13 +490,14 @@ class EncryptedClient(ReplicaClient):
                     raise ValueError(f"encryption keys share key id {kid.hex()}")
                 continue
             seen[kid] = k
+            self._keys[kid] = k
             self._aeads[kid] = _aesgcm(k)
         Header(bytes(KEY_ID_SIZE), bytes(NONCE_SIZE), chunk_size).validate()
         self.inner = inner
         self.name = inner.name
         self.chunk_size = chunk_size
         self.key_id = key_id(keys[0])
-        self._aead = self._aeads[self.key_id]
+        self.db_id = db_id or ""  # written into the objects and their key; "" for no database
 
     @property
     def key_ids(self) -> list[bytes]:
@@ -415,16 +506,20 @@ class EncryptedClient(ReplicaClient):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         # Sizes assume this client's chunk size, which every litesync writer uses.
-        return iter([ObjectInfo(o.key, plaintext_size(o.size, self.chunk_size)) for o in self.inner.list(prefix)])
+        # Exact for this database's objects (the header's length depends on the id).
+        return iter([ObjectInfo(o.key, plaintext_size(o.size, self.chunk_size, self.db_id))
+                     for o in self.inner.list(prefix)])
 
     def open(self, key: str) -> BinaryIO:
-        return _DecryptingReader(self.inner.open(key), key, self._aeads)  # type: ignore[return-value]
+        return _DecryptingReader(self.inner.open(key), key, self._keys, self._aeads)  # type: ignore[return-value]
 
     def write(self, key: str, src: BinaryIO, size: int) -> None:
-        header = Header(self.key_id, os.urandom(NONCE_SIZE), self.chunk_size)
-        reader = _EncryptingReader(src, size, self._aead, header, key)
+        salt = os.urandom(SALT_SIZE)
+        header = Header(self.key_id, os.urandom(NONCE_SIZE), self.chunk_size, salt, self.db_id)
+        aead = _aesgcm(object_key(self._keys[self.key_id], salt, self.db_id))
+        reader = _EncryptingReader(src, size, aead, header, key)
         try:
-            self.inner.write(key, reader, ciphertext_size(size, self.chunk_size))  # type: ignore[arg-type]
+            self.inner.write(key, reader, ciphertext_size(size, self.chunk_size, self.db_id))  # type: ignore[arg-type]
         except Exception:
             if reader.error is not None:
                 raise reader.error from None
@@ -439,9 +534,10 @@ class EncryptedClient(ReplicaClient):
         self.inner.close()
 
 
-def check_encryption(client: ReplicaClient) -> None:
+def check_encryption(client: ReplicaClient) -> str | None:
     """List the replica; raise ReplicaError when its newest generation is stored otherwise than
-    ``client`` would read it (encrypted or not, with a key ``client`` holds).
+    ``client`` would read it (encrypted or not, with a key ``client`` holds). Return the key
+    of the object looked at, None when the replica holds none (or it went meanwhile).
 
     Looks at one object, the smallest of the newest generation: that is the history an agent
     continues, and mixing plaintext and encrypted objects in it would break every restore.
@@ -450,18 +546,18 @@ def check_encryption(client: ReplicaClient) -> None:
     raw = enc.inner if enc is not None else client
     named = [(n, o) for o in raw.list(layout.GENERATIONS + "/") if (n := layout.parse_key(o.key)) is not None]
     if not named:
-        return
+        return None
     newest = max(n.generation for n, _ in named)
     key = min((o for n, o in named if n.generation == newest), key=lambda o: (o.size, o.key)).key
     try:
         with raw.open(key) as f:
             head = f.read(HEADER_SIZE)
     except ObjectNotFoundError:  # retention removed it since the listing; the next start looks again
-        return
+        return None
     if enc is None:
         if head.startswith(MAGIC):
             raise ReplicaError(client.name, f"{key}: {NO_KEY}")
-        return
+        return key
     if not head.startswith(MAGIC):
         raise ReplicaError(client.name, f"{key}: object is not encrypted; an encrypted replica needs a place "
                                         f"of its own (give it a new path, or remove its encryption key)")
@@ -470,3 +566,4 @@ def check_encryption(client: ReplicaClient) -> None:
         known = ", ".join(k.hex() for k in enc.key_ids)
         raise ReplicaError(client.name, f"{key}: encrypted with key id {kid.hex()}, which is not among the "
                                         f"configured keys ({known}): add that key to decryption-keys")
+    return key
