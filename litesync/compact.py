@@ -11,6 +11,7 @@ from typing import Callable
 
 from . import history, layout
 from .errors import ChainError, CorruptObjectError, ForeignDatabaseError, LitesyncError
+from .engine import Loop, Task
 from .logs import Labelled
 from .replica.base import ReplicaClient
 from .restore import PageBatch, check_db_id, snapshot_fault
@@ -88,8 +89,9 @@ def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, 
     return layout.SegmentName(first.generation, first.first_seq, last.last_seq, commit_ms), size
 
 
-class Maintainer(threading.Thread):
-    """Compacts and applies retention on one replica, on a schedule."""
+class Maintainer:
+    """Compacts and applies retention on one replica, on a schedule: its work is ``step``,
+    a turn of the engine (``attach``), or of a thread of its own (``start``)."""
 
     def __init__(self, client: ReplicaClient, *, db: str, replica: str, retention: float | None,
                  compaction: tuple[float, ...], interval: float, work_dir: str,
@@ -97,7 +99,6 @@ class Maintainer(threading.Thread):
                  clock: Callable[[], float] = time.time, written: Callable[[str], bool] = lambda key: False,
                  current_generation: Callable[[], int | None] = lambda: None, db_id: str | None = None) -> None:
         self.log = Labelled(log, db, replica)
-        super().__init__(name=f"maintain {self.log.label}", daemon=True)
         self.client = client
         self.retention = retention
         self.compaction = compaction
@@ -118,35 +119,66 @@ class Maintainer(threading.Thread):
         self.stats = {"rounds": 0, "compactions": 0, "compacted_segments": 0, "deleted": 0, "errors": 0,
                       "unsound_objects": 0}
         self.last_error: str | None = None
+        self._seen = activity()
+        self._shipped_at: float | None = None  # when the activity counter last moved (clock time)
+        self._last_round = clock()
+        self._task: Task | Loop | None = None
+        self._woken_on_activity = False  # told of each upload (attach): no need to look every tick
 
-    def run(self) -> None:
-        """Compaction rides on shipping: a round that compacts starts when the shipper has
-        just uploaded and the previous round is ``interval`` old, so the requests it makes
-        come while the database is being written, never after it falls quiet. A quiet
-        replica gets retention alone: each interval while deletions wait out their grace
-        period, otherwise once an hour (one listing)."""
-        seen = self.activity()
-        last_round = self.clock()
-        while not self.stop_event.wait(self.tick):
-            act = self.activity()
-            shipped, seen = act != seen, act
-            since = self.clock() - last_round
-            if shipped and since >= self.interval:
-                compact = True
-            elif since >= (self.interval if self._doomed else max(self.interval, IDLE_LOOK)):
-                compact = False
-            else:
-                continue
-            last_round = self.clock()
-            try:
-                self.run_once(compact=compact)
-                self.last_error = None
-                self.stats["rounds"] += 1
-            except (LitesyncError, OSError) as e:
-                self.stats["errors"] += 1
-                if str(e) != self.last_error:
-                    self.log.error("maintenance: %s (will retry)", e)
-                self.last_error = str(e)
+    def step(self) -> float | None:
+        """One turn. Compaction rides on shipping: a round that compacts starts when the
+        shipper has just uploaded (within a tick) and the previous round is ``interval``
+        old, so the requests it makes come while the database is being written, never after
+        it falls quiet. A quiet replica gets retention alone: each interval while deletions
+        wait out their grace period, otherwise once an hour (one listing). Return the delay
+        before the next turn: a tick; attached to the engine, which wakes it on every
+        upload, until the next round could be due."""
+        if self.stop_event.is_set():
+            return None
+        now = self.clock()
+        act = self.activity()
+        if act != self._seen:
+            self._seen, self._shipped_at = act, now
+        since = now - self._last_round
+        just_shipped = self._shipped_at is not None and now - self._shipped_at <= self.tick
+        quiet_round = self.interval if self._doomed else max(self.interval, IDLE_LOOK)
+        if not (since >= quiet_round or (just_shipped and since >= self.interval)):
+            if not self._woken_on_activity:
+                return self.tick
+            return self.interval - since if just_shipped and since < self.interval else quiet_round - since
+        self._last_round = now
+        try:
+            self.run_once(compact=just_shipped)
+            self.last_error = None
+            self.stats["rounds"] += 1
+        except (LitesyncError, OSError) as e:
+            self.stats["errors"] += 1
+            if str(e) != self.last_error:
+                self.log.error("maintenance: %s (will retry)", e)
+            self.last_error = str(e)
+        if not self._woken_on_activity:
+            return self.tick
+        return self.interval if self._doomed else max(self.interval, IDLE_LOOK)
+
+    def attach(self, task: Task) -> None:
+        """Run as ``task`` of the engine; the owner wakes it after each upload."""
+        self._task = task
+        self._woken_on_activity = True
+
+    def wake(self) -> None:
+        if self._task is not None:
+            self._task.wake()
+
+    def start(self) -> None:
+        """Run on a thread of its own (without the engine), looking at the activity every tick."""
+        self._task = Loop(self.step, f"maintain {self.log.label}").start()
+
+    def is_alive(self) -> bool:
+        return self._task is not None and self._task.active
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._task is not None:
+            self._task.join(timeout)
 
     def run_once(self, compact: bool = True) -> bool:
         """One round: compact every closed window at every level (unless ``compact`` is
@@ -226,3 +258,5 @@ class Maintainer(threading.Thread):
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._task is not None:
+            self._task.cancel()

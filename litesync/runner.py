@@ -1,6 +1,7 @@
-"""The replication process: one agent thread per database, one shipper thread per replica,
-a file watcher that wakes agents on WAL writes, one thread per configured directory that
-adds and removes its databases, and a clean shutdown that ships everything."""
+"""The replication process: one agent thread per database; the shippers and maintainers of
+every replica as tasks of one scheduler (engine.py) on a few threads; a file watcher that
+wakes agents on WAL writes, one thread per configured directory that adds and removes its
+databases, and a clean shutdown that ships everything."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .agent import DbAgent
 from .compact import Maintainer
 from .config import DEFAULT_SYNC_INTERVAL
 from .dirwatch import DirWatcher
+from .engine import Scheduler
 from .errors import LitesyncError
 from .logs import Labelled
 from .replica import open_replica
@@ -33,14 +35,23 @@ RECHECK_FIRST = 0.001
 PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
 PUBLISH_TICK = 0.25  # and this soon after a change
 VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
+# Threads of the scheduler's pools: uploads wait on the network (several at once keep a
+# remote replica busy); compaction and retention are rare and may wait their turn.
+SHIP_WORKERS = 8
+MAINTAIN_WORKERS = 2
+
+
+def new_scheduler() -> Scheduler:
+    return Scheduler({"ship": SHIP_WORKERS, "maintain": MAINTAIN_WORKERS})
 
 
 class DbReplication:
     """One database: its agent, its shippers and the thread that drives them."""
 
     def __init__(self, cfg: "DbConfig", poll_interval: float = POLL_INTERVAL, wait_for_db: bool = False,
-                 discovered: bool = False) -> None:
+                 discovered: bool = False, scheduler: Scheduler | None = None) -> None:
         self.cfg = cfg
+        self.scheduler = scheduler  # None: the shippers and maintainers run on threads of their own
         self.wait_for_db = wait_for_db
         # Found in a configured directory: its errors are its own, not the whole process's.
         self.discovered = discovered
@@ -59,12 +70,14 @@ class DbReplication:
                               else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination,
                               newer_generation=self.agent.note_generation, db_id=self.agent.db_id)
             self.shippers.append(shipper)
-            self.maintainers.append(Maintainer(
+            maintainer = Maintainer(
                 client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
                 interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
                 activity=lambda s=shipper: s.uploaded_objects,
                 written=lambda key, s=shipper: key in s.uploaded_snapshots,
-                current_generation=lambda s=shipper: s.pos.generation, db_id=self.agent.db_id))
+                current_generation=lambda s=shipper: s.pos.generation, db_id=self.agent.db_id)
+            shipper.after_upload = maintainer.wake
+            self.maintainers.append(maintainer)
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.waiting = threading.Event()  # for the database to be created
@@ -98,10 +111,13 @@ class DbReplication:
                 return False
         self.agent.open()
         self.agent.start(stopping=self.stop_event.is_set)
-        for s in self.shippers:
-            s.start()
-        for m in self.maintainers:
-            m.start()
+        for s, m in zip(self.shippers, self.maintainers):
+            if self.scheduler is None:
+                s.start()
+                m.start()
+            else:
+                s.attach(self.scheduler.task(s.step, "ship", f"ship {s.label}"))
+                m.attach(self.scheduler.task(m.step, "maintain", f"maintain {s.label}"))
         self.started.set()
         return True
 
@@ -214,11 +230,9 @@ class DbReplication:
         for s in self.shippers:
             s.stop()
         for m in self.maintainers:
-            if m.is_alive():
-                m.join(timeout=30)
+            m.join(timeout=30)  # a turn under way ends before the client closes
         for s in self.shippers:
-            if s.is_alive():
-                s.join(timeout=5)
+            s.join(timeout=5)
             s.client.close()
         self.stopped = True
         self.publish_status(force=True)
@@ -353,7 +367,8 @@ class Runner:
         # One directory scan at a time: two entries may find one file, and a scan opens a
         # file only while no other thread of this process can have started replicating it.
         self.scan_lock = threading.Lock()
-        self.dbs = [DbReplication(d, poll_interval, wait_for_db) for d in config.dbs]
+        self.scheduler = new_scheduler()
+        self.dbs = [DbReplication(d, poll_interval, wait_for_db, scheduler=self.scheduler) for d in config.dbs]
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
         self.dirs = [DirWatcher(d, self, poll_interval) for d in config.dirs]
         self._observer = None
@@ -414,7 +429,7 @@ class Runner:
 
     def add(self, cfg: "DbConfig") -> DbReplication:
         """Start replicating a database found in a directory; return it."""
-        d = DbReplication(cfg, self.poll_interval, discovered=True)
+        d = DbReplication(cfg, self.poll_interval, discovered=True, scheduler=self.scheduler)
         with self._lock:
             self.dbs.append(d)
             self._wakes[d.agent.wal_path] = d.agent.wake
@@ -540,6 +555,7 @@ class Runner:
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None
+        self.scheduler.stop()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

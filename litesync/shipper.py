@@ -19,6 +19,7 @@ from .replica.base import ReplicaClient
 from .replica.check import check_stored
 from .replica.file import makedirs_private
 from .segment import concat_segments, split_segment
+from .engine import Loop, Task
 from .spool import Name, Spool, sort_key
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,11 @@ def object_time(name: Name) -> float:
     return ms / 1000
 
 
-class Shipper(threading.Thread):
+class Shipper:
     """Uploads spool objects to one replica in order; retries forever with backoff.
+
+    Its work is ``step``, a turn of the engine (see engine.py): the runner gives it to the
+    scheduler with ``attach``; ``start`` runs it on a thread of its own instead.
 
     The position is saved with ``destination`` (where the replica writes): a position saved
     for another destination, under the same replica name, is not this replica's.
@@ -123,7 +127,6 @@ class Shipper(threading.Thread):
         self.log = Labelled(log, db, replica)
         self.db_id = db_id  # a replica whose newest generation is another database's is refused
         self.label = self.log.label
-        super().__init__(name=f"ship {self.label}", daemon=True)
         self.spool = spool
         self.client = client
         self.state_path = state_path
@@ -158,7 +161,12 @@ class Shipper(threading.Thread):
         self._caught_up_once = False
         self.awaiting_snapshot = False  # the spool lacks the snapshot this replica needs next
         self._asked_at: Position | None = None  # the position a snapshot was last asked for at
-        self._offered: Name | None = None  # what the spool offered the last ship_one
+        self._task: Task | Loop | None = None
+        self.after_upload: Callable[[], None] | None = None  # told after each upload (the maintainer)
+        self._probed = False  # the replica was looked at (see _probe)
+        self._probe_backoff = 0.5
+        self._backoff = 0.0
+        self._drained = False  # the last turn found nothing to ship
 
     def _load(self) -> Position:
         try:
@@ -207,7 +215,6 @@ class Shipper(threading.Thread):
     def ship_one(self) -> bool:
         """Ship the next object if there is one; return whether something was shipped."""
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
-        self._offered = name
         self.awaiting_snapshot = name is None and need_snapshot
         if name is None:
             if need_snapshot:
@@ -238,6 +245,8 @@ class Shipper(threading.Thread):
         self._uploaded_mono = time.monotonic()
         if isinstance(name, layout.SnapshotName):
             self.last_snapshot_at = object_time(name)
+        if self.after_upload is not None:
+            self.after_upload()
         return True
 
     def _replica_is_ahead(self, name: Name) -> bool:
@@ -366,85 +375,105 @@ class Shipper(threading.Thread):
             "uploaded_bytes": self.uploaded_bytes, "errors": self.errors, "retries": self.retries,
         }
 
-    def _probe(self) -> bool:
-        """Look at the replica once before shipping: a configuration error (credentials, bucket,
-        encryption that does not match what is stored) shows at once."""
-        backoff = 0.5
-        while not self.stop_event.is_set():
-            try:
-                check_stored(self.client, self.db_id)
-                self.checked.set()
-                return True
-            except LitesyncError as e:
-                self.errors += 1
-                if not e.retryable:
-                    self.log.error("%s", e)
-                    self.status, self.last_error, self.fatal = "failed", str(e), e
-                    return False
-                self.log.warning("%s (retrying)", e)
-                self.status, self.last_error = "failed", str(e)
-            except OSError as e:
-                self.errors += 1
-                self.log.warning("%s (retrying)", e)
-                self.status, self.last_error = "failed", str(e)
-            self.checked.set()
-            self.retries += 1
-            self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, 30.0)
-        return False
-
-    def run(self) -> None:
+    def _probe(self) -> float | None:
+        """Look at the replica once before shipping, so that a configuration error (credentials,
+        bucket, encryption or a database that does not match what is stored) shows at once.
+        Return the delay before looking again, None when done (looked, or failed for good: ``fatal``)."""
         try:
-            self._run()
-        finally:
-            if self._state_fd is not None:
-                os.close(self._state_fd)
-                self._state_fd = None
+            check_stored(self.client, self.db_id)
+            self._probed = True
+            self.checked.set()
+            return None
+        except LitesyncError as e:
+            self.errors += 1
+            if not e.retryable:
+                self.log.error("%s", e)
+                self.status, self.last_error, self.fatal = "failed", str(e), e
+                return None
+            self.log.warning("%s (retrying)", e)
+            self.status, self.last_error = "failed", str(e)
+        except OSError as e:
+            self.errors += 1
+            self.log.warning("%s (retrying)", e)
+            self.status, self.last_error = "failed", str(e)
+        self.checked.set()
+        self.retries += 1
+        delay = self._probe_backoff * random.uniform(0.5, 1.0)
+        self._probe_backoff = min(self._probe_backoff * 2, 30.0)
+        return delay
 
-    def _run(self) -> None:
-        if not self._probe():
-            return
-        backoff = 0.0
-        while not self.stop_event.is_set():
-            try:
-                shipped = self.ship_one()
-                # Not up to date while the replica waits for a snapshot the agent is asked for.
-                caught_up = not shipped and not self.awaiting_snapshot
-                if self.status != "completed" and caught_up:
-                    # Said once when the replica first catches up or recovers; then only in debug.
-                    if self.last_error is not None or not self._caught_up_once:
-                        self.log.info("up to date")
-                    else:
-                        self.log.debug("up to date")
-                    self._caught_up_once = True
-                self.status = "completed" if caught_up else "pending"
-                self.last_error = None
-                backoff = 0.0
-            except (LitesyncError, OSError) as e:
-                shipped = False
-                self.errors += 1
-                self.retries += 1
-                backoff = min(max(backoff * 2, 0.5), 30.0)
-                if str(e) != self.last_error:
-                    self.log.error("%s (retrying)", e)
-                self.status, self.last_error = "failed", str(e)
-                self.idle.clear()
-                self.stop_event.wait(backoff * random.uniform(0.5, 1.0))
-                continue
-            if shipped:
-                self.idle.clear()
-                continue
-            self.idle.set()
-            with self.spool.changed:
-                # Nothing shipped: wait until the spool offers something else (while a
-                # snapshot the agent was asked for is awaited, too: never spin).
-                if not self.stop_event.is_set() and choose_next(self.spool.objects(), self.pos)[0] == self._offered:
-                    self.spool.changed.wait(1.0)
-            # What arrives after a quiet spell goes up at once; while commits keep coming,
-            # uploads start at most every sync_interval (each carries all that waited).
-            if self.sync_interval and self._uploaded_mono is not None:
-                self.stop_event.wait(max(0.0, self._uploaded_mono + self.sync_interval - time.monotonic()))
+    def step(self) -> float | None:
+        """One turn: ship the next object (or batch). Return the delay before the next turn,
+        None to wait until the spool changes (or a wake)."""
+        if self.stop_event.is_set() or self.fatal is not None:
+            return None
+        if not self._probed:
+            retry = self._probe()
+            if retry is not None or self.fatal is not None:
+                return retry
+        # What arrives after a quiet spell goes up at once; while commits keep coming,
+        # uploads start at most every sync_interval (each carries all that waited).
+        if self._drained and self.sync_interval and self._uploaded_mono is not None:
+            wait = self._uploaded_mono + self.sync_interval - time.monotonic()
+            if wait > 0:
+                return wait
+        try:
+            shipped = self.ship_one()
+        except (LitesyncError, OSError) as e:
+            self.errors += 1
+            self.retries += 1
+            self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+            if str(e) != self.last_error:
+                self.log.error("%s (retrying)", e)
+            self.status, self.last_error = "failed", str(e)
+            self.idle.clear()
+            return self._backoff * random.uniform(0.5, 1.0)
+        # Not up to date while the replica waits for a snapshot the agent is asked for.
+        caught_up = not shipped and not self.awaiting_snapshot
+        if self.status != "completed" and caught_up:
+            # Said once when the replica first catches up or recovers; then only in debug.
+            if self.last_error is not None or not self._caught_up_once:
+                self.log.info("up to date")
+            else:
+                self.log.debug("up to date")
+            self._caught_up_once = True
+        self.status = "completed" if caught_up else "pending"
+        self.last_error = None
+        self._backoff = 0.0
+        self._drained = not shipped
+        if shipped:
+            self.idle.clear()
+            return 0.0
+        self.idle.set()
+        # Waiting for the agent (a snapshot asked for, a generation after the replica's):
+        # the spool changes when it comes; looked at again now and then all the same.
+        return 1.0 if self.awaiting_snapshot or self._outbid_by is not None else None
+
+    def attach(self, task: Task) -> None:
+        """Run as ``task`` of the engine: woken whenever the spool changes."""
+        self._task = task
+        self.spool.listen(task.wake)
+
+    def start(self) -> None:
+        """Run on a thread of its own (without the engine)."""
+        self.attach(Loop(self.step, f"ship {self.label}").start())  # type: ignore[arg-type]
+
+    def is_alive(self) -> bool:
+        """True while the task runs (until ``stop``)."""
+        return self._task is not None and self._task.active
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the turn under way to end (after ``stop``)."""
+        if self._task is not None:
+            self._task.join(timeout)
+        # Closed only once no turn can write it: a number closed under a running turn could
+        # be reused by another file meanwhile.
+        if self._state_fd is not None and (self._task is None or not (self._task.busy or self._task.active)):
+            os.close(self._state_fd)
+            self._state_fd = None
 
     def stop(self) -> None:
         self.stop_event.set()
-        self.spool.notify()
+        if self._task is not None:
+            self.spool.unlisten(self._task.wake)
+            self._task.cancel()

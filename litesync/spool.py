@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from . import layout
 from .replica.file import FileReplicaClient, makedirs_private, publish_temp, temp_file
@@ -30,6 +30,7 @@ class Spool:
         self.root = root
         self.client = FileReplicaClient(root, name=f"spool {root}")
         self.changed = threading.Condition()
+        self._listeners: list[Callable[[], None]] = []  # called after every change (shippers' wakes)
         self._objects: dict[Name, int] = {}
         makedirs_private(root)
         for info in self.client.list(""):
@@ -59,6 +60,7 @@ class Spool:
         with self.changed:
             self._objects[name] = size
             self.changed.notify_all()
+        self._tell()
 
     def discard(self, name: Name) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -100,7 +102,25 @@ class Spool:
             for n in names:
                 self._objects.pop(n, None)
             self.changed.notify_all()
+        self._tell()
 
     def notify(self) -> None:
         with self.changed:
             self.changed.notify_all()
+        self._tell()
+
+    def listen(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` after every change (and ``notify``)."""
+        with self.changed:
+            self._listeners.append(fn)
+
+    def unlisten(self, fn: Callable[[], None]) -> None:
+        with self.changed:
+            if fn in self._listeners:
+                self._listeners.remove(fn)
+
+    def _tell(self) -> None:
+        with self.changed:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            fn()

@@ -116,7 +116,7 @@ def test_the_position_file_is_rewritten_in_place(tmp_path):
                     request_snapshot=threading.Event(), destination="/r")
     assert again.pos == Position((G, 2, 1), 3)
     s.stop()
-    s.run()  # stopped before it began: closes the file
+    s.join()  # stopped before it began: closes the file
     assert s._state_fd is None
 
 
