@@ -27,6 +27,7 @@ from . import layout, wal
 from .layout import state_dir_for
 from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
+from .engine import Signal
 from .errors import DatabaseError, LitesyncError
 from .logs import Labelled
 from .progress import LogProgress
@@ -287,7 +288,7 @@ class DbAgent:
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
         self.spool = Spool(os.path.join(self.state_dir, "spool"))
-        self.wake = threading.Event()
+        self.wake = Signal()  # set on a file event; the engine's task is woken with it
         self.snapshot_requested = threading.Event()
         # Generation ids must grow whatever the clock does: a replica may hold a newer one.
         self.generation_floor = 0

@@ -209,6 +209,20 @@ class Scheduler:
                 self._timer_cond.wait(timeout)
 
 
+class Signal(threading.Event):
+    """An Event that also calls ``on_set`` (a task's ``wake``) each time it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_set: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        on_set = self.on_set
+        if on_set is not None:
+            on_set()
+
+
 class Loop:
     """One task on a thread of its own, with the contract of ``Task`` (``wake``, ``cancel``,
     ``active``); ``join`` waits for the thread."""

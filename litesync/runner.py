@@ -17,7 +17,7 @@ from .agent import DbAgent
 from .compact import Maintainer
 from .config import DEFAULT_SYNC_INTERVAL
 from .dirwatch import DirWatcher
-from .engine import Scheduler
+from .engine import Loop, Scheduler, Task
 from .errors import LitesyncError
 from .logs import Labelled
 from .replica import open_replica
@@ -41,8 +41,13 @@ SHIP_WORKERS = 8
 MAINTAIN_WORKERS = 2
 
 
+# Copying frames is CPU and local disk: about a thread per core. A database opening may
+# wait for its write lock (see DbAgent.start), so there are a few more.
+AGENT_WORKERS = max(4, (os.cpu_count() or 2) + 2)
+
+
 def new_scheduler() -> Scheduler:
-    return Scheduler({"ship": SHIP_WORKERS, "maintain": MAINTAIN_WORKERS})
+    return Scheduler({"agent": AGENT_WORKERS, "ship": SHIP_WORKERS, "maintain": MAINTAIN_WORKERS})
 
 
 class DbReplication:
@@ -82,7 +87,12 @@ class DbReplication:
         self.started = threading.Event()
         self.waiting = threading.Event()  # for the database to be created
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name=f"agent {cfg.path}", daemon=True)
+        self._task: Task | Loop | None = None
+        self._phase = "open"  # then "run", then "done"
+        self._finished = threading.Event()
+        self._last_step = 0.0
+        self._copied = 0
+        self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self.started_at = time.time()
         self.stopping = self.stopped = False
         self._published: tuple[float, dict] | None = None
@@ -94,23 +104,49 @@ class DbReplication:
             self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
 
     def start(self) -> None:
-        self.thread.start()
+        if self.scheduler is None:
+            self._task = Loop(self._turn, f"agent {self.cfg.path}").start()
+        else:
+            self._task = self.scheduler.task(self._turn, "agent", f"agent {self.cfg.path}")
+        self.agent.wake.on_set = self._task.wake  # file events, stops, a replica's newer generation
         if self.validator is not None:
             self.validator.start()
 
-    def _open(self) -> bool:
-        waited = False
-        if self.wait_for_db:
-            self.agent.lock()  # so that `litesync status` sees an agent waiting for the database
-        while self.wait_for_db and not os.path.exists(self.cfg.path):
-            if not waited:
-                self.log.info("waiting for the database to be created")
-                waited = True
-                self.waiting.set()
-            if self.stop_event.wait(0.2) and not os.path.exists(self.cfg.path):
-                return False
-        self.agent.open()
-        self.agent.start(stopping=self.stop_event.is_set)
+    def _turn(self) -> float | None:
+        """One turn of this database's work (see engine.py): open it, then copy what was
+        committed, then the final sync. Return the delay before the next turn."""
+        if self._phase == "open":
+            return self._open_turn()
+        if self._phase == "run":
+            return self._run_turn()
+        return None
+
+    def _finish(self) -> None:
+        self._phase = "done"
+        self._task.cancel()  # type: ignore[union-attr]
+        self._finished.set()
+
+    def _open_turn(self) -> float | None:
+        try:
+            if self.wait_for_db:
+                self.agent.lock()  # so that `litesync status` sees an agent waiting for the database
+                if not os.path.exists(self.cfg.path):
+                    if self.stop_event.is_set():
+                        self._finish()
+                        return None
+                    if not self.waiting.is_set():
+                        self.log.info("waiting for the database to be created")
+                        self.waiting.set()
+                    return 0.2
+            self.agent.open()
+            self.agent.start(stopping=self.stop_event.is_set)
+        except BaseException as e:  # reported by the runner
+            self.error = e
+            if self.discovered:
+                log.error("%s: cannot replicate: %s; skipped until the file changes", self.cfg.path, e)
+            self.started.set()
+            self._finish()
+            return None
         for s, m in zip(self.shippers, self.maintainers):
             if self.scheduler is None:
                 s.start()
@@ -119,45 +155,38 @@ class DbReplication:
                 s.attach(self.scheduler.task(s.step, "ship", f"ship {s.label}"))
                 m.attach(self.scheduler.task(m.step, "maintain", f"maintain {s.label}"))
         self.started.set()
-        return True
+        self._phase = "run"
+        return 0.0
 
-    def _run(self) -> None:
+    def _run_turn(self) -> float | None:
+        if self.stop_event.is_set():
+            self._final_sync()
+            self._finish()
+            return None
+        # Commits that arrive close together ship together: a lone commit is copied at
+        # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
+        # bounds the per-shipment work (files, fsyncs, uploads) it causes.
+        pause = self._last_step + STEP_INTERVAL - time.monotonic()
+        if pause > 0 and self._copied:
+            return pause
+        self.agent.wake.clear()
+        self._last_step = time.monotonic()
         try:
-            if not self._open():
-                return
-        except BaseException as e:  # reported by the runner
-            self.error = e
-            if self.discovered:
-                log.error("%s: cannot replicate: %s; skipped until the file changes", self.cfg.path, e)
-            self.started.set()
-            return
-        last_step = 0.0
-        copied = 0
-        recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
-        while not self.stop_event.is_set():
-            self.agent.wake.wait(recheck or self.poll_interval)
-            # Commits that arrive close together ship together: a lone commit is copied at
-            # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
-            # bounds the per-shipment work (files, fsyncs, uploads) it causes.
-            pause = last_step + STEP_INTERVAL - time.monotonic()
-            if pause > 0 and copied:
-                self.stop_event.wait(pause)
-            self.agent.wake.clear()
-            if self.stop_event.is_set():
-                break
-            last_step = time.monotonic()
-            try:
-                copied = self.agent.step()
-                # A commit's frames are written before the wal-index counts them, and only
-                # the frames cause a file event: when one seems in flight, look again soon.
-                recheck = min(max(recheck * 2, RECHECK_FIRST), self.poll_interval) if self.agent.in_flight else 0.0
-                self.collect_garbage()
-            except LitesyncError as e:
-                self.log.error("%s", e)
-                self.stop_event.wait(1.0)
-            except Exception:
-                self.log.exception("unexpected error; continuing")
-                self.stop_event.wait(1.0)
+            self._copied = self.agent.step()
+            # A commit's frames are written before the wal-index counts them, and only the
+            # frames cause a file event: when one seems in flight, look again soon.
+            self._recheck = (min(max(self._recheck * 2, RECHECK_FIRST), self.poll_interval)
+                             if self.agent.in_flight else 0.0)
+            self.collect_garbage()
+        except LitesyncError as e:
+            self.log.error("%s", e)
+            return 1.0
+        except Exception:
+            self.log.exception("unexpected error; continuing")
+            return 1.0
+        return self._recheck or self.poll_interval
+
+    def _final_sync(self) -> None:
         try:
             self.agent.sync()
             # A replica that needs a snapshot (new, moved, or behind the spool) gets one before
@@ -205,7 +234,8 @@ class DbReplication:
     def stop(self, timeout: float) -> bool:
         """Stop after a final sync; wait up to ``timeout`` for every replica; True if all shipped."""
         self.request_stop()
-        self.thread.join()
+        if self._task is not None:
+            self._finished.wait()
         if self.validator is not None and self.validator.is_alive():
             self.validator.join(timeout=60)  # a restore under way finishes before the clients close
         deadline = time.monotonic() + timeout
