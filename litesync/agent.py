@@ -289,7 +289,7 @@ class DbAgent:
         self.state_dir = state_dir_for(self.path)
         self.spool = Spool(os.path.join(self.state_dir, "spool"))
         self.wake = Signal()  # set on a file event; the engine's task is woken with it
-        self.snapshot_requested = threading.Event()
+        self.snapshot_requested = Signal()
         # Generation ids must grow whatever the clock does: a replica may hold a newer one.
         self.generation_floor = 0
         self._last_recorded_ms = 0  # see _recorded_ms
@@ -364,6 +364,11 @@ class DbAgent:
             self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
         except apsw.Error as e:
             raise DatabaseError(f"{self.path}: {e}") from e
+
+    @property
+    def is_open(self) -> bool:
+        """True once ``open`` made the connections."""
+        return self.R is not None
 
     @property
     def locked(self) -> bool:
@@ -457,14 +462,15 @@ class DbAgent:
         then starts once it lets go, unless ``stopping`` says to give up."""
         while True:
             try:
-                self._start_once()
+                self.start_once()
                 return
             except WriteLockBusy:
                 if stopping():
                     raise
                 self.log.warning("the application holds the write lock; waiting for it to start replication")
 
-    def _start_once(self) -> None:
+    def start_once(self) -> None:
+        """One attempt of ``start``; raises WriteLockBusy while the application holds the write lock."""
         try:
             reason = self._try_resume()
         except _WalChanged:

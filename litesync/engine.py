@@ -4,7 +4,9 @@ A *task* is a function that does one turn of work and returns when it wants to r
 a delay in seconds, or None to sleep until it is woken (a file event, a spool change, a
 stop). The ``Scheduler`` runs every task on a few worker threads per pool, one timer
 thread keeps the delays in a heap, and a task never runs twice at once: woken while it
-runs, it runs again right after. A ``Loop`` runs one task on a thread of its own, with the
+runs, it runs again right after. A task may belong to a *lane* (say, one remote store):
+at most ``lane_limit`` tasks of a lane run at once, so a store that hangs every request
+holds a few workers, never the whole pool. A ``Loop`` runs one task on a thread of its own, with the
 same contract, for a component used alone (tests, a single-purpose command).
 """
 
@@ -29,8 +31,9 @@ _IDLE, _QUEUED, _RUNNING, _DONE = "idle", "queued", "running", "done"
 class Task:
     """A recurring piece of work run by a ``Scheduler``: see the module doc."""
 
-    def __init__(self, scheduler: "Scheduler", step: Step, pool: "_Pool", name: str) -> None:
+    def __init__(self, scheduler: "Scheduler", step: Step, pool: "_Pool", name: str, lane: str | None) -> None:
         self._scheduler = scheduler
+        self.lane = lane
         self._step = step
         self._pool = pool
         self.name = name
@@ -66,9 +69,11 @@ class Task:
 
 
 class _Pool:
-    def __init__(self, name: str, workers: int, lock: threading.Lock) -> None:
+    def __init__(self, name: str, workers: int, lock: threading.Lock, lane_limit: int | None) -> None:
         self.name = name
         self.size = workers
+        self.lane_limit = lane_limit
+        self.lanes: collections.Counter[str] = collections.Counter()  # lane -> tasks running
         self.ready: collections.deque[Task] = collections.deque()
         self.cond = threading.Condition(lock)
         self.threads: list[threading.Thread] = []
@@ -76,12 +81,16 @@ class _Pool:
 
 
 class Scheduler:
-    """Runs tasks on named pools of worker threads (``pools``: name -> thread count); one
-    timer thread wakes delayed tasks. Threads start with the first task of their pool."""
+    """Runs tasks on named pools of worker threads (``pools``: name -> thread count, or
+    (thread count, most tasks of one lane at once)); one timer thread wakes delayed tasks.
+    Threads start with the first task of their pool."""
 
-    def __init__(self, pools: dict[str, int]) -> None:
+    def __init__(self, pools: dict[str, int | tuple[int, int]]) -> None:
         self._lock = threading.Lock()
-        self._pools = {name: _Pool(name, n, self._lock) for name, n in pools.items()}
+        self._pools = {}
+        for name, spec in pools.items():
+            workers, limit = spec if isinstance(spec, tuple) else (spec, None)
+            self._pools[name] = _Pool(name, workers, self._lock, limit)
         self._heap: list[tuple[float, int, Task]] = []
         self._seq = itertools.count()
         self._timer_cond = threading.Condition(self._lock)
@@ -89,9 +98,10 @@ class Scheduler:
         self._timer: threading.Thread | None = None
         self._stopped = False
 
-    def task(self, step: Step, pool: str, name: str, *, start: bool = True) -> Task:
-        """Return a new task running ``step`` on ``pool``; its first turn comes at once unless ``start`` is false."""
-        t = Task(self, step, self._pools[pool], name)
+    def task(self, step: Step, pool: str, name: str, *, start: bool = True, lane: str | None = None) -> Task:
+        """Return a new task running ``step`` on ``pool`` (in ``lane``); its first turn comes
+        at once unless ``start`` is false."""
+        t = Task(self, step, self._pools[pool], name, lane)
         with self._lock:
             self._ensure_threads(t._pool)
             if start:
@@ -178,16 +188,28 @@ class Scheduler:
 
     # -- threads -------------------------------------------------------------------------
 
+    def _next(self, pool: _Pool) -> Task | None:
+        """Take the first ready task whose lane has room; None when there is none."""
+        if pool.lane_limit is None:
+            return pool.ready.popleft() if pool.ready else None
+        for i, t in enumerate(pool.ready):
+            if t.lane is None or pool.lanes[t.lane] < pool.lane_limit:
+                del pool.ready[i]
+                return t
+        return None
+
     def _work(self, pool: _Pool) -> None:
         while True:
             with self._lock:
-                while not pool.ready and not self._stopped:
+                while not self._stopped and (t := self._next(pool)) is None:
                     pool.cond.wait()
                 if self._stopped:
                     return
-                t = pool.ready.popleft()
+                assert t is not None
                 t._state = _RUNNING
                 pool.busy += 1
+                if t.lane is not None:
+                    pool.lanes[t.lane] += 1
             try:
                 delay = t._step()
             except Exception:
@@ -195,6 +217,9 @@ class Scheduler:
                 delay = ERROR_DELAY
             with self._lock:
                 pool.busy -= 1
+                if t.lane is not None:
+                    pool.lanes[t.lane] -= 1
+                    pool.cond.notify_all()  # a task of that lane may wait for the room
                 self._after_turn(t, delay)
 
     def _time(self) -> None:

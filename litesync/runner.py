@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import layout, status
-from .agent import DbAgent
+from .agent import DbAgent, WriteLockBusy
 from .compact import Maintainer
 from .config import DEFAULT_SYNC_INTERVAL
 from .dirwatch import DirWatcher
@@ -25,29 +25,45 @@ from .shipper import Shipper
 from .spool import Name
 
 if TYPE_CHECKING:
-    from .config import Config, DbConfig
+    from .config import Config, DbConfig, ReplicaConfig
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 1.0
 STEP_INTERVAL = 0.025
 RECHECK_FIRST = 0.001
-PUBLISH_INTERVAL = 1.0  # the status file is rewritten at least this often
+# The status file is rewritten at least this often (readers take one older than
+# status.STALE_AFTER for a dead agent's); computed only when something changed, else.
+PUBLISH_INTERVAL = 3.0
 PUBLISH_TICK = 0.25  # and this soon after a change
 VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
-# Threads of the scheduler's pools: uploads wait on the network (several at once keep a
-# remote replica busy); compaction and retention are rare and may wait their turn.
-SHIP_WORKERS = 8
-MAINTAIN_WORKERS = 2
-
-
-# Copying frames is CPU and local disk: about a thread per core. A database opening may
-# wait for its write lock (see DbAgent.start), so there are a few more.
-AGENT_WORKERS = max(4, (os.cpu_count() or 2) + 2)
+JOIN_TIMEOUT = 5.0  # how long a stopping database waits for its shippers' and maintainers' turns
+LOCK_RETRY = 0.5  # a database whose application holds the write lock at start is tried again this soon
+# A database that has been idle this many polls is looked at only every IDLE_POLL seconds:
+# its file events (and the requests of its shippers) wake it at once, the poll is a fallback.
+IDLE_AFTER = 10
+IDLE_POLL = 5.0
+# The scheduler's pools (see engine.py). Copying frames is CPU and local disk, but a turn
+# may wait for an application's write lock (a seal, up to SEAL_TIMEOUT_MS): a few threads
+# per core. Opening a database may wait for the lock much longer (a migration): opens have
+# a pool of their own, so the databases already running never queue behind them. Uploads
+# and compaction wait on the network: each store (a lane) runs at most LANE_LIMIT turns at
+# once, so a store that hangs every request holds that many workers, never all of them.
+AGENT_WORKERS = max(8, 2 * (os.cpu_count() or 2) + 4)
+OPEN_WORKERS = 4
+LANE_LIMIT = 4
+SHIP_WORKERS = 16
+MAINTAIN_WORKERS = 4
 
 
 def new_scheduler() -> Scheduler:
-    return Scheduler({"agent": AGENT_WORKERS, "ship": SHIP_WORKERS, "maintain": MAINTAIN_WORKERS})
+    return Scheduler({"agent": AGENT_WORKERS, "open": OPEN_WORKERS, "ship": (SHIP_WORKERS, LANE_LIMIT),
+                      "maintain": (MAINTAIN_WORKERS, LANE_LIMIT // 2)})
+
+
+def store_lane(rc: "ReplicaConfig") -> str:
+    """The lane of a replica's tasks: the store it talks to (not its path within)."""
+    return "file" if rc.type == "file" else f"{rc.type}:{rc.endpoint or ''}:{rc.bucket or ''}"
 
 
 class DbReplication:
@@ -93,9 +109,13 @@ class DbReplication:
         self._last_step = 0.0
         self._copied = 0
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
+        self._lock_waited = False
+        self._idle_turns = 0
+        self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
         self.started_at = time.time()
         self.stopping = self.stopped = False
         self._published: tuple[float, dict] | None = None
+        self._mark: tuple | None = None
         self._publish_lock = threading.Lock()
         # replica name -> {"ok": count, "failed": count, "last": {...}}
         self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
@@ -105,12 +125,16 @@ class DbReplication:
 
     def start(self) -> None:
         if self.scheduler is None:
-            self._task = Loop(self._turn, f"agent {self.cfg.path}").start()
+            self._set_task(Loop(self._turn, f"agent {self.cfg.path}").start())
         else:
-            self._task = self.scheduler.task(self._turn, "agent", f"agent {self.cfg.path}")
-        self.agent.wake.on_set = self._task.wake  # file events, stops, a replica's newer generation
+            self._set_task(self.scheduler.task(self._turn, "open", f"open {self.cfg.path}"))
         if self.validator is not None:
             self.validator.start()
+
+    def _set_task(self, task: "Task | Loop") -> None:
+        self._task = task
+        self.agent.wake.on_set = task.wake  # file events, stops, a replica's newer generation
+        self.agent.snapshot_requested.on_set = task.wake  # a replica needs a snapshot
 
     def _turn(self) -> float | None:
         """One turn of this database's work (see engine.py): open it, then copy what was
@@ -138,8 +162,19 @@ class DbReplication:
                         self.log.info("waiting for the database to be created")
                         self.waiting.set()
                     return 0.2
-            self.agent.open()
-            self.agent.start(stopping=self.stop_event.is_set)
+            if not self.agent.is_open:
+                self.agent.open()
+            try:
+                self.agent.start_once()
+            except WriteLockBusy:
+                if self.stop_event.is_set():
+                    raise
+                # The application holds the write lock (a huge transaction): try again
+                # later, leaving the worker to the other databases meanwhile.
+                if not self._lock_waited:
+                    self._lock_waited = True
+                    self.log.warning("the application holds the write lock; waiting for it to start replication")
+                return LOCK_RETRY
         except BaseException as e:  # reported by the runner
             self.error = e
             if self.discovered:
@@ -147,22 +182,32 @@ class DbReplication:
             self.started.set()
             self._finish()
             return None
-        for s, m in zip(self.shippers, self.maintainers):
+        for rc, s, m in zip(self.cfg.replicas, self.shippers, self.maintainers):
             if self.scheduler is None:
                 s.start()
                 m.start()
             else:
-                s.attach(self.scheduler.task(s.step, "ship", f"ship {s.label}"))
-                m.attach(self.scheduler.task(m.step, "maintain", f"maintain {s.label}"))
+                lane = store_lane(rc)
+                s.attach(self.scheduler.task(s.step, "ship", f"ship {s.label}", lane=lane))
+                m.attach(self.scheduler.task(m.step, "maintain", f"maintain {s.label}", lane=lane))
         self.started.set()
         self._phase = "run"
-        return 0.0
+        if self.scheduler is None:
+            return 0.0
+        # Running from now on in the agent pool: the open task ends here.
+        opener = self._task
+        self._set_task(self.scheduler.task(self._turn, "agent", f"agent {self.cfg.path}"))
+        opener.cancel()  # type: ignore[union-attr]
+        return None
 
     def _run_turn(self) -> float | None:
         if self.stop_event.is_set():
             self._final_sync()
             self._finish()
             return None
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:  # after an error, file events do not bring the next try closer
+            return wait
         # Commits that arrive close together ship together: a lone commit is copied at
         # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
         # bounds the per-shipment work (files, fsyncs, uploads) it causes.
@@ -180,11 +225,16 @@ class DbReplication:
             self.collect_garbage()
         except LitesyncError as e:
             self.log.error("%s", e)
+            self._retry_at = time.monotonic() + 1.0
             return 1.0
         except Exception:
             self.log.exception("unexpected error; continuing")
+            self._retry_at = time.monotonic() + 1.0
             return 1.0
-        return self._recheck or self.poll_interval
+        if self._recheck:
+            return self._recheck
+        self._idle_turns = 0 if self._copied else self._idle_turns + 1
+        return IDLE_POLL if self._idle_turns > IDLE_AFTER and self.poll_interval < IDLE_POLL else self.poll_interval
 
     def _final_sync(self) -> None:
         try:
@@ -259,10 +309,13 @@ class DbReplication:
             m.stop()
         for s in self.shippers:
             s.stop()
+        # A turn under way ends before its client closes, within one deadline for them all
+        # (a store that hangs a request would otherwise add its timeout once per replica).
+        joins_end = time.monotonic() + JOIN_TIMEOUT
         for m in self.maintainers:
-            m.join(timeout=30)  # a turn under way ends before the client closes
+            m.join(timeout=max(0.0, joins_end - time.monotonic()))
         for s in self.shippers:
-            s.join(timeout=5)
+            s.join(timeout=max(0.0, joins_end - time.monotonic()))
             s.client.close()
         self.stopped = True
         self.publish_status(force=True)
@@ -314,13 +367,27 @@ class DbReplication:
             "replicas": replicas,
         }
 
+    def _change_mark(self) -> tuple:
+        """What changes when the status does, but for times and lags: cheap to compare."""
+        a = self.agent
+        return (self.state(), str(self.error), a.generation, a.next_seq, a.stats["transactions"],
+                a.stats["snapshots"], a.stats["checkpoints"], a.spool.size(),
+                tuple((s.status, s.last_error, s.uploaded_objects, s.errors, s.pos.key, len(m.unsound),
+                       m.stats["rounds"], m.stats["errors"]) for s, m in zip(self.shippers, self.maintainers)),
+                tuple(v["ok"] + v["failed"] for v in self.validation.values()))
+
     def publish_status(self, force: bool = False) -> None:
-        """Rewrite ``status.json`` when something changed, or once a second."""
+        """Rewrite ``status.json`` when something changed, or every PUBLISH_INTERVAL."""
         with self._publish_lock:
             # Another agent may own this database: its status is not ours to replace.
             if not self.agent.locked or (self.stopped and not force):
                 return
             now = time.time()
+            mark = self._change_mark()
+            if not force and self._published is not None and mark == self._mark \
+                    and now - self._published[0] < PUBLISH_INTERVAL:
+                return
+            self._mark = mark
             data = self.status(now)
             # What a change is: anything but the clock and what moves with it.
             same = {k: v for k, v in data.items() if k not in ("updated_at", "replicas")}
@@ -400,7 +467,8 @@ class Runner:
         self.scheduler = new_scheduler()
         self.dbs = [DbReplication(d, poll_interval, wait_for_db, scheduler=self.scheduler) for d in config.dbs]
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
-        self.dirs = [DirWatcher(d, self, poll_interval) for d in config.dirs]
+        # A directory is rescanned on its file events; the periodic scan is a fallback.
+        self.dirs = [DirWatcher(d, self, max(poll_interval, IDLE_POLL)) for d in config.dirs]
         self._observer = None
         self._handler = None
         self._watches: dict[str, tuple[object, int]] = {}  # directory -> (its watch, its inode)
@@ -505,6 +573,12 @@ class Runner:
         wakes, dirs = self._wakes, self.dirs
 
         class Handler(FileSystemEventHandler):
+            def on_overflow(self) -> None:
+                for wake in list(wakes.values()):
+                    wake.set()
+                for w in dirs:
+                    w.wake.set()
+
             def on_any_event(self, event):  # noqa: ANN001
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     wake = wakes.get(path)

@@ -142,8 +142,7 @@ class Shipper:
         self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
         self.stop_event = threading.Event()
         self.pos = self._load()
-        self._state_fd: int | None = None
-        self._state_len = 0
+        self._state_len: int | None = None  # of the position file, once known
         self.status = "pending"
         self.last_error: str | None = None
         self.fatal: LitesyncError | None = None  # a configuration error found before shipping began
@@ -167,6 +166,7 @@ class Shipper:
         self._probe_backoff = 0.5
         self._backoff = 0.0
         self._drained = False  # the last turn found nothing to ship
+        self._retry_at = 0.0  # monotonic time before which no turn tries again after a failure
 
     def _load(self) -> Position:
         try:
@@ -191,14 +191,18 @@ class Shipper:
         # after a machine crash an older or unreadable position only means objects are
         # shipped again, or, when the spool no longer has them, that the replica gets a new
         # snapshot. In place, because a new file per upload costs an inode allocation.
-        if self._state_fd is None:
+        # Opened for each write: an agent of thousands of databases keeps no descriptor each.
+        if self._state_len is None:
             makedirs_private(os.path.dirname(self.state_path))
-            self._state_fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT, 0o600)
-            self._state_len = os.fstat(self._state_fd).st_size
-        data = data.ljust(self._state_len)
-        os.pwrite(self._state_fd, data, 0)
-        if len(data) > self._state_len:
-            self._state_len = len(data)
+        fd = os.open(self.state_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            if self._state_len is None:
+                self._state_len = os.fstat(fd).st_size
+            data = data.ljust(self._state_len)
+            os.pwrite(fd, data, 0)
+        finally:
+            os.close(fd)
+        self._state_len = max(self._state_len, len(data))
 
     def done_with(self, name: Name) -> bool:
         """True when this replica no longer needs ``name`` from the spool."""
@@ -365,7 +369,8 @@ class Shipper:
         waiting = unshipped(self.spool.objects(), pos)
         oldest = min((object_time(n) for n, _ in waiting), default=None)
         return {
-            "name": self.replica, "state": self.status,
+            # "completed" is the last turn's verdict: with objects waiting since, it is not.
+            "name": self.replica, "state": "pending" if self.status == "completed" and waiting else self.status,
             "last_error": self.last_error,
             "lag_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
             "lag_bytes": sum(size for _, size in waiting),
@@ -400,6 +405,7 @@ class Shipper:
         self.retries += 1
         delay = self._probe_backoff * random.uniform(0.5, 1.0)
         self._probe_backoff = min(self._probe_backoff * 2, 30.0)
+        self._retry_at = time.monotonic() + delay
         return delay
 
     def step(self) -> float | None:
@@ -407,6 +413,9 @@ class Shipper:
         None to wait until the spool changes (or a wake)."""
         if self.stop_event.is_set() or self.fatal is not None:
             return None
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:  # after a failure, spool changes do not bring the next try closer
+            return wait
         if not self._probed:
             retry = self._probe()
             if retry is not None or self.fatal is not None:
@@ -427,7 +436,9 @@ class Shipper:
                 self.log.error("%s (retrying)", e)
             self.status, self.last_error = "failed", str(e)
             self.idle.clear()
-            return self._backoff * random.uniform(0.5, 1.0)
+            delay = self._backoff * random.uniform(0.5, 1.0)
+            self._retry_at = time.monotonic() + delay
+            return delay
         # Not up to date while the replica waits for a snapshot the agent is asked for.
         caught_up = not shipped and not self.awaiting_snapshot
         if self.status != "completed" and caught_up:
@@ -466,11 +477,6 @@ class Shipper:
         """Wait for the turn under way to end (after ``stop``)."""
         if self._task is not None:
             self._task.join(timeout)
-        # Closed only once no turn can write it: a number closed under a running turn could
-        # be reused by another file meanwhile.
-        if self._state_fd is not None and (self._task is None or not (self._task.busy or self._task.active)):
-            os.close(self._state_fd)
-            self._state_fd = None
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -28,6 +28,7 @@ IN_MOVED_FROM = 0x040
 IN_MOVED_TO = 0x080
 IN_CREATE = 0x100
 IN_DELETE = 0x200
+IN_Q_OVERFLOW = 0x4000  # the kernel's queue overflowed: events were lost
 IN_IGNORED = 0x8000
 _MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
 _NONBLOCK = os.O_NONBLOCK
@@ -112,10 +113,13 @@ class InotifyObserver(threading.Thread):
                 if not ready:
                     continue
                 changed: dict[tuple[int, str], None] = {}  # in order, each once
+                overflow = False
                 try:
                     while True:
                         for wd, mask, name in parse_events(os.read(self.fd, _READ_SIZE)):
-                            if mask & IN_IGNORED:
+                            if mask & IN_Q_OVERFLOW:
+                                overflow = True
+                            elif mask & IN_IGNORED:
                                 with self._lock:
                                     self._watches.pop(wd, None)  # the directory is gone
                             elif name:
@@ -128,6 +132,14 @@ class InotifyObserver(threading.Thread):
                     if watch is not None:
                         directory, handler = watch
                         handler.on_any_event(Change(os.path.join(directory, name)))  # type: ignore[attr-defined]
+                if overflow:
+                    # Any file may have changed unseen: every handler looks at all of its files.
+                    with self._lock:
+                        handlers = {id(h): h for _d, h in self._watches.values()}
+                    log.warning("inotify queue overflowed: looking at every watched file")
+                    for h in handlers.values():
+                        if hasattr(h, "on_overflow"):
+                            h.on_overflow()
                 self._stopping.wait(self.pause)
         except Exception:  # the runner polls as well: log and let it carry on
             log.exception("inotify watcher stopped; polling only")

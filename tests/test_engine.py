@@ -115,3 +115,22 @@ def test_a_loop_keeps_the_task_contract_on_its_own_thread():
     loop.cancel()
     loop.join(5)
     assert not loop.active
+
+
+def test_a_lane_whose_tasks_hang_holds_only_its_share_of_the_pool():
+    """A store that hangs every request: its tasks take at most lane_limit workers, the
+    other stores' tasks still run."""
+    s = engine.Scheduler({"ship": (4, 2)})
+    hang = threading.Event()
+    try:
+        started = []
+        for i in range(6):
+            s.task(lambda i=i: started.append(i) or hang.wait(10) and None, "ship", f"dead{i}", lane="dead")
+        done = []
+        for i in range(20):
+            s.task(lambda i=i: done.append(i) or None, "ship", f"ok{i}", lane="healthy")
+        wait_for(lambda: len(done) == 20, 5)
+        assert len(started) == 2  # the dead lane's share, no more
+    finally:
+        hang.set()
+        s.stop()

@@ -238,17 +238,19 @@ def test_compaction_leaves_a_stray_segment_and_retention_goes_on(tmp_path):
             time.sleep(0.2)
         expected = content_digest(db)
         conn.close()
-        wait_for(lambda: len(list(client.list(layout.GENERATIONS + "/"))) >= 5, 15)
+        wait_for(lambda: len(list(client.list(layout.GENERATIONS + "/"))) >= 3, 15)
     finally:
         assert stop(agent) == 0
     cat = history.catalog(client.list(layout.GENERATIONS + "/"))
     (gen,) = cat.generations
-    assert len(cat.generations[gen].segments) >= 4
+    assert len(cat.generations[gen].segments) >= 2  # commits close together may share one
     last = max(cat.generations[gen].segments)[0]
     # Committed a moment after the last genuine one: in the same compaction window.
     stray = layout.SegmentName(gen, last.last_seq + 1, last.last_seq + 1, last.last_commit_ms + 1).key
     client.write_bytes(stray, b"")
-    m = Maintainer(client, db="app.db", replica="r", retention=1, compaction=(1.0,), interval=1,
+    # An hour's window: the genuine segments and the stray fall in one run (a one-second
+    # window could leave the stray alone across a boundary, with nothing to merge).
+    m = Maintainer(client, db="app.db", replica="r", retention=1, compaction=(3600.0,), interval=1,
                    work_dir=str(tmp_path), grace=0, clock=lambda: time.time() + 10**6, db_id=db)
     m.run_once(compact=True)
     assert stray in {o.key for o in client.list(layout.GENERATIONS + "/")}
