@@ -73,3 +73,73 @@ def test_an_agent_replicates_hundreds_of_databases_on_bounded_threads(tmp_path):
         r = litesync("restore", "-o", out, f"file://{store}/{name}")
         assert r.returncode == 0, r.stderr
         assert content_digest(out) == content_digest(str(tenants / name))
+
+
+HOLDER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS t(x)")
+conn.close()  # the last connection checkpoints: the file is a database the agent will find
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # a long migration: the write lock, held
+conn.execute("INSERT INTO t VALUES (1)")
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+while True:
+    conn.execute("INSERT INTO t(v) VALUES ('x')")
+    time.sleep(0.1)
+"""
+
+
+def test_databases_whose_write_lock_is_held_at_start_never_stall_the_others(tmp_path):
+    """Six databases appear while their applications hold the write lock (a migration): a
+    running database goes on replicating every second. (The review's reproduction, four
+    migrations held for 60 s, stalled the previous engine; this shorter one did not, but
+    guards the promise.)"""
+    import subprocess
+    import sys
+
+    tenants, store = tmp_path / "tenants", str(tmp_path / "store")
+    tenants.mkdir()
+    live = str(tenants / "live.db")
+    conn = sqlite3.connect(live)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+    conn.close()
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - dir: {tenants}\n    replicas:\n      - url: file://{store}\n")
+    agent = start_litesync("--config", str(cfg), "replicate", log_path=str(tmp_path / "agent.log"))
+    procs = []
+    try:
+        wait_for(lambda: "live.db" in snapshots_in(store), 30, 0.2)
+        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, live]))
+
+        def live_segments() -> int:
+            return sum(1 for _d, _s, files in os.walk(os.path.join(store, "live.db"))
+                       for f in files if f.endswith(".seg"))
+
+        for i in range(6):
+            p = subprocess.Popen([sys.executable, "-c", HOLDER, str(tenants / f"mig{i}.db"), "15"],
+                                 stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "holding"
+        time.sleep(3)  # the agent finds them, and fails to seal them
+        counts = []
+        for _ in range(6):
+            counts.append(live_segments())
+            time.sleep(1)
+        # Each second of the writer's ten commits reaches the replica (a segment or more).
+        stalls = [b - a for a, b in zip(counts, counts[1:])]
+        assert min(stalls) >= 1, f"the running database stalled: segments each second {counts}"
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        assert stop(agent) in (0, 1)

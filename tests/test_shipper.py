@@ -249,3 +249,48 @@ def test_its_own_snapshot_dropped_from_the_spool_is_not_taken_for_a_foreign_one(
                 newer_generation=outbid.append)
     assert s._replica_is_ahead(seg(G, 3))
     assert outbid == [G]
+
+
+def test_spool_changes_do_not_bring_a_retry_after_a_failure_closer(tmp_path):
+    """Found in review: every commit woke a failing shipper, which tried at once (123
+    errors in 20 s where the backoff allows 6). A failure sets the next try's time; commits
+    meanwhile wait for it."""
+    import threading
+    import time
+
+    from litesync.errors import TransientReplicaError
+    from litesync.replica.file import FileReplicaClient
+    from litesync.shipper import Shipper
+    from litesync.spool import Spool
+
+    class Down(FileReplicaClient):
+        def write(self, key, src, size):  # noqa: ANN001
+            raise TransientReplicaError(self.name, "connection refused")
+
+        def write_file(self, key, path):  # noqa: ANN001
+            raise TransientReplicaError(self.name, "connection refused")
+
+    spool = Spool(str(tmp_path / "spool"))
+    G = 1 << 40
+
+    def publish(name):
+        with spool.writing(name) as f:
+            f.write(b"x")
+        spool.publish(name)
+
+    publish(snap(G, 0))
+    s = Shipper(spool, Down(str(tmp_path / "r")), str(tmp_path / "pos.json"), db="db", replica="r",
+                request_snapshot=threading.Event())
+    s.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        seq = 0
+        while time.monotonic() < deadline:  # a commit every 20 ms
+            publish(seg(G, seq))
+            seq += 1
+            time.sleep(0.02)
+        # Backoff 0.5 s doubling (times 0.5 to 1): at most about 5 tries in 2 s.
+        assert 1 <= s.errors <= 6, f"{s.errors} tries in 2 s"
+    finally:
+        s.stop()
+        s.join(5)
