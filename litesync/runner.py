@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import layout, status
 from .agent import DbAgent, WriteLockBusy
@@ -116,6 +116,7 @@ class DbReplication:
         self.stopping = self.stopped = False
         self._published: tuple[float, dict] | None = None
         self._mark: tuple | None = None
+        self._dirty = True  # a turn ran since the status was last looked at
         self._publish_lock = threading.Lock()
         # replica name -> {"ok": count, "failed": count, "last": {...}}
         self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
@@ -136,9 +137,19 @@ class DbReplication:
         self.agent.wake.on_set = task.wake  # file events, stops, a replica's newer generation
         self.agent.snapshot_requested.on_set = task.wake  # a replica needs a snapshot
 
+    def _touching(self, step: "Callable[[], float | None]") -> "Callable[[], float | None]":
+        """``step``, marking the status as possibly changed after each turn."""
+        def turn() -> float | None:
+            try:
+                return step()
+            finally:
+                self._dirty = True
+        return turn
+
     def _turn(self) -> float | None:
         """One turn of this database's work (see engine.py): open it, then copy what was
         committed, then the final sync. Return the delay before the next turn."""
+        self._dirty = True
         if self._phase == "open":
             return self._open_turn()
         if self._phase == "run":
@@ -188,8 +199,8 @@ class DbReplication:
                 m.start()
             else:
                 lane = store_lane(rc)
-                s.attach(self.scheduler.task(s.step, "ship", f"ship {s.label}", lane=lane))
-                m.attach(self.scheduler.task(m.step, "maintain", f"maintain {s.label}", lane=lane))
+                s.attach(self.scheduler.task(self._touching(s.step), "ship", f"ship {s.label}", lane=lane))
+                m.attach(self.scheduler.task(self._touching(m.step), "maintain", f"maintain {s.label}", lane=lane))
         self.started.set()
         self._phase = "run"
         if self.scheduler is None:
@@ -278,6 +289,7 @@ class DbReplication:
     def request_stop(self) -> None:
         """Start the final sync without waiting for it."""
         self.stopping = True
+        self._dirty = True
         self.stop_event.set()
         self.agent.wake.set()
 
@@ -383,6 +395,10 @@ class DbReplication:
             if not self.agent.locked or (self.stopped and not force):
                 return
             now = time.time()
+            fresh = self._published is not None and now - self._published[0] < PUBLISH_INTERVAL
+            if not force and not self._dirty and fresh:
+                return  # no turn ran since: nothing to look at
+            self._dirty = False
             mark = self._change_mark()
             if not force and self._published is not None and mark == self._mark \
                     and now - self._published[0] < PUBLISH_INTERVAL:
@@ -436,6 +452,7 @@ class DbReplication:
             s.log.error("validation failed: %s", e)
         entry = self.validation[s.replica]
         entry["ok" if ok else "failed"] += 1
+        self._dirty = True
         entry["last"] = {"at": t0, "ok": ok, "message": message, "seconds": round(time.time() - t0, 3)}
         return ok
 
