@@ -3,6 +3,7 @@
 
     python scripts/bench.py [--quick] [--only lag,load,restore,storage] [--json PATH]
                             [--workdir DIR] [--keep]
+    python scripts/bench.py --fleet N [--fleet-idle-seconds S] [--fleet-busy-seconds S] [--json PATH]
 
 Both tools run on their default settings; S3 is moto's server on 127.0.0.1 behind a
 small counting proxy (both tools talk to the proxy). Prints progress to stderr and a
@@ -35,6 +36,23 @@ storage  A database of text+JSON documents (make_db, --storage-base-mb) gets a w
          updates the JSON of 3, and every 10th deletes 2) replicated to S3. Requests are
          counted by the proxy during --idle-seconds that start 2 s after the writer exits;
          replica bytes and objects are listed at the end of that idle time.
+fleet    (--fleet N, instead of the sections above) One agent replicates a directory of N
+         small WAL databases (scripts/fleet.py: one table, an index and 6 rows each, made
+         before it starts) to a local directory, from a config file with a `dir:` entry.
+         Threads = most seen in /proc/PID/status, polled every 0.2 s from start to kill.
+         Ready = seconds from the agent's start until every database has an object on the
+         replica (litesync: a snapshot; Litestream: an LTX file), polled every 0.1 s (every
+         N/20000 s from N = 2000). The open files limit is raised to 8N + 4096 when allowed.
+         Idle CPU = utime+stime from /proc over --fleet-idle-seconds, 2 s after that, in % of
+         one core; RSS = VmRSS at its end. Busy: a writer commits one row at a time to random
+         databases at --fleet-rate/s for --fleet-busy-seconds; the agent's CPU over that
+         window. For every (rate/20)-th commit the writer lists its database's replica (for
+         litesync the segments whose name ends at or after the commit's millisecond, for
+         Litestream the level-0 LTX files) before committing, then again after a tenth of
+         the commit's age (2 to 50 ms) until a new object appears: lag = then - commit;
+         median and p95 by nearest rank, a sample not seen 10 s after the writer's last
+         commit counting as infinite (inf).
+         Peak RSS = VmHWM just before the agent is killed.
 """
 
 from __future__ import annotations
@@ -42,9 +60,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import signal
 import sqlite3
@@ -65,6 +85,7 @@ WORKLOAD = os.path.join(ROOT, "tests", "workload.py")
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
+import fleet  # noqa: E402
 from measure_core import make_db, proc_stats  # noqa: E402
 from proc import clean_env  # noqa: E402
 
@@ -73,10 +94,26 @@ SECTIONS = ("lag", "load", "restore", "storage")
 BUCKET = "bench"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
 
+FLEET_FIGURES = (  # (key in the raw figures, row label, format)
+    ("threads", "agent threads, max", "{:.0f}"),
+    ("ready_s", "s until every database is on the replica", "{:.1f}"),
+    ("idle_cpu_pct", "idle CPU % of one core", "{:.2f}"),
+    ("idle_rss_mib", "RSS MiB at the end of idle", "{:.1f}"),
+    ("busy_cpu_pct", "busy CPU % of one core", "{:.1f}"),
+    ("lag_median_ms", "busy commit-to-replica lag ms, median", "{:.1f}"),
+    ("lag_p95_ms", "busy commit-to-replica lag ms, p95", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS MiB (VmHWM, whole run)", "{:.1f}"),
+    ("busy_commits", "busy commits", "{:.0f}"),
+    ("lag_unseen", "busy lag samples not on the replica 10 s after the last commit", "{:.0f}"),
+)
+FLEET_SETTLE = 2.0  # seconds between the last database reaching the replica and the idle window
+
 DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 30.0, "restore_mb": "300,1000",
-            "storage_base_mb": 20, "storage_seconds": 30.0, "storage_rate": 50.0, "idle_seconds": 60.0}
+            "storage_base_mb": 20, "storage_seconds": 30.0, "storage_rate": 50.0, "idle_seconds": 60.0,
+            "fleet_idle_seconds": 60.0, "fleet_busy_seconds": 30.0}
 QUICK = {"trials": 2, "lag_rate": 500.0, "lag_delay": (0.5, 1.5), "load_seconds": 3.0, "restore_mb": "20",
-         "storage_base_mb": 5, "storage_seconds": 3.0, "storage_rate": 50.0, "idle_seconds": 5.0}
+         "storage_base_mb": 5, "storage_seconds": 3.0, "storage_rate": 50.0, "idle_seconds": 5.0,
+         "fleet_idle_seconds": 5.0, "fleet_busy_seconds": 5.0}
 
 
 class BenchError(Exception):
@@ -143,16 +180,48 @@ def run_timed(cmd: list[str], log: str, env: dict[str, str] | None = None) -> tu
     return dt, peak
 
 
-def vm_hwm(pid: int) -> int:
-    """Peak RSS in bytes of a live process so far (0 once it is gone)."""
+def proc_status(pid: int) -> dict[str, int]:
+    """The integer fields of /proc/PID/status (Threads, VmRSS, VmHWM, ...; kB fields in
+    bytes); empty once the process is gone."""
+    fields = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
+                key, _, value = line.partition(":")
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    fields[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
     except OSError:
         pass
-    return 0
+    return fields
+
+
+def vm_hwm(pid: int) -> int:
+    """Peak RSS in bytes of a live process so far (0 once it is gone)."""
+    return proc_status(pid).get("VmHWM", 0)
+
+
+class ThreadPeak:
+    """The most threads a process had, read from /proc every interval seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="thread peak", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self.peak = max(self.peak, proc_status(self.pid).get("Threads", 0))
+            if self._stop.wait(self.interval):
+                return
+
+    def stop(self) -> int:
+        """Stop sampling (after one last look); return the peak."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, proc_status(self.pid).get("Threads", 0))
+        return self.peak
 
 
 def kill_now(*procs: subprocess.Popen) -> None:
@@ -379,6 +448,13 @@ class Tool:
     def restore(self, db: str, replica: Replica, out: str) -> list[str]:
         raise NotImplementedError
 
+    def dir_config(self, dbdir: str, replica_dir: str) -> str:
+        """A config file that replicates every *.db in dbdir to the local directory replica_dir."""
+        raise NotImplementedError
+
+    def replicate_config(self, config: str) -> list[str]:
+        raise NotImplementedError
+
 
 class Litesync(Tool):
     name = "litesync"
@@ -394,6 +470,13 @@ class Litesync(Tool):
 
     def restore(self, db: str, replica: Replica, out: str) -> list[str]:
         return [sys.executable, "-m", "litesync", "restore", "-o", out, self.url(replica)]
+
+    def dir_config(self, dbdir: str, replica_dir: str) -> str:
+        return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", "    replicas:",
+                          f"      - url: {json.dumps('file://' + replica_dir)}"]) + "\n"
+
+    def replicate_config(self, config: str) -> list[str]:
+        return [sys.executable, "-m", "litesync", "replicate", "--config", config]
 
 
 class Litestream(Tool):
@@ -424,6 +507,14 @@ class Litestream(Tool):
         if replica.kind == "file":
             return [self.binary, "restore", "-o", out, f"file://{replica.location}"]
         return [self.binary, "restore", "-config", self.config(db, replica), "-o", out, db]
+
+    def dir_config(self, dbdir: str, replica_dir: str) -> str:
+        # Litestream 0.5 requires the pattern; each database goes to <path>/<its name>.
+        return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", '    pattern: "*.db"', "    replica:",
+                          "      type: file", f"      path: {json.dumps(replica_dir)}"]) + "\n"
+
+    def replicate_config(self, config: str) -> list[str]:
+        return [self.binary, "replicate", "-config", config]
 
 
 def find_litestream(explicit: str | None) -> str | None:
@@ -731,6 +822,115 @@ class Bench:
         self.put("idle s3: requests, total", tool.name, sum(idle.values()), "{:.0f}")
         self.s3.delete(replica.location)
 
+    # --- 5. fleet -------------------------------------------------------------------------
+
+    def fleet(self) -> None:
+        n = self.args.fleet
+        files = raise_open_files(8 * n + 4096)
+        where = subprocess.run([sys.executable, "-c", "import litesync; print(litesync.__file__)"],
+                               capture_output=True, text=True, env=clean_env(), cwd=self.work, check=False)
+        self.raw["fleet_litesync_module"] = where.stdout.strip()
+        progress(f"fleet: {n} databases; litesync from {where.stdout.strip() or where.stderr.strip()}; "
+                 f"open files limit {files}")
+        labels = {key: f"fleet {n}: {text}" for key, text, _fmt in FLEET_FIGURES}
+        for label in labels.values():  # the table keeps this order
+            self.rows.setdefault(label, {"fmt": "{:.1f}"})
+        self.section(f"fleet {n}", list(labels.values()), self._fleet, n, labels)
+
+    def _fleet(self, tool: Tool, n: int, labels: dict[str, str]) -> None:
+        d = self.dir("fleet", tool.name)
+        dbdir, replica, log = os.path.join(d, "dbs"), os.path.join(d, "replica"), os.path.join(d, "log.txt")
+        t = time.monotonic()
+        names = fleet.make_fleet(dbdir, n)
+        progress(f"fleet {tool.name}: made {n} databases in {time.monotonic() - t:.1f}s; starting the agent")
+        config = os.path.join(d, "config.yml")
+        with open(config, "w") as f:
+            f.write(tool.dir_config(dbdir, replica))
+        started = time.monotonic()
+        agent = spawn(tool.replicate_config(config), log, clean_env(), cwd=d)
+        threads = ThreadPeak(agent.pid)
+        try:
+            r = {"ready_s": self._fleet_ready(tool, agent, replica, names, log) - started}
+            progress(f"fleet {tool.name}: every database on the replica after {r['ready_s']:.1f}s; "
+                     f"idle for {FLEET_SETTLE:.0f}+{self.args.fleet_idle_seconds:.0f}s")
+            time.sleep(FLEET_SETTLE)
+            r["idle_cpu_pct"] = self._cpu_share(tool, agent, log, lambda: time.sleep(self.args.fleet_idle_seconds))
+            r["idle_rss_mib"] = proc_status(agent.pid).get("VmRSS", 0) / 2**20
+            progress(f"fleet {tool.name}: idle CPU {r['idle_cpu_pct']:.1f}%, RSS {r['idle_rss_mib']:.1f} MiB; "
+                     f"busy writer at {self.args.fleet_rate:.0f} commits/s for {self.args.fleet_busy_seconds:.0f}s")
+            r.update(self._fleet_busy(tool, agent, log, d, dbdir, replica, n))
+            r["peak_rss_mib"] = vm_hwm(agent.pid) / 2**20
+        finally:
+            peak_threads = threads.stop()
+            kill_now(agent)
+        r["threads"] = peak_threads
+        progress(f"fleet {tool.name}: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items() if isinstance(v, float)))
+        self.raw[f"fleet_{tool.name}"] = r
+        for key, _text, fmt in FLEET_FIGURES:
+            self.put(labels[key], tool.name, r.get(key), fmt)
+        if not self.args.keep:  # N databases, twice over
+            shutil.rmtree(d)
+
+    def _fleet_ready(self, tool: Tool, agent: subprocess.Popen, replica: str, names: list[str], log: str) -> float:
+        """Wait until every database is on the replica; return the monotonic time it was seen."""
+        on_replica = fleet.ON_REPLICA[tool.name]
+        timeout = 60 + 0.1 * len(names)
+        deadline = time.monotonic() + timeout
+        waiting = names
+        while True:
+            waiting = [name for name in waiting if not on_replica(os.path.join(replica, name))]
+            if not waiting:
+                return time.monotonic()
+            if agent.poll() is not None:
+                raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(waiting)} of {len(names)} databases not on the replica after {timeout:.0f}s "
+                                 f"(first: {waiting[0]}): {tail(log)}")
+            time.sleep(max(0.1, len(names) / 20000))  # a round lists each waiting database
+
+    def _cpu_share(self, tool: Tool, agent: subprocess.Popen, log: str, during) -> float:
+        """The agent's CPU time while during() runs, in % of one core."""
+        cpu0, _ = proc_stats(agent.pid)
+        t0 = time.monotonic()
+        during()
+        if agent.poll() is not None:
+            raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
+        cpu1, _ = proc_stats(agent.pid)
+        return 100 * (cpu1 - cpu0) / (time.monotonic() - t0)
+
+    def _fleet_busy(self, tool: Tool, agent: subprocess.Popen, log: str, d: str, dbdir: str, replica: str,
+                    n: int) -> dict[str, float]:
+        """Run the busy writer; return the agent's CPU share while it commits and the lags it saw."""
+        ctx = multiprocessing.get_context("spawn")
+        started, stopped = ctx.Event(), ctx.Event()
+        out = os.path.join(d, "writer.json")
+        rate = self.args.fleet_rate
+        writer = ctx.Process(target=fleet.fleet_writer, args=(
+            tool.name, dbdir, replica, n, self.args.fleet_busy_seconds, rate, max(1, round(rate / 20)),
+            self.args.seed, out, started, stopped))
+        writer.start()
+        _children.append(writer)
+
+        def wait(event) -> None:
+            while not event.wait(0.2):
+                if not writer.is_alive():
+                    raise BenchError(f"fleet writer exited with {writer.exitcode}")
+
+        wait(started)
+        busy = self._cpu_share(tool, agent, log, partial(wait, stopped))
+        writer.join(fleet.DRAIN_SECONDS + 60)
+        if writer.exitcode != 0:
+            raise BenchError(f"fleet writer exited with {writer.exitcode}")
+        with open(out) as f:
+            w = json.load(f)
+        # A sample never seen counts as an infinite lag: the percentiles are of every sample.
+        lags = [s * 1000 for s in w["lags_s"]] + [math.inf] * len(w["unseen"])
+        progress(f"fleet {tool.name}: {w['commits']} commits, {len(lags)} lag samples, {len(w['unseen'])} not seen")
+        return {"busy_cpu_pct": busy, "busy_commits": w["commits"], "longest_commit_ms": w["longest_commit_s"] * 1000,
+                "lag_samples": len(lags), "lag_unseen": len(w["unseen"]), "unseen_samples": w["unseen"],
+                "lag_median_ms": fleet.percentile(lags, 50) if lags else None,
+                "lag_p95_ms": fleet.percentile(lags, 95) if lags else None}
+
     # --- output ---------------------------------------------------------------------------
 
     def table(self) -> str:
@@ -753,6 +953,25 @@ class Bench:
 
 
 # --- helpers run outside the tools ---------------------------------------------------------
+
+
+def raise_open_files(want: int) -> int:
+    """Raise this process's open files limit, which the agents inherit, to want (or as far as
+    allowed: the hard limit without privileges); return the limit now.
+
+    A database open in SQLite's WAL mode takes three descriptors (file, -wal, -shm) and
+    both tools keep every database open. Go raises its soft limit to the hard one itself;
+    Python does not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            progress(f"cannot raise the open files limit to {want} (hard limit {hard}): an agent may run out")
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def format_cell(fmt: str, value: float | None) -> str:
@@ -871,6 +1090,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--storage-rate", type=float, help="storage writer tx/s (default 50)")
     p.add_argument("--idle-seconds", type=float, help="S3 requests are counted this long after the writer "
                                                        "(default 60, quick 5)")
+    p.add_argument("--fleet", type=int, metavar="N", help="run only the fleet measurement, with N databases")
+    p.add_argument("--fleet-idle-seconds", type=float, help="fleet: idle CPU window (default 60, quick 5)")
+    p.add_argument("--fleet-busy-seconds", type=float, help="fleet: busy writer duration (default 30, quick 5)")
+    p.add_argument("--fleet-rate", type=float, default=100.0, help="fleet: busy writer commits/s (default 100)")
     p.add_argument("--seed", type=int, default=1, help="seeds the kill delays and the writers")
     p.add_argument("--litestream", help="litestream executable (default: the one on PATH)")
     p.add_argument("--json", help="also write every raw figure to this file")
@@ -891,6 +1114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--restore-mb: not a list of integers: {args.restore_mb!r}")
     if args.trials < 1:
         p.error(f"--trials: must be at least 1: {args.trials}")
+    if args.fleet is not None:
+        if args.fleet < 1:
+            p.error(f"--fleet: must be at least 1: {args.fleet}")
+        if args.fleet_rate <= 0:
+            p.error(f"--fleet-rate: must be greater than 0: {args.fleet_rate}")
+        args.only = ["fleet"]
     return args
 
 
@@ -913,7 +1142,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.monotonic()
     try:
-        for name in SECTIONS:
+        for name in (*SECTIONS, "fleet"):
             if name in args.only:
                 getattr(bench, name)()
     except KeyboardInterrupt:
