@@ -92,9 +92,16 @@ class DirWatcher(threading.Thread):
         self.aliases: set[str] = set()  # names of databases replicated under another name (logged once)
 
     def notice(self, path: str) -> None:
-        """Hear of a file-system event; rescan when it concerns a database of this directory."""
-        if self.cfg.matches(path):
-            self.wake.set()
+        """Hear of a file-system event; rescan when it concerns a database of this directory
+        that may have come or gone. A write to one being replicated (its application's
+        checkpoint) does not: a scan looks at every file, and a busy directory of thousands
+        of databases would be rescanned at each commit. (One replaced by a rename is seen by
+        the periodic scan.)"""
+        if not self.cfg.matches(path):
+            return
+        if path in self.active and os.path.exists(path):
+            return
+        self.wake.set()
 
     def run(self) -> None:
         while not self.stop_event.is_set():
