@@ -117,6 +117,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_sqlite_memory_economized = False
+
+
+def economize_sqlite_memory() -> None:
+    """Turn off SQLite's per-connection lookaside memory in this process (about 45 KiB of
+    each connection's 160 KiB, three per database: 135 MB for an agent of a thousand
+    databases). The agent's statements are few and simple, so the small allocations it
+    serves do not matter. SQLite must not be shut down with a connection open: call it
+    first thing in a process (``litesync replicate`` does), never in an embedding one."""
+    global _sqlite_memory_economized
+    if _sqlite_memory_economized:
+        return
+    try:
+        apsw.shutdown()
+        apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, 0, 0)
+        apsw.initialize()
+    except apsw.Error as e:  # connections already open (an embedding application's)
+        log.debug("SQLite lookaside left as it is: %s", e)
+    _sqlite_memory_economized = True
+
+
 def connect(path: str) -> apsw.Connection:
     """Open ``path`` the way litesync reads and seals it (never checkpointing on its own)."""
     c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)

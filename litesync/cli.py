@@ -80,7 +80,10 @@ def _setup_logging(cfg_logging, verbose: bool) -> None:
 
 
 def cmd_replicate(args: argparse.Namespace) -> int:
+    from .agent import economize_sqlite_memory
     from .runner import Runner
+
+    economize_sqlite_memory()  # before any connection of this process opens
 
     positional = list(args.args)
     db = positional.pop(0) if positional and not _is_url(positional[0]) else None
