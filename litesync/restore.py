@@ -34,7 +34,7 @@ from .journal import pending_page
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
-from .segment import SegmentReader, SnapshotReader
+from .segment import SegmentReader, SnapshotReader, read_header
 
 if TYPE_CHECKING:
     from .config import Config
@@ -373,8 +373,7 @@ def id_before(client: ReplicaClient, generation: int, look: int = 8) -> tuple[in
         name = min(objects, key=lambda o: o[1])[0]
         try:
             with client.open(name.key) as f:
-                reader = SnapshotReader if isinstance(name, layout.SnapshotName) else SegmentReader
-                found = reader(f, name.key).header.db_id
+                found = read_header(f, name.key, isinstance(name, layout.SnapshotName)).db_id
         except (CorruptObjectError, ObjectNotFoundError):
             continue
         if found is not None:

@@ -114,7 +114,7 @@ class DbReplication:
         self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
         self.started_at = time.time()
         self.stopping = self.stopped = False
-        self._published: tuple[float, dict] | None = None
+        self._published_at: float | None = None
         self._mark: tuple | None = None
         self._dirty = True  # a turn ran since the status was last looked at
         self._publish_lock = threading.Lock()
@@ -395,29 +395,20 @@ class DbReplication:
             if not self.agent.locked or (self.stopped and not force):
                 return
             now = time.time()
-            fresh = self._published is not None and now - self._published[0] < PUBLISH_INTERVAL
-            if not force and not self._dirty and fresh:
+            due = force or self._published_at is None or now - self._published_at >= PUBLISH_INTERVAL
+            if not due and not self._dirty:
                 return  # no turn ran since: nothing to look at
             self._dirty = False
             mark = self._change_mark()
-            if not force and self._published is not None and mark == self._mark \
-                    and now - self._published[0] < PUBLISH_INTERVAL:
+            if not due and mark == self._mark:
                 return
             self._mark = mark
-            data = self.status(now)
-            # What a change is: anything but the clock and what moves with it.
-            same = {k: v for k, v in data.items() if k not in ("updated_at", "replicas")}
-            same["replicas"] = [{k: v for k, v in r.items() if k != "lag_seconds"} for r in data["replicas"]]
-            if not force and self._published is not None:
-                at, before = self._published
-                if before == same and now - at < PUBLISH_INTERVAL:
-                    return
             try:
-                status.write_status(self.cfg.path, data)
+                status.write_status(self.cfg.path, self.status(now))
             except OSError as e:
                 self.log.warning("cannot write the status file: %s", e)
                 return
-            self._published = (now, same)
+            self._published_at = now
 
     # -- validation ----------------------------------------------------------------
 

@@ -533,6 +533,12 @@ class SegmentReader:
         return trailer
 
 
+def read_header(src: BinaryIO, name: str, snapshot: bool) -> SegmentHeader | SnapshotHeader:
+    """Return the header of the snapshot (or segment) in ``src``, its checksum checked; the
+    body is not read."""
+    return (SnapshotReader if snapshot else SegmentReader)(src, name).header
+
+
 class SnapshotReader:
     """Decodes a snapshot from a stream; ``chunks()`` then ``finish()``."""
 

@@ -163,8 +163,7 @@ class Shipper:
         self._task: Task | Loop | None = None
         self.after_upload: Callable[[], None] | None = None  # told after each upload (the maintainer)
         self._probed = False  # the replica was looked at (see _probe)
-        self._probe_backoff = 0.5
-        self._backoff = 0.0
+        self._backoff = 0.0  # seconds of the last backoff (0: the last try succeeded)
         self._drained = False  # the last turn found nothing to ship
         self._retry_at = 0.0  # monotonic time before which no turn tries again after a failure
 
@@ -386,25 +385,28 @@ class Shipper:
         Return the delay before looking again, None when done (looked, or failed for good: ``fatal``)."""
         try:
             check_stored(self.client, self.db_id)
-            self._probed = True
-            self.checked.set()
-            return None
-        except LitesyncError as e:
-            self.errors += 1
-            if not e.retryable:
+        except (LitesyncError, OSError) as e:
+            if not getattr(e, "retryable", True):  # an OSError may pass: the next try tells
+                self.errors += 1
                 self.log.error("%s", e)
-                self.status, self.last_error, self.fatal = "failed", str(e), e
+                self.status, self.last_error, self.fatal = "failed", str(e), e  # type: ignore[assignment]
                 return None
             self.log.warning("%s (retrying)", e)
-            self.status, self.last_error = "failed", str(e)
-        except OSError as e:
-            self.errors += 1
-            self.log.warning("%s (retrying)", e)
-            self.status, self.last_error = "failed", str(e)
+            self.checked.set()
+            return self._failed(e)
+        self._probed = True
+        self._backoff = 0.0
         self.checked.set()
+        return None
+
+    def _failed(self, e: Exception) -> float:
+        """Count a failed try; return the delay before the next one (0.5 s, doubling up to
+        30 s, times 0.5 to 1), before which turns do nothing."""
+        self.errors += 1
         self.retries += 1
-        delay = self._probe_backoff * random.uniform(0.5, 1.0)
-        self._probe_backoff = min(self._probe_backoff * 2, 30.0)
+        self.status, self.last_error = "failed", str(e)
+        self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+        delay = self._backoff * random.uniform(0.5, 1.0)
         self._retry_at = time.monotonic() + delay
         return delay
 
@@ -429,16 +431,10 @@ class Shipper:
         try:
             shipped = self.ship_one()
         except (LitesyncError, OSError) as e:
-            self.errors += 1
-            self.retries += 1
-            self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
             if str(e) != self.last_error:
                 self.log.error("%s (retrying)", e)
-            self.status, self.last_error = "failed", str(e)
             self.idle.clear()
-            delay = self._backoff * random.uniform(0.5, 1.0)
-            self._retry_at = time.monotonic() + delay
-            return delay
+            return self._failed(e)
         # Not up to date while the replica waits for a snapshot the agent is asked for.
         caught_up = not shipped and not self.awaiting_snapshot
         if self.status != "completed" and caught_up:

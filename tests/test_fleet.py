@@ -33,19 +33,30 @@ def snapshots_in(root: str) -> set[str]:
     return found
 
 
-def test_an_agent_replicates_hundreds_of_databases_on_bounded_threads(tmp_path):
-    tenants, store = tmp_path / "tenants", str(tmp_path / "store")
-    tenants.mkdir()
-    template = str(tmp_path / "template.db")
-    conn = sqlite3.connect(template)
+def empty_wal_db(path: str) -> None:
+    """A database in WAL mode holding an empty table t, its WAL checkpointed away."""
+    conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     conn.close()
+
+
+def tenants_config(tmp_path):  # noqa: ANN001, ANN201
+    """tmp_path/tenants, replicated by a dir: entry to tmp_path/store: (tenants, store, config)."""
+    tenants, store = tmp_path / "tenants", str(tmp_path / "store")
+    tenants.mkdir()
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - dir: {tenants}\n    replicas:\n      - url: file://{store}\n")
+    return tenants, store, cfg
+
+
+def test_an_agent_replicates_hundreds_of_databases_on_bounded_threads(tmp_path):
+    tenants, store, cfg = tenants_config(tmp_path)
+    template = str(tmp_path / "template.db")
+    empty_wal_db(template)
     names = [f"tenant{i:04d}.db" for i in range(N)]
     for name in names:
         shutil.copyfile(template, tenants / name)
-    cfg = tmp_path / "litesync.yml"
-    cfg.write_text(f"dbs:\n  - dir: {tenants}\n    replicas:\n      - url: file://{store}\n")
     agent = start_litesync("--config", str(cfg), "replicate", log_path=str(tmp_path / "agent.log"))
     try:
         most = 0
@@ -106,15 +117,9 @@ def test_databases_whose_write_lock_is_held_at_start_never_stall_the_others(tmp_
     import subprocess
     import sys
 
-    tenants, store = tmp_path / "tenants", str(tmp_path / "store")
-    tenants.mkdir()
+    tenants, store, cfg = tenants_config(tmp_path)
     live = str(tenants / "live.db")
-    conn = sqlite3.connect(live)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
-    conn.close()
-    cfg = tmp_path / "litesync.yml"
-    cfg.write_text(f"dbs:\n  - dir: {tenants}\n    replicas:\n      - url: file://{store}\n")
+    empty_wal_db(live)
     agent = start_litesync("--config", str(cfg), "replicate", log_path=str(tmp_path / "agent.log"))
     procs = []
     try:

@@ -84,7 +84,7 @@ def one_line_error(r) -> str:  # noqa: ANN001
 
 
 def test_every_object_records_its_database(tenants):
-    from litesync.segment import SegmentReader, SnapshotReader
+    from litesync.segment import read_header
     from litesync.replica import open_replica
     from litesync.config import load_config
 
@@ -95,8 +95,7 @@ def test_every_object_records_its_database(tenants):
         client = open_replica(db.replicas[0])
         for o in client.list(layout.GENERATIONS + "/"):
             with client.open(o.key) as f:
-                reader = SnapshotReader if o.key.endswith(".snap") else SegmentReader
-                assert reader(f, o.key).header.db_id == f"tenants/{name}"
+                assert read_header(f, o.key, o.key.endswith(".snap")).db_id == f"tenants/{name}"
 
 
 def test_a_tenant_swapped_in_by_copy_is_refused(tenants):

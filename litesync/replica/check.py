@@ -8,9 +8,11 @@ import time
 
 from .. import layout
 from ..errors import CorruptObjectError, ForeignDatabaseError, ObjectNotFoundError, ReplicaError
-from ..segment import SegmentReader, SnapshotReader
+from ..segment import read_header
 from .base import ReplicaClient
 from .crypt import check_encryption
+
+log = logging.getLogger(__name__)
 
 # What the agent says of a replica whose newest generation is another database's.
 AGENT_HINT = ("another database writes here (two entries sharing a replica, or swapped paths?); if this "
@@ -28,8 +30,7 @@ def check_stored(client: ReplicaClient, db_id: str | None) -> None:
     name = layout.parse_key(key)
     try:
         with client.open(key) as f:
-            reader = SegmentReader if isinstance(name, layout.SegmentName) else SnapshotReader
-            found = reader(f, key).header.db_id
+            found = read_header(f, key, isinstance(name, layout.SnapshotName)).db_id
     except ObjectNotFoundError:
         return  # retention removed it since the listing; the next start looks again
     except CorruptObjectError as e:
@@ -39,7 +40,6 @@ def check_stored(client: ReplicaClient, db_id: str | None) -> None:
     if found is not None and found != db_id:
         raise ForeignDatabaseError(f"replica {client.name}: {key}", found, db_id, AGENT_HINT)
 
-log = logging.getLogger(__name__)
 
 PROBE_PREFIX = "litesync-check/"
 
