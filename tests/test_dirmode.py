@@ -154,3 +154,25 @@ def test_agent_picks_up_databases_created_after_start(tmp_path):
     assert r.returncode == 0, r.stderr
     assert committed_prefix(late) == 40 and committed_prefix(str(data / "first.db")) == 15
     assert committed_prefix(str(data / "gone.db")) == 3
+
+
+def test_a_write_to_a_replicated_database_does_not_rescan_its_directory(tmp_path):
+    """A commit's checkpoint writes the database file: at a thousand databases a rescan per
+    commit stats every file. A new file, or one that went, still wakes the scan."""
+    from litesync.dirwatch import DirWatcher
+
+    d = DirConfig(DbConfig(str(tmp_path), ()))
+    w = DirWatcher(d, runner=None, interval=5.0)  # type: ignore[arg-type]
+    live, new, gone = (str(tmp_path / n) for n in ("live.db", "new.db", "gone.db"))
+    open(live, "w").close()
+    open(new, "w").close()
+    w.active[live] = (None, (0, 0))  # type: ignore[assignment]
+    w.active[gone] = (None, (0, 0))  # type: ignore[assignment]
+    w.notice(live)
+    w.notice(live + "-wal")
+    assert not w.wake.is_set()
+    w.notice(new)
+    assert w.wake.is_set()
+    w.wake.clear()
+    w.notice(gone)
+    assert w.wake.is_set()
