@@ -326,7 +326,8 @@ class DbAgent:
         self._snapshot_checked_at = 0.0  # when an unchanged database last stood in for a snapshot
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
-                                        "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0}
+                                        "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
+                                        "parks": 0, "unparks": 0}
         self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
@@ -339,10 +340,13 @@ class DbAgent:
         self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
-        self.R = self.W = self.C = None  # type: ignore[assignment]
+        # R holds the read transaction that pins the WAL; W takes the write lock (the seal)
+        # and checkpoints outside it; under the seal R checkpoints between two reads.
+        self.R = self.W = None  # type: ignore[assignment]
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
         self._index_unknown_since: float | None = None  # since when the wal-index could not be used
+        self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
 
     # -- connections -----------------------------------------------------------------
 
@@ -372,9 +376,12 @@ class DbAgent:
         if not os.path.exists(self.path):
             raise DatabaseError(f"database does not exist: {self.path}")
         self.lock()
-        self.R, self.W, self.C = (connect(self.path) for _ in range(3))
+        self._connect()
         st = os.stat(self.path)
         self.identity = (st.st_dev, st.st_ino)  # the file replicated, whatever its name becomes
+
+    def _connect(self) -> None:
+        self.R, self.W = connect(self.path), connect(self.path)
         try:
             mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
             if mode.lower() != "wal":
@@ -397,20 +404,126 @@ class DbAgent:
         return self._lock_fd is not None
 
     def close(self) -> None:
+        self._disconnect()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _disconnect(self) -> None:
+        """Close the connections, then the agent's own descriptors of the -wal and -shm
+        (closing those while a connection of this process is open would drop its locks)."""
         self._end_read()
-        for c in (self.R, self.W, self.C):
+        for c in (self.R, self.W):
             if c is not None:
                 c.close()
-        self.R = self.W = self.C = None  # type: ignore[assignment]
+        self.R = self.W = None  # type: ignore[assignment]
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
         if self._shm_fd is not None:
             os.close(self._shm_fd)
             self._shm_fd = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+
+    # -- parking: an idle database without connections -------------------------------
+
+    @property
+    def parked(self) -> bool:
+        return self._parked_marks is not None
+
+    def _file_marks(self) -> tuple:
+        """What a stat of the database and its -wal says (identity, size, times): a parked
+        database whose marks are unchanged had no commit."""
+        marks = []
+        for path in (self.path, self.wal_path):
+            try:
+                st = os.stat(path)
+                marks.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            except FileNotFoundError:
+                marks.append(None)
+        return tuple(marks)
+
+    def park(self) -> bool:
+        """Close every connection and descriptor but the agent lock, once all that is
+        committed is copied; return whether it did. Parked, the agent pins nothing: the
+        application may checkpoint and restart the WAL, which ``unpark`` must account for."""
+        if self.parked or not self.is_open or self._seal_depth:
+            return False
+        if self.sync() or self.in_flight or self._index_unknown_since is not None:
+            return False  # something arrived, or may be arriving: not idle
+        self._disconnect()
+        self._parked_marks = self._file_marks()
+        self.stats["parks"] += 1
+        return True
+
+    def parked_unchanged(self) -> bool:
+        """True while parked and neither the database nor its WAL changed since (a stat each):
+        then everything committed so far is copied, as ``copied_through`` now says."""
+        t0 = time.time()
+        if self._parked_marks is None or self._file_marks() != self._parked_marks:
+            return False
+        self.copied_through = (t0, self.generation, self.next_seq)
+        return True
+
+    def unpark(self) -> None:
+        """Open the connections of a parked database and prove it continues what was copied,
+        else start a new generation.
+
+        It continues when the WAL still holds the frames copied last (new frames after them
+        are copied as usual). When the WAL was restarted or removed meanwhile, the frames
+        committed in between may have been checkpointed and lost to us: the database file
+        then must hold exactly the state copied (same pages, same hash), with none of the
+        current WAL's frames checkpointed into it yet; the current WAL's frames then follow.
+        Raises WriteLockBusy when that proof needs the write lock and the app holds it.
+        """
+        if not self.parked:
+            return
+        st = os.stat(self.path)  # FileNotFoundError: the database went away; the caller reports it
+        self._connect()
+        self._parked_marks = None
+        self.stats["unparks"] += 1
+        if (st.st_dev, st.st_ino) != self.identity:
+            self.identity = (st.st_dev, st.st_ino)
+            self.new_generation("the database file was replaced while the agent had it closed")
+            return
+        self._begin_read()
+        if self._wal_continues(self._wal_header(), self.pos) is None:
+            return  # R pins the frames after ours from now on; ``sync`` copies them
+        if not self._seal():
+            self._end_read()
+            self._parked_marks = ()  # parked still, in effect: try the proof again
+            self._disconnect()
+            raise WriteLockBusy(f"{self.path}: the application holds the write lock")
+        try:
+            reason = self._file_continues()
+            if reason is None:
+                self._end_read()
+                self._begin_read()  # under the seal, everything copied: a restart is harmless
+                self._restart_ok = True
+                self._r_begin_pos = self.pos
+        finally:
+            self._unseal()
+        if reason is not None:
+            self.new_generation(reason)
+
+    def _file_continues(self) -> str | None:
+        """Under the seal, after a WAL restart: why the database file is not exactly the
+        state copied (see ``unpark``), or None, having moved ``pos`` to the current WAL."""
+        hdr = self._wal_header()
+        if hdr is not None and wal.index_backfilled(self._read_index()) != 0:
+            return "the WAL was restarted and checkpointed while the agent had the database closed"
+        size = os.stat(self.path).st_size
+        if size % self.page_size:
+            return f"the database file's size ({size}) is not a whole number of pages"
+        found = self._scan_view(View(self.pos, hdr, {}, size // self.page_size), None)
+        if (found.page_count, found.value) != (self.hasher.page_count, self.hasher.value):
+            return "the database changed while the agent had it closed (its WAL was checkpointed meanwhile)"
+        # The app may checkpoint while the seal holds its writes off: the file read must
+        # still be untouched by the current WAL.
+        if self._wal_header() != hdr or (hdr is not None and wal.index_backfilled(self._read_index()) != 0):
+            return "the WAL was checkpointed while the agent read the database file"
+        if hdr is not None:
+            self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
+        return None
 
     def _begin_read(self) -> None:
         self.R.execute("BEGIN")
@@ -446,8 +559,16 @@ class DbAgent:
             self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
 
     def _checkpoint(self) -> tuple[int, int]:
-        """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed)."""
-        busy, log_frames, ckpt = self.C.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed).
+
+        A connection checkpoints only outside a transaction: W, unless it holds the seal;
+        then R, which must be between reads."""
+        if self._seal_depth:
+            assert not self._r_open, "checkpoint under the seal while R reads"
+            conn = self.R
+        else:
+            conn = self.W
+        busy, log_frames, ckpt = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
         self.stats["checkpoints"] += 1
         self.log.debug("checkpoint: busy=%d wal=%d checkpointed=%d", busy, log_frames, ckpt)
         return max(log_frames, 0), max(ckpt, 0)
@@ -613,7 +734,7 @@ class DbAgent:
             return self.fallback(offset, size)
 
     def _read_index(self) -> bytes:
-        """The wal-index header's two copies, from the -shm file (b"" when there is none).
+        """The wal-index header's two copies and nBackfill, from the -shm file (b"" when there is none).
 
         The descriptor stays open until ``close``: closing one drops SQLite's locks."""
         if self._shm_fd is None:
@@ -621,7 +742,7 @@ class DbAgent:
                 self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
             except OSError:
                 return b""
-        return os.pread(self._shm_fd, 2 * wal.INDEX_HEADER_SIZE, 0)
+        return os.pread(self._shm_fd, wal.INDEX_READ_SIZE, 0)
 
     def _index_frames(self, hdr: wal.WalHeader) -> int | None:
         """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
@@ -1064,6 +1185,10 @@ class DbAgent:
         self.snapshot_requested.clear()  # the new generation's snapshot serves it
         return True
 
+    def snapshot_due(self) -> bool:
+        return (self.snapshot_interval is not None
+                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
+
     def step(self) -> int:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
         return how many transactions were copied."""
@@ -1076,8 +1201,7 @@ class DbAgent:
                 self._unseal()
         if self.pos.frame >= self.checkpoint_pages:
             self.checkpoint()
-        due = (self.snapshot_interval is not None
-               and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
+        due = self.snapshot_due()
         if self.outbid():
             return copied  # the new generation's snapshot serves any other need
         if self.snapshot_requested.is_set():

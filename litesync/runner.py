@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import resource
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -54,6 +55,89 @@ OPEN_WORKERS = 4
 LANE_LIMIT = 4
 SHIP_WORKERS = 16
 MAINTAIN_WORKERS = 4
+# Open databases (see OpenBudget). A database with connections holds up to this many
+# descriptors: R and W (database file and WAL each), SQLite's -shm and the agent's, the
+# agent's WAL reader, and a spare; every database holds its agent lock's besides.
+FDS_PER_OPEN = 8
+FDS_RESERVED = 256  # spool files being written, sockets, the watcher, the process's own
+MIN_OPEN = 8
+OPEN_RETRY = 0.25  # a database waiting for a free slot to open looks again this soon
+# Under descriptor pressure a database idle this long is parked: its connections close
+# (see DbAgent.park). A parked database is looked at (a stat of its files) every
+# PARKED_POLL seconds besides its file events.
+PARK_AFTER = 1.0
+PARKED_POLL = 30.0
+
+
+class OpenBudget:
+    """How many databases may hold connections at once: what the descriptor limit allows
+    (raised to its hard limit at start), or ``max_open``. A database over the budget waits
+    to open until an idle one parks; one that is parked reopens at once on a commit (the
+    budget is soft there), so a burst over many databases is never held back."""
+
+    def __init__(self, max_open: int | None = None) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError) as e:
+                log.debug("descriptor limit left at %d: %s", soft, e)
+        self.fd_limit = soft
+        self.max_open = max_open
+        self._lock = threading.Lock()
+        self.open = 0  # databases holding connections
+        self.members = 0  # databases replicated (each holds its lock's descriptor)
+        self.waiting = 0  # databases waiting for a slot to open
+        self._warned = False
+
+    @property
+    def capacity(self) -> int:
+        if self.max_open is not None:
+            return self.max_open
+        by_fds = (self.fd_limit - FDS_RESERVED - self.members) // FDS_PER_OPEN
+        if by_fds < MIN_OPEN and not self._warned:
+            self._warned = True
+            log.error("the descriptor limit (%d) leaves room for %d open databases of %d; "
+                      "replication is slow to start and to follow commits: raise it (ulimit -n, "
+                      "LimitNOFILE= in a systemd unit)", self.fd_limit, max(by_fds, 0), self.members)
+        return max(MIN_OPEN, by_fds)
+
+    def join(self) -> None:
+        with self._lock:
+            self.members += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.members -= 1
+
+    def try_open(self, waited: bool) -> bool:
+        """Take a slot for a database to open; False (counted as waiting) when none is free.
+        ``waited``: this database was counted as waiting already."""
+        with self._lock:
+            if self.open < self.capacity:
+                self.open += 1
+                self.waiting -= waited
+                return True
+            self.waiting += not waited
+            return False
+
+    def reopen(self) -> None:
+        """Take a slot for a parked database that has work, over the budget if need be."""
+        with self._lock:
+            self.open += 1
+
+    def release(self, waited: bool = False) -> None:
+        """Give back a slot (a database parked or stopped), or stop waiting for one."""
+        with self._lock:
+            if waited:
+                self.waiting -= 1
+            else:
+                self.open -= 1
+
+    def pressure(self) -> bool:
+        """True when idle databases should park: others wait, or more are open than fit."""
+        return self.waiting > 0 or self.open > self.capacity
 
 
 def new_scheduler() -> Scheduler:
@@ -70,9 +154,13 @@ class DbReplication:
     """One database: its agent, its shippers and the thread that drives them."""
 
     def __init__(self, cfg: "DbConfig", poll_interval: float = POLL_INTERVAL, wait_for_db: bool = False,
-                 discovered: bool = False, scheduler: Scheduler | None = None) -> None:
+                 discovered: bool = False, scheduler: Scheduler | None = None,
+                 budget: OpenBudget | None = None) -> None:
         self.cfg = cfg
         self.scheduler = scheduler  # None: the shippers and maintainers run on threads of their own
+        self.budget = budget  # None: the database stays open (never parks)
+        self._slot: str | None = None  # "open" while it holds a slot of the budget, "waiting" while it waits
+        self._active_at = 0.0  # monotonic time of its last copy (or its reopening)
         self.wait_for_db = wait_for_db
         # Found in a configured directory: its errors are its own, not the whole process's.
         self.discovered = discovered
@@ -125,6 +213,8 @@ class DbReplication:
             self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
 
     def start(self) -> None:
+        if self.budget is not None:
+            self.budget.join()
         if self.scheduler is None:
             self._set_task(Loop(self._turn, f"agent {self.cfg.path}").start())
         else:
@@ -174,6 +264,8 @@ class DbReplication:
                         self.waiting.set()
                     return 0.2
             if not self.agent.is_open:
+                if not self._take_slot():
+                    return OPEN_RETRY
                 self.agent.open()
             try:
                 self.agent.start_once()
@@ -188,6 +280,7 @@ class DbReplication:
                 return LOCK_RETRY
         except BaseException as e:  # reported by the runner
             self.error = e
+            self._give_slot()
             if self.discovered:
                 log.error("%s: cannot replicate: %s; skipped until the file changes", self.cfg.path, e)
             self.started.set()
@@ -228,12 +321,18 @@ class DbReplication:
         self.agent.wake.clear()
         self._last_step = time.monotonic()
         try:
+            if self.agent.parked:
+                if not self._needs_unpark():
+                    return PARKED_POLL
+                self._unpark()
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
             # frames cause a file event: when one seems in flight, look again soon.
             self._recheck = (min(max(self._recheck * 2, RECHECK_FIRST), self.poll_interval)
                              if self.agent.in_flight else 0.0)
             self.collect_garbage()
+        except WriteLockBusy:  # unparking needed the write lock (see DbAgent.unpark)
+            return LOCK_RETRY
         except LitesyncError as e:
             self.log.error("%s", e)
             self._retry_at = time.monotonic() + 1.0
@@ -244,11 +343,59 @@ class DbReplication:
             return 1.0
         if self._recheck:
             return self._recheck
+        if self._copied:
+            self._active_at = self._last_step
+        elif self._may_park() and self.agent.park():
+            self._give_slot()
+            return PARKED_POLL
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
         return IDLE_POLL if self._idle_turns > IDLE_AFTER and self.poll_interval < IDLE_POLL else self.poll_interval
 
+    # -- the open budget: slots, parking ----------------------------------------------
+
+    def _take_slot(self) -> bool:
+        if self.budget is None or self._slot == "open":
+            return True
+        if not self.budget.try_open(waited=self._slot == "waiting"):
+            self._slot = "waiting"
+            return False
+        self._slot = "open"
+        return True
+
+    def _give_slot(self) -> None:
+        if self.budget is not None and self._slot is not None:
+            self.budget.release(waited=self._slot == "waiting")
+            self._slot = None
+
+    def _may_park(self) -> bool:
+        return (self.budget is not None and not self.agent.in_flight and self.budget.pressure()
+                and time.monotonic() - self._active_at >= PARK_AFTER)
+
+    def _needs_unpark(self) -> bool:
+        """A parked database has work when its files changed or it has something to do
+        besides copying (a snapshot due or asked for, a replica's newer generation)."""
+        a = self.agent
+        return (not a.parked_unchanged() or a.snapshot_requested.is_set() or a.newer_generation_seen.is_set()
+                or a.snapshot_due())
+
+    def _unpark(self) -> None:
+        if self._slot != "open":
+            self.budget.reopen()  # type: ignore[union-attr]
+            self._slot = "open"
+        self._active_at = time.monotonic()
+        try:
+            self.agent.unpark()
+        except BaseException:
+            if self.agent.parked:
+                self._give_slot()
+            raise
+
     def _final_sync(self) -> None:
         try:
+            if self.agent.parked:
+                if not self._needs_unpark() and not any(s.needs_snapshot() for s in self.shippers):
+                    return
+                self._unpark()
             self.agent.sync()
             # A replica that needs a snapshot (new, moved, or behind the spool) gets one before
             # the shippers' final round: no later step of this loop would take it.
@@ -309,6 +456,8 @@ class DbReplication:
                     # A shipper's first look at its replica may come only now (--once, an
                     # outage at start): the agent's loop is over, so its new generation is made here.
                     with contextlib.suppress(LitesyncError):
+                        if self.agent.parked and self.agent.newer_generation_seen.is_set():
+                            self._unpark()
                         self.agent.outbid()
                     self.agent.spool.notify()
                     time.sleep(0.02)
@@ -335,6 +484,9 @@ class DbReplication:
             self.agent.close()
         except Exception as e:  # closing must not hide the shipping verdict
             self.log.warning("close: %s", e)
+        self._give_slot()
+        if self.budget is not None:
+            self.budget.leave()
         return ok and self.error is None
 
     # -- status --------------------------------------------------------------------
@@ -376,13 +528,14 @@ class DbReplication:
                                "generation": layout.format_generation(copied_gen) if copied_gen else None},
             "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
             "transactions": a.stats["transactions"], "segments": a.stats["segments"],
+            "parked": a.parked, "parks": a.stats["parks"],
             "replicas": replicas,
         }
 
     def _change_mark(self) -> tuple:
         """What changes when the status does, but for times and lags: cheap to compare."""
         a = self.agent
-        return (self.state(), str(self.error), a.generation, a.next_seq, a.stats["transactions"],
+        return (self.state(), str(self.error), a.generation, a.next_seq, a.stats["transactions"], a.parked,
                 a.stats["snapshots"], a.stats["checkpoints"], a.spool.size(),
                 tuple((s.status, s.last_error, s.uploaded_objects, s.errors, s.pos.key, len(m.unsound),
                        m.stats["rounds"], m.stats["errors"]) for s, m in zip(self.shippers, self.maintainers)),
@@ -473,7 +626,9 @@ class Runner:
         # file only while no other thread of this process can have started replicating it.
         self.scan_lock = threading.Lock()
         self.scheduler = new_scheduler()
-        self.dbs = [DbReplication(d, poll_interval, wait_for_db, scheduler=self.scheduler) for d in config.dbs]
+        self.budget = OpenBudget()
+        self.dbs = [DbReplication(d, poll_interval, wait_for_db, scheduler=self.scheduler, budget=self.budget)
+                    for d in config.dbs]
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
         # A directory is rescanned on its file events; the periodic scan is a fallback.
         self.dirs = [DirWatcher(d, self, max(poll_interval, IDLE_POLL)) for d in config.dirs]
@@ -535,7 +690,7 @@ class Runner:
 
     def add(self, cfg: "DbConfig") -> DbReplication:
         """Start replicating a database found in a directory; return it."""
-        d = DbReplication(cfg, self.poll_interval, discovered=True, scheduler=self.scheduler)
+        d = DbReplication(cfg, self.poll_interval, discovered=True, scheduler=self.scheduler, budget=self.budget)
         with self._lock:
             self.dbs.append(d)
             self._wakes[d.agent.wal_path] = d.agent.wake

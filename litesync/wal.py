@@ -172,6 +172,18 @@ def index_restarted(shm: bytes, header: WalHeader) -> bool:
     return index is not None and index[0] == 0 and index[1] != struct.pack(">2I", header.salt1, header.salt2)
 
 
+INDEX_READ_SIZE = 2 * INDEX_HEADER_SIZE + 4  # the two header copies and nBackfill after them
+
+
+def index_backfilled(shm: bytes) -> int | None:
+    """The number of frames of the current WAL a checkpoint has copied into the database
+    file (nBackfill, right after the wal-index header's two copies), when the header is
+    consistent; None otherwise."""
+    if len(shm) < INDEX_READ_SIZE or _index_header(shm) is None:
+        return None
+    return struct.unpack_from("=I", shm, 2 * INDEX_HEADER_SIZE)[0]
+
+
 def _native_checksum(data: bytes) -> tuple[int, int]:
     """The checksum SQLite keeps in the wal-index header: over native-order words."""
     return checksum(data, sys.byteorder == "big")

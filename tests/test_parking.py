@@ -1,0 +1,162 @@
+"""Parking: a database idle under descriptor pressure closes its connections (DbAgent.park)
+and reopens on its next commit, continuing its generation only when that is provable."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from litesync.agent import DbAgent
+
+
+def _open_files() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+_APP = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA wal_autocheckpoint=0")
+for line in sys.stdin:
+    if line.strip() == "close":
+        conn.close()
+    else:
+        conn.execute(line).fetchall()
+    print("ok", flush=True)
+"""
+
+
+class App:
+    """The application: another process with one connection, which never checkpoints on
+    its own; ``execute`` runs a statement there and waits for it."""
+
+    def __init__(self, db: str) -> None:
+        self.p = subprocess.Popen([sys.executable, "-c", _APP, db], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        self.execute("SELECT count(*) FROM t")  # its connection opens the database and WAL now
+
+    def execute(self, sql: str) -> None:
+        self.p.stdin.write(sql + "\n")
+        self.p.stdin.flush()
+        assert self.p.stdout.readline() == "ok\n"
+
+    def close(self) -> None:
+        self.execute("close")
+
+    def stop(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(timeout=10)
+
+
+@pytest.fixture
+def app(tmp_path):
+    db = str(tmp_path / "app.db")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    c.execute("INSERT INTO t (v) VALUES ('first')")
+    c.close()
+    a = App(db)
+    yield db, a
+    a.stop()
+
+
+def _agent(db: str) -> DbAgent:
+    agent = DbAgent(db, snapshot_interval=None)
+    agent.open()
+    agent.start()
+    return agent
+
+
+def test_a_parked_database_holds_no_descriptor_of_its_files(app):
+    db, conn = app
+    agent = _agent(db)
+    try:
+        names = {db, db + "-wal", db + "-shm"}
+        assert names & _open_files()
+        assert agent.park()
+        assert not names & _open_files()
+        assert agent.parked and agent.parked_unchanged()
+        conn.execute("INSERT INTO t (v) VALUES ('while parked')")
+        assert not agent.parked_unchanged()
+    finally:
+        agent.close()
+
+
+def test_commits_in_the_same_wal_continue_the_generation(app):
+    db, conn = app
+    agent = _agent(db)
+    try:
+        conn.execute("INSERT INTO t (v) VALUES ('before')")
+        agent.step()
+        gen, segs = agent.generation, agent.stats["segments"]
+        assert agent.park()
+        conn.execute("INSERT INTO t (v) VALUES ('a')")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # checkpointed, not restarted
+        agent.unpark()
+        assert agent.step() == 1
+        assert (agent.generation, agent.stats["segments"]) == (gen, segs + 1)
+    finally:
+        agent.close()
+
+
+def test_a_restarted_wal_continues_when_the_file_is_the_state_copied(app):
+    db, conn = app
+    agent = _agent(db)
+    try:
+        gen, segs = agent.generation, agent.stats["segments"]
+        assert agent.park()
+        # Everything copied is checkpointed, the WAL truncated, then a commit starts a new WAL.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
+        conn.execute("INSERT INTO t (v) VALUES ('and another')")
+        agent.unpark()
+        assert agent.step() == 2
+        assert (agent.generation, agent.stats["segments"]) == (gen, segs + 1)
+    finally:
+        agent.close()
+
+
+def test_a_commit_checkpointed_away_while_parked_starts_a_new_generation(app, caplog):
+    db, conn = app
+    agent = _agent(db)
+    try:
+        gen = agent.generation
+        assert agent.park()
+        conn.execute("INSERT INTO t (v) VALUES ('lost to the agent')")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
+        caplog.set_level("INFO")
+        agent.unpark()
+        assert agent.generation > gen
+        assert "the database changed while the agent had it closed" in caplog.text
+    finally:
+        agent.close()
+
+
+def test_a_wal_removed_by_the_last_connection_closing(app):
+    db, conn = app
+    agent = _agent(db)
+    try:
+        gen = agent.generation
+        assert agent.park()
+        conn.close()  # the last connection checkpoints and removes the WAL
+        assert not os.path.exists(db + "-wal")
+        agent.unpark()  # nothing was committed: the file is the state copied
+        assert agent.generation == gen
+        app2 = App(db)
+        app2.execute("INSERT INTO t (v) VALUES ('after')")
+        assert agent.step() == 1 and agent.generation == gen
+        app2.stop()
+    finally:
+        agent.close()
