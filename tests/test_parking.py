@@ -160,3 +160,76 @@ def test_a_wal_removed_by_the_last_connection_closing(app):
         app2.stop()
     finally:
         agent.close()
+
+
+_WRITER = """
+import random, sqlite3, sys, time
+names, seed, seconds = sys.argv[1].split(","), int(sys.argv[2]), float(sys.argv[3])
+rng = random.Random(seed)
+kept = {}
+end = time.time() + seconds
+i = 0
+while time.time() < end:
+    name = rng.choice(names)
+    how = rng.random()
+    conn = kept.get(name) or sqlite3.connect(name, isolation_level=None)
+    conn.execute("INSERT INTO t(v) VALUES (?)", (f"row {i}",))
+    i += 1
+    if how < 0.3:
+        conn.close()  # the last connection: checkpoints and removes the WAL
+        kept.pop(name, None)
+    elif how < 0.4:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        kept[name] = conn
+    else:
+        kept[name] = conn
+    time.sleep(rng.random() * 0.02)
+for conn in kept.values():
+    conn.close()
+"""
+
+
+def test_an_agent_short_of_descriptors_parks_idle_databases_and_restores_stay_exact(tmp_path):
+    import json
+    import random
+    import resource
+    import shutil
+
+    from dbcheck import content_digest, integrity
+    from proc import clean_env, litesync, wait_for
+    from test_fleet import empty_wal_db, snapshots_in, tenants_config
+
+    n, room = 120, 12
+    tenants, store, cfg = tenants_config(tmp_path)
+    template = str(tmp_path / "template.db")
+    empty_wal_db(template)
+    names = [str(tenants / f"tenant{i:03d}.db") for i in range(n)]
+    for name in names:
+        shutil.copyfile(template, name)
+    # Room for `room` open databases: runner.FDS_RESERVED, a lock per database, 8 per open one.
+    limit = 256 + n + 8 * room
+    log_path = tmp_path / "agent.log"
+    with open(log_path, "wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "litesync", "--config", str(cfg), "replicate"], stdout=out, stderr=out,
+            env=clean_env(), preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    try:
+        wait_for(lambda: len(snapshots_in(store)) == n, 120, 0.5)
+        written = random.Random(3).sample(names, 30)
+        subprocess.run([sys.executable, "-c", _WRITER, ",".join(written), "5", "6"], check=True, timeout=60)
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0
+    text = log_path.read_text()
+    assert "Too many open files" not in text and "Traceback" not in text, text[-3000:]
+    parks = 0
+    (tmp_path / "restored").mkdir()
+    for name in sorted(set(written) | set(names[:5])):
+        st = json.loads((tenants / f".{os.path.basename(name)}-litesync" / "status.json").read_text())
+        parks += st["parks"]
+        out = str(tmp_path / "restored" / os.path.basename(name))
+        r = litesync("restore", "-o", out, "--config", str(cfg), name)
+        assert r.returncode == 0, r.stderr
+        assert integrity(out) == "ok"
+        assert content_digest(out) == content_digest(name), name
+    assert parks > len(written)  # every database parked at least once at start, many again later
