@@ -48,6 +48,9 @@ _MAX_TAIL = 2 << 20
 _TAIL_ATTEMPTS = 3
 # The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
 _INDEX_REPAIR_AFTER = 0.5
+# A file modified within this long of a stat may be written again with the same times
+# (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
+_RACY_SECONDS = 0.05
 
 
 class _WalChanged(Exception):
@@ -390,8 +393,13 @@ class DbAgent:
                     raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
                 self.log.info("switched the database to WAL mode")
             self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
-        except apsw.Error as e:
-            raise DatabaseError(f"{self.path}: {e}") from e
+        except BaseException as e:
+            for c in (self.R, self.W):
+                c.close()
+            self.R = self.W = None  # type: ignore[assignment]
+            if isinstance(e, apsw.Error):
+                raise DatabaseError(f"{self.path}: {e}") from e
+            raise
 
     @property
     def is_open(self) -> bool:
@@ -413,6 +421,9 @@ class DbAgent:
         """Close the connections, then the agent's own descriptors of the -wal and -shm
         (closing those while a connection of this process is open would drop its locks)."""
         self._end_read()
+        # Whatever R pinned is gone: a WAL restart proves nothing until R reads again
+        # under a seal with everything copied.
+        self._restart_ok = False
         for c in (self.R, self.W):
             if c is not None:
                 c.close()
@@ -430,9 +441,11 @@ class DbAgent:
     def parked(self) -> bool:
         return self._parked_marks is not None
 
-    def _file_marks(self) -> tuple:
-        """What a stat of the database and its -wal says (identity, size, times): a parked
-        database whose marks are unchanged had no commit."""
+    def _file_marks(self) -> tuple[float, tuple]:
+        """(when, what a stat of the database and its -wal says: identity, size, times).
+        Any write changes them, but one in the same tick of the file-system clock as the
+        stat keeps the times: see ``_racy``."""
+        taken = time.time()
         marks = []
         for path in (self.path, self.wal_path):
             try:
@@ -440,7 +453,14 @@ class DbAgent:
                 marks.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
             except FileNotFoundError:
                 marks.append(None)
-        return tuple(marks)
+        return taken, tuple(marks)
+
+    @staticmethod
+    def _racy(taken: float, marks: tuple) -> bool:
+        """True when a file was modified so close to ``taken`` that a later write may have
+        left its times as they were (the file-system clock is coarse): the marks prove nothing."""
+        newest = max((max(m[3], m[4]) for m in marks if m is not None), default=0)
+        return newest >= (taken - _RACY_SECONDS) * 1e9
 
     def park(self) -> bool:
         """Close every connection and descriptor but the agent lock, once all that is
@@ -448,20 +468,26 @@ class DbAgent:
         application may checkpoint and restart the WAL, which ``unpark`` must account for."""
         if self.parked or not self.is_open or self._seal_depth:
             return False
+        # The marks are taken before the last look: a commit after them changes them.
+        taken, marks = self._file_marks()
+        if self._racy(taken, marks):
+            return False  # written a moment ago: not idle, and the marks could not tell
         if self.sync() or self.in_flight or self._index_unknown_since is not None:
             return False  # something arrived, or may be arriving: not idle
         self._disconnect()
-        self._parked_marks = self._file_marks()
+        self._parked_marks = marks
         self.stats["parks"] += 1
         return True
 
     def parked_unchanged(self) -> bool:
         """True while parked and neither the database nor its WAL changed since (a stat each):
         then everything committed so far is copied, as ``copied_through`` now says."""
-        t0 = time.time()
-        if self._parked_marks is None or self._file_marks() != self._parked_marks:
+        if not self._parked_marks:
             return False
-        self.copied_through = (t0, self.generation, self.next_seq)
+        taken, marks = self._file_marks()
+        if marks != self._parked_marks:
+            return False
+        self.copied_through = (taken, self.generation, self.next_seq)
         return True
 
     def unpark(self) -> None:
@@ -477,7 +503,10 @@ class DbAgent:
         """
         if not self.parked:
             return
-        st = os.stat(self.path)  # FileNotFoundError: the database went away; the caller reports it
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise DatabaseError(f"database does not exist: {self.path}") from None
         self._connect()
         self._parked_marks = None
         self.stats["unparks"] += 1
@@ -487,7 +516,11 @@ class DbAgent:
             return
         self._begin_read()
         if self._wal_continues(self._wal_header(), self.pos) is None:
-            return  # R pins the frames after ours from now on; ``sync`` copies them
+            # R began outside a seal, maybe on a WAL the app checkpointed in full: it pins
+            # nothing yet. Copy what is new and restart R under a seal, as a checkpoint does,
+            # so that a WAL restart from then on is known harmless (else, a new generation).
+            self._cycle(checkpoint=False)
+            return
         if not self._seal():
             self._end_read()
             self._parked_marks = ()  # parked still, in effect: try the proof again

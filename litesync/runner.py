@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 STEP_INTERVAL = 0.025
 RECHECK_FIRST = 0.001
-# The status file is rewritten at least this often (readers take one older than
-# status.STALE_AFTER for a dead agent's); computed only when something changed, else.
+# The process's heartbeat (see status.ProcessControl) is touched this often; readers take
+# one older than status.STALE_AFTER for a dead agent's. A status file is rewritten when
+# something changed, or when a reader asks.
 PUBLISH_INTERVAL = 3.0
 PUBLISH_TICK = 0.25  # and this soon after a change
 VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
@@ -42,8 +43,12 @@ JOIN_TIMEOUT = 5.0  # how long a stopping database waits for its shippers' and m
 LOCK_RETRY = 0.5  # a database whose application holds the write lock at start is tried again this soon
 # A database that has been idle this many polls is looked at only every IDLE_POLL seconds:
 # its file events (and the requests of its shippers) wake it at once, the poll is a fallback.
+# Where inotify watches the directory, every commit is an event: the poll is a rare
+# safety net (WATCHED_IDLE_POLL), and so is the periodic rescan of a configured directory.
 IDLE_AFTER = 10
 IDLE_POLL = 5.0
+WATCHED_IDLE_POLL = 30.0
+FATAL_CHECK = 0.5
 # The scheduler's pools (see engine.py). Copying frames is CPU and local disk, but a turn
 # may wait for an application's write lock (a seal, up to SEAL_TIMEOUT_MS): a few threads
 # per core. Opening a database may wait for the lock much longer (a migration): opens have
@@ -62,6 +67,7 @@ FDS_PER_OPEN = 8
 FDS_RESERVED = 256  # spool files being written, sockets, the watcher, the process's own
 MIN_OPEN = 8
 OPEN_RETRY = 0.25  # a database waiting for a free slot to open looks again this soon
+SLOT_WAIT_WARNING = 30.0  # and says so once when it waited this long
 # Under descriptor pressure a database idle this long is parked: its connections close
 # (see DbAgent.park). A parked database is looked at (a stat of its files) every
 # PARKED_POLL seconds besides its file events.
@@ -160,6 +166,8 @@ class DbReplication:
         self.scheduler = scheduler  # None: the shippers and maintainers run on threads of their own
         self.budget = budget  # None: the database stays open (never parks)
         self._slot: str | None = None  # "open" while it holds a slot of the budget, "waiting" while it waits
+        self._waiting_since = 0.0
+        self._slot_warned = False
         self._active_at = 0.0  # monotonic time of its last copy (or its reopening)
         self.wait_for_db = wait_for_db
         # Found in a configured directory: its errors are its own, not the whole process's.
@@ -199,12 +207,15 @@ class DbReplication:
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self._lock_waited = False
         self._idle_turns = 0
+        self.idle_poll = IDLE_POLL  # WATCHED_IDLE_POLL once its directory is watched (see Runner.watch)
         self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
         self.started_at = time.time()
         self.stopping = self.stopped = False
         self._published_at: float | None = None
         self._mark: tuple | None = None
         self._dirty = True  # a turn ran since the status was last looked at
+        self.status_wanted = False  # a reader asked for a fresh status (see status.ask_fresh)
+        self.control: str | None = None  # the process's control directory (see status.ProcessControl)
         self._publish_lock = threading.Lock()
         # replica name -> {"ok": count, "failed": count, "last": {...}}
         self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
@@ -265,6 +276,16 @@ class DbReplication:
                     return 0.2
             if not self.agent.is_open:
                 if not self._take_slot():
+                    if self.stop_event.is_set():  # nothing was copied: nothing to sync
+                        self._give_slot()
+                        self._finish()
+                        return None
+                    self._waiting_since = self._waiting_since or time.monotonic()
+                    if time.monotonic() - self._waiting_since > SLOT_WAIT_WARNING and not self._slot_warned:
+                        self._slot_warned = True
+                        self.log.warning("waiting %.0fs for one of the %d open databases to park (go idle); "
+                                         "raise the descriptor limit to open more at once",
+                                         SLOT_WAIT_WARNING, self.budget.capacity)  # type: ignore[union-attr]
                     return OPEN_RETRY
                 self.agent.open()
             try:
@@ -349,7 +370,7 @@ class DbReplication:
             self._give_slot()
             return PARKED_POLL
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
-        return IDLE_POLL if self._idle_turns > IDLE_AFTER and self.poll_interval < IDLE_POLL else self.poll_interval
+        return self.idle_poll if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll else self.poll_interval
 
     # -- the open budget: slots, parking ----------------------------------------------
 
@@ -528,7 +549,7 @@ class DbReplication:
                                "generation": layout.format_generation(copied_gen) if copied_gen else None},
             "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
             "transactions": a.stats["transactions"], "segments": a.stats["segments"],
-            "parked": a.parked, "parks": a.stats["parks"],
+            "parked": a.parked, "parks": a.stats["parks"], "control": self.control,
             "replicas": replicas,
         }
 
@@ -542,20 +563,25 @@ class DbReplication:
                 tuple(v["ok"] + v["failed"] for v in self.validation.values()))
 
     def publish_status(self, force: bool = False) -> None:
-        """Rewrite ``status.json`` when something changed, or every PUBLISH_INTERVAL."""
+        """Rewrite ``status.json`` when something changed, or when a reader asked for it
+        (``status_wanted``) and a turn ran since."""
         with self._publish_lock:
             # Another agent may own this database: its status is not ours to replace.
             if not self.agent.locked or (self.stopped and not force):
                 return
-            now = time.time()
-            due = force or self._published_at is None or now - self._published_at >= PUBLISH_INTERVAL
-            if not due and not self._dirty:
+            # Without a control directory, the file's time is its heartbeat: rewritten every
+            # PUBLISH_INTERVAL.
+            due = force or self._published_at is None or (
+                self.control is None and time.time() - self._published_at >= PUBLISH_INTERVAL)
+            if not (due or self._dirty):
                 return  # no turn ran since: nothing to look at
             self._dirty = False
             mark = self._change_mark()
-            if not due and mark == self._mark:
+            if not due and mark == self._mark and not self.status_wanted:
                 return
+            self.status_wanted = False
             self._mark = mark
+            now = time.time()
             try:
                 status.write_status(self.cfg.path, self.status(now))
             except OSError as e:
@@ -637,6 +663,9 @@ class Runner:
         self._watches: dict[str, tuple[object, int]] = {}  # directory -> (its watch, its inode)
         self._stop_publishing = threading.Event()
         self._publisher = threading.Thread(target=self._publish_loop, name="status", daemon=True)
+        self._controls: dict[str, status.ProcessControl] = {}  # directory of databases -> its control
+        self._fatal: list[BaseException] = []
+        self._fatal_checked = -FATAL_CHECK
         self.metrics = None
 
     def start(self) -> None:
@@ -647,6 +676,7 @@ class Runner:
             self.metrics.start()
         self._start_watcher()
         for d in self.dbs:
+            self._control_for(d)
             d.start()
         for w in self.dirs:
             w.scan()  # the databases already there start now, with the listed ones
@@ -694,7 +724,9 @@ class Runner:
         with self._lock:
             self.dbs.append(d)
             self._wakes[d.agent.wal_path] = d.agent.wake
-        self.watch(os.path.dirname(cfg.path))
+        if self.watch(os.path.dirname(d.agent.wal_path)):
+            d.idle_poll = WATCHED_IDLE_POLL
+        self._control_for(d)
         d.start()
         return d
 
@@ -710,9 +742,40 @@ class Runner:
         now = time.time()
         return [d.status(now) for d in self.databases()]
 
+    def _control_for(self, d: DbReplication) -> None:
+        """Give ``d`` the control directory of its directory (see status.ProcessControl)."""
+        root = os.path.dirname(d.cfg.path)
+        with self._lock:
+            control = self._controls.get(root)
+            if control is None:
+                try:
+                    control = self._controls[root] = status.ProcessControl(root)
+                except OSError as e:
+                    log.warning("%s: cannot make the agent's control directory (status readers "
+                                "will see a stale status): %s", root, e)
+                    return
+        d.control = control.path
+
     def _publish_loop(self) -> None:
+        beat = time.monotonic()
         while not self._stop_publishing.wait(PUBLISH_TICK):
+            with self._lock:
+                controls = list(self._controls.values())
+            asked: set[str] = set()
+            beating = time.monotonic() - beat >= PUBLISH_INTERVAL
+            for control in controls:
+                try:
+                    asked.update(control.requests())
+                    if beating:
+                        control.heartbeat()
+                except OSError as e:
+                    log.debug("control directory %s: %s", control.path, e)
+            if beating:
+                beat = time.monotonic()
             for d in self.databases():
+                if d.cfg.path in asked:
+                    d.status_wanted = True
+                    d.agent.wake.set()  # its turn refreshes what the status says
                 d.publish_status()
 
     def wait_started(self, timeout: float | None = None) -> None:
@@ -760,24 +823,30 @@ class Runner:
         self._observer.start()
         for d in self.dbs:
             os.makedirs(os.path.dirname(d.agent.wal_path), exist_ok=True)
-            self.watch(os.path.dirname(d.agent.wal_path))
+            if self.watch(os.path.dirname(d.agent.wal_path)):
+                d.idle_poll = WATCHED_IDLE_POLL
         for w in self.dirs:
             os.makedirs(w.cfg.path, exist_ok=True)
-            self.watch(w.cfg.path)
+            if self.watch(w.cfg.path):
+                w.interval = WATCHED_IDLE_POLL
 
-    def watch(self, directory: str) -> None:
-        """Deliver the file-system events of ``directory`` (not of its subdirectories)."""
+    def watch(self, directory: str) -> bool:
+        """Deliver the file-system events of ``directory`` (not of its subdirectories); return
+        whether inotify watches it (then each write is an event, and polls can be rare)."""
         # Never recursive: a recursive watch would follow every spool write of every state directory.
+        from . import watch
+
         try:
             inode = os.stat(directory).st_ino
         except OSError:
-            return
+            return False
         with self._lock:
             if self._observer is None:
-                return
+                return False
+            inotify = isinstance(self._observer, watch.InotifyObserver)
             old = self._watches.get(directory)
             if old is not None and old[1] == inode:
-                return
+                return inotify
             if old is not None:  # deleted and created again: the old watch died with it
                 with contextlib.suppress(KeyError, OSError):
                     self._observer.unschedule(old[0])
@@ -785,13 +854,20 @@ class Runner:
                 self._watches[directory] = (self._observer.schedule(self._handler, directory), inode)
             except OSError as e:
                 log.warning("%s: cannot watch (%s); polling every %.1fs", directory, e, self.poll_interval)
+                return False
+            return inotify
 
     def fatal_errors(self) -> list[BaseException]:
-        """Errors that make replication impossible as configured (startup or replica setup)."""
-        dbs = self.databases()
-        out: list[BaseException] = [d.error for d in dbs if d.error is not None and not d.discovered]
-        out += [s.fatal for d in dbs for s in d.shippers if s.fatal is not None]
-        return out
+        """Errors that make replication impossible as configured (startup or replica setup).
+        Looked for at most every FATAL_CHECK seconds: a caller polls it, and the errors stay."""
+        now = time.monotonic()
+        if now - self._fatal_checked >= FATAL_CHECK:
+            self._fatal_checked = now
+            dbs = self.databases()
+            out: list[BaseException] = [d.error for d in dbs if d.error is not None and not d.discovered]
+            out += [s.fatal for d in dbs for s in d.shippers if s.fatal is not None]
+            self._fatal = out
+        return self._fatal
 
     def sync_all(self, timeout: float) -> bool:
         """Wait until every replica has everything in the spool; True on success."""
@@ -819,6 +895,9 @@ class Runner:
         self._stop_publishing.set()
         if self._publisher.is_alive():
             self._publisher.join()
+        for control in self._controls.values():
+            control.close()
+        self._fatal_checked = -FATAL_CHECK  # what the stop found is seen at once
         if self.metrics is not None:
             self.metrics.stop()
             self.metrics = None

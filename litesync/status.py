@@ -1,9 +1,16 @@
 """What a running agent publishes about each database, and how to read it back.
 
 The agent rewrites ``status.json`` in the database's state directory
-(``.<name>-litesync/``) about once a second and soon after a change, atomically (temp
-file and rename). Whether an agent is running is not taken from that file, which a killed
-agent leaves behind: the running agent holds a lock on ``.<name>-litesync/lock``.
+(``.<name>-litesync/``) soon after a change, atomically (temp file and rename); never
+just because time passed, so an agent of ten thousand idle databases writes nothing.
+Whether an agent is running is not taken from that file, which a killed agent leaves
+behind: the running agent holds a lock on ``.<name>-litesync/lock``. That it is alive
+and publishing is shown by its process's control directory beside the database
+(``.litesync-control-<pid>/``, ``control`` in the file; one per directory of databases):
+the agent touches ``heartbeat`` there every few seconds, and a reader who wants a fresh
+status of one database (times such as ``copied_through.at`` move without a change being
+published) drops a request in ``requests/``; the agent then looks at that database at
+once and rewrites its file (``ask_fresh``).
 
 ``read_status(db_path)`` returns a dict: ``db``, ``running`` (an agent holds the lock),
 ``published`` (a status file exists), ``stale`` (the file is not a live agent's current
@@ -19,8 +26,10 @@ failed, stopped), ``error``, ``generation``, ``last_snapshot_at``, ``snapshot_se
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shutil
 import time
 
 from .errors import LitesyncError
@@ -29,8 +38,80 @@ from .layout import state_dir_for
 LOCK_FILE = "lock"  # in the state directory; the running agent holds an exclusive flock on it
 STATUS_FILE = "status.json"
 FORMAT = 1
-#: A running agent rewrites its status at least every second; older than this, it is stale.
+#: A running agent touches its heartbeat every few seconds; older than this, its status is stale.
 STALE_AFTER = 10.0
+HEARTBEAT = "heartbeat"
+ASK_EVERY = 0.5  # a reader waiting for a fresh status asks again this often
+REQUESTS = "requests"
+
+
+CONTROL_PREFIX = ".litesync-control-"
+
+
+class ProcessControl:
+    """An agent process's control directory in ``root``, a directory of databases it
+    replicates (see the module docstring): named by the process id, removed when the
+    process stops; those of dead processes are removed when one starts."""
+
+    def __init__(self, root: str) -> None:
+        for name in os.listdir(root):
+            if name.startswith(CONTROL_PREFIX) and not _alive(name[len(CONTROL_PREFIX):]):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        self.path = os.path.join(root, f"{CONTROL_PREFIX}{os.getpid()}")
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.makedirs(os.path.join(self.path, REQUESTS), mode=0o700)
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        with open(os.path.join(self.path, HEARTBEAT), "w"):
+            pass  # opened for writing and truncated: its mtime is now
+
+    def requests(self) -> list[str]:
+        """The database paths whose fresh status was asked for since the last call."""
+        d = os.path.join(self.path, REQUESTS)
+        paths = []
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:  # removed from under us: made again
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            return paths
+        for name in names:
+            try:
+                with open(os.path.join(d, name)) as f:
+                    paths.append(f.read())
+                os.remove(os.path.join(d, name))
+            except OSError:
+                continue
+        return paths
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ask_fresh(status: dict) -> bool:
+    """Ask the agent that published ``status`` to rewrite it soon; False when it cannot be asked."""
+    control = status.get("control")
+    if not control:
+        return False
+    name = hashlib.sha256(status["db"].encode()).hexdigest()[:32]
+    path = os.path.join(control, REQUESTS, name)
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(status["db"])
+        os.replace(path + ".tmp", path)
+    except OSError:
+        return False
+    return True
 
 
 def status_path(db_path: str) -> str:
@@ -83,8 +164,20 @@ def read_status(db_path: str, now: float | None = None) -> dict:
                 "error": f"unreadable status file: {path}: {e}", "replicas": []}
     except OSError as e:
         raise LitesyncError(f"cannot read the agent status: {path}: {e.strerror}") from None
-    age = max(0.0, now - float(data.get("updated_at") or 0))
+    confirmed = float(data.get("updated_at") or 0)
+    if data.get("control"):
+        try:
+            confirmed = os.stat(os.path.join(data["control"], HEARTBEAT)).st_mtime
+        except OSError:
+            confirmed = 0.0
+    age = max(0.0, now - confirmed)
     stale = not running or age > STALE_AFTER or data.get("state") == "stopped"
+    if not stale:
+        # A lag grows while nothing else changes, and the file is rewritten on changes only.
+        waited = max(0.0, now - float(data.get("updated_at") or now))
+        for r in data.get("replicas", []):
+            if r.get("state") == "pending" and r.get("lag_seconds"):
+                r["lag_seconds"] = round(r["lag_seconds"] + waited, 3)
     return {**data, "db": db, "running": running, "published": True, "stale": stale,
             "age_seconds": round(age, 3)}
 
@@ -112,6 +205,7 @@ def wait_replica(db_path: str, replica: str, since: float, timeout: float, *, de
     holds every transaction committed before ``since``; False at once when no agent runs or
     it ships to no such replica, False after ``timeout``."""
     deadline = time.monotonic() + timeout
+    asked = 0.0
     while True:
         st = read_status(db_path)
         if not st["running"]:
@@ -126,6 +220,8 @@ def wait_replica(db_path: str, replica: str, since: float, timeout: float, *, de
                     (copied["at"], int(copied["generation"], 16), copied["next_seq"]),
                     (int(r["generation"], 16), r["next_seq"]), since):
                 return True
+            if time.monotonic() - asked >= ASK_EVERY and ask_fresh(st):
+                asked = time.monotonic()
         if time.monotonic() >= deadline:
             return False
         time.sleep(poll)

@@ -7,6 +7,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -78,13 +80,36 @@ def _agent(db: str) -> DbAgent:
     return agent
 
 
+def _park(agent: DbAgent) -> None:
+    """Park ``agent`` once its files have been quiet long enough for their marks to count
+    (see DbAgent._racy): right after a write, park declines."""
+    assert not agent.park()
+    time.sleep(0.1)
+    assert agent.park()
+
+
+def rows(path: str, table: str = "t") -> list[str]:
+    c = sqlite3.connect(path)
+    try:
+        return [r[0] for r in c.execute(f"SELECT v FROM {table} ORDER BY id")]
+    finally:
+        c.close()
+
+
+def restored(agent: DbAgent, out: str, table: str = "t") -> list[str]:
+    from litesync.restore import restore
+
+    restore(agent.spool.client, out, force=True)
+    return rows(out, table)
+
+
 def test_a_parked_database_holds_no_descriptor_of_its_files(app):
     db, conn = app
     agent = _agent(db)
     try:
         names = {db, db + "-wal", db + "-shm"}
         assert names & _open_files()
-        assert agent.park()
+        _park(agent)
         assert not names & _open_files()
         assert agent.parked and agent.parked_unchanged()
         conn.execute("INSERT INTO t (v) VALUES ('while parked')")
@@ -99,13 +124,13 @@ def test_commits_in_the_same_wal_continue_the_generation(app):
     try:
         conn.execute("INSERT INTO t (v) VALUES ('before')")
         agent.step()
-        gen, segs = agent.generation, agent.stats["segments"]
-        assert agent.park()
+        gen, segs, txs = agent.generation, agent.stats["segments"], agent.stats["transactions"]
+        _park(agent)
         conn.execute("INSERT INTO t (v) VALUES ('a')")
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # checkpointed, not restarted
-        agent.unpark()
-        assert agent.step() == 1
-        assert (agent.generation, agent.stats["segments"]) == (gen, segs + 1)
+        agent.unpark()  # copies it, under a seal (see the test after the next)
+        agent.step()
+        assert (agent.generation, agent.stats["segments"], agent.stats["transactions"]) == (gen, segs + 1, txs + 1)
     finally:
         agent.close()
 
@@ -115,7 +140,7 @@ def test_a_restarted_wal_continues_when_the_file_is_the_state_copied(app):
     agent = _agent(db)
     try:
         gen, segs = agent.generation, agent.stats["segments"]
-        assert agent.park()
+        _park(agent)
         # Everything copied is checkpointed, the WAL truncated, then a commit starts a new WAL.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
@@ -132,7 +157,7 @@ def test_a_commit_checkpointed_away_while_parked_starts_a_new_generation(app, ca
     agent = _agent(db)
     try:
         gen = agent.generation
-        assert agent.park()
+        _park(agent)
         conn.execute("INSERT INTO t (v) VALUES ('lost to the agent')")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
@@ -149,7 +174,7 @@ def test_a_wal_removed_by_the_last_connection_closing(app):
     agent = _agent(db)
     try:
         gen = agent.generation
-        assert agent.park()
+        _park(agent)
         conn.close()  # the last connection checkpoints and removes the WAL
         assert not os.path.exists(db + "-wal")
         agent.unpark()  # nothing was committed: the file is the state copied
@@ -233,3 +258,106 @@ def test_an_agent_short_of_descriptors_parks_idle_databases_and_restores_stay_ex
         assert integrity(out) == "ok"
         assert content_digest(out) == content_digest(name), name
     assert parks > len(written)  # every database parked at least once at start, many again later
+
+
+def test_a_wal_checkpointed_in_full_while_parked_then_restarted_loses_nothing(app, tmp_path):
+    """After parking, the app commits T1 to the same WAL and checkpoints it in full; unpark
+    finds the WAL continuing, and R, begun then, pins nothing: T2 restarts the WAL. The restart
+    is harmless only because unpark copied T1 and began R again under a seal."""
+    db, conn = app
+    conn.execute("CREATE TABLE u (id INTEGER PRIMARY KEY, v TEXT)")  # T1 writes a page T2 does not
+    reader = App(db)
+    agent = _agent(db)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t")  # an app's reader: the agent's checkpoint is partial
+        conn.execute("INSERT INTO t (v) VALUES ('T0')")
+        agent.step()
+        assert agent.checkpoint()
+        reader.execute("COMMIT")
+        _park(agent)
+        conn.execute("INSERT INTO u (v) VALUES ('T1')")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        agent.unpark()
+        conn.execute("INSERT INTO t (v) VALUES ('T2')")  # restarts the WAL
+        agent.step()
+        out = str(tmp_path / "r.db")
+        assert restored(agent, out) == rows(db) and rows(out, "u") == rows(db, "u") == ["T1"]
+    finally:
+        agent.close()
+        reader.stop()
+
+
+def test_a_commit_while_parking_is_never_claimed_copied(app, tmp_path):
+    """A commit right after park's last look (here: as its connections close) changes the
+    marks taken before that look: the parked agent sees it, and copied_through does not claim it."""
+    db, conn = app
+    agent = _agent(db)
+    try:
+        real = agent._disconnect
+
+        def disconnect_then_commit() -> None:
+            real()
+            conn.execute("INSERT INTO t (v) VALUES ('committed while parking')")
+
+        time.sleep(0.1)
+        agent._disconnect = disconnect_then_commit
+        assert agent.park()
+        agent._disconnect = real
+        before = agent.copied_through
+        assert not agent.parked_unchanged()
+        assert agent.copied_through == before
+        agent.unpark()
+        agent.step()
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["first", "committed while parking"]
+    finally:
+        agent.close()
+
+
+def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
+    """Stopping, a database still waiting for a slot of the budget finishes without opening,
+    whatever the database holding the slot does (it comes later in the list here)."""
+    from litesync.config import load_config
+    from litesync.runner import DbReplication, OpenBudget
+
+    paths = []
+    for name in ("a.db", "b.db"):
+        p = str(tmp_path / name)
+        c = sqlite3.connect(p, isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        c.close()
+        paths.append(p)
+    (tmp_path / "litesync.yml").write_text("dbs:\n" + "".join(
+        f"  - path: {p}\n    replicas:\n      - url: file://{tmp_path}/store/{os.path.basename(p)}\n" for p in paths))
+    cfg = load_config(str(tmp_path / "litesync.yml"))
+    budget = OpenBudget(max_open=1)
+    a, b = DbReplication(cfg.dbs[0], budget=budget), DbReplication(cfg.dbs[1], budget=budget)
+    writer = App(paths[1])
+    busy = threading.Event()
+
+    def keep_busy() -> None:
+        while not busy.is_set():
+            writer.execute("INSERT INTO t (v) VALUES ('x')")
+            time.sleep(0.1)
+
+    t = threading.Thread(target=keep_busy, daemon=True)
+    try:
+        b.start()
+        assert b.started.wait(10)
+        t.start()
+        a.start()
+        time.sleep(1.0)
+        assert (budget.open, budget.waiting) == (1, 1)
+        a.request_stop()
+        b.request_stop()
+        stopped = threading.Thread(target=a.stop, args=(5.0,), daemon=True)
+        stopped.start()
+        stopped.join(10)
+        assert not stopped.is_alive()
+        assert budget.waiting == 0
+    finally:
+        busy.set()
+        t.join(5)
+        writer.stop()
+        b.stop(5.0)
