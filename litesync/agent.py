@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import apsw
 
@@ -491,15 +491,14 @@ class DbAgent:
         return True
 
     def unpark(self) -> None:
-        """Open the connections of a parked database and prove it continues what was copied,
-        else start a new generation.
+        """Open the connections of a parked database and continue what was copied.
 
-        It continues when the WAL still holds the frames copied last (new frames after them
-        are copied as usual). When the WAL was restarted or removed meanwhile, the frames
-        committed in between may have been checkpointed and lost to us: the database file
-        then must hold exactly the state copied (same pages, same hash), with none of the
-        current WAL's frames checkpointed into it yet; the current WAL's frames then follow.
-        Raises WriteLockBusy when that proof needs the write lock and the app holds it.
+        When the WAL still holds the frames copied last, the frames after them are copied
+        as usual. When it was restarted or removed meanwhile, the frames committed in
+        between may have been checkpointed and lost to us: the difference between the state
+        copied and the current one is copied as one transaction (``_resync``). A database
+        file replaced, or a page size changed, starts a new generation. Raises
+        WriteLockBusy when the write lock is needed and the app holds it.
         """
         if not self.parked:
             return
@@ -507,6 +506,7 @@ class DbAgent:
             st = os.stat(self.path)
         except FileNotFoundError:
             raise DatabaseError(f"database does not exist: {self.path}") from None
+        page_size = self.page_size
         self._connect()
         self._parked_marks = None
         self.stats["unparks"] += 1
@@ -514,49 +514,68 @@ class DbAgent:
             self.identity = (st.st_dev, st.st_ino)
             self.new_generation("the database file was replaced while the agent had it closed")
             return
+        if self.page_size != page_size:
+            self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
+            return
         self._begin_read()
-        if self._wal_continues(self._wal_header(), self.pos) is None:
-            # R began outside a seal, maybe on a WAL the app checkpointed in full: it pins
-            # nothing yet. Copy what is new and restart R under a seal, as a checkpoint does,
-            # so that a WAL restart from then on is known harmless (else, a new generation).
+        hdr = self._wal_header()
+        if self._wal_continues(hdr, self.pos) is None:
+            # R pins the WAL (no restart while it reads) unless the WAL was checkpointed in
+            # full when it began: then it read the database file alone, pins nothing, and
+            # frames after ours could go with a restart before they are copied. Seen from
+            # here: frames up to ours not yet checkpointed prove the first case.
+            backfilled = wal.index_backfilled(self._read_index())
+            if hdr is not None and backfilled is not None and backfilled < self.pos.frame:
+                return  # ``sync`` copies the frames after ours
+            # Copy what is new and restart R under a seal, as a checkpoint does, so that a
+            # WAL restart from then on is known harmless (else, a new generation).
             self._cycle(checkpoint=False)
             return
         if not self._seal():
             self._end_read()
-            self._parked_marks = ()  # parked still, in effect: try the proof again
+            self._parked_marks = ()  # parked still, in effect: try again
             self._disconnect()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
-            reason = self._file_continues()
-            if reason is None:
-                self._end_read()
-                self._begin_read()  # under the seal, everything copied: a restart is harmless
-                self._restart_ok = True
-                self._r_begin_pos = self.pos
+            # Every committed frame, R reading under the seal. No checkpoint: one that empties
+            # the WAL lets the app's next commit restart it, and the next unpark come here again.
+            view = self._reopen_view(checkpoint=False)
+        except _WalChanged:
+            view = None
         finally:
             self._unseal()
-        if reason is not None:
-            self.new_generation(reason)
+        if view is None:
+            self.new_generation("the WAL and the wal-index disagreed under the write lock")
+        else:
+            self._resync(view)
 
-    def _file_continues(self) -> str | None:
-        """Under the seal, after a WAL restart: why the database file is not exactly the
-        state copied (see ``unpark``), or None, having moved ``pos`` to the current WAL."""
-        hdr = self._wal_header()
-        if hdr is not None and wal.index_backfilled(self._read_index()) != 0:
-            return "the WAL was restarted and checkpointed while the agent had the database closed"
-        size = os.stat(self.path).st_size
-        if size % self.page_size:
-            return f"the database file's size ({size}) is not a whole number of pages"
-        found = self._scan_view(View(self.pos, hdr, {}, size // self.page_size), None)
-        if (found.page_count, found.value) != (self.hasher.page_count, self.hasher.value):
-            return "the database changed while the agent had it closed (its WAL was checkpointed meanwhile)"
-        # The app may checkpoint while the seal holds its writes off: the file read must
-        # still be untouched by the current WAL.
-        if self._wal_header() != hdr or (hdr is not None and wal.index_backfilled(self._read_index()) != 0):
-            return "the WAL was checkpointed while the agent read the database file"
-        if hdr is not None:
-            self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-        return None
+    def _resync(self, view: View) -> None:
+        """After a WAL restart while parked, the commits in between may have been
+        checkpointed and their frames lost to us; the state they made is in ``view``
+        (pinned by R, begun under the seal). Copy the difference between the state copied
+        and that one as one transaction: the history passes from one to the other directly."""
+        found = self._scan_view(view, None)
+        old = self.hasher
+        changed = [pgno for pgno in range(1, view.db_size + 1) if found.get(pgno) != old.get(pgno)]
+        if changed or view.db_size != old.page_count:
+            ps = self.page_size
+
+            def pages() -> Iterator[tuple[int, bytes]]:
+                for pgno in changed:
+                    index = view.overlay.get(pgno)
+                    if index is not None:
+                        yield pgno, wal.read_page(self._wal_read_at, view.header, index)  # type: ignore[arg-type]
+                    else:
+                        yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
+
+            tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
+            self._write_segment([tx], view.pos.frame + 1, view.pos, pages())
+            self.log.info("the WAL was restarted while the database was parked: copied what changed "
+                          "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
+        self.pos = view.pos
+        self.hasher = found
+        self._restart_ok = True  # R began under the seal, and everything it sees is copied
+        self._r_begin_pos = self.pos
 
     def _begin_read(self) -> None:
         self.R.execute("BEGIN")
@@ -945,26 +964,40 @@ class DbAgent:
             infos[-1][3], infos[-1][4] = final_hash.value, TX_CHECKSUM_KNOWN
         end = txs[-1]
         pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
-        seq = self.next_seq
-        header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
-                               pos, txs[0].frames[0].index, tuple(TxInfo(*i) for i in infos), db_id=self.db_id)
-        name = layout.SegmentName(self.generation, seq, seq, commit_ms)
-        with self.spool.writing(name) as f:
-            w = SegmentWriter(f, header)
+
+        def pages() -> Iterator[tuple[int, bytes | memoryview]]:
             for latest in per_tx:
                 for pgno, index in latest.items():
-                    w.add_page(pgno, page(index))
-            w.close()
-        if recheck is not None and not keep and self._wal_header() != recheck:
-            self.spool.discard(name)
-            raise _WalChanged()
-        self.spool.publish(name)
+                    yield pgno, page(index)
+
+        changed = None if recheck is None or keep else (lambda: self._wal_header() != recheck)
+        self._write_segment([TxInfo(*i) for i in infos], txs[0].frames[0].index, pos, pages(), changed)
         # The segment is durable: advance.
         if final_hash is None and checksums_known:
             for pgno, h in changes.items():
                 if pgno <= size:
                     self.hasher.set_hash(pgno, h)
             self.hasher.truncate(size)
+
+    def _write_segment(self, txs: list[TxInfo], first_frame: int, pos: WalPosition,
+                       pages: Iterable[tuple[int, bytes | memoryview]],
+                       changed: Callable[[], bool] | None = None) -> None:
+        """Write the next segment of this generation, holding ``txs`` (their pages, in
+        order, from ``pages``), into the spool, and advance to WAL position ``pos``. Raises
+        _WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
+        seq = self.next_seq
+        header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
+                               pos, first_frame, tuple(txs), db_id=self.db_id)
+        name = layout.SegmentName(self.generation, seq, seq, txs[-1].commit_ms)
+        with self.spool.writing(name) as f:
+            w = SegmentWriter(f, header)
+            for pgno, data in pages:
+                w.add_page(pgno, data)
+            w.close()
+        if changed is not None and changed():
+            self.spool.discard(name)
+            raise _WalChanged()
+        self.spool.publish(name)
         self.pos = pos
         self.next_seq = seq + 1
         self.end_link = header.end_link
@@ -973,8 +1006,9 @@ class DbAgent:
 
     # -- checkpoints and views -----------------------------------------------------
 
-    def _reopen_view(self, pages: bool = True) -> View:
-        """Under the seal, with every committed frame copied: checkpoint and restart ``R``.
+    def _reopen_view(self, pages: bool = True, checkpoint: bool = True) -> View:
+        """Under the seal, with every committed frame copied: checkpoint (if asked) and
+        restart ``R``.
 
         With ``pages`` the view also says where each page of the new read lies (for a full
         read of the database); without, only the checkpoint and the restart happen.
@@ -982,14 +1016,14 @@ class DbAgent:
         # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
         self._restart_ok = False
         self._end_read()
-        log_frames, ckpt = self._checkpoint()
+        log_frames, ckpt = self._checkpoint() if checkpoint else (0, 0)
         self._begin_read()
         hdr = self._wal_header()
         if not pages:
             return View(self.pos, hdr, {}, 0)
         committed = self._index_frames(hdr) if hdr is not None else 0
         overlay, pos = wal_overlay(self._wal_read_at, hdr, committed, ckpt)
-        if hdr is not None:
+        if hdr is not None and checkpoint:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
                                pos.frame, log_frames)

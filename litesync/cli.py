@@ -422,13 +422,16 @@ def cmd_segments(args: argparse.Namespace) -> int:
     return _listing(args, "segments")
 
 
+STATUS_FRESH = 1.0  # how long `litesync status` waits for a running agent's fresh status
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from .status import healthy, read_status
+    from .status import healthy, read_statuses
 
     paths = [os.path.abspath(p) for p in args.dbs] if args.dbs else [d.path for d in _load(args, None, []).dbs]
-    statuses = [read_status(p) for p in paths]
+    statuses = read_statuses(paths, fresh=STATUS_FRESH)
     if args.json:
         print(json.dumps({"dbs": statuses}, indent=2))
     else:

@@ -191,6 +191,8 @@ class Config:
 
     ``dbs`` are the databases listed by path, ``dirs`` the directories (``dir:`` entries),
     ``addr`` is where to serve Prometheus metrics (``host:port``), None for nowhere.
+    ``max_open`` bounds the databases that hold connections at once (the rest are parked,
+    see runner.OpenBudget); None: as many as the descriptor limit allows.
     """
 
     dbs: tuple[DbConfig, ...]
@@ -198,6 +200,7 @@ class Config:
     source: str | None = None
     dirs: tuple[DirConfig, ...] = ()
     addr: str | None = None
+    max_open: int | None = None
 
     def database(self, db_path: str) -> DbConfig | None:
         """Return the configuration of the database at the absolute ``db_path``, listed or in a directory."""
@@ -681,7 +684,7 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
                 "retention-check-interval", "compaction", "validation-interval")
-_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "max-open-databases", "dbs")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
 _DB_KEYS = ("path", "dir", "replicas", "id") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream")
@@ -856,6 +859,7 @@ class _Reader:
                                                 DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION, None))
         logging_config = self.logging(items)
         addr = self.value(items, "addr", "", _addr)
+        max_open = self.value(items, "max-open-databases", "", _integer(1))
         if "dbs" not in items:
             raise self.error("missing required key: 'dbs'", "", root)
         db_nodes = self.sequence(items["dbs"][1], "dbs")
@@ -863,7 +867,7 @@ class _Reader:
             raise self.error("at least one database is required", "dbs", items["dbs"][1])
         entries = [self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes)]
         return Config(tuple(e for e in entries if isinstance(e, DbConfig)), logging_config, self.file,
-                      tuple(e for e in entries if isinstance(e, DirConfig)), addr)
+                      tuple(e for e in entries if isinstance(e, DirConfig)), addr, max_open)
 
     def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
         (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,

@@ -72,6 +72,7 @@ SLOT_WAIT_WARNING = 30.0  # and says so once when it waited this long
 # (see DbAgent.park). A parked database is looked at (a stat of its files) every
 # PARKED_POLL seconds besides its file events.
 PARK_AFTER = 1.0
+PARK_AFTER_WHEN_WAITED_FOR = 0.1
 PARKED_POLL = 30.0
 
 
@@ -389,8 +390,11 @@ class DbReplication:
             self._slot = None
 
     def _may_park(self) -> bool:
-        return (self.budget is not None and not self.agent.in_flight and self.budget.pressure()
-                and time.monotonic() - self._active_at >= PARK_AFTER)
+        if self.budget is None or self.agent.in_flight or not self.budget.pressure():
+            return False
+        # Databases waiting to open (a start): an idle one makes room at once.
+        idle = PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER
+        return time.monotonic() - self._active_at >= idle
 
     def _needs_unpark(self) -> bool:
         """A parked database has work when its files changed or it has something to do
@@ -554,12 +558,14 @@ class DbReplication:
         }
 
     def _change_mark(self) -> tuple:
-        """What changes when the status does, but for times and lags: cheap to compare."""
+        """What changes when the status changes in a way a reader must see without asking:
+        state, errors, generations, a replica falling behind or failing. Counters and
+        positions move with every commit: they are rewritten when a reader asks
+        (status.ask_fresh), or with the next such change."""
         a = self.agent
-        return (self.state(), str(self.error), a.generation, a.next_seq, a.stats["transactions"], a.parked,
-                a.stats["snapshots"], a.stats["checkpoints"], a.spool.size(),
-                tuple((s.status, s.last_error, s.uploaded_objects, s.errors, s.pos.key, len(m.unsound),
-                       m.stats["rounds"], m.stats["errors"]) for s, m in zip(self.shippers, self.maintainers)),
+        return (self.state(), str(self.error), a.generation, a.stats["snapshots"],
+                tuple((s.status, s.last_error, s.pos.generation, len(m.unsound), m.stats["errors"])
+                      for s, m in zip(self.shippers, self.maintainers)),
                 tuple(v["ok"] + v["failed"] for v in self.validation.values()))
 
     def publish_status(self, force: bool = False) -> None:
@@ -652,7 +658,7 @@ class Runner:
         # file only while no other thread of this process can have started replicating it.
         self.scan_lock = threading.Lock()
         self.scheduler = new_scheduler()
-        self.budget = OpenBudget()
+        self.budget = OpenBudget(config.max_open)
         self.dbs = [DbReplication(d, poll_interval, wait_for_db, scheduler=self.scheduler, budget=self.budget)
                     for d in config.dbs]
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}

@@ -144,6 +144,24 @@ def write_status(db_path: str, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_statuses(db_paths: list[str], fresh: float = 0.0) -> list[dict]:
+    """``read_status`` of each database; with ``fresh`` (seconds), ask each running agent to
+    rewrite its status first, and wait up to that long in all for the new ones."""
+    statuses = [read_status(p) for p in db_paths]
+    if fresh <= 0:
+        return statuses
+    asked = time.time()
+    pending = [i for i, st in enumerate(statuses) if st["running"] and not st["stale"] and ask_fresh(st)]
+    deadline = time.monotonic() + fresh
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+        for i in list(pending):
+            statuses[i] = read_status(db_paths[i])
+            if float(statuses[i].get("updated_at") or 0) >= asked:
+                pending.remove(i)
+    return statuses
+
+
 def read_status(db_path: str, now: float | None = None) -> dict:
     """Return what the agent replicating ``db_path`` publishes (see the module docstring)."""
     db = os.path.abspath(db_path)

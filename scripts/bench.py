@@ -844,8 +844,11 @@ class Bench:
         names = fleet.make_fleet(dbdir, n)
         progress(f"fleet {tool.name}: made {n} databases in {time.monotonic() - t:.1f}s; starting the agent")
         config = os.path.join(d, "config.yml")
+        text = tool.dir_config(dbdir, replica)
+        if tool.name == "litesync" and self.args.fleet_max_open:
+            text = f"max-open-databases: {self.args.fleet_max_open}\n" + text
         with open(config, "w") as f:
-            f.write(tool.dir_config(dbdir, replica))
+            f.write(text)
         started = time.monotonic()
         agent = spawn(tool.replicate_config(config), log, clean_env(), cwd=d)
         threads = ThreadPeak(agent.pid)
@@ -1094,6 +1097,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fleet-idle-seconds", type=float, help="fleet: idle CPU window (default 60, quick 5)")
     p.add_argument("--fleet-busy-seconds", type=float, help="fleet: busy writer duration (default 30, quick 5)")
     p.add_argument("--fleet-rate", type=float, default=100.0, help="fleet: busy writer commits/s (default 100)")
+    p.add_argument("--fleet-max-open", type=int, metavar="M",
+                   help="fleet: litesync's max-open-databases (default: what the descriptor limit allows)")
     p.add_argument("--seed", type=int, default=1, help="seeds the kill delays and the writers")
     p.add_argument("--litestream", help="litestream executable (default: the one on PATH)")
     p.add_argument("--json", help="also write every raw figure to this file")

@@ -859,3 +859,11 @@ def test_example_documents_every_key():
     assert not undocumented
     for text_needed in ("LITESYNC_CONFIG", "/etc/litesync.yml", "${VAR:-default}", "KiB", "KB", "ms"):
         assert text_needed in text
+
+
+def test_max_open_databases(cwd):
+    assert load("max-open-databases: 50\n" + MINIMAL).max_open == 50
+    assert load(MINIMAL).max_open is None
+    assert error("max-open-databases: 0\n" + MINIMAL) == (
+        "litesync.yml:1: max-open-databases: must be at least 1: '0'")
+    assert "max-open-databases: expected an integer: 'many'" in error("max-open-databases: many\n" + MINIMAL)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -59,6 +60,36 @@ def scrape(port: int) -> dict[str, float]:
 
 
 # --- litesync status ----------------------------------------------------------------------
+
+
+def test_an_idle_agent_writes_no_status_yet_status_shows_it_alive_and_current(tmp_path):
+    """The status file is rewritten on a change, not as time passes: the heartbeat in the
+    process's control directory shows the agent alive, and `litesync status` asks for the
+    counters that move with each commit."""
+    from litesync.runner import PUBLISH_INTERVAL
+    from litesync.status import read_status, status_path
+
+    db = str(tmp_path / "app.db")
+    cfg = write_config(tmp_path)
+    run_writer(db, "--count", "5")
+    agent = start_agent_ready("--config", cfg, log_path=str(tmp_path / "agent.log"))
+    try:
+        st = published(cfg, lambda s: s["replicas"][0]["state"] == "completed")
+        assert os.path.isdir(st["control"]) and os.path.basename(st["control"]) == f".litesync-control-{agent.pid}"
+        time.sleep(0.5)
+        before = os.stat(status_path(db)).st_mtime_ns
+        time.sleep(2 * PUBLISH_INTERVAL)
+        assert os.stat(status_path(db)).st_mtime_ns == before  # nothing changed: nothing written
+        st = read_status(db)
+        assert st["running"] and not st["stale"] and st["age_seconds"] < PUBLISH_INTERVAL + 1
+        transactions = st["transactions"]
+        run_writer(db, "--count", "7")
+        _, (st,) = status_json(cfg)  # asks the agent for a fresh status
+        assert st["transactions"] >= transactions + 7
+    finally:
+        assert stop(agent) == 0
+    assert not os.path.exists(st["control"])  # removed by the agent on its way out
+    assert read_status(db)["stale"]
 
 
 def test_status_of_a_live_agent_then_of_a_killed_one(tmp_path):

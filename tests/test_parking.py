@@ -135,41 +135,50 @@ def test_commits_in_the_same_wal_continue_the_generation(app):
         agent.close()
 
 
-def test_a_restarted_wal_continues_when_the_file_is_the_state_copied(app):
+def test_a_restarted_wal_continues_the_generation_with_the_difference(app, tmp_path, caplog):
     db, conn = app
     agent = _agent(db)
     try:
-        gen, segs = agent.generation, agent.stats["segments"]
+        gen, segs, txs = agent.generation, agent.stats["segments"], agent.stats["transactions"]
         _park(agent)
-        # Everything copied is checkpointed, the WAL truncated, then a commit starts a new WAL.
+        # Everything copied is checkpointed, the WAL truncated, then commits start a new WAL.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
         conn.execute("INSERT INTO t (v) VALUES ('and another')")
+        caplog.set_level("INFO")
         agent.unpark()
-        assert agent.step() == 2
-        assert (agent.generation, agent.stats["segments"]) == (gen, segs + 1)
+        assert "copied what changed (1 page) as one transaction" in caplog.text
+        conn.execute("INSERT INTO t (v) VALUES ('after')")
+        assert agent.step() == 1
+        assert (agent.generation, agent.stats["segments"], agent.stats["transactions"]) == (gen, segs + 2, txs + 2)
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["first", "in a new WAL", "and another", "after"]
     finally:
         agent.close()
 
 
-def test_a_commit_checkpointed_away_while_parked_starts_a_new_generation(app, caplog):
+def test_commits_checkpointed_away_while_parked_are_copied_as_their_difference(app, tmp_path):
     db, conn = app
     agent = _agent(db)
     try:
         gen = agent.generation
         _park(agent)
-        conn.execute("INSERT INTO t (v) VALUES ('lost to the agent')")
+        conn.execute("INSERT INTO t (v) VALUES ('checkpointed away')")
+        conn.execute("DELETE FROM t WHERE v = 'first'")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.execute("INSERT INTO t (v) VALUES ('in a new WAL')")
-        caplog.set_level("INFO")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # some of the new WAL in the file too
+        conn.execute("INSERT INTO t (v) VALUES ('and one more')")
         agent.unpark()
-        assert agent.generation > gen
-        assert "the database changed while the agent had it closed" in caplog.text
+        agent.step()
+        assert agent.generation == gen
+        out = str(tmp_path / "r.db")
+        assert restored(agent, out) == rows(db) == ["checkpointed away", "in a new WAL", "and one more"]
+        assert sqlite3.connect(out).execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
         agent.close()
 
 
-def test_a_wal_removed_by_the_last_connection_closing(app):
+def test_a_wal_removed_by_the_last_connection_closing(app, tmp_path):
     db, conn = app
     agent = _agent(db)
     try:
@@ -177,12 +186,14 @@ def test_a_wal_removed_by_the_last_connection_closing(app):
         _park(agent)
         conn.close()  # the last connection checkpoints and removes the WAL
         assert not os.path.exists(db + "-wal")
+        segs = agent.stats["segments"]
         agent.unpark()  # nothing was committed: the file is the state copied
-        assert agent.generation == gen
+        assert (agent.generation, agent.stats["segments"]) == (gen, segs)
         app2 = App(db)
         app2.execute("INSERT INTO t (v) VALUES ('after')")
         assert agent.step() == 1 and agent.generation == gen
         app2.stop()
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["first", "after"]
     finally:
         agent.close()
 
