@@ -15,11 +15,14 @@ lag      A writer commits 500 tx/s (tests/workload.py --rate 500 --commit-log). 
          counter.n of the restored copy; window = kill time minus the commit time of the
          last restored transaction. Median and max over --trials, for a local directory
          replica and for S3.
-load     A max-speed writer (10 rows of 1 KB per transaction) runs --load-seconds against
-         the agent with a local replica. After the writer exits the agent is given time to
-         catch up (until it uses < 2% CPU over 1.5 s), then its CPU time (utime+stime from
-         /proc) and VmHWM are read, it is killed, and the replica is restored to check that
-         it holds every transaction. WAL shipped = the bytes of WAL frames
+load     A max-speed writer (10 rows of 1 KB of random, incompressible bytes per
+         transaction) runs --load-seconds against the agent with a local replica; the agent
+         is stopped (SIGSTOP) for the middle third of the run, so a backlog builds that it
+         works off while the writer goes on. After the writer exits the time until the WAL
+         is under 64 MiB is measured, and the agent is given time to catch up (until it uses
+         < 2% CPU over 1.5 s); then the WAL's size, its CPU time (utime+stime from /proc)
+         and VmHWM are read, it is killed, and the replica is restored to check that it
+         holds every transaction. --load-runs runs per tool; each figure is the worst run's. WAL shipped = the bytes of WAL frames
          ((24 + page size) x frames) that the writer's committed transactions occupy. It is
          the same for both tools given the same number of transactions, and is measured by
          replaying that many transactions into a fresh database with checkpoints off and
@@ -108,10 +111,10 @@ FLEET_FIGURES = (  # (key in the raw figures, row label, format)
 )
 FLEET_SETTLE = 2.0  # seconds between the last database reaching the replica and the idle window
 
-DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 30.0, "restore_mb": "300,1000",
+DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 10.0, "load_runs": 3, "restore_mb": "300,1000",
             "storage_base_mb": 20, "storage_seconds": 30.0, "storage_rate": 50.0, "idle_seconds": 60.0,
             "fleet_idle_seconds": 60.0, "fleet_busy_seconds": 30.0}
-QUICK = {"trials": 2, "lag_rate": 500.0, "lag_delay": (0.5, 1.5), "load_seconds": 3.0, "restore_mb": "20",
+QUICK = {"trials": 2, "lag_rate": 500.0, "lag_delay": (0.5, 1.5), "load_seconds": 3.0, "load_runs": 1, "restore_mb": "20",
          "storage_base_mb": 5, "storage_seconds": 3.0, "storage_rate": 50.0, "idle_seconds": 5.0,
          "fleet_idle_seconds": 5.0, "fleet_busy_seconds": 5.0}
 
@@ -660,50 +663,102 @@ class Bench:
 
     # --- 2. load --------------------------------------------------------------------------
 
-    LOAD_LABELS = ("load: writer tx in the run", "load: agent CPU s per GB of WAL", "load: agent CPU s",
+    LOAD_LABELS = ("load: writer tx in the run (fewest)", "load: agent CPU s per GB of WAL", "load: agent CPU s",
                    "load: WAL shipped MB", "load: agent peak RSS MiB", "load: largest WAL MiB",
+                   "load: WAL MiB when the agent is quiet", "load: s until the WAL is under 64 MiB",
                    "load: writer longest wait ms", "load: 'database is locked' errors",
                    "load: tx missing from replica after catch-up")
+    # The agent is stopped (SIGSTOP) for this share of the writer's run, from a third of it:
+    # a backlog builds that the agent must work off while the writer goes on.
+    LOAD_PAUSE = (1 / 3, 1 / 3)
+    WAL_TARGET = 64 << 20
 
     def load(self) -> None:
         for label in self.LOAD_LABELS:  # the table keeps this order
             self.rows.setdefault(label, {"fmt": "{:.1f}"})
         self.section("load", self.LOAD_LABELS, self._load)
-        txs = {name: self.raw[f"load_{name}"]["transactions"] for name in self.tools
-               if f"load_{name}" in self.raw}
-        if not txs:
+        runs = {name: self.raw[f"load_{name}"]["runs"] for name in self.tools if f"load_{name}" in self.raw}
+        if not runs:
             return
-        progress(f"load: replaying {max(txs.values())} transactions with checkpoints off to size the WAL they wrote")
-        wal = wal_bytes_for(self.dir("load", "replay"), sorted(set(txs.values())))
-        for name, n in txs.items():
-            r = self.raw[f"load_{name}"]
-            r["wal_bytes"] = wal[n]
-            self.put("load: WAL shipped MB", name, wal[n] / 1e6, "{:.0f}")
-            self.put("load: agent CPU s per GB of WAL", name, r["agent_cpu_s"] / (wal[n] / 1e9), "{:.1f}")
+        counts = sorted({r["transactions"] for rs in runs.values() for r in rs})
+        progress(f"load: replaying up to {counts[-1]} transactions with checkpoints off to size the WAL they wrote")
+        wal = wal_bytes_for(self.dir("load", "replay"), counts)
+        for name, rs in runs.items():
+            for r in rs:
+                r["wal_bytes"] = wal[r["transactions"]]
+            worst = max(rs, key=lambda r: r["agent_cpu_s"] / r["wal_bytes"])
+            self.put("load: WAL shipped MB", name, worst["wal_bytes"] / 1e6, "{:.0f}")
+            self.put("load: agent CPU s per GB of WAL", name, worst["agent_cpu_s"] / (worst["wal_bytes"] / 1e9), "{:.1f}")
 
     def _load(self, tool: Tool) -> None:
-        d = self.dir("load", tool.name)
+        runs = [self._load_run(tool, i) for i in range(self.args.load_runs)]
+        self.raw[f"load_{tool.name}"] = {"runs": runs}
+        worst = {k: max(r[k] for r in runs) for k in runs[0]}
+        self.put("load: writer tx in the run (fewest)", tool.name, min(r["transactions"] for r in runs), "{:.0f}")
+        self.put("load: agent CPU s", tool.name, worst["agent_cpu_s"], "{:.1f}")
+        self.put("load: agent peak RSS MiB", tool.name, worst["peak_rss_bytes"] / 2**20, "{:.1f}")
+        self.put("load: largest WAL MiB", tool.name, worst["max_wal_bytes"] / 2**20, "{:.1f}")
+        self.put("load: WAL MiB when the agent is quiet", tool.name, worst["quiet_wal_bytes"] / 2**20, "{:.1f}")
+        self.put("load: s until the WAL is under 64 MiB", tool.name, worst["wal_under_target_s"], "{:.1f}")
+        self.put("load: writer longest wait ms", tool.name, worst["longest_wait_s"] * 1000, "{:.1f}")
+        self.put("load: 'database is locked' errors", tool.name, worst["locked_errors"], "{:.0f}")
+        self.put("load: tx missing from replica after catch-up", tool.name, worst["missing_tx"], "{:.0f}")
+
+    def _load_run(self, tool: Tool, index: int) -> dict:
+        d = self.dir("load", tool.name, str(index))
         db, log = os.path.join(d, "load.db"), os.path.join(d, "log.txt")
         wait_log = os.path.join(d, "wait.txt")
-        replica = self.replica("file", os.path.join("load", tool.name))
+        replica = self.replica("file", os.path.join("load", tool.name, str(index)))
         run([sys.executable, WORKLOAD, db, "--count", "1"], log)
         agent = self.start_agent(tool, db, replica, log)
         cpu0, _ = proc_stats(agent.pid)
-        progress(f"load {tool.name}: max-speed writer for {self.args.load_seconds:.0f}s")
-        writer = spawn([sys.executable, WORKLOAD, db, "--seconds", str(self.args.load_seconds), "--rows", "10",
-                        "--row-size", "1024", "--max-wait-log", wait_log], os.path.join(d, "writer.txt"))
+        seconds = self.args.load_seconds
+        progress(f"load {tool.name} run {index + 1}/{self.args.load_runs}: max-speed writer of incompressible "
+                 f"rows for {seconds:.0f}s, the agent stopped from {seconds * self.LOAD_PAUSE[0]:.1f}s "
+                 f"for {seconds * self.LOAD_PAUSE[1]:.1f}s")
+        writer = spawn([sys.executable, WORKLOAD, db, "--seconds", str(seconds), "--rows", "10",
+                        "--row-size", "1024", "--incompressible", "--max-wait-log", wait_log,
+                        "--seed", str(self.args.seed + index)], os.path.join(d, "writer.txt"))
+        started = time.monotonic()
+        pause_at, resume_at = (started + seconds * self.LOAD_PAUSE[0],
+                               started + seconds * (self.LOAD_PAUSE[0] + self.LOAD_PAUSE[1]))
+        paused = resumed = False
         max_wal = 0
-        while writer.poll() is None:
+
+        def wal_size() -> int:
             try:
-                max_wal = max(max_wal, os.path.getsize(db + "-wal"))
+                return os.path.getsize(db + "-wal")
             except FileNotFoundError:
-                pass
-            time.sleep(0.01)
+                return 0
+
+        try:
+            while writer.poll() is None:
+                now = time.monotonic()
+                if not paused and now >= pause_at:
+                    os.kill(agent.pid, signal.SIGSTOP)
+                    paused = True
+                if paused and not resumed and now >= resume_at:
+                    os.kill(agent.pid, signal.SIGCONT)
+                    resumed = True
+                max_wal = max(max_wal, wal_size())
+                time.sleep(0.01)
+        finally:
+            if paused and not resumed:
+                os.kill(agent.pid, signal.SIGCONT)
         if writer.returncode != 0:
             raise BenchError(f"writer exited with {writer.returncode}: {tail(os.path.join(d, 'writer.txt'))}")
         if agent.poll() is not None:
             raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
+        ended = time.monotonic()
+        under = None
+        deadline = ended + 60
+        while under is None and time.monotonic() < deadline:
+            if wal_size() < self.WAL_TARGET:
+                under = time.monotonic() - ended
+            else:
+                time.sleep(0.05)
         settle = wait_quiet(agent.pid)
+        quiet_wal = wal_size()
         cpu1, rss = proc_stats(agent.pid)
         kill_now(agent)
         with open(wait_log) as f:
@@ -712,20 +767,13 @@ class Bench:
         progress(f"load {tool.name}: {txs} tx; agent quiet {settle:.1f}s after the writer; restoring to check")
         run(tool.restore(db, replica, out), log, tool.env(replica))
         missing = int(txs) + 1 - read_counter(out)
-        r = {"transactions": int(txs), "agent_cpu_s": cpu1 - cpu0, "peak_rss_bytes": rss, "max_wal_bytes": max_wal,
-             "longest_wait_s": float(longest), "locked_errors": int(locked), "missing_tx": missing,
-             "settle_s": settle}
-        self.raw[f"load_{tool.name}"] = r
-        self.put("load: writer tx in the run", tool.name, r["transactions"], "{:.0f}")
-        self.put("load: agent CPU s", tool.name, r["agent_cpu_s"], "{:.1f}")
-        self.put("load: agent peak RSS MiB", tool.name, rss / 2**20, "{:.1f}")
-        self.put("load: largest WAL MiB", tool.name, max_wal / 2**20, "{:.1f}")
-        self.put("load: writer longest wait ms", tool.name, r["longest_wait_s"] * 1000, "{:.1f}")
-        self.put("load: 'database is locked' errors", tool.name, r["locked_errors"], "{:.0f}")
-        self.put("load: tx missing from replica after catch-up", tool.name, missing, "{:.0f}")
         for p in (db, db + "-wal", out):
             if os.path.exists(p):
                 os.remove(p)
+        return {"transactions": int(txs), "agent_cpu_s": cpu1 - cpu0, "peak_rss_bytes": rss, "max_wal_bytes": max_wal,
+                "quiet_wal_bytes": quiet_wal, "wal_under_target_s": under if under is not None else math.inf,
+                "longest_wait_s": float(longest), "locked_errors": int(locked), "missing_tx": missing,
+                "settle_s": settle}
 
     # --- 3. restore -----------------------------------------------------------------------
 
@@ -1086,7 +1134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated: lag,load,restore,storage")
     p.add_argument("--trials", type=int, help="kill -9 trials per tool and replica (default 5, quick 2)")
     p.add_argument("--lag-rate", type=float, help="writer tx/s in the lag trials (default 500)")
-    p.add_argument("--load-seconds", type=float, help="max-speed writer duration (default 30, quick 3)")
+    p.add_argument("--load-seconds", type=float, help="max-speed writer duration (default 10, quick 3)")
+    p.add_argument("--load-runs", type=int, help="load runs per tool; the table shows the worst (default 3, quick 1)")
     p.add_argument("--restore-mb", help="database sizes to restore, comma-separated (default 300,1000, quick 20)")
     p.add_argument("--storage-base-mb", type=int, help="database size before the storage writer (default 20)")
     p.add_argument("--storage-seconds", type=float, help="storage writer duration (default 30, quick 3)")

@@ -54,6 +54,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -147,12 +148,26 @@ class Plan:
     events: tuple[Event, ...]
     long: bool
     via_link: bool = False  # the agent names the database through a symbolic link
+    park: bool = False  # max-open-databases: 1 and a second database nudged: the first parks when idle
 
     def app(self, index: int, tools: Tools) -> AppSpec:
         """The index-th writer after the first: drawn from its own PRNG, so timing does not change the draws."""
         if self.long and index == 0:
             return AppSpec("grow", "NORMAL", 1000, -2000, 1e9, 0.0, "none", 0.0, grow_to=LONG_BYTES)
         return draw_app(random.Random(f"{self.seed}/app/{index}"), tools)
+
+
+# Commits to the second database of a parking run now and then, from a PRNG of its own.
+NUDGER = """
+import random, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("CREATE TABLE IF NOT EXISTS n (id INTEGER PRIMARY KEY, t REAL)")
+rng = random.Random(sys.argv[2] + "/nudge")
+while True:
+    conn.execute("INSERT INTO n (t) VALUES (?)", (time.time(),))
+    time.sleep(rng.uniform(0.2, 3.0))
+"""
 
 
 def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, long: bool = False) -> Plan:
@@ -174,7 +189,8 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
                 first_offset=rng.choice(CLOCK_OFFSETS) if clock else 0,
                 events=draw_events(rng, duration, clock), long=long,
                 # Drawn apart, so that adding it left every other draw of a seed as it was.
-                via_link=random.Random(f"{seed}/link").random() < 0.3)
+                via_link=random.Random(f"{seed}/link").random() < 0.3,
+                park=config is not None and random.Random(f"{seed}/park").random() < 0.5)
 
 
 def draw_events(rng: random.Random, duration: float, clock: bool) -> tuple[Event, ...]:
@@ -464,6 +480,7 @@ class Run:
         self.agent = Agent(self)
         self.app: App | None = None
         self.checkpointer: subprocess.Popen | None = None
+        self.nudger: subprocess.Popen | None = None  # commits to the second database (Plan.park)
         self.pending_restart: tuple[float, int] | None = None  # (when, clock offset) after a kill -9
         self.pending_cont: float | None = None                 # when to SIGCONT a stopped agent
         self.final_meta: tuple[int, int] = (0, 0)
@@ -489,6 +506,12 @@ class Run:
         lines = [f"{key}: {value}" for key, value in cfg.items()]
         lines += ["logging:", "  level: info", "dbs:", f"  - path: {self.agent_db}", "    replicas:",
                   f"      - url: {json.dumps(self.url)}", f"        sync-interval: {sync_interval}"]
+        if self.plan.park:
+            # One open database at a time: the nudged one reopening makes the other park
+            # whenever it has been idle a second (see runner.OpenBudget).
+            lines[:0] = ["max-open-databases: 1"]
+            lines += [f"  - path: {self.path('other.db')}", "    replicas:",
+                      f"      - url: {json.dumps('file://' + self.path('replica-other'))}"]
         path = self.path("litesync.yml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
@@ -504,6 +527,8 @@ class Run:
             self.count("agent names the database through a symbolic link")
         if p.config and "validation-interval" in p.config:
             self.count("agent validating the live database")
+        if p.park:
+            self.count("agent parks the database (max-open-databases: 1, a second database nudged)")
         self.note(f"plan: {p}")
 
     # --- the main loop
@@ -513,6 +538,13 @@ class Run:
         self.describe()
         self.app = App(self, FIRST_APP, 0, float("inf"))
         self.wait_app(self.app)  # creates the database: the agent needs one to start
+        if self.plan.park:
+            conn = sqlite3.connect(self.path("other.db"), isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS n (id INTEGER PRIMARY KEY, t REAL)")
+            conn.close()
+            self.nudger = subprocess.Popen([sys.executable, "-c", NUDGER, self.path("other.db"), str(self.plan.seed)],
+                                           env=clean_env())
         self.agent.start()
         try:
             self.main_loop()
@@ -718,7 +750,7 @@ class Run:
         """End every process this run started (by its handle, never by name)."""
         if self.app is not None:
             self.app.kill()
-        procs = [self.agent.proc, self.checkpointer] + [r.proc for r in self.restores]
+        procs = [self.agent.proc, self.checkpointer, self.nudger] + [r.proc for r in self.restores]
         self.agent.cont()
         for p in procs:
             kill9(p)

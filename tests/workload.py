@@ -29,7 +29,8 @@ def connect(path: str, autocheckpoint: int | None = None) -> sqlite3.Connection:
     return conn
 
 
-def one_tx(conn: sqlite3.Connection, n: int, rng: random.Random, mixed: bool, row_size: int, rows: int) -> None:
+def one_tx(conn: sqlite3.Connection, n: int, rng: random.Random, mixed: bool, row_size: int, rows: int,
+           incompressible: bool = False) -> None:
     conn.execute("BEGIN IMMEDIATE")
     h = hashlib.sha256()
     count = rows
@@ -37,7 +38,7 @@ def one_tx(conn: sqlite3.Connection, n: int, rng: random.Random, mixed: bool, ro
     if big:
         count = rows * 50
     for _ in range(count):
-        payload = rng.randbytes(row_size // 2).hex().encode()
+        payload = rng.randbytes(row_size) if incompressible else rng.randbytes(row_size // 2).hex().encode()
         h.update(payload)
         conn.execute("INSERT INTO items (tx, payload) VALUES (?, ?)", (n, payload))
     if mixed:
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=3)
     p.add_argument("--row-size", type=int, default=200)
     p.add_argument("--mixed", action="store_true")
+    p.add_argument("--incompressible", action="store_true", help="rows of random bytes, not hex text")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--autocheckpoint", type=int, default=None)
     p.add_argument("--commit-log", help="append 'n commit_time' per transaction (line-buffered)")
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.monotonic()
             while True:
                 try:
-                    one_tx(conn, n, rng, args.mixed, args.row_size, args.rows)
+                    one_tx(conn, n, rng, args.mixed, args.row_size, args.rows, args.incompressible)
                     break
                 except sqlite3.OperationalError as e:
                     if "locked" not in str(e) and "busy" not in str(e):
