@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -308,6 +309,7 @@ class DbAgent:
         self.checkpoint_pages = checkpoint_pages
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
+        self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
         self.spool = Spool(os.path.join(self.state_dir, "spool"))
         self.wake = Signal()  # set on a file event; the engine's task is woken with it
         self.snapshot_requested = Signal()
@@ -411,6 +413,12 @@ class DbAgent:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def discard_new_state(self) -> None:
+        """Remove the state directory after a start that failed, if this agent created it and
+        wrote nothing into its spool: a failed start leaves nothing behind."""
+        if self._made_state_dir and self._lock_fd is None and not self.spool.objects():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _begin_read(self) -> None:
         self.R.execute("BEGIN")

@@ -35,8 +35,9 @@ __all__ = ["Replicator", "restore_db", "read_db_status"]
 
 log = logging.getLogger(__name__)
 
-_ERROR_PREFIX = "litesync: error: "
-_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
+# The CLI's final line: "litesync: error: ...", or "litesync replicate: error: ..." for a usage error.
+_ERROR_LINE = re.compile(r"^litesync(?: [a-z]+)?: error: (.*)$")
+_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
 _KEPT_LINES = 200
 
 
@@ -50,8 +51,9 @@ def read_db_status(db_path: str) -> dict:
 
 def _parse_line(line: str) -> tuple[int, str]:
     """Return the level and message of a line the child wrote (text or JSON log, or its final error)."""
-    if line.startswith(_ERROR_PREFIX):
-        return logging.ERROR, line[len(_ERROR_PREFIX):]
+    m = _ERROR_LINE.match(line)
+    if m:
+        return logging.ERROR, m[1]
     m = _TEXT_LINE.match(line)
     if m:
         return logging.getLevelName(m[1]), m[2]
@@ -67,8 +69,9 @@ def _parse_line(line: str) -> tuple[int, str]:
 def _last_error(lines: Sequence[str]) -> str | None:
     """Return the child's final error line, else its last error log line, else its last line."""
     for line in reversed(lines):
-        if line.startswith(_ERROR_PREFIX):
-            return line[len(_ERROR_PREFIX):]
+        m = _ERROR_LINE.match(line)
+        if m:
+            return m[1]
     for line in reversed(lines):
         level, message = _parse_line(line)
         if level >= logging.ERROR:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from . import __version__
 from .errors import LitesyncError, RestoreError, UsageError
@@ -22,13 +23,22 @@ from .notify import notify
 log = logging.getLogger("litesync")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 T = TypeVar("T")
 
 
+class ArgumentError(UsageError):
+    """A command line argparse rejects; ``prog`` is the command it belongs to (``litesync restore``)."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        self.prog = prog
+        super().__init__(message)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 on usage errors: keep that, one line
-        raise UsageError(f"{self.prog}: {message}")
+        raise ArgumentError(message, self.prog)
 
 
 def _is_url(text: str) -> bool:
@@ -64,12 +74,10 @@ def _setup_logging(cfg_logging, verbose: bool) -> None:
     level = "debug" if verbose else (cfg_logging.level if cfg_logging else "info")
     stream = sys.stdout if cfg_logging and cfg_logging.stream == "stdout" else sys.stderr
     handler = logging.StreamHandler(stream)
-    if cfg_logging is not None and cfg_logging.format == "json":
-        from .logs import JsonFormatter
+    from .logs import JsonFormatter, TextFormatter
 
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    json_lines = cfg_logging is not None and cfg_logging.format == "json"
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -101,71 +109,117 @@ def cmd_replicate(args: argparse.Namespace) -> int:
         restore_missing(cfg)
     # With --exec the application may create the database after we start; so may a new
     # machine whose replica held no backup yet.
-    runner = Runner(cfg, wait_for_db=bool(args.exec) or (args.restore_if_db_not_exists and not args.once))
-    stop = threading.Event()
-    child: subprocess.Popen | None = None
-    announced = False
-
-    def on_signal(signum, _frame):  # noqa: ANN001
-        if child is not None and child.poll() is None:
-            child.send_signal(signum)
-        else:
-            stop.set()
-
-    def announce_ready() -> None:
-        nonlocal announced
-        if not announced and runner.ready():
-            announced = True
-            notify("READY=1")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    command = args.exec or cfg.exec
+    runner = Runner(cfg, wait_for_db=bool(command) or (args.restore_if_db_not_exists and not args.once))
+    sup = Supervisor(runner, next(t for t in (args.shutdown_timeout, cfg.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)
+                                  if t is not None), command)
+    signal.signal(signal.SIGTERM, sup.on_signal)
+    signal.signal(signal.SIGINT, sup.on_signal)
     if args.exit_on_stdin_close:
-        threading.Thread(target=_after_stdin_closes, args=(lambda: on_signal(signal.SIGTERM, None),),
+        threading.Thread(target=_after_stdin_closes, args=(lambda: sup.on_signal(signal.SIGTERM, None),),
                          name="stdin", daemon=True).start()
     for d in cfg.dbs:
         log.info("replicating %s to %s", d.path, ", ".join(r.name for r in d.replicas), extra={"db": d.path})
     for w in cfg.dirs:
         log.info("replicating the databases matching %r in %s%s to %s", w.pattern, w.path,
                  " and below" if w.recursive else "", ", ".join(r.name for r in w.template.replicas))
-    runner.start()
-    exit_code = EXIT_OK
-    if args.exec:
+    try:
+        runner.start()
+        return sup.run(args)
+    except BaseException:
+        sup.abort()
+        raise
+
+
+class Supervisor:
+    """What one ``litesync replicate`` run does around the runner: signals (a first one stops
+    with a final sync, a second stops at once), the ``--exec`` child, readiness for systemd."""
+
+    def __init__(self, runner, shutdown_timeout: float, command: str | None) -> None:  # noqa: ANN001
+        self.runner = runner
+        self.shutdown_timeout = shutdown_timeout
+        self.command = command  # --exec's (or the config's exec:)
+        self.stop = threading.Event()  # the first signal: shut down
+        self.hurry = threading.Event()  # a signal while shutting down: stop waiting for the replicas
+        self.shutting_down = False
+        self.child: subprocess.Popen | None = None
+        self.announced = False
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.child is not None and self.child.poll() is None:
+            log.info("%s: passed on to the application (pid %d)", name, self.child.pid)
+            self.child.send_signal(signum)
+        elif not (self.shutting_down or self.stop.is_set()):
+            log.info("%s: shutting down: final sync, then up to %gs for the replicas to receive everything "
+                     "(%s again stops at once)", name, self.shutdown_timeout, name)
+            self.stop.set()
+        elif not self.hurry.is_set():
+            log.warning("%s again: stopping now, without waiting for the replicas", name)
+            self.hurry.set()
+
+    def run(self, args: argparse.Namespace) -> int:
+        """Replicate until the --exec child exits, everything was shipped once (--once) or a
+        signal; then shut down. Return the exit code."""
+        exit_code = EXIT_OK
+        if self.command:
+            exit_code = self.run_child(self.command)
+        elif args.once:
+            self.runner.wait_started()
+            # Give every replica its first contact before the final sync, so a misconfigured one
+            # fails here rather than after the shutdown timeout.
+            for d in self.runner.databases():
+                for s in d.shippers:
+                    while s.is_alive() and s.status == "pending" and s.fatal is None and not s.uploaded_objects:
+                        time.sleep(0.01)
+            _raise_startup_errors(self.runner)
+        else:
+            while not self.stop.wait(0.2):
+                _raise_startup_errors(self.runner)
+                self.announce_ready()
+        if not args.once:
+            notify("STOPPING=1")
+            self.runner.wait_started(timeout=0)
+        ok = self.shut_down()
+        _raise_startup_errors(self.runner)
+        return EXIT_FAILURE if not ok and exit_code == EXIT_OK else exit_code
+
+    def abort(self) -> None:
+        """Stop at once (a start failed): no final sync, no wait for the replicas."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            self.runner.stop(timeout=0)
+
+    def announce_ready(self) -> None:
+        if not self.announced and self.runner.ready():
+            self.announced = True
+            notify("READY=1")
+
+    def run_child(self, command: str) -> int:
+        """Start ``command``, replicate while it runs; return its exit code."""
         try:
-            child = subprocess.Popen(shlex.split(args.exec))
+            self.child = subprocess.Popen(shlex.split(command))
         except OSError as e:
-            runner.stop(timeout=args.shutdown_timeout)
-            raise LitesyncError(f"--exec: cannot start {args.exec!r}: {e.strerror}") from e
-        while child.poll() is None and not stop.is_set():
+            self.shut_down()  # what was replicated before goes out all the same
+            raise LitesyncError(f"--exec: cannot start {command!r}: {e.strerror}") from e
+        while self.child.poll() is None and not self.stop.is_set():
             time.sleep(0.05)
-            announce_ready()
-            if runner.fatal_errors():
-                child.terminate()  # replication cannot work as configured: stop the app too
-                child.wait()
-                _raise_startup_errors(runner)
-        exit_code = child.wait()
-        log.info("application exited with code %d; final sync", exit_code)
-    elif args.once:
-        runner.wait_started()
-        # Give every replica its first contact before the final sync, so a misconfigured one
-        # fails here rather than after the shutdown timeout.
-        for d in runner.databases():
-            for s in d.shippers:
-                while s.is_alive() and s.status == "pending" and s.fatal is None and not s.uploaded_objects:
-                    time.sleep(0.01)
-        _raise_startup_errors(runner)
-    else:
-        while not stop.wait(0.2):
-            _raise_startup_errors(runner)
-            announce_ready()
-    if not args.once:
-        notify("STOPPING=1")
-        runner.wait_started(timeout=0)
-    ok = runner.stop(timeout=args.shutdown_timeout)
-    _raise_startup_errors(runner)
-    if not ok and exit_code == EXIT_OK:
-        exit_code = EXIT_FAILURE
-    return exit_code
+            self.announce_ready()
+            if self.runner.fatal_errors():
+                self.child.terminate()  # replication cannot work as configured: stop the app too
+                self.child.wait()
+                _raise_startup_errors(self.runner)  # the caller stops the runner (abort)
+        code = self.child.wait()
+        log.info("application exited with code %d; final sync", code)
+        return code
+
+    def shut_down(self) -> bool:
+        """Final sync and shipping (cut short by a further signal); True when every replica has everything."""
+        self.shutting_down = True
+        ok = self.runner.stop(timeout=self.shutdown_timeout, hurry=self.hurry)
+        if ok:
+            log.info("stopped: every replica has everything committed")
+        return ok
 
 
 def _after_stdin_closes(then) -> None:  # noqa: ANN001
@@ -183,7 +237,6 @@ def _raise_startup_errors(runner) -> None:  # noqa: ANN001
     """Fail fast on a database that cannot be opened or a replica that is misconfigured."""
     errors = runner.fatal_errors()
     if errors:
-        runner.stop(timeout=0)
         raise errors[0]
 
 
@@ -196,20 +249,36 @@ def _db_id_arg(text: str) -> str:
         raise UsageError(f"--id: {e}") from None
 
 
-def _replicas_of(args: argparse.Namespace, target: str, command: str):  # noqa: ANN202
+def _replicas_of(args: argparse.Namespace, target: str):  # noqa: ANN202
     """Return (replica configs, database path or None, id of the database wanted or None)
-    for a DB path or a replica URL; ``--id`` given overrides the configured id."""
+    for a DB path, a replica directory or a replica URL; ``--id`` given overrides the
+    configured id. A replica the command line names (or DB's default, ``DB.backups/``) is
+    called by where it is, so every message says where litesync looked."""
     from .config import command_line_replica
 
     wanted = _db_id_arg(args.id) if getattr(args, "id", None) is not None else None
-    if _is_url(target):
+    if _is_url(target) or os.path.isdir(target):
         rate = _max_bandwidth(args)
         rc = command_line_replica(target)
-        return [dataclasses.replace(rc, max_bandwidth=rate) if rate else rc], None, wanted
+        rc = dataclasses.replace(rc, name=target if _is_url(target) else rc.destination,
+                                 max_bandwidth=rate or rc.max_bandwidth)
+        return [_existing(rc, args, f"from {target!r}")], None, wanted
     cfg = _load(args, target, [])
     _setup_logging(cfg.logging, args.verbose)
     db = cfg.dbs[0]
-    return list(db.replicas), db.path, wanted or db.id or None
+    replicas = list(db.replicas)
+    if cfg.source is None:  # no config file: DB's default replica
+        replicas = [_existing(dataclasses.replace(rc, name=rc.destination), args,
+                              f"the default replica of {db.path}; no config file names it") for rc in replicas]
+    return replicas, db.path, wanted or db.id or None
+
+
+def _existing(rc, args: argparse.Namespace, origin: str):  # noqa: ANN001, ANN202
+    """Return ``rc``; a file replica whose directory does not exist is a usage error (a
+    mistyped path), unless --if-replica-exists makes an absent replica a normal case."""
+    if rc.type == "file" and not os.path.isdir(rc.path) and not getattr(args, "if_replica_exists", False):
+        raise UsageError(f"replica directory does not exist: {rc.path} ({origin})")
+    return rc
 
 
 def _until_ms(args: argparse.Namespace) -> int | None:
@@ -231,7 +300,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .replica import open_replica
     from .restore import choose, restore_any
 
-    replicas, db_path, db_id = _replicas_of(args, args.target, "restore")
+    replicas, db_path, db_id = _replicas_of(args, args.target)
     if db_path is None and not args.output and not args.dry_run:
         raise UsageError("restore: -o/--output is required when restoring from a URL")
     out = args.output or db_path
@@ -260,33 +329,84 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.dry_run:
             c = choose(clients, generation=generation, until_ms=until_ms)
             return _print_plan(c.client.name, c.plan, until_ms, args.json)
-        progress = terminal_printer()
-        try:
-            result = restore_any(clients, out, force=args.force, check=not args.no_integrity_check,
-                                 progress=progress, generation=generation, until_ms=until_ms, cache=cache,
-                                 db_id=db_id)
-        except LitesyncError as e:
-            intact = getattr(e, "intact_generation", None)
-            if intact is None:
-                raise
-            from . import layout
+        progress = None if args.json else terminal_printer()
+        with _parent_dirs(out):
+            try:
+                result = restore_any(clients, out, force=args.force, check=_integrity_check(args),
+                                     progress=progress, generation=generation, until_ms=until_ms, cache=cache,
+                                     db_id=db_id)
+            except LitesyncError as e:
+                intact = getattr(e, "intact_generation", None)
+                if intact is None:
+                    raise
+                from . import layout
 
-            gen = layout.format_generation(intact)
-            raise RestoreError(f"{e}; generation {gen} is intact, restore it with: litesync restore "
-                               f"--generation {gen} -o {out} {args.target}") from e
+                gen = layout.format_generation(intact)
+                raise RestoreError(f"{e}; generation {gen} is intact, restore it with: litesync restore "
+                                   f"--generation {gen} -o {out} {args.target}") from e
     finally:
         for client in clients:
             client.close()
-    rate = result.bytes_read / result.seconds / 1e6 if result.seconds else 0.0
-    from .history import format_ms
-
-    state = f", last commit {format_ms(result.last_commit_ms)}" if result.last_commit_ms else ""
-    cached = f", {result.cached_objects} objects from the cache" if cache is not None else ""
-    print(f"restored {result.path} from {result.replica}: {result.db_bytes} bytes, {result.transactions} "
-          f"transactions after the snapshot{state}, {result.seconds:.2f}s ({rate:.0f} MB/s read{cached})")
-    for name, why in result.skipped:
-        print(f"  not from {name}: {why}")
+    _print_result(result, cached=cache is not None, as_json=args.json)
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _parent_dirs(path: str) -> Iterator[None]:
+    """Create the missing directories above ``path``; remove them again if the body fails."""
+    missing = []
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    made: list[str] = []
+    try:
+        for d in reversed(missing):
+            try:
+                os.mkdir(d)
+            except OSError as e:
+                raise UsageError(f"cannot create the output's directory {d}: {e.strerror}") from None
+            made.append(d)
+        yield
+    except BaseException:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        raise
+
+
+def _print_result(result, *, cached: bool, as_json: bool) -> None:  # noqa: ANN001
+    """Print what a restore did: one line (and one per replica passed over), or a JSON object."""
+    from . import layout
+    from .history import format_ms
+    from .progress import format_rate, format_size, plural
+    from .restore import named_reason
+
+    last = format_ms(result.last_commit_ms) if result.last_commit_ms else None
+    if as_json:
+        import json
+
+        print(json.dumps({
+            "path": result.path, "replica": result.replica, "generation": layout.format_generation(result.generation),
+            "bytes": result.db_bytes, "transactions": result.transactions, "last_commit": last,
+            "seconds": round(result.seconds, 3), "bytes_read": result.bytes_read,
+            "cached_objects": result.cached_objects,
+            "skipped": [{"replica": name, "reason": why} for name, why in result.skipped]}, indent=2))
+        return
+    state = f", last commit {last}" if last else ""
+    from_cache = f", {plural(result.cached_objects, 'object')} from the cache" if cached else ""
+    print(f"restored {result.path} from {result.replica}: {format_size(result.db_bytes)}, "
+          f"{plural(result.transactions, 'transaction')} after the snapshot{state}, {result.seconds:.2f}s "
+          f"({format_rate(result.bytes_read, result.seconds)} read{from_cache})")
+    for name, why in result.skipped:
+        print(f"  not from {named_reason(name, why)}")
+
+
+def _integrity_check(args: argparse.Namespace) -> bool:
+    """True when the restored database is to go through PRAGMA integrity_check."""
+    if args.no_integrity_check and args.integrity_check not in (None, "none"):
+        raise UsageError(f"restore: --no-integrity-check contradicts --integrity-check {args.integrity_check}")
+    return not args.no_integrity_check and args.integrity_check != "none"
 
 
 def _follow_interval(args: argparse.Namespace) -> float:
@@ -319,7 +439,7 @@ def _follow(clients, out: str, interval: float, cache, args: argparse.Namespace,
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     Follower(clients, out, interval=interval, stop=stop, cache=cache, force=args.force,
-             check=not args.no_integrity_check, db_id=db_id).run()
+             check=_integrity_check(args), db_id=db_id).run()
     log.info("%s: follower stopped", os.path.abspath(out))
     return EXIT_OK
 
@@ -366,9 +486,10 @@ def _listing(args: argparse.Namespace, what: str) -> int:
     import json
 
     from . import history, layout
+    from .progress import format_size, plural
     from .replica import open_replica
 
-    replicas, _db, _id = _replicas_of(args, args.target, what)
+    replicas, _db, _id = _replicas_of(args, args.target)
     generation = _generation_arg(args)
     client = open_replica(replicas[0])
     try:
@@ -406,7 +527,7 @@ def _listing(args: argparse.Namespace, what: str) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-    print(f"total: {len(rows)} {what}, {total} bytes ({client.name})")
+    print(f"total: {plural(len(rows), what[:-1])}, {format_size(total)} ({client.name})")
     return EXIT_OK
 
 
@@ -446,20 +567,9 @@ def _ago(t: float | None, now: float) -> str:
     return f"{format_duration(max(0.0, now - t))} ago"
 
 
-def _size(n: int | None) -> str:
-    """Return 0 B, 999 B, 1.2 kB, 3.4 MB or 5.6 GB."""
-    n = n or 0
-    if n < 1000:
-        return f"{n} B"
-    for unit, scale in (("kB", 1e3), ("MB", 1e6)):
-        if n < scale * 1000:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n / 1e9:.1f} GB"
-
-
 def _format_status(st: dict, now: float) -> str:
     """Return the text `litesync status` prints for one database."""
-    from .progress import format_duration
+    from .progress import format_duration, format_size, plural
 
     lines = []
     if not st["running"]:
@@ -478,12 +588,12 @@ def _format_status(st: dict, now: float) -> str:
     if st["published"]:
         lines.append(f"  generation {st.get('generation') or '-'}, "
                      f"last snapshot {_ago(st.get('last_snapshot_at'), now)}, "
-                     f"spool {_size(st.get('spool_bytes'))} ({st.get('spool_objects', 0)} objects)")
+                     f"spool {format_size(st.get('spool_bytes'))} ({plural(st.get('spool_objects', 0), 'object')})")
         if st.get("error"):
             lines.append(f"  error: {st['error']}")
     for r in st.get("replicas", []):
-        lines.append(f"  {r['name']:<10} {r['state']:<9}  lag {r['lag_seconds']:.1f}s, {_size(r['lag_bytes'])}; "
-                     f"shipped {r['uploaded_objects']} objects, {_size(r['uploaded_bytes'])}; "
+        lines.append(f"  {r['name']:<10} {r['state']:<9}  lag {r['lag_seconds']:.1f}s, {format_size(r['lag_bytes'])}; "
+                     f"shipped {plural(r['uploaded_objects'], 'object')}, {format_size(r['uploaded_bytes'])}; "
                      f"generation {r.get('generation') or '-'}  -> {r.get('destination')}")
         if r.get("last_error"):
             lines.append(f"  {'':<10} last error: {r['last_error']}")
@@ -567,6 +677,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cmd_databases(args: argparse.Namespace) -> int:
+    """List the configured databases (and directories) with their replicas."""
+    cfg = _load(args, None, [])
+    rows = [("path", "replicas")]
+    rows += [(d.path, ", ".join(f"{r.name} ({r.destination})" for r in d.replicas)) for d in cfg.dbs]
+    rows += [(os.path.join(w.path, ("**/" if w.recursive else "") + w.pattern),
+              ", ".join(f"{r.name} ({r.destination}/...)" for r in w.template.replicas)) for w in cfg.dirs]
+    width = max(len(path) for path, _ in rows)
+    for path, replicas in rows:
+        print(f"{path.ljust(width)}  {replicas}")
+    return EXIT_OK
+
+
 def cmd_keygen(_args: argparse.Namespace) -> int:
     from .replica.crypt import generate_key
 
@@ -574,17 +697,30 @@ def cmd_keygen(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_version(_args: argparse.Namespace) -> int:
+def _version_text() -> str:
     import apsw
 
-    print(f"litesync {__version__} (SQLite {apsw.sqlite_lib_version()} via apsw {apsw.apsw_version()})")
+    return f"litesync {__version__} (SQLite {apsw.sqlite_lib_version()} via apsw {apsw.apsw_version()})"
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(_version_text())
     return EXIT_OK
+
+
+def _global_options(p: argparse.ArgumentParser, config: bool = True) -> None:
+    """Accept the global options after the command too (given there, they win)."""
+    if config:
+        p.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging (also accepted before the command)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="litesync", description="Streaming replication for SQLite databases in WAL mode.")
     p.add_argument("--config", help="config file (default: $LITESYNC_CONFIG, ./litesync.yml, /etc/litesync.yml)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=_version_text())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("replicate", help="replicate databases continuously",
@@ -592,13 +728,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("args", nargs="*", metavar="DB [URL ...]",
                    help="database path and replica URLs (file:///dir, s3://bucket/path, b2://bucket/path); "
                         "without URLs: the config's replicas, or DB.backups/ next to the database")
-    r.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    _global_options(r)
     r.add_argument("--id", metavar="ID", help="the database's id, written into every object (default: its "
                                             "configured id, else its path)")
     r.add_argument("--exec", metavar="CMD", help="start CMD, replicate while it runs, exit with its code")
     r.add_argument("--once", action="store_true", help="sync everything once and exit")
-    r.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
-                   help="how long to wait for replicas to receive everything on exit (default 30)")
+    r.add_argument("--shutdown-timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for replicas to receive everything on exit (default: the config's "
+                        "shutdown-timeout, else 30)")
     r.add_argument("--restore-if-db-not-exists", action="store_true",
                    help="first restore each database that does not exist from its replica (if it holds a backup)")
     r.add_argument("--exit-on-stdin-close", action="store_true",
@@ -610,13 +747,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("restore", help="rebuild a database from a replica",
                        description="Restore the latest state of DB (from its configured replica) or of a replica URL.")
     s.add_argument("target", metavar="DB|URL")
-    s.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    _global_options(s)
     s.add_argument("-o", "--output", help="output path (default: the database path)")
     s.add_argument("--force", action="store_true", help="replace an existing output file")
     s.add_argument("--if-db-not-exists", action="store_true", help="do nothing (exit 0) if the output exists")
     s.add_argument("--if-replica-exists", action="store_true", help="do nothing (exit 0) if the replica is empty")
     s.add_argument("--no-integrity-check", action="store_true",
                    help="skip PRAGMA integrity_check on the result (checksums are still verified)")
+    s.add_argument("--integrity-check", choices=("none", "quick", "full"),
+                   help="Litestream's spelling: none is --no-integrity-check; quick and full run the full check")
     s.add_argument("--timestamp", metavar="TIME",
                    help="restore the state after the last transaction committed at or before TIME "
                         "(RFC 3339: 2026-11-22T14:01:00Z or 2026-11-22T15:01:00+01:00)")
@@ -624,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--id", metavar="ID", help="the id of the database wanted (default: the configured one; "
                                             "from a URL, any): a replica holding another is refused")
     s.add_argument("--dry-run", action="store_true", help="print the plan (snapshot, segments, bytes); write nothing")
-    s.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    s.add_argument("--json", action="store_true", help="print the plan (--dry-run) or what was restored as JSON")
     s.add_argument("--follow", action="store_true",
                    help="after restoring, keep applying new segments to the output (a read replica); "
                         "runs until SIGTERM/SIGINT, resumes where it stopped")
@@ -640,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
         g = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]} (of DB's first "
                                                         f"replica, or of a replica URL), with totals.")
         g.add_argument("target", metavar="DB|URL")
-        g.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+        _global_options(g)
         g.add_argument("--generation", metavar="GEN", help="only this generation")
         g.add_argument("--json", action="store_true", help="print JSON")
         g.set_defaults(func=func)
@@ -648,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="test each replica: credentials, bucket, write/read/delete",
                        description="For each replica (of DB, of the config, or the URLs given): list, write a "
                                    "probe object, read it back, delete it.")
-    c.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    _global_options(c)
     c.add_argument("args", nargs="*", metavar="DB|URL", help="a configured database, or replica URLs")
     c.set_defaults(func=cmd_check)
 
@@ -662,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "running agent publishes them. Exit 0 when an agent runs for every "
                                     "database and no replica failed, else 1.")
     st.add_argument("dbs", nargs="*", metavar="DB", help="database paths (default: every configured database)")
-    st.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    _global_options(st)
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=cmd_status)
 
@@ -672,30 +811,84 @@ def build_parser() -> argparse.ArgumentParser:
                                     "same position. Exit 0 only when every replica matches.")
     vf.add_argument("args", nargs="+", metavar="DB|URL", help="a database (its replicas, or the URLs that follow "
                                                              "it), or replica URLs alone (no live comparison)")
-    vf.add_argument("--config", default=argparse.SUPPRESS, help="config file (also accepted before the command)")
+    _global_options(vf)
     vf.add_argument("--replica", metavar="NAME", help="verify only this replica of DB")
     vf.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                     help="how long to wait for a running agent to ship the live state (default 60)")
     vf.set_defaults(func=cmd_verify)
 
+    db = sub.add_parser("databases", help="list the configured databases and their replicas",
+                        description="List the databases of the config file (and its dir: entries) with their "
+                                    "replicas, as Litestream's `databases` does.")
+    _global_options(db)
+    db.set_defaults(func=cmd_databases)
+
     v = sub.add_parser("version", help="print the version")
+    for name in ("keygen", "version"):
+        _global_options(sub.choices[name], config=False)
     v.set_defaults(func=cmd_version)
     return p
+
+
+def _from_litestream(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Return ``argv`` with Litestream's flags read as litesync's (see litestream.py): Go's
+    single-dash long flags (``-timestamp T``) as ``--timestamp T``, each with a warning; a
+    flag without effect dropped with a warning, a refused one a usage error."""
+    from . import litestream
+
+    longs = {opt for p in [parser, *_subparsers(parser).values()] for a in p._actions
+             for opt in a.option_strings if opt.startswith("--")}
+    argv, rewritten = litestream.go_style_flags(argv, longs)
+    for flag in rewritten:
+        print(f"litesync: warning: {flag} is Litestream's spelling; litesync's is -{flag}", file=sys.stderr)
+    out: list[str] = []
+    skip_value = False
+    for arg in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        name, has_value = arg.lstrip("-").partition("=")[0], "=" in arg
+        rule = litestream.FLAGS.get(name) if arg.startswith("-") and f"--{name}" not in longs else None
+        if isinstance(rule, litestream.Refused):
+            command = next((a for a in argv if a in _subparsers(parser)), None)
+            raise ArgumentError(f"Litestream's {arg.partition('=')[0]} is not supported: {rule.instead}",
+                                f"litesync {command}" if command else "litesync")
+        if isinstance(rule, litestream.Ignored):
+            print(f"litesync: warning: {arg.partition('=')[0]} has no effect: {rule.why}", file=sys.stderr)
+            skip_value = not has_value
+            continue
+        out.append(arg)
+    return out
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(_from_litestream(parser, list(sys.argv[1:] if argv is None else argv)))
+        if extra:  # argparse names the top-level command for these; name the subcommand
+            prog = f"litesync {args.command}" if getattr(args, "command", None) else "litesync"
+            raise ArgumentError(f"unrecognized arguments: {' '.join(extra)}", prog)
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
         if not logging.getLogger().handlers:
             _setup_logging(None, args.verbose)
         return args.func(args)
+    except ArgumentError as e:
+        print(f"{e.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
     except LitesyncError as e:
         print(f"litesync: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # The reader went away (| head): the rest of the output has nowhere to go. Point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

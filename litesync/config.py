@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from . import litestream
 from .errors import ConfigError, UsageError
 from .layout import default_db_id, is_state_dir
 from .replica.crypt import load_key, load_keys
@@ -198,6 +199,8 @@ class Config:
     source: str | None = None
     dirs: tuple[DirConfig, ...] = ()
     addr: str | None = None
+    exec: str | None = None  # the command ``replicate`` starts, when --exec is not given
+    shutdown_timeout: float | None = None  # unset: --shutdown-timeout's default
 
     def database(self, db_path: str) -> DbConfig | None:
         """Return the configuration of the database at the absolute ``db_path``, listed or in a directory."""
@@ -332,6 +335,13 @@ def _compaction(text: str) -> tuple[float, ...]:
     return levels
 
 
+def _non_negative_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if seconds < 0:
+        raise ConfigError(f"must not be negative: {text!r}")
+    return seconds
+
+
 def _positive_size(text: str) -> int:
     size = parse_size(text)
     if size <= 0:
@@ -382,7 +392,13 @@ def _bucket(text: str) -> str:
     return text
 
 
+_LOOPBACK = re.compile(r"(localhost|127(\.\d+){3}|\[::1\])(:\d+)?(/.*)?")
+
+
 def _endpoint(text: str) -> str:
+    if "://" not in text and re.fullmatch(r"[A-Za-z0-9.\[\]:-]+(/.*)?", text):
+        # A host without a scheme, as Litestream takes it: https, but http on the loopback.
+        text = ("http://" if _LOOPBACK.fullmatch(text) else "https://") + text
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
@@ -420,17 +436,17 @@ def _one_of(options: Sequence[str]) -> str:
 
 # --- environment expansion -----------------------------------------------------------------
 
-_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
 _VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 
 
 def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Return text with ``${VAR}`` and ``${VAR:-default}`` replaced; ``$${`` is a literal ``${``."""
+    """Return text with ``${VAR}`` and ``${VAR:-default}`` replaced; ``$$`` is a literal ``$``."""
     env = os.environ if environ is None else environ
 
     def substitute(m: re.Match[str]) -> str:
-        if m.group(0) == "$${":
-            return "${"
+        if m.group(0) == "$$":
+            return "$"
         body = m.group(1)
         if body is None:
             raise ConfigError("unterminated '${' (write '$${' for a literal '${')")
@@ -490,6 +506,11 @@ def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
 def _url_params(query: str, allowed: Sequence[str], shown: str) -> dict[str, str]:
     params: dict[str, str] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
+        rule = litestream.URL_PARAMS.get(key)
+        if isinstance(rule, litestream.Refused):
+            raise ConfigError(f"Litestream's query parameter {key!r} is not supported: {rule.instead}")
+        if isinstance(rule, litestream.Alias) and rule.to in allowed:
+            key = rule.to
         if key not in allowed:
             expected = f" (expected {_one_of(allowed)})" if allowed else ""
             raise ConfigError(f"unknown query parameter {key!r} in {shown!r}{expected}")
@@ -558,9 +579,16 @@ def keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[bytes, ...]
 
 def command_line_replica(url: str, environ: Mapping[str, str] | None = None) -> ReplicaConfig:
     """Return the replica a URL given on the command line names, with the environment's encryption keys."""
-    rc = parse_replica_url(url)
+    rc = with_litestream_credentials(parse_replica_url(url), os.environ if environ is None else environ)
     keys = keys_from_env(environ)
     return replace(rc, encryption_keys=keys) if keys else rc
+
+
+def with_litestream_credentials(rc: ReplicaConfig, environ: Mapping[str, str]) -> ReplicaConfig:
+    """Return ``rc`` with Litestream's $LITESTREAM_ACCESS_KEY_ID/$LITESTREAM_SECRET_ACCESS_KEY
+    as its credentials: an s3 replica without its own, when the AWS variables are not set."""
+    found = litestream.credentials_from_env(environ) if rc.type == "s3" and rc.access_key_id is None else None
+    return replace(rc, access_key_id=found[0], secret_access_key=found[1]) if found else rc
 
 
 def with_max_bandwidth(config: Config, rate: int) -> Config:
@@ -581,7 +609,8 @@ def config_from_args(db_path: str, replica_urls: Sequence[str], environ: Mapping
     path = _abspath(db_path, None)
     keys = keys_from_env(environ)
     if replica_urls:
-        found = [parse_replica_url(u) for u in replica_urls]
+        env = os.environ if environ is None else environ
+        found = [with_litestream_credentials(parse_replica_url(u), env) for u in replica_urls]
     else:
         found = [ReplicaConfig("file", "file", path + ".backups")]
     replicas: list[ReplicaConfig] = []
@@ -681,10 +710,10 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
                 "retention-check-interval", "compaction", "validation-interval")
-_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "dbs", "exec", "shutdown-timeout")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
-_DB_KEYS = ("path", "dir", "replicas", "id") + _DIR_ONLY_KEYS + _DB_SETTINGS
-_LOGGING_KEYS = ("level", "format", "stream")
+_DB_KEYS = ("path", "dir", "replicas", "replica", "id") + _DIR_ONLY_KEYS + _DB_SETTINGS
+_LOGGING_KEYS = ("level", "format", "stream", "stderr")
 
 _ENCRYPTION_KEYS = ("encryption-key", "encryption-key-file", "decryption-keys")
 _COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority", "max-bandwidth") + _ENCRYPTION_KEYS
@@ -818,6 +847,10 @@ class _Reader:
             return None
         if not isinstance(node, ScalarNode):
             raise self.error(f"expected a single value, got {_kind(node)}", path, node)
+        bare = litestream.bare_variable(node.value)
+        if bare is not None:
+            raise self.error(f"write ${{{bare}}} for the variable (litesync expands only that form; $$ is a "
+                             f"literal $): ${bare}", path, node)
         try:
             return expand_env(node.value, self.environ) or None
         except ConfigError as e:
@@ -849,7 +882,7 @@ class _Reader:
     # -- sections
 
     def config(self, root: Node) -> Config:
-        items = self.mapping(root, "")
+        items = self.litestream_keys(self.mapping(root, ""), "", litestream.TOP_KEYS)
         self.check_keys(items, _TOP_KEYS, "")
         defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
                                                 DEFAULT_SPOOL_MAX_SIZE, DEFAULT_RETENTION,
@@ -863,7 +896,9 @@ class _Reader:
             raise self.error("at least one database is required", "dbs", items["dbs"][1])
         entries = [self.db(node, f"dbs[{i}]", defaults) for i, node in enumerate(db_nodes)]
         return Config(tuple(e for e in entries if isinstance(e, DbConfig)), logging_config, self.file,
-                      tuple(e for e in entries if isinstance(e, DirConfig)), addr)
+                      tuple(e for e in entries if isinstance(e, DirConfig)), addr,
+                      exec=self.value(items, "exec", "", str),
+                      shutdown_timeout=self.value(items, "shutdown-timeout", "", _non_negative_duration))
 
     def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
         (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
@@ -880,16 +915,22 @@ class _Reader:
         default = LoggingConfig()
         if "logging" not in items:
             return default
-        section = self.mapping(items["logging"][1], "logging")
+        section = self.litestream_keys(self.mapping(items["logging"][1], "logging"), "logging",
+                                       litestream.LOGGING_KEYS)
         self.check_keys(section, _LOGGING_KEYS, "logging")
+        if "stream" in section and "stderr" in section:
+            raise self.error("give either stream: or stderr:, not both", "logging", section["stderr"][0])
+        # Litestream's ``stderr: true|false``; litesync's default stream is stderr all the same.
+        to_stderr = self.value(section, "stderr", "logging", _bool)
+        stream = default.stream if to_stderr is None else ("stderr" if to_stderr else "stdout")
         return LoggingConfig(
             level=self.value(section, "level", "logging", _choice(LOG_LEVELS), default.level),
             format=self.value(section, "format", "logging", _choice(LOG_FORMATS), default.format),
-            stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), default.stream))
+            stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), stream))
 
     def db(self, node: Node, path: str, defaults: tuple) -> DbConfig | DirConfig:
         """Return one entry of ``dbs``: a database (``path:``) or a directory (``dir:``)."""
-        items = self.mapping(node, path)
+        items = self.litestream_keys(self.mapping(node, path), path, litestream.DB_KEYS)
         self.check_keys(items, _DB_KEYS, path)
         if "path" in items and "dir" in items:
             raise self.error("give either path: or dir:, not both", path, items["dir"][0])
@@ -906,16 +947,12 @@ class _Reader:
             raise self.error(f"duplicate {what}: {db_path!r} (also {self.db_paths[db_path]})",
                              f"{path}.{kind}", items[kind][1])
         self.db_paths[db_path] = path
+        replica_nodes, replica_paths = self.replica_nodes(items, path, node)
+        items = self.replica_settings_to_db(items, replica_nodes, replica_paths, path)
         settings = self.db_settings(items, path, defaults)
-        if "replicas" not in items:
-            raise self.error("missing required key: 'replicas'", path, node)
-        replica_nodes = self.sequence(items["replicas"][1], f"{path}.replicas")
-        if not replica_nodes:
-            raise self.error("at least one replica is required", f"{path}.replicas", items["replicas"][1])
-        found = [self.replica(n, f"{path}.replicas[{i}]") for i, n in enumerate(replica_nodes)]
+        found = [self.replica(n, rpath) for n, rpath in zip(replica_nodes, replica_paths)]
         replicas = self.name_replicas(found, path)
-        for i, (rc, rnode) in enumerate(zip(replicas, replica_nodes)):
-            rpath = f"{path}.replicas[{i}]"
+        for rc, rnode, rpath in zip(replicas, replica_nodes, replica_paths):
             key = _destination_key(rc)
             if key in self.destinations:
                 raise self.error(f"same destination as {self.destinations[key]}: {rc.destination!r}", rpath, rnode)
@@ -925,6 +962,74 @@ class _Reader:
             return db
         return DirConfig(db, self.value(items, "pattern", path, _pattern, DEFAULT_PATTERN),
                          self.value(items, "recursive", path, _bool, False))
+
+    def replica_nodes(self, items: Items, path: str, node: Node) -> tuple[list[Node], list[str]]:
+        """Return the nodes of a database's replicas and their field paths: ``replicas:``, a
+        list, or Litestream 0.5's ``replica:``, one."""
+        if "replica" in items:
+            if "replicas" in items:
+                raise self.error("give either replica: or replicas:, not both", path, items["replica"][0])
+            one = items["replica"][1]
+            if isinstance(one, SequenceNode):
+                raise self.error("replica: takes one replica (a mapping); write replicas: for a list",
+                                 f"{path}.replica", one)
+            return [one], [f"{path}.replica"]
+        if "replicas" not in items:
+            raise self.error("missing required key: 'replicas'", path, node)
+        nodes = self.sequence(items["replicas"][1], f"{path}.replicas")
+        if not nodes:
+            raise self.error("at least one replica is required", f"{path}.replicas", items["replicas"][1])
+        return nodes, [f"{path}.replicas[{i}]" for i in range(len(nodes))]
+
+    def replica_settings_to_db(self, items: Items, nodes: list[Node], paths: list[str], path: str) -> Items:
+        """Return the database's items with Litestream 0.3's per-replica settings (retention,
+        snapshot-interval, ...) moved to it: litesync has one of each per database, so every
+        replica must give the same value and the database none."""
+        out = dict(items)
+        for key in litestream.MOVED_TO_DB:
+            given = [(_join(rpath, key), n) for rnode, rpath in zip(nodes, paths) if isinstance(rnode, MappingNode)
+                     for k, n in self.mapping(rnode, rpath).items() if k == key]
+            if not given:
+                continue
+            field, (key_node, value_node) = given[0]
+            texts = {self.text(n[1], f) for f, n in given}
+            if key in items or len(texts) > 1 or len(given) < len(nodes):
+                raise self.error(f"litesync keeps one {key} per database, not one per replica: write it on "
+                                 f"the database ({_join(path, key)}) alone", field, key_node)
+            self.warn(f"Litestream's per-replica {key}: litesync applies it to the database", field, key_node)
+            out[key] = (key_node, value_node)
+        return out
+
+    def litestream_keys(self, items: Items, path: str, rules: Mapping[str, "litestream.Rule"]) -> Items:
+        """Return ``items`` with Litestream's keys read as litesync's (see litestream.py): an
+        alias renamed, a key without effect dropped with a warning, a refused one an error
+        saying what to write instead. Sections (``snapshot: {interval}``) are read flat."""
+        out: Items = {}
+        for key, item in items.items():
+            field = _join(path, key)
+            if path == "" and key in litestream.SECTIONS:
+                names = litestream.SECTIONS[key]
+                section = self.mapping(item[1], field)
+                self.check_keys(section, tuple(names), field)
+                renamed = [(names[k], sub) for k, sub in section.items()]
+            elif key in rules:
+                rule = rules[key]
+                if isinstance(rule, litestream.Refused):
+                    raise self.error(f"Litestream's {key!r} is not supported: {rule.instead}", field, item[0])
+                if isinstance(rule, litestream.Ignored):
+                    self.warn(f"Litestream's {key!r} has no effect: {rule.why}", field, item[0])
+                    continue
+                renamed = [(rule.to, item)]
+            else:
+                renamed = [(key, item)]
+            for name, named in renamed:
+                if name in out or (name != key and name in items):
+                    raise self.error(f"{name!r} is given twice (as {key!r} too): keep one", path, named[0])
+                out[name] = named
+        return out
+
+    def warn(self, message: str, path: str, node: Node) -> None:
+        log.warning("%s", self.error(message, path, node))
 
     def db_id(self, items: Items, path: str, kind: str, db_path: str) -> str:
         """Return the id of a ``path:`` entry, or the prefix of a ``dir:`` entry's ids, checked
@@ -971,7 +1076,8 @@ class _Reader:
 
     def replica(self, node: Node, path: str) -> tuple[ReplicaConfig, Node | None]:
         """Return one replica and the node of its explicit name (None when defaulted)."""
-        items = self.mapping(node, path)
+        items = self.litestream_keys(self.mapping(node, path), path, litestream.REPLICA_KEYS)
+        items = {k: v for k, v in items.items() if k not in litestream.MOVED_TO_DB}  # see replica_settings_to_db
         if "url" in items and "type" in items:
             raise self.error("give either url: or type:, not both", path, items["type"][0])
         if "url" in items:
@@ -1011,6 +1117,7 @@ class _Reader:
         else:
             self.required(items, "bucket", path, node, _bucket)
             rc = ReplicaConfig(rtype, rtype, self.value(items, "path", path, _key_prefix, ""), **values)
+        rc = with_litestream_credentials(rc, self.environ)
         if name is None:
             return rc, None
         return replace(rc, name=name), items["name"][1]
