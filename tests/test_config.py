@@ -4,6 +4,7 @@ import textwrap
 from dataclasses import FrozenInstanceError
 
 import pytest
+import yaml
 
 from litesync import config
 from litesync.config import (Config, DbConfig, LoggingConfig, ReplicaConfig, config_from_args, expand_env,
@@ -783,7 +784,7 @@ def lookup(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("LITESYNC_CONFIG", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "etc-litesync.yml"))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(tmp_path / "etc-litesync.yml"))
     return tmp_path
 
 
@@ -867,3 +868,28 @@ def test_example_documents_every_key():
     assert all(f"{k}:" in section for k in from_litestream)
     for text_needed in ("LITESYNC_CONFIG", "/etc/litesync.yml", "${VAR:-default}", "KiB", "KB", "ms"):
         assert text_needed in text
+
+
+# --- the backend registry ------------------------------------------------------------------------
+
+
+def test_every_registered_backend_has_a_conformance_fixture():
+    from conftest import BACKEND_FIXTURES
+    from litesync.replica.registry import BACKENDS
+
+    assert set(BACKEND_FIXTURES) == set(BACKENDS) == set(config.REPLICA_TYPES)
+
+
+def test_what_a_backend_declares_is_what_the_config_takes():
+    from litesync.replica.registry import BACKENDS
+
+    for name, backend in BACKENDS.items():
+        secrets = {f: f"secret-{f}" for f in backend.secret_fields}
+        rc = ReplicaConfig(name, name, "p", **secrets)  # declared secret fields exist on the config
+        assert not any(v in repr(rc) for v in secrets.values())
+        assert config.DEFAULT_SYNC_INTERVAL[name] == backend.default_sync_interval
+        for key in backend.keys:  # each declared key is read for its type (else "unknown key")
+            text = f"dbs:\n  - path: a.db\n    replicas:\n      - type: {name}\n        {key}: [1]\n"
+            with pytest.raises(ConfigError) as e:
+                config.reader._Reader("f.yml", {}, "/").config(yaml.compose(text))
+            assert "unknown key" not in str(e.value) and "does not apply" not in str(e.value), (name, key, e.value)

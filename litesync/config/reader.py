@@ -1,580 +1,37 @@
-"""litesync.yml to frozen dataclasses: ``${VAR}`` expansion, units, validation.
-
-Durations are seconds (float), sizes bytes (int). An optional setting that is absent,
-null, or empty after ``${VAR}`` expansion is unset (None), which is not the same as zero.
-Every error from a file names the file, the field path and the line.
-"""
+"""litesync.yml (and the command line) to a ``Config``: finding the file, reading its YAML
+nodes into the dataclasses with errors that name the file, the field path and the line."""
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import logging
 import os
 import stat
-import re
-from dataclasses import dataclass, fields, replace
-from decimal import Decimal, InvalidOperation
-from typing import Callable, Collection, Mapping, Sequence, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from dataclasses import replace
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from . import litestream
-from .errors import ConfigError, UsageError
-from .layout import default_db_id, is_state_dir
-from .replica.crypt import load_key, load_keys
-from .segment import check_db_id
+from .. import litestream
+from ..errors import ConfigError, UsageError
+from ..layout import default_db_id
+from ..replica.crypt import load_key, load_keys
+from ..replica.registry import BACKENDS
+from ..segment import check_db_id
+from .keys import _REFERENCE, expand_env, keys_from_env, read_key_file
+from .model import (DEFAULT_PATTERN, Config, DbConfig, DbSettings, DirConfig, LoggingConfig, LOG_FORMATS,
+                    LOG_LEVELS, LOG_STREAMS, ReplicaConfig)
+from .units import (_abspath, _key_prefix, _addr, _bool, _bucket, _choice, _compaction, _db_id, _endpoint, _integer,
+                    _part_size, _pattern, _positive_duration, _positive_size,
+                    _replica_name, _replica_type, parse_bandwidth, parse_duration)
+from .urls import _default_name, _destination_key, parse_replica_url
 
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "Config", "DbConfig", "DirConfig", "LoggingConfig", "ReplicaConfig",
-    "command_line_replica", "config_from_args", "expand_env", "find_config", "keys_from_env",
-    "load_config", "parse_bandwidth", "parse_duration", "parse_replica_url", "parse_size",
-    "priority_order", "read_key_file", "resolve_config", "split_addr", "with_max_bandwidth",
-]
+log = logging.getLogger("litesync.config")
 
 CONFIG_ENV = "LITESYNC_CONFIG"
-# Encryption keys for replicas named on the command line (configured replicas have their own keys).
-KEY_ENV = "LITESYNC_ENCRYPTION_KEY"
-KEY_FILE_ENV = "LITESYNC_ENCRYPTION_KEY_FILE"
 LOCAL_CONFIG = "litesync.yml"
 SYSTEM_CONFIG = "/etc/litesync.yml"
-
-DEFAULT_SNAPSHOT_INTERVAL = 4 * 3600.0
-# Least time between the starts of two uploads to a replica while commits keep coming
-# (a commit after a quiet spell goes up at once). Object stores charge per request: a
-# busy database makes at most 4 uploads a second to one.
-DEFAULT_SYNC_INTERVAL = {"file": 0.0, "s3": 0.25, "b2": 0.25}
-DEFAULT_CHECKPOINT_PAGES = 1000
-DEFAULT_SPOOL_MAX_SIZE = 1 << 30
-DEFAULT_RETENTION = 24 * 3600.0
-DEFAULT_RETENTION_CHECK_INTERVAL = 60.0
-DEFAULT_COMPACTION = (30.0, 300.0, 3600.0)
-DEFAULT_PATTERN = "*.db"
-# Multipart uploads on S3 and B2 take parts of 5 MiB to 5 GiB (the last part may be smaller).
-MIN_PART_SIZE = 5 << 20
-MAX_PART_SIZE = 5 << 30
-
-REPLICA_TYPES = ("file", "s3", "b2")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
-LOG_STREAMS = ("stderr", "stdout")
-
-_SECRET_FIELDS = frozenset({"secret_access_key", "application_key", "encryption_keys"})
-
-
-@dataclass(frozen=True, repr=False)
-class ReplicaConfig:
-    """One replica destination. ``path`` is a directory (file) or a key prefix (s3, b2)."""
-
-    type: str
-    name: str
-    path: str
-    url: str | None = None
-    bucket: str | None = None
-    endpoint: str | None = None
-    region: str | None = None
-    force_path_style: bool | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    application_key_id: str | None = None
-    application_key: str | None = None
-    sync_interval: float | None = None  # unset: DEFAULT_SYNC_INTERVAL of the type
-    part_size: int | None = None
-    concurrency: int | None = None
-    priority: int | None = None
-    encryption_keys: tuple[bytes, ...] | None = None  # the first encrypts, every one decrypts
-    max_bandwidth: int | None = None  # bytes per second, uploads and downloads together
-    db_id: str | None = None  # the id of the database it holds (encrypted objects are bound to it)
-
-    def __repr__(self) -> str:
-        parts = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in _SECRET_FIELDS and value is not None:
-                value = "***"
-            parts.append(f"{f.name}={value!r}")
-        return f"ReplicaConfig({', '.join(parts)})"
-
-    @property
-    def destination(self) -> str:
-        """Return where the replica writes, for messages (never a secret)."""
-        if self.type == "file":
-            return self.path
-        where = f"{self.type}://{self.bucket}/{self.path}"
-        return f"{where} at {self.endpoint}" if self.endpoint else where
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """Log level, line format and output stream."""
-
-    level: str = "info"
-    format: str = "text"
-    stream: str = "stderr"
-
-
-@dataclass(frozen=True)
-class DbConfig:
-    """One database (absolute path), its id and the replicas it ships to.
-
-    The id names the database in every object it writes; a restore refuses a replica whose
-    objects carry another. By default it is the path (``layout.default_db_id``); the ``id:``
-    key sets it, so a moved database keeps its backups. In a directory's template it is the
-    prefix of its databases' ids: ``<prefix>/<path relative to the directory>``.
-    """
-
-    path: str
-    replicas: tuple[ReplicaConfig, ...]
-    snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
-    checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES
-    spool_max_size: int = DEFAULT_SPOOL_MAX_SIZE
-    retention: float = DEFAULT_RETENTION
-    retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
-    compaction: tuple[float, ...] = DEFAULT_COMPACTION
-    validation_interval: float | None = None
-    id: str = ""
-
-    def with_id(self, db_id: str) -> "DbConfig":
-        """Return this database with id ``db_id``, its replicas told (they bind encrypted objects to it)."""
-        return replace(self, id=db_id, replicas=tuple(replace(rc, db_id=db_id) for rc in self.replicas))
-
-
-# Files a directory never replicates: SQLite's own companions and litesync's temp files.
-_COMPANION_SUFFIXES = ("-wal", "-shm", "-journal", ".tmp")
-
-
-@dataclass(frozen=True)
-class DirConfig:
-    """A directory whose databases matching ``pattern`` are replicated, each as ``template``
-    says: ``template.path`` is the directory, its replicas are prefixes under which each
-    database gets its own place (``<prefix>/<path relative to the directory>``)."""
-
-    template: DbConfig
-    pattern: str = DEFAULT_PATTERN
-    recursive: bool = False
-
-    @property
-    def path(self) -> str:
-        return self.template.path
-
-    def matches(self, db_path: str) -> bool:
-        """True when the absolute ``db_path`` is a database this directory replicates (by name only)."""
-        rel = os.path.relpath(db_path, self.path)
-        parts = rel.split(os.sep)
-        if parts[0] in (os.curdir, os.pardir) or (len(parts) > 1 and not self.recursive):
-            return False
-        name = parts[-1]
-        return (fnmatch.fnmatchcase(name, self.pattern) and not name.endswith(_COMPANION_SUFFIXES)
-                and not any(is_state_dir(p) for p in parts[:-1]))
-
-    def database(self, db_path: str) -> DbConfig:
-        """Return the configuration of the database at ``db_path`` inside this directory."""
-        rel = os.path.relpath(db_path, self.path)
-        db = replace(self.template, path=db_path, replicas=tuple(_beneath(rc, rel) for rc in self.template.replicas))
-        return db.with_id(f"{self.template.id}/{rel.replace(os.sep, '/')}")
-
-
-def _beneath(rc: ReplicaConfig, rel: str) -> ReplicaConfig:
-    """Return the replica ``rc`` moved down to ``rel`` (a path relative to its directory)."""
-    if rc.type == "file":
-        return replace(rc, path=os.path.join(rc.path, rel), url=None)
-    key = rel.replace(os.sep, "/")
-    return replace(rc, path=f"{rc.path}/{key}" if rc.path else key, url=None)
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration; ``source`` is the file it came from, None for the command line.
-
-    ``dbs`` are the databases listed by path, ``dirs`` the directories (``dir:`` entries),
-    ``addr`` is where to serve Prometheus metrics (``host:port``), None for nowhere.
-    """
-
-    dbs: tuple[DbConfig, ...]
-    logging: LoggingConfig = LoggingConfig()
-    source: str | None = None
-    dirs: tuple[DirConfig, ...] = ()
-    addr: str | None = None
-    exec: str | None = None  # the command ``replicate`` starts, when --exec is not given
-    shutdown_timeout: float | None = None  # unset: --shutdown-timeout's default
-
-    def database(self, db_path: str) -> DbConfig | None:
-        """Return the configuration of the database at the absolute ``db_path``, listed or in a directory."""
-        for db in self.dbs:
-            if db.path == db_path:
-                return db
-        for d in self.dirs:
-            if d.matches(db_path):
-                return d.database(db_path)
-        return None
-
-    @property
-    def replicas(self) -> list[ReplicaConfig]:
-        """Every replica (a directory's as its prefix)."""
-        return [rc for d in self.dbs + tuple(d.template for d in self.dirs) for rc in d.replicas]
-
-
-def priority_order(replicas: Sequence[ReplicaConfig]) -> list[ReplicaConfig]:
-    """Replicas in the order a restore tries them: by ``priority`` (lower first), then those
-    without one, in the order they are listed."""
-    order = sorted(range(len(replicas)), key=lambda i: (replicas[i].priority is None, replicas[i].priority or 0, i))
-    return [replicas[i] for i in order]
-
-
-# --- scalar values -------------------------------------------------------------------------
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-
-# Decimal units are powers of 1000 and binary units powers of 1024, as the names say.
-_SIZE_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([A-Za-z]*)")
-
-
-def parse_duration(text: str) -> float:
-    """Return the seconds in a duration such as "500ms", "10s", "5m", "1h30m" or "2d"."""
-    s = text.strip()
-    if _NUMBER.fullmatch(s):
-        raise ConfigError(f"duration needs a unit: {text!r}")
-    if not s:
-        raise ConfigError(f"invalid duration: {text!r} (units: ms, s, m, h, d)")
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if m is None:
-            raise ConfigError(f"invalid duration: {text!r} (units: ms, s, m, h, d)")
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return total
-
-
-def parse_size(text: str | int) -> int:
-    """Return the bytes in a size such as "512", "64KB" (10^3) or "64MiB" (2^20)."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ConfigError(f"invalid size: {text!r}")
-        return text
-    m = _SIZE.fullmatch(str(text).strip())
-    unit = m and _SIZE_UNITS.get(m.group(2).lower())
-    if not unit:
-        raise ConfigError(f"invalid size: {text!r} (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
-    try:
-        size = Decimal(m.group(1)) * unit
-    except InvalidOperation:  # pragma: no cover - the pattern only lets decimals through
-        raise ConfigError(f"invalid size: {text!r}") from None
-    if size != size.to_integral_value():
-        raise ConfigError(f"size is not a whole number of bytes: {text!r}")
-    return int(size)
-
-
-def parse_bandwidth(text: str) -> int:
-    """Return the bytes per second in a rate such as "5MB/s" or "512KiB/s" (greater than zero)."""
-    s = str(text).strip()
-    if not s.lower().endswith("/s"):
-        raise ConfigError(f"bandwidth needs a '/s': {text!r} (a size per second: 5MB/s, 512KiB/s)")
-    try:
-        rate = parse_size(s[:-2])
-    except ConfigError:
-        raise ConfigError(f"invalid bandwidth: {text!r} (a size per second: 5MB/s, 512KiB/s)") from None
-    if rate <= 0:
-        raise ConfigError(f"must be greater than zero: {text!r}")
-    return rate
-
-
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "false"):
-        raise ConfigError(f"expected true or false: {text!r}")
-    return value == "true"
-
-
-def _integer(minimum: int) -> Callable[[str], int]:
-    def convert(text: str) -> int:
-        if not re.fullmatch(r"[+-]?\d+", text.strip()):
-            raise ConfigError(f"expected an integer: {text!r}")
-        value = int(text)
-        if value < minimum:
-            raise ConfigError(f"must be at least {minimum}: {text!r}")
-        return value
-
-    return convert
-
-
-def _choice(options: Sequence[str]) -> Callable[[str], str]:
-    def convert(text: str) -> str:
-        value = text.strip().lower()
-        if value not in options:
-            raise ConfigError(f"invalid value: {text!r} (expected {_one_of(options)})")
-        return value
-
-    return convert
-
-
-def _positive_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ConfigError(f"must be greater than zero: {text!r}")
-    return seconds
-
-
-def _compaction(text: str) -> tuple[float, ...]:
-    if text.strip().lower() == "off":
-        return ()
-    levels = tuple(_positive_duration(part.strip()) for part in text.split(","))
-    if any(b <= a for a, b in zip(levels, levels[1:])):
-        raise ConfigError(f"compaction windows must increase: {text!r}")
-    return levels
-
-
-def _non_negative_duration(text: str) -> float:
-    seconds = parse_duration(text)
-    if seconds < 0:
-        raise ConfigError(f"must not be negative: {text!r}")
-    return seconds
-
-
-def _positive_size(text: str) -> int:
-    size = parse_size(text)
-    if size <= 0:
-        raise ConfigError(f"must be greater than zero: {text!r}")
-    return size
-
-
-def _part_size(text: str) -> int:
-    size = parse_size(text)
-    if not MIN_PART_SIZE <= size <= MAX_PART_SIZE:
-        raise ConfigError(f"must be between 5MiB and 5GiB: {text!r}")
-    return size
-
-
-def split_addr(text: str) -> tuple[str, int]:
-    """Return (host, port) of "host:port", "[ipv6]:port" or ":port" (all interfaces)."""
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not re.fullmatch(r"\d{1,5}", port) or not 0 < int(port) < 65536:
-        raise ConfigError(f"expected host:port with a port from 1 to 65535: {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ConfigError(f"write an IPv6 address in brackets, [::1]:9090: {text!r}")
-    return host, int(port)
-
-
-def _addr(text: str) -> str:
-    split_addr(text)
-    return text.strip()
-
-
-def _replica_type(text: str) -> str:
-    if text not in REPLICA_TYPES:
-        raise ConfigError(f"unknown replica type: {text!r} (expected {_one_of(REPLICA_TYPES)})")
-    return text
-
-
-def _replica_name(text: str) -> str:
-    # The name becomes a file name in the database's state directory.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise ConfigError(f"invalid replica name: {text!r} (letters, digits, '.', '_', '-')")
-    return text
-
-
-def _bucket(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
-        raise ConfigError(f"invalid bucket name: {text!r}")
-    return text
-
-
-_LOOPBACK = re.compile(r"(localhost|127(\.\d+){3}|\[::1\])(:\d+)?(/.*)?")
-
-
-def _endpoint(text: str) -> str:
-    if "://" not in text and re.fullmatch(r"[A-Za-z0-9.\[\]:-]+(/.*)?", text):
-        # A host without a scheme, as Litestream takes it: https, but http on the loopback.
-        text = ("http://" if _LOOPBACK.fullmatch(text) else "https://") + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"endpoint must be an http:// or https:// URL: {text!r}")
-    if "@" in parts.netloc:  # the endpoint is shown in logs, status and metrics: never echo it
-        raise ConfigError("endpoint must not contain credentials (give them as keys or in the environment)")
-    return text
-
-
-def _pattern(text: str) -> str:
-    if "/" in text:
-        raise ConfigError(f"pattern matches file names, not paths: {text!r}")
-    return text
-
-
-def _key_prefix(text: str) -> str:
-    return text.strip("/")
-
-
-def _db_id(text: str) -> str:
-    try:
-        return check_db_id(text)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def _abspath(path: str, base: str | None) -> str:
-    if not path:
-        raise ConfigError("empty path")
-    return os.path.normpath(os.path.join(base or os.getcwd(), os.path.expanduser(path)))
-
-
-def _one_of(options: Sequence[str]) -> str:
-    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
-
-
-# --- environment expansion -----------------------------------------------------------------
-
-_REFERENCE = re.compile(r"\$\$|\$\{([^}]*)\}|\$\{")
-_VARIABLE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
-
-
-def expand_env(text: str, environ: Mapping[str, str] | None = None) -> str:
-    """Return text with ``${VAR}`` and ``${VAR:-default}`` replaced; ``$$`` is a literal ``$``."""
-    env = os.environ if environ is None else environ
-
-    def substitute(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        body = m.group(1)
-        if body is None:
-            raise ConfigError("unterminated '${' (write '$${' for a literal '${')")
-        var = _VARIABLE.fullmatch(body)
-        if var is None:
-            raise ConfigError(f"invalid variable reference: {m.group(0)!r}")
-        name, default = var.groups()
-        value = env.get(name)
-        if default is not None and not value:  # like the shell: unset or empty takes the default
-            return default
-        if value is None:
-            raise ConfigError(f"environment variable not set: {name!r}")
-        return value
-
-    return _REFERENCE.sub(substitute, text)
-
-
-# --- replica URLs --------------------------------------------------------------------------
-
-_URL_PARAMS = {"s3": ("endpoint", "region", "force-path-style"), "b2": ()}
-
-
-def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
-    """Return the replica a URL or directory path names (relative paths start at base, else the cwd).
-
-    Accepts ``file:///dir``, a plain path, ``s3://bucket/prefix?endpoint=..&region=..&force-path-style=..``
-    and ``b2://bucket/prefix``. The replica is named after its type.
-    """
-    if not url:
-        raise ConfigError("empty replica URL")
-    if "://" not in url:
-        return ReplicaConfig("file", "file", _abspath(url, base), url=url)
-    parts = urlsplit(url)
-    scheme = parts.scheme
-    if scheme not in REPLICA_TYPES:
-        raise ConfigError(f"unsupported replica URL scheme: {scheme!r} in {url!r}")
-    if "@" in parts.netloc:  # the URL is printed in logs; do not echo what may be a secret
-        raise ConfigError("replica URL must not contain credentials (give them as keys or in the environment)")
-    shown = f"{scheme}://{parts.netloc}{parts.path}"
-    if parts.fragment:
-        raise ConfigError(f"unexpected '#' in replica URL: {url!r}")
-    params = _url_params(parts.query, _URL_PARAMS.get(scheme, ()), shown)
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost") or not parts.path:
-            raise ConfigError(f"file URL needs an absolute path (file:///dir): {url!r}")
-        return ReplicaConfig("file", "file", os.path.normpath(unquote(parts.path)), url=url)
-    if not parts.netloc:
-        raise ConfigError(f"replica URL has no bucket: {url!r}")
-    force = params.get("force-path-style")
-    endpoint = params.get("endpoint")
-    return ReplicaConfig(
-        scheme, scheme, _key_prefix(unquote(parts.path)), url=url, bucket=_bucket(parts.netloc),
-        endpoint=_endpoint(endpoint) if endpoint else None, region=params.get("region") or None,
-        force_path_style=_bool(force) if force else None)
-
-
-def _url_params(query: str, allowed: Sequence[str], shown: str) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        rule = litestream.URL_PARAMS.get(key)
-        if isinstance(rule, litestream.Refused):
-            raise ConfigError(f"Litestream's query parameter {key!r} is not supported: {rule.instead}")
-        if isinstance(rule, litestream.Alias) and rule.to in allowed:
-            key = rule.to
-        if key not in allowed:
-            expected = f" (expected {_one_of(allowed)})" if allowed else ""
-            raise ConfigError(f"unknown query parameter {key!r} in {shown!r}{expected}")
-        if key in params:
-            raise ConfigError(f"query parameter given twice: {key!r} in {shown!r}")
-        params[key] = value
-    return params
-
-
-def _destination_key(rc: ReplicaConfig) -> tuple[str | None, ...]:
-    if rc.type == "file":
-        return ("file", rc.path)
-    return (rc.type, (rc.endpoint or "").rstrip("/"), rc.bucket, rc.path)
-
-
-def _default_name(rtype: str, taken: Collection[str]) -> str:
-    name, n = rtype, 1
-    while name in taken:
-        n += 1
-        name = f"{rtype}-{n}"
-    return name
-
-
-# --- encryption keys -----------------------------------------------------------------------
-
-
-def read_key_file(path: str) -> list[bytes]:
-    """Return the keys in a key file (one or more, see ``load_keys``); warn when every user may read it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-            mode = os.fstat(f.fileno()).st_mode
-    except UnicodeDecodeError:
-        raise ConfigError(f"encryption key file is not text: {path!r}") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read encryption key file: {path!r} ({e.strerror})") from None
-    if mode & stat.S_IROTH:
-        log.warning("encryption key file is readable by every user: %s (run chmod 600 %s)", path, path)
-    try:
-        return load_keys(text)
-    except ConfigError as e:
-        raise ConfigError(f"encryption key file {path!r}: {e}") from None
-
-
-def keys_from_env(environ: Mapping[str, str] | None = None) -> tuple[bytes, ...] | None:
-    """Return the keys $LITESYNC_ENCRYPTION_KEY or $LITESYNC_ENCRYPTION_KEY_FILE gives; None when both are unset.
-
-    A variable that is set must hold a key: set but empty is an error, never "no encryption".
-    """
-    env = os.environ if environ is None else environ
-    text, path = env.get(KEY_ENV), env.get(KEY_FILE_ENV)
-    if text is not None and path is not None:
-        raise ConfigError(f"set ${KEY_ENV} or ${KEY_FILE_ENV}, not both")
-    if text is not None:
-        try:
-            return tuple(load_keys(text))
-        except ConfigError as e:
-            raise ConfigError(f"${KEY_ENV}: {e}") from None
-    if path is not None:
-        return tuple(read_key_file(os.path.expanduser(path)))
-    return None
-
-
-# --- configuration from the command line ----------------------------------------------------
 
 
 def command_line_replica(url: str, environ: Mapping[str, str] | None = None) -> ReplicaConfig:
@@ -717,21 +174,16 @@ _LOGGING_KEYS = ("level", "format", "stream", "stderr")
 
 _ENCRYPTION_KEYS = ("encryption-key", "encryption-key-file", "decryption-keys")
 _COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority", "max-bandwidth") + _ENCRYPTION_KEYS
+# What each type takes is declared with its backend (replica/registry.py).
 # Keys whose values are secrets: the warning about a world-readable file names those given literally.
-_SECRET_KEYS = ("secret-access-key", "application-key", "encryption-key", "decryption-keys")
-_TYPE_KEYS = {
-    "file": ("type", "path") + _COMMON_REPLICA_KEYS,
-    "s3": ("type", "bucket", "path", "endpoint", "region", "force-path-style", "access-key-id",
-           "secret-access-key", "part-size", "concurrency") + _COMMON_REPLICA_KEYS,
-    "b2": ("type", "bucket", "path", "application-key-id", "application-key", "part-size",
-           "concurrency") + _COMMON_REPLICA_KEYS,
-}
+_SECRET_KEYS = tuple(k for b in BACKENDS.values() for k in b.secret_keys) + ("encryption-key", "decryption-keys")
+_TYPE_KEYS = {t: ("type",) + b.keys + _COMMON_REPLICA_KEYS for t, b in BACKENDS.items()}
 # With url: these come from the URL, so giving them again as keys would be ambiguous.
-_LOCATION_KEYS = ("path", "bucket", "endpoint", "region", "force-path-style")
+_LOCATION_KEYS = tuple(dict.fromkeys(k for b in BACKENDS.values() for k in b.location_keys))
 _URL_KEYS = {t: ("url",) + tuple(k for k in keys if k != "type" and k not in _LOCATION_KEYS)
              for t, keys in _TYPE_KEYS.items()}
 _ALL_REPLICA_KEYS = frozenset(k for keys in _TYPE_KEYS.values() for k in keys) | {"url"}
-_CREDENTIAL_PAIRS = (("access-key-id", "secret-access-key"), ("application-key-id", "application-key"))
+_CREDENTIAL_PAIRS = tuple(pair for b in BACKENDS.values() for pair in b.credentials)
 
 # Replica keys whose value converts on its own (path depends on the type, type and url are special).
 _REPLICA_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
@@ -884,9 +336,7 @@ class _Reader:
     def config(self, root: Node) -> Config:
         items = self.litestream_keys(self.mapping(root, ""), "", litestream.TOP_KEYS)
         self.check_keys(items, _TOP_KEYS, "")
-        defaults = self.db_settings(items, "", (DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_CHECKPOINT_PAGES,
-                                                DEFAULT_SPOOL_MAX_SIZE, DEFAULT_RETENTION,
-                                                DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_COMPACTION, None))
+        defaults = self.db_settings(items, "", DbSettings())
         logging_config = self.logging(items)
         addr = self.value(items, "addr", "", _addr)
         if "dbs" not in items:
@@ -898,18 +348,21 @@ class _Reader:
         return Config(tuple(e for e in entries if isinstance(e, DbConfig)), logging_config, self.file,
                       tuple(e for e in entries if isinstance(e, DirConfig)), addr,
                       exec=self.value(items, "exec", "", str),
-                      shutdown_timeout=self.value(items, "shutdown-timeout", "", _non_negative_duration))
+                      shutdown_timeout=self.value(items, "shutdown-timeout", "", parse_duration))  # never negative
 
-    def db_settings(self, items: Items, path: str, inherited: tuple) -> tuple:
-        (snapshot_interval, checkpoint_pages, spool_max_size, retention, check_interval,
-         compaction, validation_interval) = inherited
-        return (self.value(items, "snapshot-interval", path, _positive_duration, snapshot_interval),
-                self.value(items, "checkpoint-pages", path, _integer(1), checkpoint_pages),
-                self.value(items, "spool-max-size", path, _positive_size, spool_max_size),
-                self.value(items, "retention", path, _positive_duration, retention),
-                self.value(items, "retention-check-interval", path, _positive_duration, check_interval),
-                self.value(items, "compaction", path, _compaction, compaction),
-                self.value(items, "validation-interval", path, _positive_duration, validation_interval))
+    def db_settings(self, items: Items, path: str, inherited: DbSettings) -> DbSettings:
+        """Return the database settings ``items`` give, the ``inherited`` ones for those they do not."""
+        return DbSettings(
+            snapshot_interval=self.value(items, "snapshot-interval", path, _positive_duration,
+                                         inherited.snapshot_interval),
+            checkpoint_pages=self.value(items, "checkpoint-pages", path, _integer(1), inherited.checkpoint_pages),
+            spool_max_size=self.value(items, "spool-max-size", path, _positive_size, inherited.spool_max_size),
+            retention=self.value(items, "retention", path, _positive_duration, inherited.retention),
+            retention_check_interval=self.value(items, "retention-check-interval", path, _positive_duration,
+                                                inherited.retention_check_interval),
+            compaction=self.value(items, "compaction", path, _compaction, inherited.compaction),
+            validation_interval=self.value(items, "validation-interval", path, _positive_duration,
+                                           inherited.validation_interval))
 
     def logging(self, items: Items) -> LoggingConfig:
         default = LoggingConfig()
@@ -928,7 +381,7 @@ class _Reader:
             format=self.value(section, "format", "logging", _choice(LOG_FORMATS), default.format),
             stream=self.value(section, "stream", "logging", _choice(LOG_STREAMS), stream))
 
-    def db(self, node: Node, path: str, defaults: tuple) -> DbConfig | DirConfig:
+    def db(self, node: Node, path: str, defaults: DbSettings) -> DbConfig | DirConfig:
         """Return one entry of ``dbs``: a database (``path:``) or a directory (``dir:``)."""
         items = self.litestream_keys(self.mapping(node, path), path, litestream.DB_KEYS)
         self.check_keys(items, _DB_KEYS, path)
@@ -957,7 +410,7 @@ class _Reader:
             if key in self.destinations:
                 raise self.error(f"same destination as {self.destinations[key]}: {rc.destination!r}", rpath, rnode)
             self.destinations[key] = rpath
-        db = DbConfig(db_path, tuple(replicas), *settings).with_id(self.db_id(items, path, kind, db_path))
+        db = DbConfig(db_path, tuple(replicas), **settings.as_fields()).with_id(self.db_id(items, path, kind, db_path))
         if kind == "path":
             return db
         return DirConfig(db, self.value(items, "pattern", path, _pattern, DEFAULT_PATTERN),
