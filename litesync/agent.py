@@ -687,7 +687,8 @@ class DbAgent:
         likely being written (the wal-index is updated after its frames, without a file
         event), so the loop looks again soon."""
         fh = self._wal_read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
-        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
+        salts = hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
+        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
 
     def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
                  read_at: Callable[[int, int], bytes]) -> "DbAgent._Tail":

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import TracebackType
 from datetime import datetime
 from typing import IO, Mapping, Sequence
 
@@ -56,11 +57,11 @@ def _parse_line(line: str) -> tuple[int, str]:
         return logging.ERROR, m[1]
     m = _TEXT_LINE.match(line)
     if m:
-        return logging.getLevelName(m[1]), m[2]
+        return int(logging.getLevelName(m[1])), m[2]
     if line.startswith("{"):
         try:
             record = json.loads(line)
-            return logging.getLevelName(record["level"].upper()), record["msg"]
+            return int(logging.getLevelName(record["level"].upper())), record["msg"]
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
     return logging.INFO, line
@@ -225,7 +226,8 @@ class Replicator:
             self.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.stop()
             return
@@ -237,7 +239,8 @@ class Replicator:
 
 def restore_db(source: str, output: str | None = None, *, config: str | None = None,
             timestamp: str | datetime | None = None, generation: str | None = None, db_id: str | None = None,
-            force: bool = False, if_db_not_exists: bool = False, if_replica_exists: bool = False, integrity_check: bool = True,
+            force: bool = False, if_db_not_exists: bool = False, if_replica_exists: bool = False,
+            integrity_check: bool = True,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
             python: str = sys.executable) -> str | None:
     """Rebuild a database with ``litesync restore`` in a child process; return the path written,

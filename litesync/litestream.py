@@ -133,7 +133,8 @@ def go_style_flags(argv: list[str], long_options: set[str]) -> tuple[list[str], 
     """Return ``argv`` with Go-style single-dash long flags (``-timestamp``) written as
     litesync's (``--timestamp``), and the flags so rewritten. Arguments after ``--`` are
     left alone."""
-    out, rewritten = [], []
+    out: list[str] = []
+    rewritten: list[str] = []
     for i, arg in enumerate(argv):
         if arg == "--":
             return out + argv[i:], rewritten

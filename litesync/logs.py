@@ -34,7 +34,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:
         super().__init__(fmt)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         seconds = int(record.created)
         millis = int((record.created - seconds) * 1000)
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

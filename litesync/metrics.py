@@ -86,7 +86,7 @@ class MetricsServer:
         host, port = split_addr(addr)
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
                     return
@@ -97,12 +97,12 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 log.debug("metrics: %s %s", self.address_string(), format % args)
 
         server_class = ThreadingHTTPServer
         if ":" in host:
-            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]  # noqa: N801
+            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]
                 address_family = socket.AF_INET6
         try:
             self.server = server_class((host, port), Handler)

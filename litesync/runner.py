@@ -602,7 +602,7 @@ class Runner:
                 for w in dirs:
                     w.wake.set()
 
-            def on_any_event(self, event):  # noqa: ANN001
+            def on_any_event(self, event) -> None:  # noqa: ANN001
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     wake = wakes.get(path)
                     if wake is not None:

@@ -47,7 +47,7 @@ def test_a_replica_directory_given_as_a_path_is_read_as_a_replica(replicated, tm
     assert r.returncode == 0, r.stderr
     assert f"restored {out} from {backups}: " in r.stdout
     r = litesync("generations", backups)
-    assert r.returncode == 0 and f"total: 1 generation, " in r.stdout and f"({backups})" in r.stdout
+    assert r.returncode == 0 and "total: 1 generation, " in r.stdout and f"({backups})" in r.stdout
 
 
 def test_a_missing_replica_directory_is_named_with_exit_2(tmp_path):

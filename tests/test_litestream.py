@@ -22,7 +22,7 @@ def write(tmp_path, text: str) -> str:
 
 
 def test_a_litestream_05_config_reads_as_litesync(tmp_path, caplog):
-    cfg = write(tmp_path, f"""\
+    cfg = write(tmp_path, """\
 logging:
   level: debug
   type: json

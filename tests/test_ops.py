@@ -33,7 +33,7 @@ def status_json(cfg: str, *dbs: str) -> tuple[int, list[dict]]:
     return r.returncode, json.loads(r.stdout)["dbs"]
 
 
-def published(cfg: str, pred) -> dict:  # noqa: ANN001
+def published(cfg: str, pred) -> dict:
     """Wait until the published status of the one database satisfies ``pred``; return it."""
     seen: list[dict] = []
 

@@ -65,7 +65,8 @@ def _from_litestream(parser: argparse.ArgumentParser, argv: list[str]) -> list[s
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    return next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    """Return the parser of each command (argparse keeps them in its private subparsers action)."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
 def main(argv: Sequence[str] | None = None) -> int:

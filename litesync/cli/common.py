@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, NoReturn, Sequence, TypeVar
 
 from ..errors import UsageError
 
@@ -18,6 +18,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_SHUTDOWN_TIMEOUT = 30.0
 
 T = TypeVar("T")
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns: each command adds its parser to it
+
+if TYPE_CHECKING:
+    from ..config import Config, LoggingConfig, ReplicaConfig
 
 
 class ArgumentError(UsageError):
@@ -31,7 +35,7 @@ class ArgumentError(UsageError):
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are ``ArgumentError`` (one line, exit 2), not an exit."""
 
-    def error(self, message: str) -> None:  # argparse exits 2 on usage errors: keep that, one line
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 on usage errors: keep that, one line
         raise ArgumentError(message, self.prog)
 
 
@@ -56,7 +60,7 @@ def max_bandwidth(args: argparse.Namespace) -> int | None:
     return option(args, "max_bandwidth", parse_bandwidth)
 
 
-def load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
+def load(args: argparse.Namespace, db: str | None, urls: Sequence[str]) -> Config:
     from ..config import resolve_config, with_max_bandwidth
 
     cfg = resolve_config(db, urls, args.config)
@@ -64,7 +68,7 @@ def load(args: argparse.Namespace, db: str | None, urls: Sequence[str]):
     return with_max_bandwidth(cfg, rate) if rate else cfg
 
 
-def setup_logging(cfg_logging, verbose: bool) -> None:
+def setup_logging(cfg_logging: LoggingConfig | None, verbose: bool) -> None:
     level = "debug" if verbose else (cfg_logging.level if cfg_logging else "info")
     stream = sys.stdout if cfg_logging and cfg_logging.stream == "stdout" else sys.stderr
     handler = logging.StreamHandler(stream)
@@ -91,7 +95,7 @@ def db_id_arg(text: str) -> str:
         raise UsageError(f"--id: {e}") from None
 
 
-def replicas_of(args: argparse.Namespace, target: str):  # noqa: ANN202
+def replicas_of(args: argparse.Namespace, target: str) -> tuple[list[ReplicaConfig], str | None, str | None]:
     """Return (replica configs, database path or None, id of the database wanted or None)
     for a DB path, a replica directory or a replica URL; ``--id`` given overrides the
     configured id. A replica the command line names (or DB's default, ``DB.backups/``) is
@@ -115,7 +119,7 @@ def replicas_of(args: argparse.Namespace, target: str):  # noqa: ANN202
     return replicas, db.path, wanted or db.id or None
 
 
-def _existing(rc, args: argparse.Namespace, origin: str):  # noqa: ANN001, ANN202
+def _existing(rc: ReplicaConfig, args: argparse.Namespace, origin: str) -> ReplicaConfig:
     """Return ``rc``; a file replica whose directory does not exist is a usage error (a
     mistyped path), unless --if-replica-exists makes an absent replica a normal case."""
     if rc.type == "file" and not os.path.isdir(rc.path) and not getattr(args, "if_replica_exists", False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import EXIT_OK, generation_arg, global_options, replicas_of
+from .common import EXIT_OK, Subparsers, generation_arg, global_options, replicas_of
 
 
 def _listing(args: argparse.Namespace, what: str) -> int:
@@ -33,16 +33,17 @@ def _listing(args: argparse.Namespace, what: str) -> int:
         cols = ["generation", "start", "end", "snapshots", "segments", "bytes"]
     elif what == "snapshots":
         for g in gens:
-            for n, size in g.snapshots:
-                rows.append({"generation": layout.format_generation(n.generation), "seq": n.seq,
-                             "created": history.format_ms(n.created_ms), "bytes": size, "key": n.key})
+            for snap, size in g.snapshots:
+                rows.append({"generation": layout.format_generation(snap.generation), "seq": snap.seq,
+                             "created": history.format_ms(snap.created_ms), "bytes": size, "key": snap.key})
         cols = ["generation", "seq", "created", "bytes"]
     else:
         for g in gens:
-            for n, size in g.segments:
-                rows.append({"generation": layout.format_generation(n.generation), "first_seq": n.first_seq,
-                             "last_seq": n.last_seq, "last_commit": history.format_ms(n.last_commit_ms),
-                             "kind": "merged" if n.last_seq != n.first_seq else "tx", "bytes": size, "key": n.key})
+            for seg, size in g.segments:
+                rows.append({"generation": layout.format_generation(seg.generation), "first_seq": seg.first_seq,
+                             "last_seq": seg.last_seq, "last_commit": history.format_ms(seg.last_commit_ms),
+                             "kind": "merged" if seg.last_seq != seg.first_seq else "tx", "bytes": size,
+                             "key": seg.key})
         cols = ["generation", "first_seq", "last_seq", "last_commit", "kind", "bytes"]
     total = sum(r["bytes"] for r in rows)
     if args.json:
@@ -69,7 +70,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the parsers of the three listings to ``sub``."""
     for name, func, text in (("generations", cmd_generations, "list generations: time range, objects, bytes"),
                              ("snapshots", cmd_snapshots, "list snapshots: sequence, time, bytes"),

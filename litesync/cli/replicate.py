@@ -12,11 +12,15 @@ import signal
 import subprocess
 import threading
 import time
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import LitesyncError, UsageError
 from ..notify import notify
-from .common import (DEFAULT_SHUTDOWN_TIMEOUT, EXIT_FAILURE, EXIT_OK, db_id_arg, global_options, is_url, load,
-                     setup_logging)
+from .common import (DEFAULT_SHUTDOWN_TIMEOUT, EXIT_FAILURE, EXIT_OK, Subparsers, db_id_arg, global_options, is_url,
+                     load, setup_logging)
+
+if TYPE_CHECKING:
+    from ..runner import Runner
 
 log = logging.getLogger("litesync")
 
@@ -69,7 +73,7 @@ class Supervisor:
     """What one ``litesync replicate`` run does around the runner: signals (a first one stops
     with a final sync, a second stops at once), the ``--exec`` child, readiness for systemd."""
 
-    def __init__(self, runner, shutdown_timeout: float, command: str | None) -> None:  # noqa: ANN001
+    def __init__(self, runner: Runner, shutdown_timeout: float, command: str | None) -> None:
         self.runner = runner
         self.shutdown_timeout = shutdown_timeout
         self.command = command  # --exec's (or the config's exec:)
@@ -156,7 +160,7 @@ class Supervisor:
         return ok
 
 
-def _after_stdin_closes(then) -> None:  # noqa: ANN001
+def _after_stdin_closes(then: Callable[[], None]) -> None:
     """Read standard input to its end (the parent closed it, or died), then call ``then``."""
     try:
         while os.read(0, 1 << 16):
@@ -167,7 +171,7 @@ def _after_stdin_closes(then) -> None:  # noqa: ANN001
     then()
 
 
-def _raise_startup_errors(runner) -> None:  # noqa: ANN001
+def _raise_startup_errors(runner: Runner) -> None:
     """Fail fast on a database that cannot be opened or a replica that is misconfigured."""
     errors = runner.fatal_errors()
     if errors:
@@ -175,7 +179,7 @@ def _raise_startup_errors(runner) -> None:  # noqa: ANN001
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the command's parser to ``sub``."""
     r = sub.add_parser("replicate", help="replicate databases continuously",
                        description="Replicate DB to the replica URLs, or every database in the config file.")

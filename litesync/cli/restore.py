@@ -9,13 +9,17 @@ import os
 import signal
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import LitesyncError, RestoreError, UsageError
-from .common import EXIT_OK, generation_arg, global_options, option, replicas_of
+from .common import EXIT_OK, Subparsers, generation_arg, global_options, option, replicas_of
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
+    from ..fetch import ObjectCache
+    from ..history import Plan
+    from ..replica import ReplicaClient
+    from ..restore import Result
 
 log = logging.getLogger("litesync")
 
@@ -80,6 +84,7 @@ def restore(opts: RestoreOptions) -> int:
             return EXIT_OK
         if opts.dry_run:
             c = choose(clients, generation=opts.generation, until_ms=opts.until_ms)
+            assert c.plan is not None  # choose raises when no replica can serve
             return _print_plan(c.client.name, c.plan, opts.until_ms, opts.json)
         assert out is not None  # from_args: only a dry run may lack an output
         if opts.follow:
@@ -106,7 +111,7 @@ def restore(opts: RestoreOptions) -> int:
     return EXIT_OK
 
 
-def _any_backup(clients) -> bool:  # noqa: ANN001
+def _any_backup(clients: Sequence[ReplicaClient]) -> bool:
     """True when a replica holds anything; a replica that cannot be listed is an error."""
     from .. import layout
     from ..fetch import list_all
@@ -144,7 +149,7 @@ def _parent_dirs(path: str) -> Iterator[None]:
         raise
 
 
-def _print_result(result, *, cached: bool, as_json: bool) -> None:  # noqa: ANN001
+def _print_result(result: Result, *, cached: bool, as_json: bool) -> None:
     """Print what a restore did: one line (and one per replica passed over), or a JSON object."""
     from .. import layout
     from ..history import format_ms
@@ -200,7 +205,7 @@ def _follow_interval(args: argparse.Namespace) -> float:
     return interval
 
 
-def _follow(clients, out: str, cache, opts: RestoreOptions) -> int:  # noqa: ANN001
+def _follow(clients: Sequence[ReplicaClient], out: str, cache: ObjectCache | None, opts: RestoreOptions) -> int:
     from ..follow import Follower
 
     stop = threading.Event()
@@ -212,15 +217,16 @@ def _follow(clients, out: str, cache, opts: RestoreOptions) -> int:  # noqa: ANN
     return EXIT_OK
 
 
-def _print_plan(replica: str, p, until_ms: int | None, as_json: bool) -> int:  # noqa: ANN001
+def _print_plan(replica: str, p: Plan, until_ms: int | None, as_json: bool) -> int:
     import json
 
     from .. import history, layout
+    from ..progress import format_size, plural
 
     last_ms = p.segments[-1][0].last_commit_ms if p.segments else p.snapshot.created_ms
     if until_ms is not None:
         last_ms = min(last_ms, until_ms)
-    info = {
+    info: dict[str, Any] = {
         "replica": replica, "generation": layout.format_generation(p.generation),
         "snapshot": {"key": p.snapshot.key, "bytes": p.snapshot_size,
                      "created": history.format_ms(p.snapshot.created_ms)},
@@ -236,14 +242,14 @@ def _print_plan(replica: str, p, until_ms: int | None, as_json: bool) -> int:  #
     print(f"replica     {replica}")
     print(f"generation  {info['generation']}")
     print(f"target      {info['target']}")
-    print(f"snapshot    {p.snapshot.key}  {p.snapshot_size} bytes  created {info['snapshot']['created']}")
+    print(f"snapshot    {p.snapshot.key}  {format_size(p.snapshot_size)}  created {info['snapshot']['created']}")
     if p.segments:
         first, last = p.segments[0][0], p.segments[-1][0]
-        print(f"segments    {len(p.segments)} objects, seq {first.first_seq}..{last.last_seq}, "
-              f"{sum(s for _, s in p.segments)} bytes, last commit {history.format_ms(last.last_commit_ms)}")
+        print(f"segments    {plural(len(p.segments), 'object')}, seq {first.first_seq}..{last.last_seq}, "
+              f"{format_size(sum(s for _, s in p.segments))}, last commit {history.format_ms(last.last_commit_ms)}")
     else:
         print("segments    none")
-    print(f"total       {p.objects} objects, {p.total_bytes} bytes")
+    print(f"total       {plural(p.objects, 'object')}, {format_size(p.total_bytes)}")
     if not p.exact:
         print("note        the target falls inside a segment covering several shipments; if compaction "
               "merged it (its parts deleted), the restore stops before it")
@@ -251,7 +257,7 @@ def _print_plan(replica: str, p, until_ms: int | None, as_json: bool) -> int:  #
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the command's parser to ``sub``."""
     s = sub.add_parser("restore", help="rebuild a database from a replica",
                        description="Restore the latest state of DB (from its configured replica) or of a replica URL.")

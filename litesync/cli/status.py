@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from .common import EXIT_FAILURE, EXIT_OK, global_options, load
+from .common import EXIT_FAILURE, EXIT_OK, Subparsers, global_options, load
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,7 +73,7 @@ def _format_status(st: dict, now: float) -> str:
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the command's parser to ``sub``."""
     st = sub.add_parser("status", help="what the running agent reports: state, lag, generation, spool",
                         description="For each database (those given, or every configured one) and each of its "

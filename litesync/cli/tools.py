@@ -7,7 +7,7 @@ import os
 
 from .. import __version__
 from ..errors import LitesyncError
-from .common import EXIT_FAILURE, EXIT_OK, global_options, is_url, load
+from .common import EXIT_FAILURE, EXIT_OK, Subparsers, global_options, is_url, load
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def cmd_version(_args: argparse.Namespace) -> int:
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the parsers of check, keygen, databases and version to ``sub``."""
     c = sub.add_parser("check", help="test each replica: credentials, bucket, write/read/delete",
                        description="For each replica (of DB, of the config, or the URLs given): list, write a "

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import LitesyncError, UsageError
-from .common import EXIT_FAILURE, EXIT_OK, global_options, is_url, load, setup_logging
+from .common import EXIT_FAILURE, EXIT_OK, Subparsers, global_options, is_url, load, setup_logging
+
+if TYPE_CHECKING:
+    from ..config import ReplicaConfig
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     work_dir = state_dir_for(db_path) if db_path and os.path.isdir(state_dir_for(db_path)) else None
     failed = 0
     for rc in replicas:
-        def wait(since: float, rc=rc) -> bool:  # noqa: ANN001
+        def wait(since: float, rc: ReplicaConfig = rc) -> bool:
             assert db_path is not None
             return wait_replica(db_path, rc.name, since, args.timeout, destination=rc.destination)
 
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 
-def add_parser(sub) -> None:  # noqa: ANN001 (argparse's private subparsers action)
+def add_parser(sub: Subparsers) -> None:
     """Add the command's parser to ``sub``."""
     vf = sub.add_parser("verify", help="restore a replica to a temporary file and compare it with the database",
                         description="Restore each replica of DB (or the replica URLs given) to a temporary file, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..layout import is_state_dir
 from ..replica.registry import BACKENDS
@@ -96,7 +96,7 @@ class DbSettings:
     compaction: tuple[float, ...] = DEFAULT_COMPACTION
     validation_interval: float | None = None
 
-    def as_fields(self) -> dict[str, object]:
+    def as_fields(self) -> dict[str, Any]:
         """Return the settings by field name, for ``DbConfig(path, replicas, **settings.as_fields())``."""
         return {f.name: getattr(self, f.name) for f in fields(DbSettings)}
 

@@ -8,7 +8,7 @@ import logging
 import os
 import stat
 from dataclasses import replace
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar, overload
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -308,6 +308,13 @@ class _Reader:
         except ConfigError as e:
             raise self.error(str(e), path, node) from None
 
+    @overload
+    def value(self, items: Items, key: str, path: str, convert: Callable[[str], T], default: T) -> T: ...
+
+    @overload
+    def value(self, items: Items, key: str, path: str, convert: Callable[[str], T],
+              default: None = None) -> T | None: ...
+
     def value(self, items: Items, key: str, path: str, convert: Callable[[str], T],
               default: T | None = None) -> T | None:
         """Return the converted value of key, default when it is absent or empty."""
@@ -557,7 +564,7 @@ class _Reader:
                 missing = second if given == [first] else first
                 raise self.error(f"{missing} is required with {given[0]}", path, items[given[0]][0])
 
-        values = {attr: self.value(items, key, path, convert)
+        values: dict[str, Any] = {attr: self.value(items, key, path, convert)
                   for key, (attr, convert) in _REPLICA_VALUES.items() if key in items}
         values["encryption_keys"] = self.encryption_keys(items, path)
         self.note_literal_secrets(items, path)

@@ -50,8 +50,8 @@ def parse_size(text: str | int) -> int:
             raise ConfigError(f"invalid size: {text!r}")
         return text
     m = _SIZE.fullmatch(str(text).strip())
-    unit = m and _SIZE_UNITS.get(m.group(2).lower())
-    if not unit:
+    unit = _SIZE_UNITS.get(m.group(2).lower()) if m else None
+    if m is None or not unit:
         raise ConfigError(f"invalid size: {text!r} (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
     try:
         size = Decimal(m.group(1)) * unit

@@ -77,7 +77,8 @@ class S3ReplicaClient(ReplicaClient):
                 return TransientReplicaError(self.name, f"{what}: {code or status} (will retry)")
             return ReplicaError(self.name, f"{what}: {code or status}")
         if isinstance(e, NoCredentialsError):
-            return ReplicaSetupError(self.name, "no credentials (set access-key-id/secret-access-key or AWS_ACCESS_KEY_ID)")
+            return ReplicaSetupError(self.name,
+                                     "no credentials (set access-key-id/secret-access-key or AWS_ACCESS_KEY_ID)")
         if isinstance(e, (BotoConnectionError, HTTPClientError)):
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__}")
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
