@@ -317,9 +317,9 @@ def test_metrics_render_escapes_labels_and_counts():
     text = render([st])
     labels = '{db="C:\\\\a \\"b\\"\\nc",replica="r"}'
     assert f"litesync_replica_lag_seconds{labels} 1.5\n" in text
-    assert f"litesync_replica_errors_total{labels} 6\n" in text
+    assert f"litesync_replica_errors_total{labels} 6.0\n" in text
     assert 'litesync_snapshot_duration_seconds{db="C:\\\\a \\"b\\"\\nc"} 0.25\n' in text
-    assert 'litesync_replica_state{db="C:\\\\a \\"b\\"\\nc",replica="r",state="failed"} 1\n' in text
+    assert 'litesync_replica_state{db="C:\\\\a \\"b\\"\\nc",replica="r",state="failed"} 1.0\n' in text
     assert "# TYPE litesync_shipped_bytes_total counter" in text
     assert text.count("\n") == len(text.splitlines())
 
