@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                  " and below" if w.recursive else "", ", ".join(r.name for r in w.template.replicas))
     try:
         runner.start()
-        return sup.run(args)
+        return sup.run(once=args.once)
     except BaseException:
         sup.abort()
         raise
@@ -96,13 +96,13 @@ class Supervisor:
             log.warning("%s again: stopping now, without waiting for the replicas", name)
             self.hurry.set()
 
-    def run(self, args: argparse.Namespace) -> int:
+    def run(self, *, once: bool) -> int:
         """Replicate until the --exec child exits, everything was shipped once (--once) or a
         signal; then shut down. Return the exit code."""
         exit_code = EXIT_OK
         if self.command:
             exit_code = self.run_child(self.command)
-        elif args.once:
+        elif once:
             self.runner.wait_started()
             # Give every replica its first contact before the final sync, so a misconfigured one
             # fails here rather than after the shutdown timeout.
@@ -115,7 +115,7 @@ class Supervisor:
             while not self.stop.wait(0.2):
                 _raise_startup_errors(self.runner)
                 self.announce_ready()
-        if not args.once:
+        if not once:
             notify("STOPPING=1")
             self.runner.wait_started(timeout=0)
         ok = self.shut_down()
