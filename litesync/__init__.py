@@ -2,10 +2,10 @@
 
 __version__ = "0.1.0"
 
-from .errors import (ChainError, ConfigError, CorruptObjectError, DatabaseError, LitesyncError,  # noqa: E402
+from .errors import (ChainError, ConfigError, CorruptObjectError, DatabaseError, LitesyncError,
                      ObjectNotFoundError, ReplicaError, RestoreError, TransientReplicaError, UsageError,
                      VerifyError)
-from .api import Replicator, restore_db  # noqa: E402  (loads neither apsw nor the agent)
+from .api import Replicator, restore_db
 
 __all__ = ["__version__", "Replicator", "restore_db", "LitesyncError", "UsageError", "ConfigError",
            "CorruptObjectError", "ChainError", "DatabaseError", "ReplicaError", "TransientReplicaError",

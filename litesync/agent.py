@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -311,6 +312,7 @@ class DbAgent:
         self.checkpoint_pages = checkpoint_pages
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
+        self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
         self.spool = Spool(os.path.join(self.state_dir, "spool"))
         self.wake = Signal()  # set on a file event; the engine's task is woken with it
         self.snapshot_requested = Signal()
@@ -576,6 +578,12 @@ class DbAgent:
         self.hasher = found
         self._restart_ok = True  # R began under the seal, and everything it sees is copied
         self._r_begin_pos = self.pos
+
+    def discard_new_state(self) -> None:
+        """Remove the state directory after a start that failed, if this agent created it and
+        wrote nothing into its spool: a failed start leaves nothing behind."""
+        if self._made_state_dir and self._lock_fd is None and not self.spool.objects():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _begin_read(self) -> None:
         self.R.execute("BEGIN")
@@ -852,7 +860,8 @@ class DbAgent:
         likely being written (the wal-index is updated after its frames, without a file
         event), so the loop looks again soon."""
         fh = self._wal_read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
-        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
+        salts = hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
+        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
 
     def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
                  read_at: Callable[[int, int], bytes]) -> "DbAgent._Tail":

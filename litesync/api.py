@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import TracebackType
 from datetime import datetime
 from typing import IO, Mapping, Sequence
 
@@ -35,8 +36,9 @@ __all__ = ["Replicator", "restore_db", "read_db_status"]
 
 log = logging.getLogger(__name__)
 
-_ERROR_PREFIX = "litesync: error: "
-_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
+# The CLI's final line: "litesync: error: ...", or "litesync replicate: error: ..." for a usage error.
+_ERROR_LINE = re.compile(r"^litesync(?: [a-z]+)?: error: (.*)$")
+_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) (.*)$")
 _KEPT_LINES = 200
 
 
@@ -50,15 +52,16 @@ def read_db_status(db_path: str) -> dict:
 
 def _parse_line(line: str) -> tuple[int, str]:
     """Return the level and message of a line the child wrote (text or JSON log, or its final error)."""
-    if line.startswith(_ERROR_PREFIX):
-        return logging.ERROR, line[len(_ERROR_PREFIX):]
+    m = _ERROR_LINE.match(line)
+    if m:
+        return logging.ERROR, m[1]
     m = _TEXT_LINE.match(line)
     if m:
-        return logging.getLevelName(m[1]), m[2]
+        return int(logging.getLevelName(m[1])), m[2]
     if line.startswith("{"):
         try:
             record = json.loads(line)
-            return logging.getLevelName(record["level"].upper()), record["msg"]
+            return int(logging.getLevelName(record["level"].upper())), record["msg"]
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
     return logging.INFO, line
@@ -67,8 +70,9 @@ def _parse_line(line: str) -> tuple[int, str]:
 def _last_error(lines: Sequence[str]) -> str | None:
     """Return the child's final error line, else its last error log line, else its last line."""
     for line in reversed(lines):
-        if line.startswith(_ERROR_PREFIX):
-            return line[len(_ERROR_PREFIX):]
+        m = _ERROR_LINE.match(line)
+        if m:
+            return m[1]
     for line in reversed(lines):
         level, message = _parse_line(line)
         if level >= logging.ERROR:
@@ -222,7 +226,8 @@ class Replicator:
             self.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.stop()
             return
@@ -234,7 +239,8 @@ class Replicator:
 
 def restore_db(source: str, output: str | None = None, *, config: str | None = None,
             timestamp: str | datetime | None = None, generation: str | None = None, db_id: str | None = None,
-            force: bool = False, if_db_not_exists: bool = False, if_replica_exists: bool = False, integrity_check: bool = True,
+            force: bool = False, if_db_not_exists: bool = False, if_replica_exists: bool = False,
+            integrity_check: bool = True,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
             python: str = sys.executable) -> str | None:
     """Rebuild a database with ``litesync restore`` in a child process; return the path written,

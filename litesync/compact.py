@@ -7,7 +7,7 @@ import logging
 import tempfile
 import threading
 import time
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from . import history, layout
 from .errors import ChainError, CorruptObjectError, ForeignDatabaseError, LitesyncError
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 IDLE_LOOK = 3600.0  # seconds between retention rounds on a replica nothing is shipped to
 
 
-def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out, work_dir: str | None = None,
-                   db_id: str | None = None) -> tuple[layout.SegmentName, int]:  # noqa: ANN001
+def merge_segments(client: ReplicaClient, names: list[layout.SegmentName], out: BinaryIO, work_dir: str | None = None,
+                   db_id: str | None = None) -> tuple[layout.SegmentName, int]:
     """Write to ``out`` one segment equal to applying ``names`` in order; return its name and size.
     Every part must belong to database ``db_id`` (None: to one database).
 

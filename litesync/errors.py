@@ -68,6 +68,13 @@ class ReplicaError(LitesyncError):
         super().__init__(f"replica {replica}: {message}")
 
 
+class ReplicaSetupError(ReplicaError):
+    """A replica refuses as configured (no or wrong credentials, no such bucket): a
+    configuration error, which no retry and no restart cures."""
+
+    exit_code = 2
+
+
 class TransientReplicaError(ReplicaError):
     """A replica failure that a retry may cure (5xx, 429, timeout, connection reset)."""
 

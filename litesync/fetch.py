@@ -187,7 +187,7 @@ class Fetcher:
             if not future.cancel():
                 try:
                     future.result().close()
-                except Exception:  # noqa: BLE001 - the error of an object nobody will read
+                except Exception:
                     pass
         self._futures.clear()
         if self._pool is not None:

@@ -62,7 +62,9 @@ class Catalog:
         gens = [g for g in self.generations.values() if g.snapshots]
         if not gens:
             return None
-        return min(g.start_ms for g in gens), max(g.end_ms for g in gens)  # type: ignore[type-var]
+        # A generation with a snapshot has both times.
+        return (min(s for s in (g.start_ms for g in gens) if s is not None),
+                max(e for e in (g.end_ms for g in gens) if e is not None))
 
     @property
     def size(self) -> int:

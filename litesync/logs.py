@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, MutableMapping
 
 #: Record attributes the JSON formatter copies into each line when a log call set them.
@@ -25,7 +26,21 @@ class Labelled(logging.LoggerAdapter):
         return f"{self.label}: {msg}", kwargs
 
 
-class JsonFormatter(logging.Formatter):
+class TextFormatter(logging.Formatter):
+    """``TIME LEVEL message``, the time in UTC as RFC 3339 (``2026-11-22T14:01:00.123Z``):
+    the form listings print and ``restore --timestamp`` takes, so a time read off the log
+    is a time to restore to."""
+
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)s %(message)s") -> None:
+        super().__init__(fmt)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        seconds = int(record.created)
+        millis = int((record.created - seconds) * 1000)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+class JsonFormatter(TextFormatter):
     """One JSON object per line: time, level, logger, message, and db/replica when known."""
 
     def format(self, record: logging.LogRecord) -> str:

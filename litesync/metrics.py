@@ -1,5 +1,6 @@
-"""Prometheus metrics: the text exposition format rendered from the agent's status (pure),
-and a small HTTP server for ``/metrics`` on the configured ``addr``."""
+"""Prometheus metrics: the agent's statuses as metric families, rendered by prometheus-client
+through a custom collector, and a small HTTP server for ``/metrics`` on the configured
+``addr``. prometheus-client is imported with the first scrape only (it adds 0.6 MiB)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import logging
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .config import split_addr
 from .errors import LitesyncError
+
+if TYPE_CHECKING:
+    from prometheus_client import Metric
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +47,52 @@ _DB_METRICS = (
 _STATES = ("pending", "completed", "failed")
 
 
-def escape(value: str) -> str:
-    """Escape a label value: backslash, double quote and newline."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def families(statuses: list[dict]) -> list[Metric]:
+    """Return the metric families of every database status (as ``DbReplication.status`` builds them)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    out: list[Metric] = []
+
+    def family(name: str, kind: str, text: str, labels: list[str],
+               samples: list[tuple[list[str], float | int | bool | None]]) -> None:
+        metric = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, text, labels=labels)
+        for values, value in samples:
+            metric.add_metric(values, float(value or 0))
+        out.append(metric)
+
+    for name, kind, text, key in _DB_METRICS:
+        family(name, kind, text, ["db"], [([st["db"]], st.get(key)) for st in statuses])
+    replicas = [(st["db"], r) for st in statuses for r in st.get("replicas", [])]
+    for name, kind, text, key in _REPLICA_METRICS:
+        family(name, kind, text, ["db", "replica"], [([db, r["name"]], r.get(key)) for db, r in replicas])
+    family("litesync_replica_state", "gauge", "1 for the replica's current state: pending, completed or failed.",
+           ["db", "replica", "state"],
+           [([db, r["name"], s], r.get("state") == s) for db, r in replicas for s in _STATES])
+    family("litesync_validations_total", "counter", "Periodic verifications of the replica, by result.",
+           ["db", "replica", "result"],
+           [([db, r["name"], res], (r.get("validation") or {}).get(res)) for db, r in replicas
+            for res in ("ok", "failed")])
+    return out
 
 
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels.items()) + "}"
+class StatusCollector:
+    """A prometheus-client collector: the families of ``source()``'s statuses at each scrape."""
 
+    def __init__(self, source: Callable[[], list[dict]]) -> None:
+        self.source = source
 
-def _number(value: float | int | bool | None) -> str:
-    return repr(float(value or 0)) if isinstance(value, float) else str(int(value or 0))
+    def collect(self) -> list[Metric]:
+        return families(self.source())
 
 
 def render(statuses: list[dict]) -> str:
-    """Return the metrics of every database status (as ``DbReplication.status`` builds them)."""
-    out: list[str] = []
+    """Return the text exposition of ``statuses`` (through prometheus-client)."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
 
-    def family(name: str, kind: str, text: str, samples: list[tuple[str, object]]) -> None:
-        out.append(f"# HELP {name} {text}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)  # type: ignore[arg-type]
-
-    for name, kind, text, key in _DB_METRICS:
-        family(name, kind, text, [(_labels(db=st["db"]), st.get(key)) for st in statuses])
-    replicas = [(st["db"], r) for st in statuses for r in st.get("replicas", [])]
-    for name, kind, text, key in _REPLICA_METRICS:
-        family(name, kind, text, [(_labels(db=db, replica=r["name"]), r.get(key)) for db, r in replicas])
-    family("litesync_replica_state", "gauge", "1 for the replica's current state: pending, completed or failed.",
-           [(_labels(db=db, replica=r["name"], state=s), r.get("state") == s) for db, r in replicas
-            for s in _STATES])
-    family("litesync_validations_total", "counter", "Periodic verifications of the replica, by result.",
-           [(_labels(db=db, replica=r["name"], result=res), (r.get("validation") or {}).get(res))
-            for db, r in replicas for res in ("ok", "failed")])
-    return "\n".join(out) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: statuses))
+    return generate_latest(registry).decode()
 
 
 class MetricsServer:
@@ -86,7 +102,7 @@ class MetricsServer:
         host, port = split_addr(addr)
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/metrics":
                     self.send_error(404, "only /metrics is served here")
                     return
@@ -97,12 +113,12 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 log.debug("metrics: %s %s", self.address_string(), format % args)
 
         server_class = ThreadingHTTPServer
         if ":" in host:
-            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]  # noqa: N801
+            class server_class(ThreadingHTTPServer):  # type: ignore[no-redef]
                 address_family = socket.AF_INET6
         try:
             self.server = server_class((host, port), Handler)

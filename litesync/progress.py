@@ -13,6 +13,39 @@ TERMINAL_INTERVAL = 2.0
 LOG_INTERVAL = 60.0
 
 
+# Decimal units, as the config's sizes name them (kB = 1000 bytes).
+_SIZE_UNITS = (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+
+
+def _unit(n: float) -> tuple[str, float]:
+    for unit, scale in _SIZE_UNITS:
+        if n >= scale * 0.9995:  # what rounds to 1000.0 of a unit shows as 1.0 of the next
+            return unit, scale
+    return "B", 1.0
+
+
+def _scaled(n: float, unit: str, scale: float) -> str:
+    return f"{n:.0f}" if unit == "B" else f"{n / scale:.1f}"
+
+
+def format_size(n: float | None) -> str:
+    """Return 0 B, 999 B, 1.2 kB, 3.4 MB, 5.6 GB or 7.8 TB: the one size format of the CLI and logs."""
+    unit, scale = _unit(n or 0)
+    return f"{_scaled(n or 0, unit, scale)} {unit}"
+
+
+def format_rate(done: int, seconds: float) -> str:
+    """Return ``done`` bytes in ``seconds`` as 12.3 MB/s (``-`` when no time has passed to measure)."""
+    if seconds <= 0:
+        return "- B/s" if done else "0 B/s"
+    return f"{format_size(done / seconds)}/s"
+
+
+def plural(n: int, noun: str) -> str:
+    """Return "1 generation", "2 generations", "0 objects"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def format_progress(done: int, total: int, elapsed: float) -> str:
     """Return "12.3 / 100.0 MB (12%), 45.6 MB/s, ETA 1.9s" for ``done`` of ``total`` bytes."""
     rate = done / elapsed if elapsed > 0 else 0.0
@@ -23,7 +56,9 @@ def format_progress(done: int, total: int, elapsed: float) -> str:
         eta = f"ETA {format_duration((total - done) / rate)}"
     else:
         eta = "ETA ?"
-    return f"{done / 1e6:.1f} / {total / 1e6:.1f} MB ({pct:.0f}%), {rate / 1e6:.1f} MB/s, {eta}"
+    unit, scale = _unit(total)
+    return (f"{_scaled(done, unit, scale)} / {_scaled(total, unit, scale)} {unit} ({pct:.0f}%), "
+            f"{format_rate(done, elapsed)}, {eta}")
 
 
 def format_duration(seconds: float) -> str:

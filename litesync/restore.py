@@ -681,7 +681,12 @@ def survey(clients: Sequence[ReplicaClient], *, generation: int | None = None,
 def _none_can(failures: list[LitesyncError], skipped: list[tuple[str, str]]) -> LitesyncError:
     if len(failures) == 1:
         return failures[0]
-    return RestoreError("no replica can restore: " + "; ".join(f"{name}: {why}" for name, why in skipped))
+    return RestoreError("no replica can restore: " + "; ".join(named_reason(name, why) for name, why in skipped))
+
+
+def named_reason(name: str, why: str) -> str:
+    """Return "name: why", without naming the replica twice when ``why`` already starts with it."""
+    return why if why.startswith(f"{name}: ") else f"{name}: {why}"
 
 
 def choose(clients: Sequence[ReplicaClient], *, generation: int | None = None,

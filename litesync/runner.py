@@ -22,7 +22,8 @@ from .engine import Loop, Scheduler, Task
 from .errors import LitesyncError
 from .logs import Labelled
 from .replica import open_replica
-from .shipper import Shipper
+from .progress import format_size, plural
+from .shipper import Shipper, unshipped
 from .spool import Name
 
 if TYPE_CHECKING:
@@ -179,7 +180,15 @@ class DbReplication:
                              snapshot_interval=cfg.snapshot_interval, db_id=cfg.id or None)
         self.shippers: list[Shipper] = []
         self.maintainers: list[Maintainer] = []
-        for rc in cfg.replicas:
+        self.error: BaseException | None = None
+        # The agent lock first: a second agent on this database stops before it reads (or
+        # says anything about) the first one's state.
+        if wait_for_db or os.path.exists(cfg.path):
+            try:
+                self.agent.lock()
+            except LitesyncError as e:
+                self.error = e  # reported by the first turn
+        for rc in cfg.replicas if self.error is None else ():
             client = open_replica(rc)
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
             shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
@@ -199,7 +208,6 @@ class DbReplication:
         self.stop_event = threading.Event()
         self.started = threading.Event()
         self.waiting = threading.Event()  # for the database to be created
-        self.error: BaseException | None = None
         self._task: Task | Loop | None = None
         self._phase = "open"  # then "run", then "done"
         self._finished = threading.Event()
@@ -265,6 +273,8 @@ class DbReplication:
 
     def _open_turn(self) -> float | None:
         try:
+            if self.error is not None:
+                raise self.error  # the agent lock, taken in __init__
             if self.wait_for_db:
                 self.agent.lock()  # so that `litesync status` sees an agent waiting for the database
                 if not os.path.exists(self.cfg.path):
@@ -465,8 +475,9 @@ class DbReplication:
         self.stop_event.set()
         self.agent.wake.set()
 
-    def stop(self, timeout: float) -> bool:
-        """Stop after a final sync; wait up to ``timeout`` for every replica; True if all shipped."""
+    def stop(self, timeout: float, hurry: threading.Event | None = None) -> bool:
+        """Stop after a final sync; wait up to ``timeout`` for every replica (less once ``hurry``
+        is set); True if all shipped."""
         self.request_stop()
         if self._task is not None:
             self._finished.wait()
@@ -477,7 +488,8 @@ class DbReplication:
         if self.started.is_set() and self.error is None:
             self.agent.spool.notify()
             for s in self.shippers:
-                while s.is_alive() and s.fatal is None and s.pending() and time.monotonic() < deadline:
+                while (s.is_alive() and s.fatal is None and s.pending() and time.monotonic() < deadline
+                       and not (hurry is not None and hurry.is_set())):
                     # A shipper's first look at its replica may come only now (--once, an
                     # outage at start): the agent's loop is over, so its new generation is made here.
                     with contextlib.suppress(LitesyncError):
@@ -489,7 +501,10 @@ class DbReplication:
                 if s.fatal is not None:
                     ok = False
                 elif s.pending():
-                    s.log.error("stopped before everything was shipped (last error: %s)", s.last_error)
+                    waiting = unshipped(self.agent.spool.objects(), s.pos)
+                    s.log.error("stopped before everything was shipped: %s (%s) wait in the spool for the next "
+                                "start (last error: %s)", plural(len(waiting), "object"),
+                                format_size(sum(size for _, size in waiting)), s.last_error)
                     ok = False
         for m in self.maintainers:
             m.stop()
@@ -811,7 +826,7 @@ class Runner:
                 for w in dirs:
                     w.wake.set()
 
-            def on_any_event(self, event):  # noqa: ANN001
+            def on_any_event(self, event) -> None:  # noqa: ANN001
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     wake = wakes.get(path)
                     if wake is not None:
@@ -887,8 +902,9 @@ class Runner:
                     return False
         return True
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """Final sync of every database, wait for shipping; True when everything was shipped."""
+    def stop(self, timeout: float = 30.0, hurry: threading.Event | None = None) -> bool:
+        """Final sync of every database, wait for shipping (no longer once ``hurry`` is set);
+        True when everything was shipped."""
         for w in self.dirs:
             w.stop()
         dbs = self.databases()
@@ -897,10 +913,13 @@ class Runner:
         deadline = time.monotonic() + timeout
         ok = True
         for d in dbs:
-            ok = d.stop(max(0.0, deadline - time.monotonic())) and ok
+            ok = d.stop(max(0.0, deadline - time.monotonic()), hurry) and ok
         self._stop_publishing.set()
         if self._publisher.is_alive():
             self._publisher.join()
+        for d in dbs:  # once no status is published any more: a failed start leaves nothing behind
+            if d.error is not None:
+                d.agent.discard_new_state()
         for control in self._controls.values():
             control.close()
         self._fatal_checked = -FATAL_CHECK  # what the stop found is seen at once

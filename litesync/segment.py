@@ -17,7 +17,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator, cast
 
 import zstandard
 
@@ -203,7 +203,7 @@ class _HashingWriter:
         self.sha = hashlib.sha256()
         self.count = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self.sha.update(data)
         self.out.write(data)
         self.count += len(data)
@@ -220,8 +220,9 @@ class _ObjectWriter:
         self._w = _HashingWriter(out)
         self._w.write(header)
         self._head_len = self._w.count
+        # zstandard calls only write and flush of what it writes to.
         self._z = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(
-            self._w, closefd=False, write_return_read=True)
+            cast(BinaryIO, self._w), closefd=False, write_return_read=True)
         self._buf = bytearray()
 
     def write(self, data: bytes | memoryview) -> None:

@@ -388,7 +388,8 @@ class Shipper:
         except (LitesyncError, OSError) as e:
             if not getattr(e, "retryable", True):  # an OSError may pass: the next try tells
                 self.errors += 1
-                self.log.error("%s", e)
+                # Fatal: the command stops and prints it as its one error line (fatal_errors).
+                self.log.debug("%s", e)
                 self.status, self.last_error, self.fatal = "failed", str(e), e  # type: ignore[assignment]
                 return None
             self.log.warning("%s (retrying)", e)

@@ -48,7 +48,7 @@ class Change:
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.inotify_init1  # noqa: B018 - only Linux has it
+        libc.inotify_init1
         return libc
     except (OSError, AttributeError):
         return None

@@ -59,7 +59,11 @@ def b2_api():
     return api, "litesync-test"
 
 
-@pytest.fixture(params=["file", "s3", "b2"])
+# One fixture per backend of litesync.replica.registry (tests/test_config.py checks they match).
+BACKEND_FIXTURES = ("file", "s3", "b2")
+
+
+@pytest.fixture(params=BACKEND_FIXTURES)
 def replica_client(request, tmp_path):
     """A ready ReplicaClient for each backend."""
     if request.param == "file":

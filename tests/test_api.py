@@ -100,7 +100,7 @@ def test_config_errors_are_raised_before_any_child_starts(tmp_path):
     with pytest.raises(ConfigError, match=r"^unsupported replica URL scheme: 'ftp' in 'ftp://x'$"):
         Replicator(str(tmp_path / "app.db"), ["ftp://x"])
     cfg = tmp_path / "litesync.yml"
-    cfg.write_text("dbs:\n  - path: app.db\n    replica: []\n")
+    cfg.write_text("dbs:\n  - path: app.db\n    replicass: []\n")
     with pytest.raises(ConfigError) as e:
         Replicator(config=str(cfg))
     assert (e.value.line, e.value.path) == (3, "dbs[0]")
@@ -155,9 +155,10 @@ def test_status_reads_the_published_status_file(tmp_path):
 
 
 @pytest.mark.parametrize("line, level, message", [
-    ("2026-11-22 14:01:00,123 WARNING x: retrying", logging.WARNING, "x: retrying"),
+    ("2026-11-22T14:01:00.123Z WARNING x: retrying", logging.WARNING, "x: retrying"),
     ('{"time": "t", "level": "error", "logger": "litesync", "msg": "boom"}', logging.ERROR, "boom"),
     ("litesync: error: database does not exist: /x", logging.ERROR, "database does not exist: /x"),
+    ("litesync replicate: error: unrecognized arguments: -x", logging.ERROR, "unrecognized arguments: -x"),
     ("restored /x: 4096 bytes", logging.INFO, "restored /x: 4096 bytes"),
 ])
 def test_child_lines_keep_their_level(line, level, message):
@@ -165,7 +166,7 @@ def test_child_lines_keep_their_level(line, level, message):
 
 
 def test_exit_codes_map_to_the_exception_tree():
-    lines = ["2026-11-22 14:01:00,123 ERROR first", "2026-11-22 14:01:00,124 INFO later",
+    lines = ["2026-11-22T14:01:00.123Z ERROR first", "2026-11-22T14:01:00.124Z INFO later",
              "litesync: error: the one line"]
     assert _last_error(lines) == "the one line"
     assert _last_error(lines[:2]) == "first"

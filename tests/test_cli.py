@@ -63,14 +63,18 @@ def test_restore_latest_and_refuse_to_overwrite(backed_up, tmp_path):
 
 
 def test_restore_from_empty_replica(tmp_path):
+    (tmp_path / "nothing").mkdir()
     url = f"file://{tmp_path / 'nothing'}"
     out = str(tmp_path / "out.db")
     r = litesync("restore", "-o", out, url)
     line = assert_one_line_error(r, 1)
-    assert "no backups found" in line
+    assert line == f"litesync: error: {url}: no backups found (no snapshot in any generation)"
     r = litesync("restore", "-o", out, "--if-replica-exists", url)
     assert r.returncode == 0
     assert not os.path.exists(out)
+    # An absent replica directory counts as empty for --if-replica-exists (a first deployment).
+    r = litesync("restore", "-o", out, "--if-replica-exists", f"file://{tmp_path / 'absent'}")
+    assert r.returncode == 0 and not os.path.exists(out)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -172,10 +176,10 @@ def test_bad_input_is_one_line_with_exit_code(args, code, text, tmp_path):
 
 def test_config_error_names_file_line_and_key(tmp_path):
     cfg = tmp_path / "litesync.yml"
-    cfg.write_text("dbs:\n  - path: app.db\n    replica:\n      - url: file:///tmp/x\n")
+    cfg.write_text("dbs:\n  - path: app.db\n    replicass:\n      - url: file:///tmp/x\n")
     r = litesync("--config", str(cfg), "replicate", "--once")
     line = assert_one_line_error(r, 2)
-    assert f"{cfg}:3: dbs[0]: unknown key 'replica' (did you mean 'replicas'?)" in line
+    assert f"{cfg}:3: dbs[0]: unknown key 'replicass' (did you mean 'replicas'?)" in line
 
 
 def test_every_command_is_documented_in_readme():

@@ -4,6 +4,7 @@ import textwrap
 from dataclasses import FrozenInstanceError
 
 import pytest
+import yaml
 
 from litesync import config
 from litesync.config import (Config, DbConfig, LoggingConfig, ReplicaConfig, config_from_args, expand_env,
@@ -133,7 +134,7 @@ def test_b2_url():
     ("b2://b/p?region=x", "unknown query parameter 'region' in 'b2://b/p'"),
     ("file:///d?x=1", "unknown query parameter 'x' in 'file:///d'"),
     ("s3://b/p?force-path-style=yes", "expected true or false: 'yes'"),
-    ("s3://b/p?endpoint=s3.example.com", "endpoint must be an http:// or https:// URL: 's3.example.com'"),
+    ("s3://b/p?endpoint=ftp://s3.example.com", "endpoint must be an http:// or https:// URL: 'ftp://s3.example.com'"),
     ("s3://key:secret@b/p", "replica URL must not contain credentials (give them as keys or in the environment)"),
     ("s3://b:9000/p", "invalid bucket name: 'b:9000'"),
     ("s3://b/p#frag", "unexpected '#' in replica URL: 's3://b/p#frag'"),
@@ -448,7 +449,9 @@ def test_destination():
      "litesync.yml:1: logging: expected a mapping, got a single value"),
     # unknown and duplicate keys
     ("dbs:\n  - path: a.db\n    replica:\n      - url: /b\n",
-     "litesync.yml:3: dbs[0]: unknown key 'replica' (did you mean 'replicas'?)"),
+     "litesync.yml:4: dbs[0].replica: replica: takes one replica (a mapping); write replicas: for a list"),
+    ("dbs:\n  - path: a.db\n    replicass:\n      - url: /b\n",
+     "litesync.yml:3: dbs[0]: unknown key 'replicass' (did you mean 'replicas'?)"),
     ("db:\n  - path: a.db\n", "litesync.yml:1: unknown key 'db' (did you mean 'dbs'?)"),
     ("retentoin: 24h\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n", "litesync.yml:1: unknown key 'retentoin' (did you mean 'retention'?)"),
     ("compaction: 5m, 1m\ndbs: [{path: a.db, replicas: [{url: /b}]}]\n", "litesync.yml:1: compaction: compaction windows must increase: '5m, 1m'"),
@@ -539,8 +542,8 @@ def test_destination():
      "litesync.yml:5: dbs[0].replicas[0].priority: must be at least 0: '-1'"),
     ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        force-path-style: yes\n",
      "litesync.yml:6: dbs[0].replicas[0].force-path-style: expected true or false: 'yes'"),
-    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        endpoint: localhost:9000\n",
-     "litesync.yml:6: dbs[0].replicas[0].endpoint: endpoint must be an http:// or https:// URL: 'localhost:9000'"),
+    ("dbs:\n  - path: a.db\n    replicas:\n      - type: s3\n        bucket: b\n        endpoint: ftp://localhost:9000\n",
+     "litesync.yml:6: dbs[0].replicas[0].endpoint: endpoint must be an http:// or https:// URL: 'ftp://localhost:9000'"),
     ("dbs:\n  - path: a.db\n    replicas:\n      - url: /b\n        name: a/b\n",
      "litesync.yml:5: dbs[0].replicas[0].name: invalid replica name: 'a/b' (letters, digits, '.', '_', '-')"),
     ("dbs:\n  - path: a.db\n    replicas:\n      - <<: 3\n",
@@ -781,7 +784,7 @@ def lookup(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.delenv("LITESYNC_CONFIG", raising=False)
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", str(tmp_path / "etc-litesync.yml"))
+    monkeypatch.setattr(config.reader, "SYSTEM_CONFIG", str(tmp_path / "etc-litesync.yml"))
     return tmp_path
 
 
@@ -855,8 +858,14 @@ def test_example_documents_every_key():
     with open(EXAMPLE) as f:
         text = f.read()
     keys = set(config._TOP_KEYS) | set(config._DB_KEYS) | set(config._LOGGING_KEYS) | config._ALL_REPLICA_KEYS
-    undocumented = {k for k in keys if not re.search(rf"^\s*(- )?{re.escape(k)}:", text, re.MULTILINE)}
+    # Litestream's spellings are documented in the README's "Coming from Litestream" table.
+    from_litestream = {"replica", "stderr"}
+    undocumented = {k for k in keys - from_litestream
+                    if not re.search(rf"^\s*(- )?{re.escape(k)}:", text, re.MULTILINE)}
     assert not undocumented
+    readme = open(os.path.join(os.path.dirname(EXAMPLE), "README.md")).read()
+    section = readme.split("## Coming from Litestream")[1].split("\n## ")[0]
+    assert all(f"{k}:" in section for k in from_litestream)
     for text_needed in ("LITESYNC_CONFIG", "/etc/litesync.yml", "${VAR:-default}", "KiB", "KB", "ms"):
         assert text_needed in text
 
@@ -867,3 +876,28 @@ def test_max_open_databases(cwd):
     assert error("max-open-databases: 0\n" + MINIMAL) == (
         "litesync.yml:1: max-open-databases: must be at least 1: '0'")
     assert "max-open-databases: expected an integer: 'many'" in error("max-open-databases: many\n" + MINIMAL)
+
+
+# --- the backend registry ------------------------------------------------------------------------
+
+
+def test_every_registered_backend_has_a_conformance_fixture():
+    from conftest import BACKEND_FIXTURES
+    from litesync.replica.registry import BACKENDS
+
+    assert set(BACKEND_FIXTURES) == set(BACKENDS) == set(config.REPLICA_TYPES)
+
+
+def test_what_a_backend_declares_is_what_the_config_takes():
+    from litesync.replica.registry import BACKENDS
+
+    for name, backend in BACKENDS.items():
+        secrets = {f: f"secret-{f}" for f in backend.secret_fields}
+        rc = ReplicaConfig(name, name, "p", **secrets)  # declared secret fields exist on the config
+        assert not any(v in repr(rc) for v in secrets.values())
+        assert config.DEFAULT_SYNC_INTERVAL[name] == backend.default_sync_interval
+        for key in backend.keys:  # each declared key is read for its type (else "unknown key")
+            text = f"dbs:\n  - path: a.db\n    replicas:\n      - type: {name}\n        {key}: [1]\n"
+            with pytest.raises(ConfigError) as e:
+                config.reader._Reader("f.yml", {}, "/").config(yaml.compose(text))
+            assert "unknown key" not in str(e.value) and "does not apply" not in str(e.value), (name, key, e.value)

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
-import torture  # noqa: E402  (the clock-shifting environment)
+import torture
 
 from dbcheck import content_digest, integrity
 from proc import clean_env, litesync, start_agent_ready, stop, wait_for

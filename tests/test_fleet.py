@@ -41,7 +41,7 @@ def empty_wal_db(path: str) -> None:
     conn.close()
 
 
-def tenants_config(tmp_path):  # noqa: ANN001, ANN201
+def tenants_config(tmp_path):
     """tmp_path/tenants, replicated by a dir: entry to tmp_path/store: (tenants, store, config)."""
     tenants, store = tmp_path / "tenants", str(tmp_path / "store")
     tenants.mkdir()

@@ -79,7 +79,7 @@ class Reader(threading.Thread):
                     time.sleep(0.02)
                     continue
                 self.errors.append(f"{type(e).__name__}: {e}")
-            except Exception as e:  # noqa: BLE001 - every failure is a finding
+            except Exception as e:
                 self.errors.append(f"{type(e).__name__}: {e}")
             time.sleep(0.005)
 

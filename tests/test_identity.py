@@ -50,7 +50,7 @@ class Tenants:
     def db(self, name: str) -> str:
         return os.path.join(self.dir, name)
 
-    def run(self, *args: str):  # noqa: ANN201
+    def run(self, *args: str):
         return litesync("--config", self.config, *args, env=self.env)
 
     def replicate(self, name: str, label: str) -> None:
@@ -77,7 +77,7 @@ def tenants(request, tmp_path):
     return t
 
 
-def one_line_error(r) -> str:  # noqa: ANN001
+def one_line_error(r) -> str:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     return lines[0]
@@ -290,7 +290,7 @@ def _chain(ids: list[str | None]) -> list[tuple[str, bytes]]:
     return objects
 
 
-def _replay(objects: list[tuple[str, bytes]], db_id: str | None = None):  # noqa: ANN202
+def _replay(objects: list[tuple[str, bytes]], db_id: str | None = None):
     import io
 
     from litesync.restore import PageBatch, apply_segment, load_snapshot, open_snapshot

@@ -17,7 +17,7 @@ import pytest
 from proc import free_port, kill9, litesync, run_writer, start_agent_ready, start_writer, stop, wait_for
 from litesync.logs import JsonFormatter, Labelled
 from litesync.metrics import render
-from litesync.progress import LogProgress, format_progress, terminal_printer
+from litesync.progress import LogProgress, format_progress, format_rate, format_size, plural, terminal_printer
 from litesync.status import caught_up, read_status
 
 
@@ -34,7 +34,7 @@ def status_json(cfg: str, *dbs: str) -> tuple[int, list[dict]]:
     return r.returncode, json.loads(r.stdout)["dbs"]
 
 
-def published(cfg: str, pred) -> dict:  # noqa: ANN001
+def published(cfg: str, pred) -> dict:
     """Wait until the published status of the one database satisfies ``pred``; return it."""
     seen: list[dict] = []
 
@@ -266,9 +266,24 @@ def test_validation_interval_reports_ok_then_the_tampered_object(tmp_path):
 
 def test_progress_format():
     assert format_progress(25_000_000, 100_000_000, 2.0) == "25.0 / 100.0 MB (25%), 12.5 MB/s, ETA 6.0s"
-    assert format_progress(0, 10, 0.0) == "0.0 / 0.0 MB (0%), 0.0 MB/s, ETA ?"
+    assert format_progress(0, 10, 0.0) == "0 / 10 B (0%), 0 B/s, ETA ?"
     assert format_progress(10_000_000, 10_000_000, 4.0).endswith("2.5 MB/s, done")
     assert format_progress(1_000_000, 2_000_000_000, 1.0).endswith("ETA 33m19s")
+    # A small restore: its own unit, never "0.0 / 0.0 MB" or "0 MB/s".
+    assert format_progress(20_480, 20_480, 0.004) == "20.5 / 20.5 kB (100%), 5.1 MB/s, done"
+
+
+@pytest.mark.parametrize("n,text", [(None, "0 B"), (0, "0 B"), (999, "999 B"), (1000, "1.0 kB"),
+                                    (999_999, "1.0 MB"), (1_234_567, "1.2 MB"), (5_600_000_000, "5.6 GB"),
+                                    (7.8e12, "7.8 TB")])
+def test_one_size_format(n, text):
+    assert format_size(n) == text
+
+
+def test_rates_and_counts_read_as_english():
+    assert format_rate(2_048, 0.001) == "2.0 MB/s" and format_rate(0, 0.0) == "0 B/s"
+    assert format_rate(10, 0.0) == "- B/s"
+    assert [plural(n, "generation") for n in (0, 1, 2)] == ["0 generations", "1 generation", "2 generations"]
 
 
 class FakeTerminal(io.StringIO):
@@ -305,8 +320,8 @@ def test_snapshot_progress_is_logged_sparingly(caplog):
         clock[0] = step * 15.0
         p(step * 10_000_000)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["/d/app.db: snapshot 1/0: 40.0 / 100.0 MB (40%), 0.7 MB/s, ETA 1m30s",
-                     "/d/app.db: snapshot 1/0: 80.0 / 100.0 MB (80%), 0.7 MB/s, ETA 30.0s"]
+    assert lines == ["/d/app.db: snapshot 1/0: 40.0 / 100.0 MB (40%), 666.7 kB/s, ETA 1m30s",
+                     "/d/app.db: snapshot 1/0: 80.0 / 100.0 MB (80%), 666.7 kB/s, ETA 30.0s"]
     assert caplog.records[0].db == "/d/app.db"
 
 
@@ -333,9 +348,9 @@ def test_metrics_render_escapes_labels_and_counts():
     text = render([st])
     labels = '{db="C:\\\\a \\"b\\"\\nc",replica="r"}'
     assert f"litesync_replica_lag_seconds{labels} 1.5\n" in text
-    assert f"litesync_replica_errors_total{labels} 6\n" in text
+    assert f"litesync_replica_errors_total{labels} 6.0\n" in text
     assert 'litesync_snapshot_duration_seconds{db="C:\\\\a \\"b\\"\\nc"} 0.25\n' in text
-    assert 'litesync_replica_state{db="C:\\\\a \\"b\\"\\nc",replica="r",state="failed"} 1\n' in text
+    assert 'litesync_replica_state{db="C:\\\\a \\"b\\"\\nc",replica="r",state="failed"} 1.0\n' in text
     assert "# TYPE litesync_shipped_bytes_total counter" in text
     assert text.count("\n") == len(text.splitlines())
 

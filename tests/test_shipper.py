@@ -264,10 +264,10 @@ def test_spool_changes_do_not_bring_a_retry_after_a_failure_closer(tmp_path):
     from litesync.spool import Spool
 
     class Down(FileReplicaClient):
-        def write(self, key, src, size):  # noqa: ANN001
+        def write(self, key, src, size):
             raise TransientReplicaError(self.name, "connection refused")
 
-        def write_file(self, key, path):  # noqa: ANN001
+        def write_file(self, key, path):
             raise TransientReplicaError(self.name, "connection refused")
 
     spool = Spool(str(tmp_path / "spool"))

@@ -234,7 +234,7 @@ def test_max_bandwidth_in_the_config_limits_shipping_and_restore(tmp_path):
     c.execute("CREATE TABLE t (x BLOB)")
     c.executemany("INSERT INTO t VALUES (?)", [(os.urandom(100_000),) for _ in range(45)])
     c.close()
-    cfg = load_config(write_config(tmp_path, f"        max-bandwidth: 1.5MB/s\n        encryption-key: 1f0123456789abcdef0123456789abcdef0123456789abcdeffedcba98765432\n"))
+    cfg = load_config(write_config(tmp_path, "        max-bandwidth: 1.5MB/s\n        encryption-key: 1f0123456789abcdef0123456789abcdef0123456789abcdeffedcba98765432\n"))
     d = DbReplication(cfg.dbs[0])
     shipper = d.shippers[0]
     d.agent.open()

@@ -19,7 +19,7 @@ class Recorder:
         self.paths: list[str] = []
         self.seen = threading.Event()
 
-    def on_any_event(self, event) -> None:  # noqa: ANN001
+    def on_any_event(self, event) -> None:
         self.paths.append(event.src_path)
         self.seen.set()
 

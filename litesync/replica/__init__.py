@@ -22,17 +22,12 @@ def open_replica(cfg: "ReplicaConfig") -> ReplicaClient:
 
 
 def _backend(cfg: "ReplicaConfig") -> ReplicaClient:
-    if cfg.type == "file":
-        return FileReplicaClient(cfg.path, name=cfg.name)
-    if cfg.type == "s3":
-        from .s3 import S3ReplicaClient
+    from .registry import BACKENDS
 
-        return S3ReplicaClient(cfg)
-    if cfg.type == "b2":
-        from .b2 import B2ReplicaClient
-
-        return B2ReplicaClient(cfg)
-    raise ValueError(f"unknown replica type: {cfg.type!r}")
+    backend = BACKENDS.get(cfg.type)
+    if backend is None:
+        raise ValueError(f"unknown replica type: {cfg.type!r}")
+    return backend.factory(cfg)
 
 
 def wrap_replica(client: ReplicaClient, cfg: "ReplicaConfig") -> ReplicaClient:

@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
-from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
+from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ class B2ReplicaClient(ReplicaClient):
         from b2sdk.v2 import exception as x
 
         if isinstance(e, x.NonExistentBucket):
-            return ReplicaError(self.name, "bucket does not exist or is not visible to this key")
+            return ReplicaSetupError(self.name, "bucket does not exist or is not visible to this key")
         if isinstance(e, (x.InvalidAuthToken, x.Unauthorized, x.AccessDenied, x.MissingAccountData)):
-            return ReplicaError(self.name, "access denied (check application-key-id/application-key)")
+            return ReplicaSetupError(self.name, "access denied (check application-key-id/application-key)")
         if isinstance(e, (x.B2ConnectionError, x.B2RequestTimeout, x.ServiceError, x.TooManyRequests)):
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
         if isinstance(e, x.B2Error) and e.should_retry_http():

@@ -2,98 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ObjectNotFoundError, ReplicaError
+from ..fsutil import (COPY_CHUNK, TMP_SUFFIX, atomic_file, fsync_dir, makedirs_private, publish_temp,  # noqa: F401 (modules import these from here too)
+                      temp_file, unlink_quietly, write_file_atomic)
 from .base import ObjectInfo, ReplicaClient
-
-_TMP_SUFFIX = ".tmp"
-_COPY_CHUNK = 1 << 20
-
-
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (a rename, a new file) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def makedirs_private(path: str) -> None:
-    """Create the directory ``path`` and missing parents, readable by the owner only (0700).
-
-    Directories that exist already are left as they are: they may be shared on purpose.
-    """
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        makedirs_private(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-
-
-@contextlib.contextmanager
-def temp_file(path: str, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield ``path.tmp`` for writing; fsync it on success (when ``durable``), remove it on failure."""
-    makedirs_private(os.path.dirname(os.path.abspath(path)))
-    tmp = path + _TMP_SUFFIX
-    f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb")
-    try:
-        yield f
-        f.flush()
-        if durable:
-            os.fsync(f.fileno())
-    except BaseException:
-        f.close()
-        _unlink_quietly(tmp)
-        raise
-    f.close()
-
-
-def publish_temp(path: str, durable: bool = True) -> None:
-    """Rename ``path.tmp`` to ``path`` and (when ``durable``) make the rename durable."""
-    os.replace(path + _TMP_SUFFIX, path)
-    if durable:
-        fsync_dir(os.path.dirname(path) or ".")
-
-
-@contextlib.contextmanager
-def atomic_file(path: str, mode: int = 0o600, durable: bool = True) -> Iterator[BinaryIO]:
-    """Yield a file to write ``path`` through ``path.tmp``; on success fsync, rename, fsync the
-    dir (without the fsyncs when not ``durable``: the file is whole or absent, maybe older)."""
-    with temp_file(path, mode, durable) as f:
-        yield f
-    publish_temp(path, durable)
-
-
-def write_file_atomic(path: str, src: BinaryIO, size: int | None = None, mode: int = 0o600) -> None:
-    """Write ``src`` to ``path`` atomically (see ``atomic_file``)."""
-    with atomic_file(path, mode) as out:
-        written = 0
-        while True:
-            chunk = src.read(_COPY_CHUNK)
-            if not chunk:
-                break
-            out.write(chunk)
-            written += len(chunk)
-        if size is not None and written != size:
-            raise ValueError(f"{path}: expected {size} bytes from source, got {written}")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
 
 class FileReplicaClient(ReplicaClient):
     """Objects are files under ``root``; a key's '/' separators become directories."""
@@ -117,7 +34,7 @@ class FileReplicaClient(ReplicaClient):
         try:
             for dirpath, _dirnames, filenames in os.walk(base_dir, onerror=self._walk_error):
                 for fn in filenames:
-                    if fn.endswith(_TMP_SUFFIX):
+                    if fn.endswith(TMP_SUFFIX):
                         continue
                     full = os.path.join(dirpath, fn)
                     key = os.path.relpath(full, self.root).replace(os.sep, "/")
@@ -157,10 +74,10 @@ class FileReplicaClient(ReplicaClient):
         """Hard-link ``path`` into place when it lies on the same file system (no copy, no
         new inode; ``path`` is already durable and never changes), else copy it."""
         dest = self._path(key)
-        tmp = dest + _TMP_SUFFIX
+        tmp = dest + TMP_SUFFIX
         try:
             makedirs_private(os.path.dirname(dest))
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             os.link(path, tmp)
         except OSError:  # another file system, or no hard links here: copy
             return super().write_file(key, path)
@@ -168,7 +85,7 @@ class FileReplicaClient(ReplicaClient):
             publish_temp(dest)
             return os.stat(dest).st_size
         except OSError as e:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
 
     def delete(self, keys: Iterable[str], durable: bool = True) -> None:
@@ -197,4 +114,4 @@ class FileReplicaClient(ReplicaClient):
     def copy_to(self, key: str, dest: str) -> None:
         """Copy one object to a local path (used by tests and restore caching)."""
         with self.open(key) as f, open(dest, "wb") as out:
-            shutil.copyfileobj(f, out, _COPY_CHUNK)
+            shutil.copyfileobj(f, out, COPY_CHUNK)

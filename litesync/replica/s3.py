@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
 
-from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
+from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
 
 if TYPE_CHECKING:
@@ -70,14 +70,15 @@ class S3ReplicaClient(ReplicaClient):
             code = str(err.get("Code", ""))
             status = str(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
             if code == "NoSuchBucket":
-                return ReplicaError(self.name, f"bucket does not exist: {self.bucket!r}")
+                return ReplicaSetupError(self.name, f"bucket does not exist: {self.bucket!r}")
             if code in _FATAL_MESSAGES or status == "403":
-                return ReplicaError(self.name, _FATAL_MESSAGES.get(code, _FATAL_MESSAGES["403"]))
+                return ReplicaSetupError(self.name, _FATAL_MESSAGES.get(code, _FATAL_MESSAGES["403"]))
             if code in _TRANSIENT_CODES or status in _TRANSIENT_CODES or status.startswith("5"):
                 return TransientReplicaError(self.name, f"{what}: {code or status} (will retry)")
             return ReplicaError(self.name, f"{what}: {code or status}")
         if isinstance(e, NoCredentialsError):
-            return ReplicaError(self.name, "no credentials (set access-key-id/secret-access-key or AWS_ACCESS_KEY_ID)")
+            return ReplicaSetupError(self.name,
+                                     "no credentials (set access-key-id/secret-access-key or AWS_ACCESS_KEY_ID)")
         if isinstance(e, (BotoConnectionError, HTTPClientError)):
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__}")
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
