@@ -52,6 +52,7 @@ _INDEX_REPAIR_AFTER = 0.5
 # A file modified within this long of a stat may be written again with the same times
 # (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
 _RACY_SECONDS = 0.05
+_RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
 
 
 class _WalChanged(Exception):
@@ -533,23 +534,29 @@ class DbAgent:
             # WAL restart from then on is known harmless (else, a new generation).
             self._cycle(checkpoint=False)
             return
-        if not self._seal():
-            self._end_read()
-            self._parked_marks = ()  # parked still, in effect: try again
-            self._disconnect()
-            raise WriteLockBusy(f"{self.path}: the application holds the write lock")
-        try:
-            # Every committed frame, R reading under the seal. No checkpoint: one that empties
-            # the WAL lets the app's next commit restart it, and the next unpark come here again.
-            view = self._reopen_view(checkpoint=False)
-        except _WalChanged:
-            view = None
-        finally:
-            self._unseal()
-        if view is None:
-            self.new_generation("the WAL and the wal-index disagreed under the write lock")
-        else:
-            self._resync(view)
+        for _attempt in range(_RESYNC_ATTEMPTS):
+            if not self._seal():
+                self._end_read()
+                self._parked_marks = ()  # parked still, in effect: try again
+                self._disconnect()
+                raise WriteLockBusy(f"{self.path}: the application holds the write lock")
+            try:
+                # Every committed frame, R reading under the seal. No checkpoint: one that
+                # empties the WAL lets the app's next commit restart it, and the next unpark
+                # come here again.
+                view = self._reopen_view(checkpoint=False)
+            except _WalChanged:
+                continue
+            finally:
+                self._unseal()
+            try:
+                self._resync(view)
+                return
+            except _WalChanged:
+                # R may read the WAL under read lock 0 (it was checkpointed in full), which
+                # does not stop the app from restarting it while the pages are read.
+                continue
+        self.new_generation("the WAL kept changing while the agent read the database it had parked")
 
     def _resync(self, view: View) -> None:
         """After a WAL restart while parked, the commits in between may have been
@@ -571,7 +578,9 @@ class DbAgent:
                         yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
 
             tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
-            self._write_segment([tx], view.pos.frame + 1, view.pos, pages())
+            # A restart changes the WAL's header: the pages read from it are the view's if it did not.
+            self._write_segment([tx], view.pos.frame + 1, view.pos, pages(),
+                                changed=lambda: self._wal_header() != view.header)
             self.log.info("the WAL was restarted while the database was parked: copied what changed "
                           "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
         self.pos = view.pos

@@ -795,8 +795,11 @@ class Runner:
                 beat = time.monotonic()
             for d in self.databases():
                 if d.cfg.path in asked:
+                    # Published after the next turn (which sets _dirty), not before: that turn
+                    # refreshes what the status says (copied_through, positions).
                     d.status_wanted = True
-                    d.agent.wake.set()  # its turn refreshes what the status says
+                    d._dirty = False
+                    d.agent.wake.set()
                 d.publish_status()
 
     def wait_started(self, timeout: float | None = None) -> None:

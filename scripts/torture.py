@@ -551,6 +551,8 @@ class Run:
             self.final_phase()
         finally:
             self.cleanup()
+            if self.plan.park:
+                self.count_parks()
         self.check()
 
     def main_loop(self) -> None:
@@ -745,6 +747,16 @@ class Run:
                           f"({r.label}.log)")
                 return
             time.sleep(0.3)
+
+    def count_parks(self) -> None:
+        """How often the agent parked the database (its status file, as the agent left it)."""
+        name = os.path.basename(self.agent_db)
+        try:
+            with open(self.path(f".{name}-litesync/status.json")) as f:
+                parks = json.load(f).get("parks", 0)
+        except (OSError, ValueError):
+            return
+        self.count("database parked by the agent (times)", parks)
 
     def cleanup(self) -> None:
         """End every process this run started (by its handle, never by name)."""

@@ -372,3 +372,45 @@ def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
         t.join(5)
         writer.stop()
         b.stop(5.0)
+
+
+def _parked_after_a_full_checkpoint(agent: DbAgent, conn: App) -> None:
+    """Park, then have the app restart the WAL, commit, and checkpoint it in full: unpark
+    must resync, and R then reads under read lock 0, which does not stop a WAL restart."""
+    _park(agent)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("INSERT INTO t (v) VALUES ('while parked')")
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
+@pytest.mark.parametrize("when", ["_resync", "_scan_view"])
+def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_path, when):
+    """The app's commit restarts the WAL right after the view is taken, the seal released
+    (the scan then sees it), or right after the scan (the changed pages are then read from
+    the new WAL): the read is done again, and the restore is exact, in the same generation."""
+    db, conn = app
+    agent = _agent(db)
+    try:
+        gen = agent.generation
+        _parked_after_a_full_checkpoint(agent, conn)
+        real = getattr(agent, when)
+        calls: list[int] = []
+
+        def then_commit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls.append(1)
+            if len(calls) == 1 and when == "_resync":
+                conn.execute("INSERT INTO t (v) VALUES ('during the read')")  # restarts the WAL
+            result = real(*args, **kwargs)
+            if len(calls) == 1 and when == "_scan_view":
+                conn.execute("INSERT INTO t (v) VALUES ('during the read')")
+            return result
+
+        setattr(agent, when, then_commit)
+        agent.unpark()
+        setattr(agent, when, real)
+        agent.step()
+        assert len(calls) >= 2  # read again
+        assert agent.generation == gen
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["first", "while parked", "during the read"]
+    finally:
+        agent.close()
