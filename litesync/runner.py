@@ -381,7 +381,9 @@ class DbReplication:
             self._give_slot()
             return PARKED_POLL
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
-        return self.idle_poll if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll else self.poll_interval
+        if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll:
+            return self.idle_poll
+        return self.poll_interval
 
     # -- the open budget: slots, parking ----------------------------------------------
 

@@ -69,7 +69,7 @@ class ProcessControl:
     def requests(self) -> list[str]:
         """The database paths whose fresh status was asked for since the last call."""
         d = os.path.join(self.path, REQUESTS)
-        paths = []
+        paths: list[str] = []
         try:
             names = os.listdir(d)
         except FileNotFoundError:  # removed from under us: made again

@@ -396,7 +396,7 @@ def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_
         real = getattr(agent, when)
         calls: list[int] = []
 
-        def then_commit(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def then_commit(*args, **kwargs):
             calls.append(1)
             if len(calls) == 1 and when == "_resync":
                 conn.execute("INSERT INTO t (v) VALUES ('during the read')")  # restarts the WAL
