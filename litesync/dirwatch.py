@@ -140,17 +140,19 @@ class DirWatcher(threading.Thread):
                 continue
             del self.active[path]
             self.runner.remove(d, REMOVED_DB_TIMEOUT)
+        names, identities = self.runner.replicated_files()
         for path, identity in found.items():
             if path in self.active or identity is None or self.passed.get(path) == identity:
                 continue
-            if self.runner.replicates(path):  # listed, found by another entry, or another name of one
+            # Listed, found by another entry, or another name of one.
+            if path in names or identity[:2] in identities:
                 if path not in self.aliases:
                     self.aliases.add(path)
                     log.info("%s: another name of a database already replicated; skipped", path)
                 continue
             # Only a file this process does not replicate may be opened here: closing a
             # descriptor of a database drops every SQLite lock the process holds on it.
-            header = has_sqlite_header(path, self.runner.replicates_file)
+            header = has_sqlite_header(path, identities.__contains__)
             if header is None:
                 continue
             if not header:
@@ -162,3 +164,5 @@ class DirWatcher(threading.Thread):
             log.info("%s: found in %s; replicating to %s", path, self.cfg.path,
                      ", ".join(r.name for r in db.replicas))
             self.active[path] = (self.runner.add(db), identity[:2])
+            names.add(path)
+            identities.add(identity[:2])
