@@ -5,6 +5,7 @@ databases, and a clean shutdown that ships everything."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -70,11 +71,11 @@ MIN_OPEN = 8
 OPEN_RETRY = 0.25  # a database waiting for a free slot to open looks again this soon
 SLOT_WAIT_WARNING = 30.0  # and says so once when it waited this long
 # Under descriptor pressure a database idle this long is parked: its connections close
-# (see DbAgent.park). A parked database is looked at (a stat of its files) every
-# PARKED_POLL seconds besides its file events.
+# (see DbAgent.park). A parked database is looked at (a stat of its files) on its file
+# events, and every PARKED_POLL seconds where inotify watches it (else at its idle poll).
 PARK_AFTER = 1.0
 PARK_AFTER_WHEN_WAITED_FOR = 0.1
-PARKED_POLL = 30.0
+PARKED_POLL = 60.0
 
 
 class OpenBudget:
@@ -222,7 +223,8 @@ class DbReplication:
         self.stopping = self.stopped = False
         self._published_at: float | None = None
         self._mark: tuple | None = None
-        self._dirty = True  # a turn ran since the status was last looked at
+        self._dirty = True  # a turn ran since the status was last looked at (see _touch)
+        self.on_touch: Callable[[DbReplication], None] | None = None  # told of each _touch (the runner's publisher)
         self.status_wanted = False  # a reader asked for a fresh status (see status.ask_fresh)
         self.control: str | None = None  # the process's control directory (see status.ProcessControl)
         self._publish_lock = threading.Lock()
@@ -253,13 +255,19 @@ class DbReplication:
             try:
                 return step()
             finally:
-                self._dirty = True
+                self._touch()
         return turn
+
+    def _touch(self) -> None:
+        """Mark the status as possibly changed: the publisher looks at this database next."""
+        self._dirty = True
+        if self.on_touch is not None:
+            self.on_touch(self)
 
     def _turn(self) -> float | None:
         """One turn of this database's work (see engine.py): open it, then copy what was
         committed, then the final sync. Return the delay before the next turn."""
-        self._dirty = True
+        self._touch()
         if self._phase == "open":
             return self._open_turn()
         if self._phase == "run":
@@ -355,7 +363,7 @@ class DbReplication:
         try:
             if self.agent.parked:
                 if not self._needs_unpark():
-                    return PARKED_POLL
+                    return self._parked_poll()
                 self._unpark()
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
@@ -379,7 +387,7 @@ class DbReplication:
             self._active_at = self._last_step
         elif self._may_park() and self.agent.park():
             self._give_slot()
-            return PARKED_POLL
+            return self._parked_poll()
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
         if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll:
             return self.idle_poll
@@ -407,6 +415,9 @@ class DbReplication:
         # Databases waiting to open (a start): an idle one makes room at once.
         idle = PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER
         return time.monotonic() - self._active_at >= idle
+
+    def _parked_poll(self) -> float:
+        return PARKED_POLL if self.idle_poll == WATCHED_IDLE_POLL else self.idle_poll
 
     def _needs_unpark(self) -> bool:
         """A parked database has work when its files changed or it has something to do
@@ -473,7 +484,7 @@ class DbReplication:
     def request_stop(self) -> None:
         """Start the final sync without waiting for it."""
         self.stopping = True
-        self._dirty = True
+        self._touch()
         self.stop_event.set()
         self.agent.wake.set()
 
@@ -645,7 +656,7 @@ class DbReplication:
             s.log.error("validation failed: %s", e)
         entry = self.validation[s.replica]
         entry["ok" if ok else "failed"] += 1
-        self._dirty = True
+        self._touch()
         entry["last"] = {"at": t0, "ok": ok, "message": message, "seconds": round(time.time() - t0, 3)}
         return ok
 
@@ -688,6 +699,8 @@ class Runner:
         self._publisher = threading.Thread(target=self._publish_loop, name="status", daemon=True)
         self._controls: dict[str, status.ProcessControl] = {}  # directory of databases -> its control
         self._fatal: list[BaseException] = []
+        self._touched: collections.deque[DbReplication] = collections.deque()  # see DbReplication._touch
+        self._uncontrolled = False  # some database has no control directory
         self._fatal_checked = -FATAL_CHECK
         self.metrics = None
 
@@ -784,7 +797,9 @@ class Runner:
         return [d.status(now) for d in self.databases()]
 
     def _control_for(self, d: DbReplication) -> None:
-        """Give ``d`` the control directory of its directory (see status.ProcessControl)."""
+        """Give ``d`` the control directory of its directory (see status.ProcessControl), and
+        the publisher's ear (see DbReplication._touch)."""
+        d.on_touch = self._touched.append
         root = os.path.dirname(d.cfg.path)
         with self._lock:
             control = self._controls.get(root)
@@ -792,8 +807,9 @@ class Runner:
                 try:
                     control = self._controls[root] = status.ProcessControl(root)
                 except OSError as e:
-                    log.warning("%s: cannot make the agent's control directory (status readers "
-                                "will see a stale status): %s", root, e)
+                    log.warning("%s: cannot make the agent's control directory; its status file is "
+                                "rewritten every %gs instead: %s", root, PUBLISH_INTERVAL, e)
+                    self._uncontrolled = True
                     return
         d.control = control.path
 
@@ -813,13 +829,22 @@ class Runner:
                     log.debug("control directory %s: %s", control.path, e)
             if beating:
                 beat = time.monotonic()
-            for d in self.databases():
-                if d.cfg.path in asked:
-                    # Published after the next turn (which sets _dirty), not before: that turn
-                    # refreshes what the status says (copied_through, positions).
-                    d.status_wanted = True
-                    d._dirty = False
-                    d.agent.wake.set()
+            if asked:
+                for d in self.databases():
+                    if d.cfg.path in asked:
+                        # Published after the next turn (which touches it), not before: that
+                        # turn refreshes what the status says (copied_through, positions).
+                        d.status_wanted = True
+                        d._dirty = False
+                        d.agent.wake.set()
+            # Only the databases touched since (a turn ran), and those whose file's time is
+            # their heartbeat (no control directory): ten thousand idle ones cost nothing.
+            looked: set[DbReplication] = set()
+            while self._touched:
+                looked.add(self._touched.popleft())
+            if self._uncontrolled:
+                looked.update(d for d in self.databases() if d.control is None)
+            for d in looked:
                 d.publish_status()
 
     def wait_started(self, timeout: float | None = None) -> None:
