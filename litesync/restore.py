@@ -34,6 +34,7 @@ from .journal import pending_page
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
+from .replica.resume import PATIENT
 from .segment import SegmentReader, SnapshotReader, read_header
 
 if TYPE_CHECKING:
@@ -700,6 +701,8 @@ def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: 
     order), falling back to the next ones when a replica is unreachable, damaged or
     incomplete. The result names the replica used and why others were not. ``cands`` is a
     ``survey`` of ``clients`` made moments ago (else they are listed here)."""
+    for client in clients:
+        client.set_retry(PATIENT)  # a request that fails is tried again on its own, a download resumed
     if cands is None:
         cands = survey(clients, generation=generation, until_ms=until_ms)
     failures = [c.error for c in cands if c.error is not None]

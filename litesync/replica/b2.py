@@ -6,8 +6,9 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
-from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
+from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
+from .resume import NO_RETRY, ObjectChangedError, Outage, Retrier, RetryPolicy
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -42,6 +43,14 @@ class B2ReplicaClient(ReplicaClient):
         except Exception as e:
             raise self._error(e, "connect") from None
         self.bucket_name = cfg.bucket
+        self.retry_policy = NO_RETRY
+        self._outage = Outage(self.name)
+
+    def set_retry(self, policy: RetryPolicy) -> None:
+        self.retry_policy = policy
+
+    def _retrier(self) -> Retrier:
+        return Retrier(self.retry_policy, self._outage)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -60,6 +69,9 @@ class B2ReplicaClient(ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self._retrier().call(lambda: self._list(prefix))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         folder = full.rsplit("/", 1)[0] if "/" in full else ""
@@ -74,20 +86,60 @@ class B2ReplicaClient(ReplicaClient):
         return iter(out)
 
     def open(self, key: str) -> BinaryIO:
-        from b2sdk.v2 import exception as x
-
         # b2sdk downloads into a writable file; spill to disk past a few MB to bound memory.
         buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        retrier = self._retrier()
         try:
-            self._bucket.download_file_by_name(self._key(key)).save(buf)
-        except x.FileNotPresent:
+            downloaded, version = retrier.call(lambda: self._request(key, None, 0))
+            while True:
+                offset = buf.tell()
+                try:
+                    self._save(downloaded, buf, key, version[1])
+                    break
+                except LitesyncError as e:
+                    if buf.tell() > offset:
+                        retrier.progressed()
+                    retrier.failed(e)
+                while buf.tell() < version[1]:
+                    try:
+                        downloaded, _ = self._request(key, version, buf.tell())
+                        break
+                    except LitesyncError as e:
+                        retrier.failed(e)
+                else:
+                    break
+        except BaseException:
             buf.close()
-            raise ObjectNotFoundError(self.name, key) from None
-        except Exception as e:
-            buf.close()
-            raise self._error(e, f"read {key!r}") from None
+            raise
         buf.seek(0)
         return buf  # type: ignore[return-value]
+
+    def _request(self, key: str, version: tuple[str, int] | None, offset: int):  # noqa: ANN202
+        """Start downloading ``key`` from byte ``offset``; with ``version`` (file id, size), that
+        version of it only (a file id names one version, so a resumed download never splices
+        two). Return (the download, its version)."""
+        from b2sdk.v2 import exception as x
+
+        try:
+            if version is None:
+                downloaded = self._bucket.download_file_by_name(self._key(key))
+                return downloaded, (downloaded.download_version.id_, downloaded.download_version.size)
+            return self._api.download_file_by_id(version[0], range_=(offset, version[1] - 1)), version
+        except x.FileNotPresent:
+            if version is None:
+                raise ObjectNotFoundError(self.name, key) from None
+            raise ObjectChangedError(self.name, f"read {key!r}: the object was deleted while it was read; not "
+                                                f"resumed from byte {offset}") from None
+        except Exception as e:
+            raise self._error(e, f"read {key!r}") from None
+
+    def _save(self, downloaded, buf: BinaryIO, key: str, size: int) -> None:  # noqa: ANN001
+        try:
+            # Sequential writes (no seeking): what reached ``buf`` before a failure is a prefix.
+            downloaded.save(buf, allow_seeking=False)
+        except Exception as e:  # noqa: BLE001 - a reset, timeout or short body mid-object
+            raise TransientReplicaError(self.name, f"read {key!r} at byte {buf.tell()} of {size}: "
+                                                   f"{type(e).__name__}") from None
 
     def write(self, key: str, src: BinaryIO, size: int) -> None:
         try:
