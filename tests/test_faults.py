@@ -227,3 +227,43 @@ def test_b2_downloads_resume_by_file_id_and_read_back_exactly(b2_api):
     for key, data in objects.items():
         assert client.read(key) == data
     assert flaky.cut > 0
+
+
+def test_a_blackholed_store_shows_as_failed_within_seconds_and_replication_resumes(s3_bucket, tmp_path):
+    """The store accepts connections and never answers: status says failed, with the
+    reason, within seconds; the metrics count it; when the store is back, nothing is lost."""
+    from test_ops import published, scrape
+
+    from proc import free_port
+
+    endpoint, bucket = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "3")
+    metrics = free_port()
+    with FaultProxy((host, int(port))) as proxy:
+        cfg = tmp_path / "litesync.yml"
+        cfg.write_text(f"addr: 127.0.0.1:{metrics}\ncompaction: off\ndbs:\n  - path: {db}\n    replicas:\n"
+                       f"      - name: offsite\n        url: {s3_url(proxy.url, bucket)}\n")
+        agent = start_agent_ready("--config", str(cfg), "--shutdown-timeout", "1", log_path=str(tmp_path / "a.log"),
+                                  env=clean_env(S3_ENV))
+        try:
+            errors = f'litesync_replica_errors_total{{db="{db}",replica="offsite"}}'
+            before = scrape(metrics)[errors]
+            proxy.set("blackhole")
+            t0 = time.monotonic()
+            run_writer(db, "--count", "20", "--rate", "200", "--seed", "2")
+            st = published(str(cfg), lambda s: s["replicas"][0]["state"] == "failed")
+            took = time.monotonic() - t0
+            assert took < 15, f"the outage took {took:.1f}s to show"
+            assert "ReadTimeoutError" in st["replicas"][0]["last_error"], st
+            assert scrape(metrics)[errors] > before
+            proxy.set("pass")
+            published(str(cfg), lambda s: s["replicas"][0]["state"] == "completed" and s["replicas"][0]["lag_bytes"] == 0)
+        finally:
+            stop(agent)
+        out = str(tmp_path / "out.db")
+        r = litesync("restore", "-o", out, s3_url(proxy.url, bucket), env=clean_env(S3_ENV))
+        assert r.returncode == 0, r.stderr
+    assert content_digest(out) == content_digest(db)
+    assert "Traceback" not in (tmp_path / "a.log").read_text()
