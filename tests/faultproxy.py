@@ -11,7 +11,8 @@ is switched at run time with ``FaultProxy.set``:
 - ``reset_request``: a connection is reset (RST) after the client has sent ``after`` bytes.
 - ``reset_response``: a response is cut and its connection reset after ``after`` bytes of
   its body, or, with ``p``, each response is cut with probability ``p`` at a random byte
-  of its body.
+  of its body (a response without a body, such as an upload's, is then lost whole: the
+  request was carried out, the client never hears so).
 - ``latency``: each response waits ``seconds`` before its first byte is forwarded.
 - ``bandwidth``: bytes in both directions together are held to ``rate`` bytes per second.
 
@@ -294,6 +295,10 @@ class FaultProxy:
         for kind, piece, head in framer.feed(data, lambda h: self._body_length(methods, h)):
             if kind == "head":
                 state["cut_after"] = self._choose_cut(head[1])  # type: ignore[index]
+                if state["cut_after"] == -1:  # no body to cut: the whole answer is lost
+                    with self._lock:
+                        self.counts["cut"] += 1
+                    return False
                 if self.mode == "latency":
                     time.sleep(float(self.params["seconds"]))
             elif kind == "body" and state["cut_after"] is not None:
@@ -323,11 +328,13 @@ class FaultProxy:
         """Where to cut the response whose header was just read (body bytes), or None."""
         with self._lock:
             self.counts["responses"] += 1
-        if self.mode != "reset_response" or not body:
+        if self.mode != "reset_response":
             return None
         if "p" in self.params:
             if self.rng.random() >= float(self.params["p"]):
                 return None
-            return self.rng.randrange(body)
+            return self.rng.randrange(body) if body else -1
+        if not body:
+            return None
         after = int(self.params.get("after", 0))
         return after if after < body else None

@@ -32,15 +32,17 @@ def s3_url(endpoint: str, bucket: str) -> str:
 
 
 def make_database(path: str, megabytes: int, seed: int = 1) -> None:
-    """A WAL database of about ``megabytes`` MB: blobs half random (so it compresses about 2:1)."""
+    """Add about ``megabytes`` MB to the WAL database at ``path`` (made if missing), 16 MB per
+    transaction: blobs half random, so it compresses about 2:1."""
     rng = random.Random(seed)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE blobs(id INTEGER PRIMARY KEY, data BLOB)")
-    conn.execute("BEGIN")
-    for _ in range(megabytes * 256):
-        conn.execute("INSERT INTO blobs(data) VALUES (?)", (rng.randbytes(2048) + bytes(2048),))
-    conn.execute("COMMIT")
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    for done in range(0, megabytes, 16):
+        conn.execute("BEGIN")
+        for _ in range(min(16, megabytes - done) * 256):
+            conn.execute("INSERT INTO blobs(data) VALUES (?)", (rng.randbytes(2048) + bytes(2048),))
+        conn.execute("COMMIT")
     conn.close()
 
 
@@ -181,7 +183,7 @@ def test_a_resumed_download_reads_the_same_bytes_and_a_dead_store_is_given_up(s3
     direct.close()
 
 
-class _FlakyDownloads:
+class FlakyDownloads:
     """Wraps b2sdk's simulator so that a share of downloads break mid-body (the one fault
     the simulator cannot make itself: it has no network)."""
 
@@ -223,7 +225,7 @@ def test_b2_downloads_resume_by_file_id_and_read_back_exactly(b2_api):
     objects = {f"o{i}": os.urandom(20_000 + i) for i in range(8)}
     for key, data in objects.items():
         client.write_bytes(key, data)
-    flaky = _FlakyDownloads(api.session.raw_api, p=0.3)
+    flaky = FlakyDownloads(api.session.raw_api, p=0.3)
     for key, data in objects.items():
         assert client.read(key) == data
     assert flaky.cut > 0
