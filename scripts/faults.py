@@ -247,6 +247,14 @@ class Bench:
         self.server.stop()
 
 
+def _case(run, *args) -> tuple[str, str, str]:  # noqa: ANN001, ANN002
+    """Run one case; an exception is its result (the other cases still run)."""
+    try:
+        return run(*args)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        return f"FAILED ({type(e).__name__}: {e})", "-", "-"
+
+
 def _seconds(t: float | None) -> str:
     return "never" if t is None else f"{t:.1f}s"
 
@@ -274,10 +282,7 @@ def b2_restore(bench: Bench, p: float) -> tuple[str, str, str]:
     flaky = FlakyDownloads(api.session.raw_api, p=p)
     out = os.path.join(bench.work, "restore-b2.db")
     t0 = time.monotonic()
-    try:
-        restore_any([client], out)
-    except Exception as e:  # noqa: BLE001 - reported in the table
-        return f"FAILED ({e})", "-", "-"
+    restore_any([client], out)
     took = time.monotonic() - t0
     same = content_digest(out) == content_digest(bench.db) and integrity(out) == "ok"
     os.unlink(out)
@@ -307,12 +312,12 @@ def main() -> int:
         for name in args.faults.split(","):
             for op in (o for o in OPS if o in ops):
                 t0 = time.monotonic()
-                result, recovery, lost = getattr(bench, op)(name)
+                result, recovery, lost = _case(getattr(bench, op), name)
                 failed |= not result.startswith("ok")
                 rows.append((name, f"{op} S3", result, recovery, lost))
                 print(f"# {name} / {op}: {result} ({time.monotonic() - t0:.0f}s)", flush=True)
         if "b2" in ops:
-            result, recovery, lost = b2_restore(bench, 0.2)
+            result, recovery, lost = _case(b2_restore, bench, 0.2)
             failed |= not result.startswith("ok")
             rows.append(("reset_response (20% of downloads cut)", "restore B2 (simulator)", result, recovery, lost))
     finally:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
-from .resume import NO_RETRY, ObjectChangedError, Outage, Retrier, RetryPolicy
+from .resume import RetriesRequests
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -17,7 +17,7 @@ DEFAULT_PART_SIZE = 100 << 20
 _SPOOL_IN_MEMORY = 8 << 20
 
 
-class B2ReplicaClient(ReplicaClient):
+class B2ReplicaClient(RetriesRequests, ReplicaClient):
     """Objects are files ``PATH/KEY`` in one bucket; every version is removed on delete."""
 
     def __init__(self, cfg: "ReplicaConfig", *, api=None) -> None:  # noqa: ANN001
@@ -43,14 +43,7 @@ class B2ReplicaClient(ReplicaClient):
         except Exception as e:
             raise self._error(e, "connect") from None
         self.bucket_name = cfg.bucket
-        self.retry_policy = NO_RETRY
-        self._outage = Outage(self.name)
 
-    def set_retry(self, policy: RetryPolicy) -> None:
-        self.retry_policy = policy
-
-    def _retrier(self) -> Retrier:
-        return Retrier(self.retry_policy, self._outage)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -69,7 +62,7 @@ class B2ReplicaClient(ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._retrier().call(lambda: self._list(prefix))
+        return self.retrier().call(lambda: self._list(prefix))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -88,7 +81,7 @@ class B2ReplicaClient(ReplicaClient):
     def open(self, key: str) -> BinaryIO:
         # b2sdk downloads into a writable file; spill to disk past a few MB to bound memory.
         buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
-        retrier = self._retrier()
+        retrier = self.retrier()
         try:
             downloaded, version = retrier.call(lambda: self._request(key, None, 0))
             while True:
@@ -126,10 +119,9 @@ class B2ReplicaClient(ReplicaClient):
                 return downloaded, (downloaded.download_version.id_, downloaded.download_version.size)
             return self._api.download_file_by_id(version[0], range_=(offset, version[1] - 1)), version
         except x.FileNotPresent:
-            if version is None:
-                raise ObjectNotFoundError(self.name, key) from None
-            raise ObjectChangedError(self.name, f"read {key!r}: the object was deleted while it was read; not "
-                                                f"resumed from byte {offset}") from None
+            # Deleted (by retention or compaction) while it was read: gone, as for a reader
+            # that had not begun (a restore plans again).
+            raise ObjectNotFoundError(self.name, key) from None
         except Exception as e:
             raise self._error(e, f"read {key!r}") from None
 

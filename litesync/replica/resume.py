@@ -46,7 +46,7 @@ class RetryPolicy:
 
 NO_RETRY = RetryPolicy()
 # Restores and followers: a store down for a few minutes is waited out.
-PATIENT = RetryPolicy(attempts=30, patience=300.0)
+PATIENT = RetryPolicy(attempts=60, patience=300.0, cap=4.0)
 
 
 class ObjectChangedError(ReplicaError):
@@ -120,6 +120,26 @@ class Retrier:
                 continue
             self.progressed()
             return value
+
+
+class RetriesRequests:
+    """For a backend: the policy its reads and listings follow, and the one ``Outage`` they
+    share (so that a store down is said once, whatever the number of requests waiting)."""
+
+    name: str
+    retry_policy: RetryPolicy = NO_RETRY
+    _outage: Outage | None = None
+
+    def set_retry(self, policy: RetryPolicy) -> None:
+        if self._outage is None:  # made here, before requests run in threads
+            self._outage = Outage(self.name)
+        self.retry_policy = policy
+
+    def retrier(self) -> Retrier:
+        """A new count of failures, for one request or one download."""
+        if self._outage is None:
+            self._outage = Outage(self.name)
+        return Retrier(self.retry_policy, self._outage)
 
 
 def _inner(e: LitesyncError) -> str:

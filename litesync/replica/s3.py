@@ -8,7 +8,7 @@ from urllib.parse import urlparse
 
 from ..errors import ObjectNotFoundError, ReplicaError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
-from .resume import NO_RETRY, Download, ObjectChangedError, Outage, ResumingReader, Retrier, RetryPolicy
+from .resume import Download, ObjectChangedError, ResumingReader, RetriesRequests
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -35,7 +35,7 @@ _FATAL_MESSAGES = {
 }
 
 
-class S3ReplicaClient(ReplicaClient):
+class S3ReplicaClient(RetriesRequests, ReplicaClient):
     """Objects are keys ``PATH/KEY`` in one bucket."""
 
     def __init__(self, cfg: "ReplicaConfig", *, session=None) -> None:  # noqa: ANN001
@@ -66,8 +66,6 @@ class S3ReplicaClient(ReplicaClient):
         self._session = session or boto3.session.Session()
         self._s3 = self._make_client(READ_TIMEOUT)
         self._s3_large = None  # made at the first large upload
-        self.retry_policy = NO_RETRY
-        self._outage = Outage(self.name)
 
     def _make_client(self, read_timeout: float):  # noqa: ANN202
         from botocore.config import Config as BotoConfig
@@ -75,11 +73,6 @@ class S3ReplicaClient(ReplicaClient):
         cfg = BotoConfig(**{**self._boto_cfg, "read_timeout": read_timeout})
         return self._session.client("s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw)
 
-    def set_retry(self, policy: RetryPolicy) -> None:
-        self.retry_policy = policy
-
-    def _retrier(self) -> Retrier:
-        return Retrier(self.retry_policy, self._outage)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -106,7 +99,7 @@ class S3ReplicaClient(ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self._retrier().call(lambda: self._list(prefix))
+        return self.retrier().call(lambda: self._list(prefix))
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -123,7 +116,7 @@ class S3ReplicaClient(ReplicaClient):
 
     def open(self, key: str) -> BinaryIO:
         return ResumingReader(lambda offset, version: self._get(key, offset, version), key, self.name,
-                              self._retrier())  # type: ignore[return-value]
+                              self.retrier())  # type: ignore[return-value]
 
     def _get(self, key: str, offset: int, version: str | None) -> Download:
         """GET ``key`` from byte ``offset``; with ``version`` (an ETag), only that version of it."""
