@@ -12,7 +12,8 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
 - replicate: an agent replicates through the proxy while a writer commits; the fault lasts
   ``--outage`` seconds in the middle. Recovery: from the end of the fault until the
   replica is within a second of the writer. Lost: committed transactions missing from a
-  restore made afterwards (directly, without the proxy).
+  restore made afterwards (through the proxy with the fault still on for continuous
+  faults: a restore right after replication under resets; directly for outages).
 - restore: `litesync restore` of the whole database through the proxy. Continuous faults
   (resets of 20% of responses mid-body, latency, a bandwidth cap) last the whole restore;
   outages (blackhole, refuse, reset of every request) begin a second in and last
@@ -152,11 +153,14 @@ class Bench:
         reps = st.get("replicas") or [{}]
         return float("inf") if reps[0].get("lag_seconds") is None else reps[0]["lag_seconds"]
 
-    def restore_direct(self, out: str) -> int:
-        r = subprocess.run([sys.executable, "-m", "litesync", "restore", "-o", out, url(self.endpoint, self.bucket)],
+    def restore_check(self, out: str, through_proxy: bool) -> int:
+        """Restore the latest state (through the proxy, with whatever fault it has, or
+        directly); return the transactions of tests/workload.py it holds."""
+        endpoint = self.proxy.url if through_proxy else self.endpoint
+        r = subprocess.run([sys.executable, "-m", "litesync", "restore", "-o", out, url(endpoint, self.bucket)],
                            capture_output=True, text=True, env=ENV)
         if r.returncode:
-            raise SystemExit(f"restore without faults failed: {r.stderr}")
+            raise RuntimeError(f"the restore after replication failed: {r.stderr.strip()}")
         return committed_prefix(out)
 
     # -- the three operations -------------------------------------------------------------
@@ -173,7 +177,12 @@ class Bench:
         writer.wait()
         code = self.stop(agent)
         out = os.path.join(self.work, f"check-{name}.db")
-        k = self.restore_direct(out)
+        # A continuous fault stays on for the restore after the replication it troubled.
+        continuous = FAULTS[name][2]
+        if continuous:
+            self.fault(name)
+        k = self.restore_check(out, through_proxy=continuous)
+        self.proxy.set("pass")
         os.unlink(out)
         lost = self.writes - k
         tb = tracebacks(os.path.join(self.work, "agent.log"))
@@ -187,6 +196,7 @@ class Bench:
         self.proxy.set("pass")
         if continuous:
             self.fault(name)
+        cuts = self.proxy.counts["cut"]
         t0 = time.monotonic()
         p = litesync("restore", "-o", out, url(self.proxy.url, self.bucket), log=log)
         healed = t0
@@ -207,7 +217,9 @@ class Bench:
         os.unlink(out)
         tb = tracebacks(log)
         result = "ok" if same and not tb else f"FAILED ({tb} tracebacks)"
-        return result, f"{took:.1f}s" + (" (whole restore)" if continuous else ""), "nothing" if same else "DIFFERS"
+        cut = self.proxy.counts["cut"] - cuts
+        note = f" (whole restore, {cut} responses cut)" if continuous else ""
+        return result, f"{took:.1f}s{note}", "nothing" if same else "DIFFERS"
 
     def follow(self, name: str) -> tuple[str, str, str]:
         out = os.path.join(self.work, f"follow-{name}.db")
