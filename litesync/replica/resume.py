@@ -45,8 +45,16 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy()
-# Restores and followers: a store down for a few minutes is waited out.
+# Restores and followers with no other replica: a store down for a few minutes is waited out.
 PATIENT = RetryPolicy(attempts=60, patience=300.0, cap=4.0)
+# With another replica to turn to: broken downloads still resume (bytes are progress), a
+# store that does not answer at all is given up within seconds.
+BRIEF = RetryPolicy(attempts=4, patience=10.0, cap=2.0)
+
+
+def policy_for(alternatives: int) -> RetryPolicy:
+    """How long to insist on one replica when ``alternatives`` others could serve instead."""
+    return PATIENT if alternatives == 0 else BRIEF
 
 
 class ObjectChangedError(ReplicaError):
