@@ -7,6 +7,7 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
 
     python scripts/faults.py                       # the whole matrix, a 50 MB database
     python scripts/faults.py --mb 1024 --ops restore --faults reset_response   # the 1 GB case
+    python scripts/faults.py --mb 1024 --ops restore --faults reset_every_32MB # every response cut at 32 MB
     python scripts/faults.py --outage 60           # faults that last a minute
 
 - replicate: an agent replicates through the proxy while a writer commits; the fault lasts
@@ -52,6 +53,7 @@ FAULTS = {  # name: (proxy mode, parameters, continuous during a restore)
     "refuse": ("refuse", {}, False),
     "reset_request": ("reset_request", {"after": 1}, False),
     "reset_response": ("reset_response", {"p": 0.2}, True),
+    "reset_every_32MB": ("reset_response", {"after": 32 << 20}, True),  # not in the default matrix
     "latency": ("latency", {"seconds": 0.3}, True),
     "bandwidth": ("bandwidth", {"rate": 1 << 20}, True),
 }
@@ -306,7 +308,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=50, help="database size in MB (default 50)")
     ap.add_argument("--outage", type=float, default=10.0, help="seconds each fault lasts (default 10)")
-    ap.add_argument("--faults", default=",".join(FAULTS), help="comma-separated subset of: " + ", ".join(FAULTS))
+    ap.add_argument("--faults", default=",".join(f for f in FAULTS if f != "reset_every_32MB"),
+                    help="comma-separated subset of: " + ", ".join(FAULTS))
     ap.add_argument("--ops", default=",".join(OPS) + ",b2", help="comma-separated subset of: replicate, restore, "
                                                                  "follow, b2")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")

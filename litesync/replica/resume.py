@@ -9,8 +9,9 @@ readers above exactly as unresumed ones do, so they are verified the same way (A
 segment and snapshot checksums).
 
 How long to insist is a ``RetryPolicy``: a number of attempts in a row that bring nothing,
-and a time without progress. The agent's own clients do not retry here (``NO_RETRY``): its
-loops retry, and an outage must show in its status at once.
+and a time without progress. A restore or a follower waits out a dead store (``PATIENT``)
+only when no other replica could serve (else ``BRIEF``). The agent's own clients do not
+retry here (``NO_RETRY``): its loops retry, and an outage must show in its status at once.
 """
 
 from __future__ import annotations
@@ -78,6 +79,11 @@ class Outage:
         else:
             log.debug("%s (retrying)", e, extra={"replica": self.replica})
 
+    def over(self) -> None:
+        """A request gave up: the next failure is a new outage, and says so."""
+        with self._lock:
+            self._since = None
+
     def answered(self) -> None:
         with self._lock:
             since, self._since = self._since, None
@@ -93,7 +99,6 @@ class Retrier:
         self.policy = policy
         self.outage = outage
         self.failures = 0
-        self.attempts = 1
         self._progress_at = time.monotonic()
 
     def progressed(self) -> None:
@@ -112,10 +117,10 @@ class Retrier:
         if self.failures >= self.policy.attempts or stalled >= self.policy.patience:
             if self.policy.attempts <= 1:
                 raise e  # not retried here: the caller's loop decides
+            self.outage.over()
             raise ReplicaError(self.outage.replica, f"{_inner(e)}; gave up after {self.failures} failed attempts "
                                                     f"in {stalled:.0f}s") from e
         self.outage.failing(e, self.policy)
-        self.attempts += 1
         time.sleep(self.policy.delay(self.failures))
 
     def call(self, fn: Callable[[], T]) -> T:
