@@ -49,6 +49,7 @@ from .errors import ChainError, CorruptObjectError, LitesyncError, OutputExistsE
 from .fetch import Fetcher, ObjectCache
 from .replica.base import ReplicaClient
 from .replica.file import atomic_file, fsync_dir
+from .replica.resume import policy_for
 from .restore import PageBatch, Position, Result, apply_segment, load_snapshot, open_snapshot, restore_any
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ class Follower:
                  stop: threading.Event, cache: ObjectCache | None = None, force: bool = False,
                  check: bool = True, db_id: str | None = None) -> None:
         self.clients = list(clients)
+        for client in self.clients:  # see restore_any: with several, a dead one is left for the next
+            client.set_retry(policy_for(len(self.clients) - 1))
         self.db_id = db_id  # the database followed (None: the one the replica holds, as long as it stays)
         self.out = os.path.abspath(out_path)
         self.state_path = self.out + STATE_SUFFIX

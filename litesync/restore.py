@@ -34,6 +34,7 @@ from .journal import pending_page
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
+from .replica.resume import policy_for
 from .segment import SegmentReader, SnapshotReader, read_header
 
 if TYPE_CHECKING:
@@ -705,6 +706,10 @@ def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: 
     order), falling back to the next ones when a replica is unreachable, damaged or
     incomplete. The result names the replica used and why others were not. ``cands`` is a
     ``survey`` of ``clients`` made moments ago (else they are listed here)."""
+    # A request that fails is tried again on its own, a broken download resumed; a store
+    # that does not answer is waited for only when no other replica could serve.
+    for client in clients:
+        client.set_retry(policy_for(len(clients) - 1))
     if cands is None:
         cands = survey(clients, generation=generation, until_ms=until_ms)
     failures = [c.error for c in cands if c.error is not None]
@@ -714,6 +719,7 @@ def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: 
         log.info("restoring from %s: it holds the newest state", usable[0].client.name)
     for i, c in enumerate(usable):
         others = i + 1 < len(usable)
+        c.client.set_retry(policy_for(len(usable) - i - 1))
         try:
             result = restore(c.client, out_path, generation=generation, until_ms=until_ms, objects=c.objects,
                              cache=cache, retries=1 if others else RETRIES, **kw)

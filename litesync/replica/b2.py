@@ -6,8 +6,9 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
-from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
+from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
+from .resume import RetriesRequests
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -16,7 +17,7 @@ DEFAULT_PART_SIZE = 100 << 20
 _SPOOL_IN_MEMORY = 8 << 20
 
 
-class B2ReplicaClient(ReplicaClient):
+class B2ReplicaClient(RetriesRequests, ReplicaClient):
     """Objects are files ``PATH/KEY`` in one bucket; every version is removed on delete."""
 
     def __init__(self, cfg: "ReplicaConfig", *, api=None) -> None:  # noqa: ANN001
@@ -43,6 +44,7 @@ class B2ReplicaClient(ReplicaClient):
             raise self._error(e, "connect") from None
         self.bucket_name = cfg.bucket
 
+
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
@@ -60,6 +62,9 @@ class B2ReplicaClient(ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.retrier().call(lambda: self._list(prefix))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         folder = full.rsplit("/", 1)[0] if "/" in full else ""
@@ -74,20 +79,59 @@ class B2ReplicaClient(ReplicaClient):
         return iter(out)
 
     def open(self, key: str) -> BinaryIO:
-        from b2sdk.v2 import exception as x
-
         # b2sdk downloads into a writable file; spill to disk past a few MB to bound memory.
         buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
+        retrier = self.retrier()
         try:
-            self._bucket.download_file_by_name(self._key(key)).save(buf)
-        except x.FileNotPresent:
+            downloaded, version = retrier.call(lambda: self._request(key, None, 0))
+            while True:
+                offset = buf.tell()
+                try:
+                    self._save(downloaded, buf, key, version[1])
+                    break
+                except LitesyncError as e:
+                    if buf.tell() > offset:
+                        retrier.progressed()
+                    retrier.failed(e)
+                while buf.tell() < version[1]:
+                    try:
+                        downloaded, _ = self._request(key, version, buf.tell())
+                        break
+                    except LitesyncError as e:
+                        retrier.failed(e)
+                else:
+                    break
+        except BaseException:
             buf.close()
-            raise ObjectNotFoundError(self.name, key) from None
-        except Exception as e:
-            buf.close()
-            raise self._error(e, f"read {key!r}") from None
+            raise
         buf.seek(0)
         return buf  # type: ignore[return-value]
+
+    def _request(self, key: str, version: tuple[str, int] | None, offset: int):  # noqa: ANN202
+        """Start downloading ``key`` from byte ``offset``; with ``version`` (file id, size), that
+        version of it only (a file id names one version, so a resumed download never splices
+        two). Return (the download, its version)."""
+        from b2sdk.v2 import exception as x
+
+        try:
+            if version is None:
+                downloaded = self._bucket.download_file_by_name(self._key(key))
+                return downloaded, (downloaded.download_version.id_, downloaded.download_version.size)
+            return self._api.download_file_by_id(version[0], range_=(offset, version[1] - 1)), version
+        except x.FileNotPresent:
+            # Deleted (by retention or compaction) while it was read: gone, as for a reader
+            # that had not begun (a restore plans again).
+            raise ObjectNotFoundError(self.name, key) from None
+        except Exception as e:
+            raise self._error(e, f"read {key!r}") from None
+
+    def _save(self, downloaded, buf: BinaryIO, key: str, size: int) -> None:  # noqa: ANN001
+        try:
+            # Sequential writes (no seeking): what reached ``buf`` before a failure is a prefix.
+            downloaded.save(buf, allow_seeking=False)
+        except Exception as e:  # a reset, timeout or short body mid-object
+            raise TransientReplicaError(self.name, f"read {key!r} at byte {buf.tell()} of {size}: "
+                                                   f"{type(e).__name__}") from None
 
     def write(self, key: str, src: BinaryIO, size: int) -> None:
         try:

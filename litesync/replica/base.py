@@ -5,7 +5,10 @@ from __future__ import annotations
 import abc
 import os
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .resume import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class ReplicaClient(abc.ABC):
 
     def close(self) -> None:
         """Release connections and threads."""
+
+    def set_retry(self, policy: "RetryPolicy") -> None:
+        """Make reads and listings insist on a failing store as ``policy`` says (see
+        resume.py). Backends whose requests cannot break mid-way ignore it."""
 
     def read(self, key: str) -> bytes:
         """Return the whole object."""

@@ -530,6 +530,9 @@ class EncryptedClient(ReplicaClient):
     def delete(self, keys: Iterable[str]) -> None:
         self.inner.delete(keys)
 
+    def set_retry(self, policy) -> None:  # noqa: ANN001
+        self.inner.set_retry(policy)
+
     def close(self) -> None:
         self.inner.close()
 

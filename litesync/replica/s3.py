@@ -8,12 +8,20 @@ from urllib.parse import urlparse
 
 from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
+from .resume import Download, ObjectChangedError, ResumingReader, RetriesRequests
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
 
 DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_CONCURRENCY = 4
+# Every request is bounded, so that a store that accepts connections and never answers
+# shows as a failure within seconds (botocore's defaults wait 60 s, three times). The read
+# timeout bounds each wait for the store (an answer, the next bytes of a body), not a
+# whole transfer; a large upload waits longer for its answer while the store assembles it.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 5.0
+LARGE_READ_TIMEOUT = 30.0  # for writes of part_size or more (multipart uploads)
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
                     "TooManyRequests", "429"}
@@ -27,12 +35,11 @@ _FATAL_MESSAGES = {
 }
 
 
-class S3ReplicaClient(ReplicaClient):
+class S3ReplicaClient(RetriesRequests, ReplicaClient):
     """Objects are keys ``PATH/KEY`` in one bucket."""
 
     def __init__(self, cfg: "ReplicaConfig", *, session=None) -> None:  # noqa: ANN001
         import boto3
-        from botocore.config import Config as BotoConfig
 
         self.bucket = cfg.bucket
         self.prefix = (cfg.path or "").strip("/")
@@ -40,23 +47,32 @@ class S3ReplicaClient(ReplicaClient):
         self.name = f"{cfg.name} (s3://{self.bucket}/{self.prefix}{host})"
         self.part_size = cfg.part_size or DEFAULT_PART_SIZE
         self.concurrency = cfg.concurrency or DEFAULT_CONCURRENCY
-        boto_cfg = BotoConfig(
+        self._boto_cfg = dict(
             region_name=cfg.region or os.environ.get("AWS_REGION") or "us-east-1",
             # B2's S3 endpoint (and others) reject the newer x-amz-checksum trailers.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path" if cfg.force_path_style else "auto"},
-            connect_timeout=10, read_timeout=60,
-            # Our own retry layer decides by error type; botocore's standard mode adds a few
-            # quick retries for connection-level hiccups.
-            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+            # No retries in botocore: each would wait its own timeout again. Reads retry and
+            # resume in .resume; the agent's loops retry its uploads with backoff.
+            retries={"mode": "standard", "total_max_attempts": 1},
             max_pool_connections=max(10, self.concurrency * 2),
         )
-        kw = {}
+        self._client_kw = {}
         if cfg.access_key_id:
-            kw = {"aws_access_key_id": cfg.access_key_id, "aws_secret_access_key": cfg.secret_access_key}
-        session = session or boto3.session.Session()
-        self._s3 = session.client("s3", endpoint_url=cfg.endpoint, config=boto_cfg, **kw)
+            self._client_kw = {"aws_access_key_id": cfg.access_key_id, "aws_secret_access_key": cfg.secret_access_key}
+        self._endpoint = cfg.endpoint
+        self._session = session or boto3.session.Session()
+        self._s3 = self._make_client(READ_TIMEOUT)
+        self._s3_large = None  # made at the first large upload
+
+    def _make_client(self, read_timeout: float):  # noqa: ANN202
+        from botocore.config import Config as BotoConfig
+
+        cfg = BotoConfig(**{**self._boto_cfg, "read_timeout": read_timeout})
+        return self._session.client("s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw)
+
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -84,6 +100,9 @@ class S3ReplicaClient(ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.retrier().call(lambda: self._list(prefix))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
         strip = len(self.prefix) + 1 if self.prefix else 0
         out = []
@@ -97,16 +116,39 @@ class S3ReplicaClient(ReplicaClient):
         return iter(out)
 
     def open(self, key: str) -> BinaryIO:
+        return ResumingReader(lambda offset, version: self._get(key, offset, version), key, self.name,
+                              self.retrier())  # type: ignore[return-value]
+
+    def _get(self, key: str, offset: int, version: str | None) -> Download:
+        """GET ``key`` from byte ``offset``; with ``version`` (an ETag), only that version of it."""
         from botocore.exceptions import ClientError
 
+        kw = {}
+        if offset:
+            kw["Range"] = f"bytes={offset}-"
+        if version is not None:
+            kw["IfMatch"] = version
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            resp = self._s3.get_object(Bucket=self.bucket, Key=self._key(key), **kw)
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            code = e.response.get("Error", {}).get("Code")
+            if code in ("NoSuchKey", "404"):
                 raise ObjectNotFoundError(self.name, key) from None
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectChangedError(self.name, f"read {key!r}: the object changed while it was read (it was "
+                                                    f"ETag {version}); not resumed from byte {offset}") from None
             raise self._error(e, f"read {key!r}") from None
         except Exception as e:
             raise self._error(e, f"read {key!r}") from None
+        etag = resp.get("ETag", "")
+        size = resp["ContentLength"]
+        if "ContentRange" in resp:  # "bytes FIRST-LAST/TOTAL"
+            size = int(resp["ContentRange"].rsplit("/", 1)[1])
+        if version is not None and etag != version:
+            resp["Body"].close()
+            raise ObjectChangedError(self.name, f"read {key!r}: the object changed while it was read (ETag "
+                                                f"{version}, now {etag}); not resumed from byte {offset}")
+        return Download(resp["Body"], etag, size)
 
     def write(self, key: str, src: BinaryIO, size: int) -> None:
         try:
@@ -118,7 +160,9 @@ class S3ReplicaClient(ReplicaClient):
             tc = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                 max_concurrency=self.concurrency, use_threads=self.concurrency > 1)
             # upload_fileobj aborts the multipart upload itself when a part fails.
-            self._s3.upload_fileobj(src, self.bucket, self._key(key), Config=tc)
+            if self._s3_large is None:
+                self._s3_large = self._make_client(LARGE_READ_TIMEOUT)
+            self._s3_large.upload_fileobj(src, self.bucket, self._key(key), Config=tc)
         except ReplicaError:
             raise
         except Exception as e:
@@ -140,3 +184,5 @@ class S3ReplicaClient(ReplicaClient):
 
     def close(self) -> None:
         self._s3.close()
+        if self._s3_large is not None:
+            self._s3_large.close()

@@ -1,0 +1,270 @@
+"""Faults on the network (tests/faultproxy.py in front of the real S3 server): restores and
+followers finish through resets and outages, resumed downloads are verified like others,
+and an object that changes between two attempts is refused, never spliced.
+
+The full matrix (and a 1 GB database) is scripts/faults.py; this is its short version.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import time
+
+import boto3
+import pytest
+
+from conftest import replica_cfg
+from dbcheck import content_digest, integrity
+from faultproxy import FaultProxy
+from litesync.errors import LitesyncError
+from litesync.replica.resume import PATIENT, ObjectChangedError, RetryPolicy
+from litesync.replica.s3 import S3ReplicaClient
+from proc import clean_env, litesync, run_writer, start_agent_ready, start_litesync, stop, wait_for
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+def s3_url(endpoint: str, bucket: str) -> str:
+    return f"s3://{bucket}/app?endpoint={endpoint}&region=us-east-1&force-path-style=true"
+
+
+def make_database(path: str, megabytes: int, seed: int = 1) -> None:
+    """Add about ``megabytes`` MB to the WAL database at ``path`` (made if missing), 16 MB per
+    transaction: blobs half random, so it compresses about 2:1."""
+    rng = random.Random(seed)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS blobs(id INTEGER PRIMARY KEY, data BLOB)")
+    for done in range(0, megabytes, 16):
+        conn.execute("BEGIN")
+        for _ in range(min(16, megabytes - done) * 256):
+            conn.execute("INSERT INTO blobs(data) VALUES (?)", (rng.randbytes(2048) + bytes(2048),))
+        conn.execute("COMMIT")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def replicated(s3_server, tmp_path_factory):
+    """A ~50 MB database replicated to S3 (a snapshot, then segments): (db, endpoint, bucket)."""
+    tmp = tmp_path_factory.mktemp("faults")
+    bucket = "faults"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    db = str(tmp / "app.db")
+    make_database(db, 48)
+    agent = start_agent_ready(db, s3_url(s3_server, bucket), log_path=str(tmp / "agent.log"),
+                              env=clean_env(S3_ENV), timeout=120)
+    run_writer(db, "--count", "40", "--rate", "200")
+    assert stop(agent) == 0
+    return db, s3_server, bucket
+
+
+@pytest.fixture
+def proxy(replicated):
+    _db, endpoint, _bucket = replicated
+    host, port = endpoint.removeprefix("http://").split(":")
+    with FaultProxy((host, int(port)), seed=7) as p:
+        yield p
+
+
+def restore_through(proxy: FaultProxy, replicated, out: str, timeout: float = 240):
+    _db, _endpoint, bucket = replicated
+    return litesync("restore", "-o", out, s3_url(proxy.url, bucket), env=clean_env(S3_ENV), timeout=timeout)
+
+
+def test_restores_succeed_and_are_exact_while_a_fifth_of_responses_are_reset_mid_body(replicated, proxy, tmp_path):
+    db = replicated[0]
+    proxy.set("reset_response", p=0.2)
+    want = content_digest(db)
+    for i in range(3):
+        out = str(tmp_path / f"out{i}.db")
+        r = restore_through(proxy, replicated, out)
+        assert r.returncode == 0, r.stderr
+        assert "Traceback" not in r.stderr
+        assert content_digest(out) == want
+        assert integrity(out) == "ok"
+    assert proxy.counts["cut"] > 0  # the faults did happen
+
+
+def test_restore_waits_for_a_store_that_goes_down_and_completes(replicated, proxy, tmp_path):
+    proxy.set("bandwidth", rate=12 << 20)  # ~4 s for the whole restore: the outage falls inside
+    out = str(tmp_path / "out.db")
+    restoring = start_litesync("restore", "-o", out, s3_url(proxy.url, replicated[2]), env=clean_env(S3_ENV),
+                               log_path=str(tmp_path / "restore.log"))
+    time.sleep(1.0)
+    proxy.set("refuse")
+    time.sleep(4.0)
+    assert restoring.poll() is None and not os.path.exists(out)  # waiting, nothing written yet
+    proxy.set("pass")
+    assert restoring.wait(120) == 0
+    log = (tmp_path / "restore.log").read_text()
+    assert "Traceback" not in log
+    assert log.count("waiting for the store") == 1, log
+    assert content_digest(out) == content_digest(replicated[0])
+
+
+def test_follower_catches_up_while_a_fifth_of_responses_are_reset(replicated, proxy, tmp_path):
+    db, endpoint, bucket = replicated
+    proxy.set("reset_response", p=0.2)
+    out = str(tmp_path / "follow.db")
+    follower = start_litesync("restore", "--follow", "--interval", "200ms", "-o", out, s3_url(proxy.url, bucket),
+                              env=clean_env(S3_ENV), log_path=str(tmp_path / "follow.log"))
+    try:
+        agent = start_agent_ready(db, s3_url(endpoint, bucket), log_path=str(tmp_path / "agent.log"),
+                                  env=clean_env(S3_ENV), timeout=120)
+        run_writer(db, "--count", "30", "--rate", "100", "--seed", "5")
+        assert stop(agent) == 0
+        want = content_digest(db)
+
+        def caught_up() -> bool:
+            try:
+                return os.path.exists(out) and content_digest(out) == want
+            except sqlite3.Error:
+                return False
+
+        wait_for(caught_up, timeout=60, interval=0.5)
+    finally:
+        assert stop(follower) == 0
+    assert integrity(out) == "ok"
+    log = (tmp_path / "follow.log").read_text()
+    assert "Traceback" not in log
+    assert "will retry" not in log  # each broken download resumed on its own; no poll failed
+    assert proxy.counts["cut"] > 0
+
+
+def _client(endpoint: str, bucket: str, policy: RetryPolicy = PATIENT) -> S3ReplicaClient:
+    client = S3ReplicaClient(replica_cfg(type="s3", name="s3", bucket=bucket, path="x", endpoint=endpoint,
+                                         region="us-east-1", force_path_style=True))
+    client.set_retry(policy)
+    return client
+
+
+def test_an_object_that_changes_between_two_attempts_is_refused_not_spliced(s3_bucket):
+    endpoint, bucket = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    direct = _client(endpoint, bucket)
+    direct.write_bytes("obj", b"a" * 100_000)
+    with FaultProxy((host, int(port))) as proxy:
+        client = _client(proxy.url, bucket)
+        proxy.set("reset_response", after=1000)
+        f = client.open("obj")
+        assert f.read(1000) == b"a" * 1000
+        direct.write_bytes("obj", b"b" * 100_000)  # replaced before the read goes on
+        proxy.set("pass")
+        with pytest.raises(ObjectChangedError) as e:
+            f.read()
+        assert str(e.value) == (f"replica {client.name}: read 'obj': the object changed while it was read "
+                                f"(it was ETag {f.version}); not resumed from byte 1000")
+        client.close()
+    direct.close()
+
+
+def test_a_resumed_download_reads_the_same_bytes_and_a_dead_store_is_given_up(s3_bucket):
+    endpoint, bucket = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    data = os.urandom(3 << 20)
+    direct = _client(endpoint, bucket)
+    direct.write_bytes("obj", data)
+    with FaultProxy((host, int(port)), seed=3) as proxy:
+        client = _client(proxy.url, bucket)
+        proxy.set("reset_response", p=0.5)
+        f = client.open("obj")
+        assert f.read() == data
+        assert f.resumed > 0
+        proxy.set("refuse")
+        quick = _client(proxy.url, bucket, RetryPolicy(attempts=3, patience=60, base=0.01))
+        with pytest.raises(LitesyncError) as e:
+            list(quick.list(""))
+        assert "gave up after 3 failed attempts" in str(e.value) and not e.value.retryable
+        client.close()
+        quick.close()
+    direct.close()
+
+
+class FlakyDownloads:
+    """Wraps b2sdk's simulator so that a share of downloads break mid-body (the one fault
+    the simulator cannot make itself: it has no network)."""
+
+    def __init__(self, raw, p: float, seed: int = 1) -> None:
+        self.raw = raw
+        self.p = p
+        self.rng = random.Random(seed)
+        self.cut = 0
+        self._download = raw.download_file_from_url
+        raw.download_file_from_url = self.download_file_from_url
+
+    def download_file_from_url(self, *args, **kw):
+        manager = self._download(*args, **kw)
+        resp = manager.response
+        if self.rng.random() < self.p and len(resp.data_bytes) > 1:
+            at = self.rng.randrange(1, len(resp.data_bytes))
+            whole = resp.iter_content
+            self.cut += 1
+
+            def iter_content(chunk_size=1):
+                sent = 0
+                for chunk in whole(chunk_size):
+                    if sent + len(chunk) > at:
+                        yield chunk[:at - sent]
+                        raise ConnectionResetError("connection reset by the test")
+                    sent += len(chunk)
+                    yield chunk
+
+            resp.iter_content = iter_content
+        return manager
+
+
+def test_b2_downloads_resume_by_file_id_and_read_back_exactly(b2_api):
+    from litesync.replica.b2 import B2ReplicaClient
+
+    api, bucket = b2_api
+    client = B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket=bucket, path="x", part_size=1 << 20), api=api)
+    client.set_retry(RetryPolicy(attempts=10, patience=60, base=0.01))
+    objects = {f"o{i}": os.urandom(20_000 + i) for i in range(8)}
+    for key, data in objects.items():
+        client.write_bytes(key, data)
+    flaky = FlakyDownloads(api.session.raw_api, p=0.3)
+    for key, data in objects.items():
+        assert client.read(key) == data
+    assert flaky.cut > 0
+
+
+def test_a_blackholed_store_shows_as_failed_within_seconds_and_replication_resumes(s3_bucket, tmp_path):
+    """The store accepts connections and never answers: status says failed, with the
+    reason, within seconds; the metrics count it; when the store is back, nothing is lost."""
+    from test_ops import published, scrape
+
+    from proc import free_port
+
+    endpoint, bucket = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "3")
+    metrics = free_port()
+    with FaultProxy((host, int(port))) as proxy:
+        cfg = tmp_path / "litesync.yml"
+        cfg.write_text(f"addr: 127.0.0.1:{metrics}\ncompaction: off\ndbs:\n  - path: {db}\n    replicas:\n"
+                       f"      - name: offsite\n        url: {s3_url(proxy.url, bucket)}\n")
+        agent = start_agent_ready("--config", str(cfg), "--shutdown-timeout", "1", log_path=str(tmp_path / "a.log"),
+                                  env=clean_env(S3_ENV))
+        try:
+            errors = f'litesync_replica_errors_total{{db="{db}",replica="offsite"}}'
+            before = scrape(metrics)[errors]
+            proxy.set("blackhole")
+            t0 = time.monotonic()
+            run_writer(db, "--count", "20", "--rate", "200", "--seed", "2")
+            st = published(str(cfg), lambda s: s["replicas"][0]["state"] == "failed")
+            took = time.monotonic() - t0
+            assert took < 15, f"the outage took {took:.1f}s to show"
+            assert "ReadTimeoutError" in st["replicas"][0]["last_error"], st
+            assert scrape(metrics)[errors] > before
+            proxy.set("pass")
+            published(str(cfg), lambda s: s["replicas"][0]["state"] == "completed" and s["replicas"][0]["lag_bytes"] == 0)
+        finally:
+            stop(agent)
+        out = str(tmp_path / "out.db")
+        r = litesync("restore", "-o", out, s3_url(proxy.url, bucket), env=clean_env(S3_ENV))
+        assert r.returncode == 0, r.stderr
+    assert content_digest(out) == content_digest(db)
+    assert "Traceback" not in (tmp_path / "a.log").read_text()
