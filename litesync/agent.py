@@ -156,7 +156,7 @@ def connect(path: str) -> apsw.Connection:
     return c
 
 
-def wal_overlay(read_at: Callable[[int, int], bytes], hdr: wal.WalHeader | None, committed: int | None,
+def wal_overlay(read_at: wal.ReadAt, hdr: wal.WalHeader | None, committed: int | None,
                 after: int = 0) -> tuple[dict[int, int], WalPosition]:
     """Return the WAL frame holding the newest committed version of each page (frames past
     ``after`` only) and the position of the last commit.
@@ -182,7 +182,7 @@ def wal_overlay(read_at: Callable[[int, int], bytes], hdr: wal.WalHeader | None,
     return overlay, WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
 
 
-def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: Callable[[int, int], bytes],
+def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: wal.ReadAt,
               wal_header: Callable[[], wal.WalHeader | None], out: SnapshotWriter | None = None,
               progress: Callable[[int], None] | None = None) -> DbHash:
     """Read every page of ``view`` through ``conn``, which holds the view's read transaction:
@@ -270,6 +270,7 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
                 reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
                 page_size = reader.execute("PRAGMA page_size").fetchall()[0][0]
                 db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
+                assert isinstance(page_size, int) and isinstance(db_size, int)  # what these PRAGMAs answer
                 hdr = header()
                 try:
                     overlay, pos = wal_overlay(read_at, hdr, committed(hdr))
@@ -348,7 +349,8 @@ class DbAgent:
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
         # R holds the read transaction that pins the WAL; W takes the write lock (the seal)
         # and checkpoints outside it; under the seal R checkpoints between two reads.
-        self.R = self.W = None  # type: ignore[assignment]
+        self.R: apsw.Connection | None = None
+        self.W: apsw.Connection | None = None
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
         self._index_unknown_since: float | None = None  # since when the wal-index could not be used
@@ -390,16 +392,20 @@ class DbAgent:
         self.R, self.W = connect(self.path), connect(self.path)
         try:
             mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
+            assert isinstance(mode, str)  # journal_mode answers the mode's name
             if mode.lower() != "wal":
                 mode = self.W.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+                assert isinstance(mode, str)
                 if mode.lower() != "wal":
                     raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
                 self.log.info("switched the database to WAL mode")
-            self.page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
+            page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
+            assert isinstance(page_size, int)  # page_size answers an integer
+            self.page_size = page_size
         except BaseException as e:
             for c in (self.R, self.W):
                 c.close()
-            self.R = self.W = None  # type: ignore[assignment]
+            self.R = self.W = None
             if isinstance(e, apsw.Error):
                 raise DatabaseError(f"{self.path}: {e}") from e
             raise
@@ -430,7 +436,7 @@ class DbAgent:
         for c in (self.R, self.W):
             if c is not None:
                 c.close()
-        self.R = self.W = None  # type: ignore[assignment]
+        self.R = self.W = None
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -449,7 +455,7 @@ class DbAgent:
         Any write changes them, but one in the same tick of the file-system clock as the
         stat keeps the times: see ``_racy``."""
         taken = time.time()
-        marks = []
+        marks: list[tuple[int, int, int, int, int] | None] = []
         for path in (self.path, self.wal_path):
             try:
                 st = os.stat(path)
@@ -569,12 +575,13 @@ class DbAgent:
         if changed or view.db_size != old.page_count:
             ps = self.page_size
 
-            def pages() -> Iterator[tuple[int, bytes]]:
+            def pages() -> Iterator[tuple[int, bytes | memoryview]]:
                 for pgno in changed:
                     index = view.overlay.get(pgno)
                     if index is not None:
                         yield pgno, wal.read_page(self._wal_read_at, view.header, index)  # type: ignore[arg-type]
                     else:
+                        assert self.R is not None  # R pins the view (see above)
                         yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
 
             tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
@@ -595,6 +602,7 @@ class DbAgent:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _begin_read(self) -> None:
+        assert self.R is not None  # R reads while open
         self.R.execute("BEGIN")
         self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         self._r_open = True
@@ -609,6 +617,7 @@ class DbAgent:
         if self._seal_depth:
             self._seal_depth += 1
             return True
+        assert self.W is not None  # the seal is taken while open
         try:
             self.W.execute("BEGIN IMMEDIATE")
             self._seal_depth = 1
@@ -621,6 +630,7 @@ class DbAgent:
     def _unseal(self) -> None:
         self._seal_depth -= 1
         if self._seal_depth == 0:
+            assert self.W is not None  # still open: W holds the seal
             self.W.execute("ROLLBACK")
             held = time.monotonic() - self._sealed_at
             self.stats["seals"] += 1
@@ -637,7 +647,9 @@ class DbAgent:
             conn = self.R
         else:
             conn = self.W
+        assert conn is not None  # checkpoints happen while open
         busy, log_frames, ckpt = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+        assert isinstance(log_frames, int) and isinstance(ckpt, int)  # wal_checkpoint answers integers
         self.stats["checkpoints"] += 1
         self.log.debug("checkpoint: busy=%d wal=%d checkpointed=%d", busy, log_frames, ckpt)
         return max(log_frames, 0), max(ckpt, 0)
@@ -695,6 +707,7 @@ class DbAgent:
         if last is None:
             return "no previous state"
         name, path = last
+        h: SegmentHeader | SnapshotHeader
         with open(path, "rb") as f:
             if isinstance(name, layout.SegmentName):
                 h = SegmentReader(f, path).header
@@ -817,7 +830,7 @@ class DbAgent:
         """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
         return wal.index_frames(self._read_index(), hdr)
 
-    def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], Callable[[int, int], bytes]]:
+    def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], wal.ReadAt]:
         """The committed transactions after our position (complete when called under the
         seal), and a reader that serves their frames from memory where it can.
 
@@ -873,7 +886,7 @@ class DbAgent:
         return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
 
     def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
-                 read_at: Callable[[int, int], bytes]) -> "DbAgent._Tail":
+                 read_at: wal.ReadAt) -> "DbAgent._Tail":
         """Copy the frames of ``txs`` into memory, so they can be shipped after the WAL restarts.
 
         Only committed frames: the file may hold stale frames of an earlier WAL after them.
@@ -917,7 +930,7 @@ class DbAgent:
         self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
 
-    def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: Callable[[int, int], bytes],
+    def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: wal.ReadAt,
               *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None,
               checksums_known: bool = True) -> None:
         """Write ``txs`` as the next segment in the spool and advance the position.
@@ -950,11 +963,11 @@ class DbAgent:
                 raise EOFError(f"WAL frames {first}..{txs[-1].end_index}: short read")
             ps = self.page_size
 
-            def page(index: int) -> memoryview:
+            def page(index: int) -> bytes | memoryview:
                 off = (index - first) * hdr.frame_size + wal.FRAME_HEADER_SIZE
                 return block[off:off + ps]
         else:
-            def page(index: int) -> bytes:
+            def page(index: int) -> bytes | memoryview:
                 return wal.read_page(read_at, hdr, index)
         # Pass 1: hash each shipped page and compute the database checksum after each tx.
         changes: dict[int, int] = {}
@@ -1045,7 +1058,9 @@ class DbAgent:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
                                pos.frame, log_frames)
+        assert self.R is not None  # a view is read while open
         db_size = self.R.execute("PRAGMA page_count").fetchall()[0][0]
+        assert isinstance(db_size, int)  # page_count answers an integer
         return View(pos, hdr, overlay, db_size)
 
     def checkpoint(self) -> bool:
@@ -1065,7 +1080,7 @@ class DbAgent:
         return self._cycle(checkpoint=True)
 
     def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
-                                        Callable[[int, int], bytes]] | None:
+                                        wal.ReadAt] | None:
         """Take the seal with little uncopied WAL behind it; return the WAL header and the
         uncopied transactions, still sealed, or None (not sealed) when the write lock could
         not be had or the WAL kept changing.
@@ -1119,6 +1134,7 @@ class DbAgent:
     def _scan_view(self, view: View, out: SnapshotWriter | None,
                    progress: Callable[[int], None] | None = None) -> DbHash:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
+        assert self.R is not None  # R holds the view's read transaction
         return read_view(self.R, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
 
     def _recorded_ms(self) -> int:
@@ -1166,7 +1182,9 @@ class DbAgent:
             if not new_generation:
                 self.sync()  # outside the seal: what the seal captures stays small
                 new_generation = self.generation == 0
-            hdr, txs, read_at = None, [], self._wal_read_at
+            hdr: wal.WalHeader | None = None
+            txs: list[wal.Transaction] = []
+            read_at: wal.ReadAt = self._wal_read_at
             if new_generation:
                 sealed = self._seal()
             else:

@@ -13,7 +13,7 @@ import os
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO, Sequence
+from typing import IO, BinaryIO, Sequence
 
 from .errors import LitesyncError, ReplicaError, TransientReplicaError
 from .replica.base import ReplicaClient
@@ -27,7 +27,7 @@ SPOOL_IN_MEMORY = 1 << 20  # a prefetched object larger than this waits on disk
 _COPY_CHUNK = 1 << 20
 
 
-def _copy(client: ReplicaClient, key: str, out: BinaryIO) -> int:
+def _copy(client: ReplicaClient, key: str, out: IO[bytes]) -> int:
     """Copy one object into ``out``; a failure mid-stream is a retryable replica error."""
     n = 0
     with client.open(key) as f:
@@ -148,7 +148,8 @@ class Fetcher:
         except BaseException:
             spool.close()
             raise
-        return spool
+        # A SpooledTemporaryFile is a binary file, but typeshed does not declare it a BinaryIO.
+        return spool  # type: ignore[return-value]
 
     def _schedule(self) -> None:
         if self._pool is None:

@@ -371,7 +371,7 @@ class Follower:
             log.info("%s: starting over from %s: %s", self.out, p.snapshot.key, step.reason)
             self._update(client, (p.snapshot, p.snapshot_size), list(p.segments))
             return False
-        segs = []
+        segs: list[tuple[layout.SegmentName, int]] = []
         total = 0
         for name, size in step.segments:
             if segs and (total + size > BATCH_BYTES or len(segs) >= BATCH_SEGMENTS):

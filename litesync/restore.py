@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Protocol, Sequence
 
 import apsw
 
@@ -35,7 +35,7 @@ from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
 from .replica.resume import policy_for
-from .segment import SegmentReader, SnapshotReader, read_header
+from .segment import Readable, SegmentReader, SnapshotReader, read_header
 
 if TYPE_CHECKING:
     from .config import Config
@@ -165,7 +165,7 @@ def check_db_id(name: str, found: str | None, expected: str | None) -> None:
         raise ForeignDatabaseError(name, found, expected)
 
 
-def open_snapshot(src: BinaryIO, name: layout.SnapshotName, db_id: str | None = None) -> SnapshotReader:
+def open_snapshot(src: Readable, name: layout.SnapshotName, db_id: str | None = None) -> SnapshotReader:
     """Start reading a snapshot; its header must agree with its name, and with ``db_id``
     (the database expected; None: any)."""
     snap = SnapshotReader(src, name.key)
@@ -259,7 +259,7 @@ def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable
     return legacy
 
 
-def apply_segment(src: BinaryIO, key: str, pos: Position, sink: Sink, until_ms: int | None = None,
+def apply_segment(src: Readable, key: str, pos: Position, sink: Sink, until_ms: int | None = None,
                   observe: Callable[[int], None] | None = None) -> bool:
     """Apply the transactions of one segment (those committed at or before ``until_ms``) to
     ``sink``, verifying the link and the database checksum after each (and passing it to

@@ -28,7 +28,13 @@ from .shipper import Shipper, unshipped
 from .spool import Name
 
 if TYPE_CHECKING:
+    from watchdog.events import FileSystemEventHandler
+    from watchdog.observers.api import BaseObserver
+
     from .config import Config, DbConfig, ReplicaConfig
+    from .metrics import MetricsServer
+    from .replica.base import ReplicaClient
+    from .watch import InotifyObserver
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +204,7 @@ class DbReplication:
                               else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination,
                               newer_generation=self.agent.note_generation, db_id=self.agent.db_id)
             self.shippers.append(shipper)
-            maintainer = Maintainer(
-                client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
-                interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
-                activity=lambda s=shipper: s.uploaded_objects,
-                written=lambda key, s=shipper: key in s.uploaded_snapshots,
-                current_generation=lambda s=shipper: s.pos.generation, db_id=self.agent.db_id)
+            maintainer = self._maintainer(cfg, rc, client, shipper)
             shipper.after_upload = maintainer.wake
             self.maintainers.append(maintainer)
         self.stop_event = threading.Event()
@@ -233,6 +234,16 @@ class DbReplication:
         self.validator: threading.Thread | None = None
         if cfg.validation_interval is not None:
             self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
+
+    def _maintainer(self, cfg: "DbConfig", rc: "ReplicaConfig", client: "ReplicaClient",
+                    shipper: Shipper) -> Maintainer:
+        """The maintainer of one replica, which asks ``shipper`` about its uploads."""
+        return Maintainer(
+            client, db=cfg.path, replica=rc.name, retention=cfg.retention, compaction=cfg.compaction,
+            interval=cfg.retention_check_interval, work_dir=self.agent.state_dir,
+            activity=lambda: shipper.uploaded_objects,
+            written=lambda key: key in shipper.uploaded_snapshots,
+            current_generation=lambda: shipper.pos.generation, db_id=self.agent.db_id)
 
     def start(self) -> None:
         if self.budget is not None:
@@ -692,8 +703,8 @@ class Runner:
         self._wakes = {d.agent.wal_path: d.agent.wake for d in self.dbs}
         # A directory is rescanned on its file events; the periodic scan is a fallback.
         self.dirs = [DirWatcher(d, self, max(poll_interval, IDLE_POLL)) for d in config.dirs]
-        self._observer = None
-        self._handler = None
+        self._observer: InotifyObserver | BaseObserver | None = None
+        self._handler: FileSystemEventHandler | None = None
         self._watches: dict[str, tuple[object, int]] = {}  # directory -> (its watch, its inode)
         self._stop_publishing = threading.Event()
         self._publisher = threading.Thread(target=self._publish_loop, name="status", daemon=True)
@@ -702,7 +713,7 @@ class Runner:
         self._touched: collections.deque[DbReplication] = collections.deque()  # see DbReplication._touch
         self._uncontrolled = False  # some database has no control directory
         self._fatal_checked = -FATAL_CHECK
-        self.metrics = None
+        self.metrics: MetricsServer | None = None
 
     def start(self) -> None:
         if self.config.addr is not None:
@@ -912,13 +923,16 @@ class Runner:
         with self._lock:
             if self._observer is None:
                 return False
+            assert self._handler is not None  # made with the observer (_start_watcher)
             inotify = isinstance(self._observer, watch.InotifyObserver)
             old = self._watches.get(directory)
             if old is not None and old[1] == inode:
                 return inotify
             if old is not None:  # deleted and created again: the old watch died with it
                 with contextlib.suppress(KeyError, OSError):
-                    self._observer.unschedule(old[0])
+                    # The watch goes back to the observer that made it (an inotify descriptor
+                    # or watchdog's ObservedWatch); the types cannot tie the two together.
+                    self._observer.unschedule(old[0])  # type: ignore[arg-type]
             try:
                 self._watches[directory] = (self._observer.schedule(self._handler, directory), inode)
             except OSError as e:

@@ -17,7 +17,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator, cast
+from typing import BinaryIO, Iterable, Iterator, Protocol, cast
 
 import zstandard
 
@@ -365,10 +365,16 @@ class SnapshotWriter:
         return self._obj.close(db_checksum)
 
 
+class Readable(Protocol):
+    """What a reader needs of its source: a binary file, or a wrapper that offers ``read``."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _ObjectReader:
     """Reads header bytes, then body bytes decompressed, holding back the trailer."""
 
-    def __init__(self, src: BinaryIO, name: str) -> None:
+    def __init__(self, src: Readable, name: str) -> None:
         self.name = name
         self._src = src
         self._sha = hashlib.sha256()
@@ -490,7 +496,7 @@ def _read_id(r: _ObjectReader, version: int) -> tuple[bytes, str | None]:
 class SegmentReader:
     """Decodes a segment from a stream; ``pages()`` then ``finish()``."""
 
-    def __init__(self, src: BinaryIO, name: str) -> None:
+    def __init__(self, src: Readable, name: str) -> None:
         self.name = name
         self._r = _ObjectReader(src, name)
         version = _read_magic(self._r, SEGMENT_MAGIC)
@@ -534,7 +540,7 @@ class SegmentReader:
         return trailer
 
 
-def read_header(src: BinaryIO, name: str, snapshot: bool) -> SegmentHeader | SnapshotHeader:
+def read_header(src: Readable, name: str, snapshot: bool) -> SegmentHeader | SnapshotHeader:
     """Return the header of the snapshot (or segment) in ``src``, its checksum checked; the
     body is not read."""
     return (SnapshotReader if snapshot else SegmentReader)(src, name).header
@@ -543,7 +549,7 @@ def read_header(src: BinaryIO, name: str, snapshot: bool) -> SegmentHeader | Sna
 class SnapshotReader:
     """Decodes a snapshot from a stream; ``chunks()`` then ``finish()``."""
 
-    def __init__(self, src: BinaryIO, name: str) -> None:
+    def __init__(self, src: Readable, name: str) -> None:
         self.name = name
         self._r = _ObjectReader(src, name)
         version = _read_magic(self._r, SNAPSHOT_MAGIC)

@@ -72,7 +72,7 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
             return None, True
         newest_gen = max(n.generation for n in snaps)
         return max((n for n in snaps if n.generation == newest_gen), key=lambda n: n.seq), False
-    gen = pos.generation
+    gen = pos.key[0]  # pos.generation, narrowed to an int by the test above
     later = [n for n, _ in objects if sort_key(n) > pos.key]
     same = [n for n in later if n.generation == gen]
     for n in same:
@@ -317,7 +317,7 @@ class Shipper:
         held = cat.generations.get(gen)
         if held is None:
             return None
-        foreign = [s for s, _ in held.snapshots if s.seq >= start and s.key not in snapshots]
+        foreign: list[Name] = [s for s, _ in held.snapshots if s.seq >= start and s.key not in snapshots]
         foreign += [s for s, _ in held.segments if s.last_seq >= start and spooled.get(s.last_seq) != s.last_commit_ms]
         if not foreign:
             return None

@@ -26,7 +26,8 @@ MAGIC_BE = 0x377F0683
 WAL_VERSION = 3007000
 _MASK = 0xFFFFFFFF
 
-ReadAt = Callable[[int, int], bytes]
+# (offset, size) -> bytes; a memoryview when served from bytes read earlier (agent.DbAgent._Tail)
+ReadAt = Callable[[int, int], bytes | memoryview]
 
 
 def checksum(data: bytes, big_endian: bool, s0: int = 0, s1: int = 0) -> tuple[int, int]:
@@ -89,7 +90,8 @@ class WalHeader:
 class Frame(NamedTuple):
     """One valid frame: its 1-based index, page number and db size (non-zero on commit)."""
 
-    index: int
+    # The field shadows tuple.index (a method); every caller means the field.
+    index: int  # type: ignore[assignment]
     pgno: int
     commit_size: int
 
@@ -274,7 +276,7 @@ def scan(read_at: ReadAt, header: WalHeader, start: int, state: tuple[int, int],
             return
 
 
-def read_page(read_at: ReadAt, header: WalHeader, index: int) -> bytes:
+def read_page(read_at: ReadAt, header: WalHeader, index: int) -> bytes | memoryview:
     """Return the page stored in frame ``index``."""
     off = header.frame_offset(index) + FRAME_HEADER_SIZE
     data = read_at(off, header.page_size)

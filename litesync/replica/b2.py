@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
@@ -125,7 +125,7 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
         except Exception as e:
             raise self._error(e, f"read {key!r}") from None
 
-    def _save(self, downloaded, buf: BinaryIO, key: str, size: int) -> None:  # noqa: ANN001
+    def _save(self, downloaded, buf: IO[bytes], key: str, size: int) -> None:  # noqa: ANN001
         try:
             # Sequential writes (no seeking): what reached ``buf`` before a failure is a prefix.
             downloaded.save(buf, allow_seeking=False)

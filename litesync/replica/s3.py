@@ -11,6 +11,8 @@ from .base import ObjectInfo, ReplicaClient
 from .resume import Download, ObjectChangedError, ResumingReader, RetriesRequests
 
 if TYPE_CHECKING:
+    from botocore.client import BaseClient
+
     from ..config import ReplicaConfig
 
 DEFAULT_PART_SIZE = 16 << 20
@@ -65,7 +67,7 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         self._endpoint = cfg.endpoint
         self._session = session or boto3.session.Session()
         self._s3 = self._make_client(READ_TIMEOUT)
-        self._s3_large = None  # made at the first large upload
+        self._s3_large: BaseClient | None = None  # made at the first large upload
 
     def _make_client(self, read_timeout: float):  # noqa: ANN202
         from botocore.config import Config as BotoConfig
