@@ -925,7 +925,7 @@ class Bench:
     def _fleet_ready(self, tool: Tool, agent: subprocess.Popen, replica: str, names: list[str], log: str) -> float:
         """Wait until every database is on the replica; return the monotonic time it was seen."""
         on_replica = fleet.ON_REPLICA[tool.name]
-        timeout = 60 + 0.1 * len(names)
+        timeout = self.args.fleet_ready_timeout or 60 + 0.1 * len(names)
         deadline = time.monotonic() + timeout
         waiting = names
         while True:
@@ -1146,6 +1146,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fleet-idle-seconds", type=float, help="fleet: idle CPU window (default 60, quick 5)")
     p.add_argument("--fleet-busy-seconds", type=float, help="fleet: busy writer duration (default 30, quick 5)")
     p.add_argument("--fleet-rate", type=float, default=100.0, help="fleet: busy writer commits/s (default 100)")
+    p.add_argument("--fleet-ready-timeout", type=float, metavar="S",
+                   help="fleet: give up on a tool whose databases are not all on the replica after S seconds "
+                        "(default 60 + N/10)")
     p.add_argument("--fleet-max-open", type=int, metavar="M",
                    help="fleet: litesync's max-open-databases (default: what the descriptor limit allows)")
     p.add_argument("--seed", type=int, default=1, help="seeds the kill delays and the writers")

@@ -20,7 +20,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import io
 import os
 import re
 import struct
@@ -34,6 +33,7 @@ from .. import layout
 from ..errors import ConfigError, CorruptObjectError, ObjectNotFoundError, ReplicaError
 from ..segment import ENCRYPTED_MAGIC, NO_KEY
 from .base import ObjectInfo, ReplicaClient
+from .streams import ChunkedReader, read_full
 
 MAGIC = ENCRYPTED_MAGIC
 VERSION = 2  # written; version 1 still reads
@@ -253,7 +253,7 @@ def _associated_data(header: bytes, index: int, last: bool, name: bytes) -> byte
     return header + _CHUNK_AD.pack(index, 1 if last else 0) + name
 
 
-class _EncryptingReader(io.RawIOBase):
+class _EncryptingReader(ChunkedReader):
     """The ciphertext of ``size`` bytes read from ``src``, produced one chunk at a time.
 
     A failure of the source is kept in ``error`` as well as raised, because inner clients
@@ -271,33 +271,24 @@ class _EncryptingReader(io.RawIOBase):
         self._name = key.encode("utf-8")
         self._key = key
         self._chunks = chunk_count(size, header.chunk_size)
-        self._index = 0
-        self._buf: memoryview = memoryview(self._header_bytes)
-        self._pos = 0
+        self._index = -1  # the header comes first
         self.error: Exception | None = None
 
-    def readable(self) -> bool:
-        return True
-
     def _read_plain(self, n: int) -> bytes:
-        parts = []
-        got = 0
-        while got < n:
-            piece = self._src.read(n - got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        if got < n:
-            done = self._size - self._left + got
+        data = read_full(self._src, n)
+        if len(data) < n:
+            done = self._size - self._left + len(data)
             self.error = ValueError(f"{self._key}: expected {self._size} bytes from source, got {done}")
             raise self.error
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return data
 
-    def _next_chunk(self) -> bool:
-        """Seal the next chunk into the buffer; return False when every chunk is out."""
+    def _chunk(self) -> bytes | None:
+        """The header, then each chunk sealed; None when every chunk is out."""
+        if self._index < 0:
+            self._index = 0
+            return self._header_bytes
         if self._index >= self._chunks:
-            return False
+            return None
         n = min(self._left, self._header.chunk_size)
         plain = self._read_plain(n) if n else b""
         self._left -= n
@@ -305,35 +296,10 @@ class _EncryptingReader(io.RawIOBase):
         ad = _associated_data(self._header_bytes, self._index, last, self._name)
         sealed = self._aead.encrypt(_nonce(self._header.nonce_base, self._index), plain, ad)
         self._index += 1
-        self._buf = memoryview(sealed)
-        self._pos = 0
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        """Return ``n`` ciphertext bytes (all that is left when ``n`` is negative); fewer only at the end."""
-        want = -1 if n is None or n < 0 else n
-        out = []
-        while want != 0:
-            if self._pos >= len(self._buf) and not self._next_chunk():
-                break
-            avail = len(self._buf) - self._pos
-            take = avail if want < 0 else min(avail, want)
-            out.append(self._buf[self._pos:self._pos + take])
-            self._pos += take
-            if want > 0:
-                want -= take
-        return b"".join(out)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+        return sealed
 
 
-class _DecryptingReader(io.RawIOBase):
+class _DecryptingReader(ChunkedReader):
     """The plaintext of one stored object, authenticated one chunk at a time.
 
     No byte of a chunk is returned before the chunk's tag is verified. The header is read
@@ -354,27 +320,14 @@ class _DecryptingReader(io.RawIOBase):
         self._carry = b""
         self._index = 0
         self._done = False
-        self._buf = memoryview(b"")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
 
     def _corrupt(self, reason: str) -> CorruptObjectError:
         return CorruptObjectError(self._key, reason)
 
     def _read_stored(self, n: int) -> bytes:
         """Return up to ``n`` stored bytes, fewer only at the end of the object."""
-        parts = [self._carry] if self._carry else []
-        got = len(self._carry)
-        self._carry = b""
-        while got < n:
-            piece = self._f.read(n - got)
-            if not piece:
-                break
-            parts.append(piece)
-            got += len(piece)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        carry, self._carry = self._carry, b""
+        return carry + read_full(self._f, n - len(carry)) if carry else read_full(self._f, n)
 
     def _read_header(self) -> None:
         data = self._read_stored(HEADER_SIZE)
@@ -398,10 +351,10 @@ class _DecryptingReader(io.RawIOBase):
             self._aead = _aesgcm(object_key(self._keys[h.key_id], h.salt, h.db_id or ""))
         self._header_bytes = data
 
-    def _next_chunk(self) -> bool:
-        """Decrypt the next chunk into the buffer; return False after the last one."""
+    def _chunk(self) -> bytes | None:
+        """The next chunk decrypted; None after the last one."""
         if self._done:
-            return False
+            return None
         if self._header is None:
             self._read_header()
         assert self._header is not None and self._aead is not None
@@ -426,32 +379,7 @@ class _DecryptingReader(io.RawIOBase):
                                 f"stored under another name, or wrong key") from None
         self._index += 1
         self._done = last
-        self._buf = memoryview(plain)
-        self._pos = 0
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        """Return ``n`` plaintext bytes (all that is left when ``n`` is negative); fewer only at the end."""
-        want = -1 if n is None or n < 0 else n
-        out = []
-        while want != 0:
-            if self._pos >= len(self._buf) and not self._next_chunk():
-                break
-            avail = len(self._buf) - self._pos
-            take = avail if want < 0 else min(avail, want)
-            out.append(self._buf[self._pos:self._pos + take])
-            self._pos += take
-            if want > 0:
-                want -= take
-        return b"".join(out)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+        return plain
 
     def close(self) -> None:
         if not self.closed:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .base import ObjectInfo, ReplicaClient
+from .streams import ChunkedReader
 
 MIN_BURST = 64 << 10
 BURST_SECONDS = 0.25
@@ -53,7 +53,7 @@ class RateLimiter:
         return wait
 
 
-class _ThrottledReader(io.RawIOBase):
+class _ThrottledReader(ChunkedReader):
     """Reads from ``f`` in slices of at most one burst, paying the limiter for each slice."""
 
     def __init__(self, f: BinaryIO, limiter: RateLimiter, *, owns: bool) -> None:
@@ -62,31 +62,12 @@ class _ThrottledReader(io.RawIOBase):
         self._limiter = limiter
         self._owns = owns
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, n: int | None = -1) -> bytes:
-        """Return ``n`` bytes (all that is left when ``n`` is negative); fewer only at the end."""
-        want = -1 if n is None or n < 0 else n
-        out = []
-        while want != 0:
-            step = self._limiter.burst if want < 0 else min(want, self._limiter.burst)
-            piece = self._f.read(step)
-            if not piece:
-                break
-            self._limiter.acquire(len(piece))
-            out.append(piece)
-            if want > 0:
-                want -= len(piece)
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
+    def _chunk(self) -> bytes | None:
+        piece = self._f.read(self._limiter.burst)
+        if not piece:
+            return None
+        self._limiter.acquire(len(piece))
+        return piece
 
     def close(self) -> None:
         if not self.closed and self._owns:
