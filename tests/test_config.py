@@ -857,7 +857,7 @@ def test_example_needs_its_variables():
 def test_example_documents_every_key():
     with open(EXAMPLE) as f:
         text = f.read()
-    keys = set(config._TOP_KEYS) | set(config._DB_KEYS) | set(config._LOGGING_KEYS) | config._ALL_REPLICA_KEYS
+    keys = set(config._TOP_KEYS) | set(config._DB_KEYS) | set(config._LOGGING_KEYS) | config._all_replica_keys()
     # Litestream's spellings are documented in the README's "Coming from Litestream" table.
     from_litestream = {"replica", "stderr"}
     undocumented = {k for k in keys - from_litestream
@@ -901,3 +901,62 @@ def test_what_a_backend_declares_is_what_the_config_takes():
             with pytest.raises(ConfigError) as e:
                 config.reader._Reader("f.yml", {}, "/").config(yaml.compose(text))
             assert "unknown key" not in str(e.value) and "does not apply" not in str(e.value), (name, key, e.value)
+
+
+def test_every_key_a_backend_declares_is_read_into_the_config():
+    from litesync.replica.registry import BACKENDS
+
+    read = set(config.reader._REPLICA_VALUES) | {"path", "bucket"}  # path and bucket: per type
+    for name, backend in BACKENDS.items():
+        assert not set(backend.keys) - read - set(backend.options), name  # else silently dropped
+
+
+def _absolute_dir(text):
+    if not os.path.isabs(text):
+        raise ConfigError(f"must be an absolute path: {text!r}")
+    return text
+
+
+def test_a_backend_with_keys_of_its_own_needs_no_change_to_the_config(cwd, monkeypatch, caplog):
+    # The promise of replica/registry.py: a backend with a new key (here "root", and the secret
+    # "token") is its factory and its registry entry; litesync.config is not touched for it.
+    from litesync.replica import FileReplicaClient, open_replica
+    from litesync.replica.registry import BACKENDS, Backend
+
+    built = []
+
+    def factory(cfg):
+        built.append(cfg)
+        return FileReplicaClient(os.path.join(cfg.option("root"), cfg.path), name=cfg.name)
+
+    monkeypatch.setitem(BACKENDS, "vault", Backend(
+        "vault", keys=("path", "root", "token"), url_params=("root",), credentials=(), secret_keys=("token",),
+        secret_fields=(), default_sync_interval=0.0, factory=factory,
+        options={"root": _absolute_dir, "token": str}))
+    text = """\
+        dbs:
+          - path: app.db
+            replicas:
+              - type: vault
+                root: {root}
+                token: s3cr3t-t0ken
+                path: app
+        """
+    rc = load(text.format(root=cwd / "vault")).dbs[0].replicas[0]
+    assert (rc.type, rc.path, rc.option("root"), rc.option("token")) == ("vault", "app", str(cwd / "vault"),
+                                                                          "s3cr3t-t0ken")
+    assert rc.option("region") is None and rc.destination == "vault://app"
+    assert "s3cr3t-t0ken" not in repr(rc) and "('token', '***')" in repr(rc)
+    client = open_replica(rc)
+    assert built == [rc] and client.root == str(cwd / "vault" / "app")
+    client.close()
+    assert "dbs[0].replicas[0].token at line 6" in caplog.text  # a secret written into the file
+    assert error(text.format(root="vault")) == (
+        "litesync.yml:5: dbs[0].replicas[0].root: must be an absolute path: 'vault'")
+    assert error(text.format(root="/v").replace("root:", "rot:")) == (
+        "litesync.yml:5: dbs[0].replicas[0]: unknown key 'rot' (did you mean 'root'?)")
+    assert error(text.format(root="/v").replace("vault", "s3").replace("path: app\n", "bucket: b\n")) == (
+        "litesync.yml:5: dbs[0].replicas[0]: key 'root' does not apply to type 's3'")
+    assert parse_replica_url("vault://b/app?root=/v").option("root") == "/v"  # a URL parameter of its own
+    with pytest.raises(ConfigError, match=r"^must be an absolute path: 'v'$"):
+        parse_replica_url("vault://b/app?root=v")

@@ -18,9 +18,9 @@ from .model import (DEFAULT_CHECKPOINT_PAGES, DEFAULT_COMPACTION, DEFAULT_PATTER
                     DEFAULT_SYNC_INTERVAL, LOG_FORMATS, LOG_LEVELS, LOG_STREAMS, MAX_PART_SIZE, MIN_PART_SIZE,
                     REPLICA_TYPES, Config, DbConfig, DbSettings, DirConfig, LoggingConfig, ReplicaConfig,
                     priority_order)
-from .reader import (_ALL_REPLICA_KEYS, _DB_KEYS, _LOGGING_KEYS, _TOP_KEYS, CONFIG_ENV, LOCAL_CONFIG,
+from .reader import (_DB_KEYS, _LOGGING_KEYS, _TOP_KEYS, CONFIG_ENV, LOCAL_CONFIG,
                      SYSTEM_CONFIG, command_line_replica, config_from_args, find_config, load_config,
-                     resolve_config, with_litestream_credentials, with_max_bandwidth)
+                     resolve_config, with_litestream_credentials, with_max_bandwidth, _all_replica_keys)
 from .units import parse_bandwidth, parse_duration, parse_size, split_addr
 from .urls import parse_replica_url
 
@@ -35,5 +35,5 @@ __all__ = [
     "DEFAULT_RETENTION_CHECK_INTERVAL", "DEFAULT_SNAPSHOT_INTERVAL", "DEFAULT_SPOOL_MAX_SIZE",
     "DEFAULT_SYNC_INTERVAL", "LOG_FORMATS", "LOG_LEVELS", "LOG_STREAMS", "MAX_PART_SIZE", "MIN_PART_SIZE",
     # The key lists, for the test that the example file documents every key.
-    "_ALL_REPLICA_KEYS", "_DB_KEYS", "_LOGGING_KEYS", "_TOP_KEYS",
+    "_all_replica_keys", "_DB_KEYS", "_LOGGING_KEYS", "_TOP_KEYS",
 ]

@@ -29,7 +29,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 LOG_STREAMS = ("stderr", "stdout")
 
-_SECRET_FIELDS = frozenset(f for b in BACKENDS.values() for f in b.secret_fields) | {"encryption_keys"}
+
+def _secrets() -> tuple[frozenset[str], frozenset[str]]:
+    """Return the ``ReplicaConfig`` fields and the option keys whose values are never shown."""
+    backends = BACKENDS.values()  # read when asked: a backend registered later is masked too
+    return (frozenset(f for b in backends for f in b.secret_fields) | {"encryption_keys"},
+            frozenset(k for b in backends for k in b.secret_keys))
 
 
 @dataclass(frozen=True, repr=False)
@@ -55,22 +60,31 @@ class ReplicaConfig:
     encryption_keys: tuple[bytes, ...] | None = None  # the first encrypts, every one decrypts
     max_bandwidth: int | None = None  # bytes per second, uploads and downloads together
     db_id: str | None = None  # the id of the database it holds (encrypted objects are bound to it)
+    # The keys of the backend's own (registry.Backend.options) that are given, as (key, value) pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
     def __repr__(self) -> str:
+        secret_fields, secret_keys = _secrets()
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in _SECRET_FIELDS and value is not None:
+            if f.name in secret_fields and value is not None:
                 value = "***"
+            elif f.name == "options":
+                value = tuple((k, "***" if k in secret_keys else v) for k, v in value)
             parts.append(f"{f.name}={value!r}")
         return f"ReplicaConfig({', '.join(parts)})"
+
+    def option(self, key: str, default: Any = None) -> Any:
+        """Return the value of the backend's own key ``key`` (as its converter made it), default when not given."""
+        return dict(self.options).get(key, default)
 
     @property
     def destination(self) -> str:
         """Return where the replica writes, for messages (never a secret)."""
         if self.type == "file":
             return self.path
-        where = f"{self.type}://{self.bucket}/{self.path}"
+        where = f"{self.type}://{self.bucket}/{self.path}" if self.bucket else f"{self.type}://{self.path}"
         return f"{where} at {self.endpoint}" if self.endpoint else where
 
 

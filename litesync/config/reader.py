@@ -174,18 +174,31 @@ _LOGGING_KEYS = ("level", "format", "stream", "stderr")
 
 _ENCRYPTION_KEYS = ("encryption-key", "encryption-key-file", "decryption-keys")
 _COMMON_REPLICA_KEYS = ("name", "sync-interval", "priority", "max-bandwidth") + _ENCRYPTION_KEYS
-# What each type takes is declared with its backend (replica/registry.py).
-# Keys whose values are secrets: the warning about a world-readable file names those given literally.
-_SECRET_KEYS = tuple(k for b in BACKENDS.values() for k in b.secret_keys) + ("encryption-key", "decryption-keys")
-_TYPE_KEYS = {t: ("type",) + b.keys + _COMMON_REPLICA_KEYS for t, b in BACKENDS.items()}
-# With url: these come from the URL, so giving them again as keys would be ambiguous.
-_LOCATION_KEYS = tuple(dict.fromkeys(k for b in BACKENDS.values() for k in b.location_keys))
-_URL_KEYS = {t: ("url",) + tuple(k for k in keys if k != "type" and k not in _LOCATION_KEYS)
-             for t, keys in _TYPE_KEYS.items()}
-_ALL_REPLICA_KEYS = frozenset(k for keys in _TYPE_KEYS.values() for k in keys) | {"url"}
-_CREDENTIAL_PAIRS = tuple(pair for b in BACKENDS.values() for pair in b.credentials)
+# What each type takes is declared with its backend (replica/registry.py), read when a replica is.
 
-# Replica keys whose value converts on its own (path depends on the type, type and url are special).
+
+def _type_keys(rtype: str) -> tuple[str, ...]:
+    """Return the keys a replica of type ``rtype`` takes (with ``type:``)."""
+    return ("type",) + BACKENDS[rtype].keys + _COMMON_REPLICA_KEYS
+
+
+def _location_keys() -> tuple[str, ...]:
+    """Return the keys a URL gives: with url: giving them again as keys would be ambiguous."""
+    return tuple(dict.fromkeys(k for b in BACKENDS.values() for k in b.location_keys))
+
+
+def _url_keys(rtype: str) -> tuple[str, ...]:
+    """Return the keys a replica of type ``rtype`` takes with ``url:``."""
+    return ("url",) + tuple(k for k in _type_keys(rtype) if k != "type" and k not in _location_keys())
+
+
+def _all_replica_keys() -> frozenset[str]:
+    """Return the keys some replica type takes."""
+    return frozenset(k for t in BACKENDS for k in _type_keys(t)) | {"url"}
+
+
+# Replica keys whose value converts on its own (path depends on the type, type and url are special);
+# a backend's own keys are converted as it declares (Backend.options).
 _REPLICA_VALUES: dict[str, tuple[str, Callable[[str], object]]] = {
     "name": ("name", _replica_name),
     "bucket": ("bucket", _bucket),
@@ -543,32 +556,34 @@ class _Reader:
             raise self.error("give either url: or type:, not both", path, items["type"][0])
         if "url" in items:
             from_url = self.required(items, "url", path, node, lambda u: parse_replica_url(u, base=self.base_dir))
-            rtype, allowed = from_url.type, _URL_KEYS[from_url.type]
+            rtype, allowed = from_url.type, _url_keys(from_url.type)
         elif "type" in items:
             from_url = None
             rtype = self.required(items, "type", path, node, _replica_type)
-            allowed = _TYPE_KEYS[rtype]
+            allowed = _type_keys(rtype)
         else:
             raise self.error("missing required key: 'url' or 'type'", path, node)
         for key, (key_node, _) in items.items():
             if key in allowed:
                 continue
-            if from_url is not None and key in _LOCATION_KEYS:
+            if from_url is not None and key in _location_keys():
                 raise self.error(f"key {key!r} cannot be combined with url: (put it in the URL)", path, key_node)
-            if key in _ALL_REPLICA_KEYS:
+            if key in _all_replica_keys():
                 raise self.error(f"key {key!r} does not apply to type {rtype!r}", path, key_node)
             raise self.unknown_key(key, allowed, path, key_node)
 
-        for first, second in _CREDENTIAL_PAIRS:
+        backend = BACKENDS[rtype]
+        for first, second in backend.credentials:
             given = [k for k in (first, second) if self.value(items, k, path, str) is not None]
             if len(given) == 1:
                 missing = second if given == [first] else first
                 raise self.error(f"{missing} is required with {given[0]}", path, items[given[0]][0])
 
-        values: dict[str, Any] = {attr: self.value(items, key, path, convert)
-                  for key, (attr, convert) in _REPLICA_VALUES.items() if key in items}
+        values: dict[str, Any] = {attr: self.value(items, key, path, convert) for key, (attr, convert)
+                                  in _REPLICA_VALUES.items() if key in items and key not in backend.options}
         values["encryption_keys"] = self.encryption_keys(items, path)
-        self.note_literal_secrets(items, path)
+        values["options"] = self.options(items, path, backend.options, from_url)
+        self.note_literal_secrets(items, path, backend.secret_keys)
         name = values.pop("name", None)
         if from_url is not None:
             rc = replace(from_url, **{attr: v for attr, v in values.items() if v is not None})
@@ -576,12 +591,19 @@ class _Reader:
             rc = ReplicaConfig(rtype, rtype, self.required(items, "path", path, node,
                                                            lambda t: _abspath(t, self.base_dir)), **values)
         else:
-            self.required(items, "bucket", path, node, _bucket)
+            if "bucket" in backend.keys:
+                self.required(items, "bucket", path, node, _bucket)
             rc = ReplicaConfig(rtype, rtype, self.value(items, "path", path, _key_prefix, ""), **values)
         rc = with_litestream_credentials(rc, self.environ)
         if name is None:
             return rc, None
         return replace(rc, name=name), items["name"][1]
+
+    def options(self, items: Items, path: str, converters: Mapping[str, Callable[[str], Any]],
+                from_url: ReplicaConfig | None) -> tuple[tuple[str, Any], ...]:
+        """Return the backend's own keys that are given (its URL's first), each through its converter."""
+        given = tuple((key, self.value(items, key, path, convert)) for key, convert in converters.items())
+        return (from_url.options if from_url else ()) + tuple((k, v) for k, v in given if v is not None)
 
     def encryption_keys(self, items: Items, path: str) -> tuple[bytes, ...] | None:
         """Return the replica's keys, the one that encrypts first; None when it is not encrypted.
@@ -627,8 +649,9 @@ class _Reader:
                 raise self.error(str(e), where, element) from None
         return keys
 
-    def note_literal_secrets(self, items: Items, path: str) -> None:
-        for key in _SECRET_KEYS:
+    def note_literal_secrets(self, items: Items, path: str, backend_secrets: Sequence[str]) -> None:
+        """Note the secrets written into the file itself (the warning about a world-readable file names them)."""
+        for key in tuple(backend_secrets) + ("encryption-key", "decryption-keys"):
             if key not in items:
                 continue
             node = items[key][1]

@@ -10,8 +10,9 @@ from typing import Callable, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from ..replica.registry import BACKENDS
 from ..segment import check_db_id
-from .model import MAX_PART_SIZE, MIN_PART_SIZE, REPLICA_TYPES
+from .model import MAX_PART_SIZE, MIN_PART_SIZE
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -159,8 +160,8 @@ def _addr(text: str) -> str:
 
 
 def _replica_type(text: str) -> str:
-    if text not in REPLICA_TYPES:
-        raise ConfigError(f"unknown replica type: {text!r} (expected {_one_of(REPLICA_TYPES)})")
+    if text not in BACKENDS:
+        raise ConfigError(f"unknown replica type: {text!r} (expected {_one_of(tuple(BACKENDS))})")
     return text
 
 

@@ -10,10 +10,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .. import litestream
 from ..errors import ConfigError
 from ..replica.registry import BACKENDS
-from .model import REPLICA_TYPES, ReplicaConfig
+from .model import ReplicaConfig
 from .units import _abspath, _bool, _bucket, _endpoint, _key_prefix, _one_of
-
-_URL_PARAMS = {t: b.url_params for t, b in BACKENDS.items()}
 
 
 def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
@@ -28,14 +26,15 @@ def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
         return ReplicaConfig("file", "file", _abspath(url, base), url=url)
     parts = urlsplit(url)
     scheme = parts.scheme
-    if scheme not in REPLICA_TYPES:
+    backend = BACKENDS.get(scheme)
+    if backend is None:
         raise ConfigError(f"unsupported replica URL scheme: {scheme!r} in {url!r}")
     if "@" in parts.netloc:  # the URL is printed in logs; do not echo what may be a secret
         raise ConfigError("replica URL must not contain credentials (give them as keys or in the environment)")
     shown = f"{scheme}://{parts.netloc}{parts.path}"
     if parts.fragment:
         raise ConfigError(f"unexpected '#' in replica URL: {url!r}")
-    params = _url_params(parts.query, _URL_PARAMS.get(scheme, ()), shown)
+    params = _url_params(parts.query, backend.url_params, shown)
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigError(f"file URL needs an absolute path (file:///dir): {url!r}")
@@ -44,10 +43,11 @@ def parse_replica_url(url: str, *, base: str | None = None) -> ReplicaConfig:
         raise ConfigError(f"replica URL has no bucket: {url!r}")
     force = params.get("force-path-style")
     endpoint = params.get("endpoint")
+    options = tuple((k, convert(params[k])) for k, convert in backend.options.items() if params.get(k))
     return ReplicaConfig(
         scheme, scheme, _key_prefix(unquote(parts.path)), url=url, bucket=_bucket(parts.netloc),
         endpoint=_endpoint(endpoint) if endpoint else None, region=params.get("region") or None,
-        force_path_style=_bool(force) if force else None)
+        force_path_style=_bool(force) if force else None, options=options)
 
 
 def _url_params(query: str, allowed: Sequence[str], shown: str) -> dict[str, str]:

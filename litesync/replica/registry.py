@@ -1,7 +1,9 @@
 """What each replica backend accepts, declared once: the configuration reads its keys, URL
 parameters, credentials, secrets and default sync interval from here, and ``open_replica``
 builds a client with its factory. Adding a backend: its module, one entry here, one test
-fixture (tests/conftest.py's replica clients).
+fixture (tests/conftest.py's replica clients). A key no other backend has is declared in
+``options`` with the converter that parses it; the configuration reads it into
+``ReplicaConfig.options`` and the factory takes it with ``cfg.option(key)``.
 
 This module imports no backend (the factories import theirs when called) and nothing of
 ``litesync.config``, which reads it.
@@ -9,8 +11,8 @@ This module imports no backend (the factories import theirs when called) and not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -37,6 +39,14 @@ class Backend:
     #: least time between the starts of two uploads while commits keep coming (seconds)
     default_sync_interval: float
     factory: Callable[["ReplicaConfig"], "ReplicaClient"]
+    #: keys of its own (among ``keys``; no ``ReplicaConfig`` field holds them), each with the converter
+    #: that parses its text, raising ``ConfigError`` that names the value; read into ``ReplicaConfig.options``
+    options: Mapping[str, Callable[[str], Any]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        stray = [k for k in self.options if k not in self.keys]
+        if stray:
+            raise ValueError(f"backend {self.type!r}: options not among its keys: {stray}")
 
     @property
     def location_keys(self) -> tuple[str, ...]:
