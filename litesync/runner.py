@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Callable
 from . import layout, status
 from .agent import DbAgent, WriteLockBusy
 from .compact import Maintainer
-from .config import DEFAULT_SYNC_INTERVAL
 from .dirwatch import DirWatcher
 from .engine import Loop, Scheduler, Task
 from .errors import LitesyncError
 from .logs import Labelled
 from .replica import open_replica
+from .replica.registry import BACKENDS
 from .progress import format_size, plural
 from .shipper import Shipper, unshipped
 from .spool import Name
@@ -201,7 +201,7 @@ class DbReplication:
             shipper = Shipper(self.agent.spool, client, state, db=cfg.path, replica=rc.name,
                               request_snapshot=self.agent.snapshot_requested,
                               sync_interval=rc.sync_interval if rc.sync_interval is not None
-                              else DEFAULT_SYNC_INTERVAL[rc.type], destination=rc.destination,
+                              else BACKENDS[rc.type].default_sync_interval, destination=rc.destination,
                               newer_generation=self.agent.note_generation, db_id=self.agent.db_id)
             self.shippers.append(shipper)
             maintainer = self._maintainer(cfg, rc, client, shipper)
