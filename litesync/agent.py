@@ -499,6 +499,28 @@ class DbAgent:
         self.copied_through = (taken, self.generation, self.next_seq)
         return True
 
+    def replaced(self) -> str | None:
+        """Why the file at the database's path is no longer the one replicated (a stat), or
+        None. A file that is gone is not replaced: an app that holds it open may go on
+        writing to it, and the agent goes on copying."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        if self.identity is None or (st.st_dev, st.st_ino) == self.identity:
+            return None
+        return (f"the database file was replaced (device {self.identity[0]} inode {self.identity[1]}, "
+                f"now inode {st.st_ino})")
+
+    def adopt_replacement(self, reason: str) -> None:
+        """Replicate the file now at the database's path: its own connections, a new
+        generation from it. Nothing of it is ever appended to the old file's history."""
+        self._disconnect()
+        self._connect()
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)
+        self.new_generation(f"{reason}: replicating the new file", logging.WARNING)
+
     def unpark(self) -> None:
         """Open the connections of a parked database and continue what was copied.
 
@@ -520,8 +542,9 @@ class DbAgent:
         self._parked_marks = None
         self.stats["unparks"] += 1
         if (st.st_dev, st.st_ino) != self.identity:
+            reason = self.replaced() or "the database file was replaced"
             self.identity = (st.st_dev, st.st_ino)
-            self.new_generation("the database file was replaced while the agent had it closed")
+            self.new_generation(f"{reason} while parked: replicating the new file", logging.WARNING)
             return
         if self.page_size != page_size:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
@@ -1158,9 +1181,9 @@ class DbAgent:
         self.newer_generation_seen.set()
         self.wake.set()
 
-    def new_generation(self, reason: str) -> None:
+    def new_generation(self, reason: str, level: int = logging.INFO) -> None:
         """Start a new generation: a fresh snapshot at the current state."""
-        self.log.info("starting a new generation: %s", reason)
+        self.log.log(level, "starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
     def _disagreement(self, found: int) -> None:

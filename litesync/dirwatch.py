@@ -132,6 +132,11 @@ class DirWatcher(threading.Thread):
         found = {p: _identity(p) for p in paths}
         for path, (d, inode) in list(self.active.items()):
             now = found.get(path)
+            # A file replaced under a running agent is taken up by the agent itself (a new
+            # generation, see DbAgent.adopt_replacement): then it is the agent's file.
+            if now is not None and d.agent.identity is not None and now[:2] == d.agent.identity:
+                inode = d.agent.identity
+                self.active[path] = (d, inode)
             if now is None or now[:2] != inode:
                 log.info("%s: database removed or replaced; stopping its replication", path)
             elif d.error is not None:

@@ -376,6 +376,10 @@ class DbReplication:
                 if not self._needs_unpark():
                     return self._parked_poll()
                 self._unpark()
+            else:
+                replaced = self.agent.replaced()
+                if replaced is not None:
+                    self.agent.adopt_replacement(replaced)
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
             # frames cause a file event: when one seems in flight, look again soon.

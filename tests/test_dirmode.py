@@ -176,3 +176,37 @@ def test_a_write_to_a_replicated_database_does_not_rescan_its_directory(tmp_path
     w.wake.clear()
     w.notice(gone)
     assert w.wake.is_set()
+
+
+def test_a_database_replaced_in_a_directory_gets_one_new_generation(tmp_path):
+    """The agent takes up a database replaced by rename at its next turn (one line, one new
+    generation); the directory's rescan then finds the agent already on the new file and
+    neither stops it nor starts it over."""
+    data, rep = tmp_path / "data", tmp_path / "rep"
+    data.mkdir()
+    db = str(data / "a.db")
+    run_writer(db, "--count", "10")
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"dbs:\n  - dir: data\n    replicas: [{{url: {rep}}}]\n")
+    log = str(tmp_path / "agent.log")
+    agent = start_agent_ready("--config", str(cfg), log_path=log)
+    try:
+        new = str(tmp_path / "new.db")
+        run_writer(new, "--count", "4", "--seed", "3")
+        for suffix in ("-wal", "-shm"):
+            os.unlink(db + suffix)
+        os.replace(new, db)
+        run_writer(db, "--count", "2", "--seed", "4")
+        wait_for(lambda: "the database file was replaced" in open(log).read(), timeout=30)
+        run_writer(str(data / "b.db"), "--count", "1")  # a new file: the directory is rescanned
+        wait_for(lambda: "b.db: found" in open(log).read(), timeout=30)
+    finally:
+        code = stop(agent)
+    text = open(log).read()
+    assert code == 0, text
+    assert "a.db: database removed or replaced" not in text
+    assert len(os.listdir(rep / "a.db" / "generations")) == 2
+    out = str(tmp_path / "restored.db")
+    r = litesync("--config", str(cfg), "restore", "-o", out, db)
+    assert r.returncode == 0, r.stderr
+    assert content_digest(out) == content_digest(db)

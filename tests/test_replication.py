@@ -504,3 +504,43 @@ def test_once_to_a_new_replica_when_the_spool_holds_no_snapshot(tmp_path):
     assert r.returncode == 0, r.stderr
     assert time.monotonic() - t0 < 20
     restore_and_compare(db, f"file://{tmp_path / 'b'}", str(tmp_path / "out.db"))
+
+
+def test_a_database_replaced_by_rename_starts_a_new_generation_from_the_new_file(tmp_path):
+    """`mv new.db app.db` (its WAL files removed first, as replacing a database needs) under
+    a running agent: the agent says so in one line, replicates the new file in a generation
+    of its own, and the old generation still restores the old content."""
+    import json
+
+    db, new = str(tmp_path / "app.db"), str(tmp_path / "new.db")
+    url = f"file://{tmp_path / 'replica'}"
+    log = str(tmp_path / "agent.log")
+    run_writer(db, "--count", "20")
+    agent = start_agent_ready(db, url, log_path=log)
+    try:
+        run_writer(db, "--count", "5")
+        old = content_digest(db)
+        run_writer(new, "--count", "7", "--seed", "9")  # closed: its WAL checkpointed and removed
+        wait_for(lambda: len(os.listdir(tmp_path / "replica" / "generations")) == 1
+                 and litesync("restore", "--dry-run", url).returncode == 0)
+        time.sleep(0.5)  # the agent caught up with the 5 commits (it ships each within milliseconds)
+        old_inode = os.stat(db).st_ino
+        os.unlink(db + "-wal")
+        os.unlink(db + "-shm")
+        os.replace(new, db)
+        run_writer(db, "--count", "3", "--seed", "10")
+        wait_for(lambda: "the database file was replaced" in open(log).read())
+    finally:
+        assert stop(agent) == 0
+    lines = [line for line in open(log) if "the database file was replaced" in line]
+    assert len(lines) == 1 and " WARNING " in lines[0] and lines[0].rstrip().endswith(
+        "starting a new generation: the database file was replaced "
+        f"(device {os.stat(db).st_dev} inode {old_inode}, now inode {os.stat(db).st_ino}): replicating the new file"), lines
+    gens = json.loads(litesync("generations", "--json", url).stdout)["generations"]
+    assert len(gens) == 2
+    restore_and_compare(db, url, str(tmp_path / "latest.db"))
+    first = min(g["generation"] for g in gens)
+    out = str(tmp_path / "old.db")
+    r = litesync("restore", "-o", out, "--generation", first, url)
+    assert r.returncode == 0, r.stderr
+    assert content_digest(out) == old
