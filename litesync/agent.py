@@ -499,27 +499,56 @@ class DbAgent:
         self.copied_through = (taken, self.generation, self.next_seq)
         return True
 
-    def replaced(self) -> str | None:
-        """Why the file at the database's path is no longer the one replicated (a stat), or
-        None. A file that is gone is not replaced: an app that holds it open may go on
-        writing to it, and the agent goes on copying."""
+    def _path_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file at the database's path now, None when there is none."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
-        if self.identity is None or (st.st_dev, st.st_ino) == self.identity:
+        return st.st_dev, st.st_ino
+
+    def replaced(self) -> str | None:
+        """Why the file at the database's path is no longer the one replicated (a stat), or
+        None. A file that is gone is not replaced: an app that holds it open may go on
+        writing to it, and the agent goes on copying."""
+        now = self._path_identity()
+        if now is None or self.identity is None or now == self.identity:
             return None
         return (f"the database file was replaced (device {self.identity[0]} inode {self.identity[1]}, "
-                f"now inode {st.st_ino})")
+                f"now inode {now[1]})")
 
     def adopt_replacement(self, reason: str) -> None:
         """Replicate the file now at the database's path: its own connections, a new
-        generation from it. Nothing of it is ever appended to the old file's history."""
+        generation from it. Nothing of it is ever appended to the old file's history: the
+        identity moves to the new file only once its first snapshot is in the spool, so a
+        failure here is tried again from the start at the next turn."""
         self._disconnect()
-        self._connect()
-        st = os.stat(self.path)
-        self.identity = (st.st_dev, st.st_ino)
+        # The path may lead elsewhere now (a symbolic link pointed at another file): the
+        # WAL and wal-index read are those beside the file it leads to.
+        real = os.path.realpath(self.path)
+        self.wal_path, self.shm_path = real + "-wal", real + "-shm"
+        identity = self._connect_stable()
+        hdr = self._wal_header()
+        if hdr is not None and self.pos.frame and (hdr.salt1, hdr.salt2) == (self.pos.salt1, self.pos.salt2):
+            self._disconnect()
+            raise DatabaseError(
+                f"{self.path}: the database file was replaced but the replaced database's WAL is still "
+                f"beside it ({self.wal_path}), and SQLite applies it to the new file; remove the -wal and "
+                f"-shm files before replacing a database (with the app stopped), or stop litesync first")
         self.new_generation(f"{reason}: replicating the new file", logging.WARNING)
+        self.identity = identity
+
+    def _connect_stable(self) -> tuple[int, int]:
+        """Connect to the file at the database's path and return its identity, when it was
+        the same file before and after connecting (else it was being replaced: raise)."""
+        before = self._path_identity()
+        if before is None:
+            raise DatabaseError(f"database does not exist: {self.path}")
+        self._connect()
+        if self._path_identity() != before:
+            self._disconnect()
+            raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
+        return before
 
     def unpark(self) -> None:
         """Open the connections of a parked database and continue what was copied.
@@ -533,19 +562,17 @@ class DbAgent:
         """
         if not self.parked:
             return
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            raise DatabaseError(f"database does not exist: {self.path}") from None
-        page_size = self.page_size
-        self._connect()
-        self._parked_marks = None
         self.stats["unparks"] += 1
-        if (st.st_dev, st.st_ino) != self.identity:
-            reason = self.replaced() or "the database file was replaced"
-            self.identity = (st.st_dev, st.st_ino)
-            self.new_generation(f"{reason} while parked: replicating the new file", logging.WARNING)
+        reason = self.replaced()
+        if reason is not None:
+            self._parked_marks = None
+            self.adopt_replacement(f"{reason} while parked")
             return
+        page_size = self.page_size
+        if self._connect_stable() != self.identity:  # replaced between the look and the connect
+            self._disconnect()
+            raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
+        self._parked_marks = None
         if self.page_size != page_size:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
             return

@@ -215,6 +215,7 @@ class DbReplication:
         self._finished = threading.Event()
         self._last_step = 0.0
         self._copied = 0
+        self._last_error = ""  # the last error a turn logged (repeats go to debug)
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self._lock_waited = False
         self._idle_turns = 0
@@ -378,6 +379,8 @@ class DbReplication:
                 self._unpark()
             else:
                 replaced = self.agent.replaced()
+                if replaced is None and not self.agent.is_open:  # an adoption that failed: again
+                    replaced = "the database file was replaced"
                 if replaced is not None:
                     self.agent.adopt_replacement(replaced)
             self._copied = self.agent.step()
@@ -386,10 +389,13 @@ class DbReplication:
             self._recheck = (min(max(self._recheck * 2, RECHECK_FIRST), self.poll_interval)
                              if self.agent.in_flight else 0.0)
             self.collect_garbage()
+            self._last_error = ""
         except WriteLockBusy:  # unparking needed the write lock (see DbAgent.unpark)
             return LOCK_RETRY
         except LitesyncError as e:
-            self.log.error("%s", e)
+            # Said once; the same error at each retry only in debug.
+            self.log.log(logging.DEBUG if str(e) == self._last_error else logging.ERROR, "%s", e)
+            self._last_error = str(e)
             self._retry_at = time.monotonic() + 1.0
             return 1.0
         except Exception:

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from litesync.agent import DbAgent
+from litesync.errors import DatabaseError
 
 
 def _open_files() -> set[str]:
@@ -412,5 +413,105 @@ def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_
         assert len(calls) >= 2  # read again
         assert agent.generation == gen
         assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["first", "while parked", "during the read"]
+    finally:
+        agent.close()
+
+
+# --- a database file replaced under the agent ------------------------------------------------
+
+
+def _make(path: str, tag: str, n: int, extra: int = 0) -> None:
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    for i in range(n):
+        c.execute("INSERT INTO t (v) VALUES (?)", (f"{tag}{i}",))
+    if extra:
+        c.execute("CREATE TABLE u (x)")
+        c.executemany("INSERT INTO u VALUES (?)", [("y" * 500,)] * extra)
+    c.close()
+
+
+def test_a_symbolic_link_pointed_at_another_database_replicates_that_one(tmp_path):
+    """Blue/green: app.db -> a.db becomes app.db -> b.db. The new generation is b.db's, read
+    with b.db's WAL (not a.db's), and b.db's later commits follow it."""
+    a, b, link = str(tmp_path / "a.db"), str(tmp_path / "b.db"), str(tmp_path / "app.db")
+    _make(a, "A", 3)
+    _make(b, "B", 5, extra=100)
+    os.symlink("a.db", link)
+    app_a = App(link)
+    agent = _agent(link)
+    try:
+        app_a.execute("INSERT INTO t (v) VALUES ('A-late')")
+        agent.step()
+        os.symlink("b.db", str(tmp_path / "tmp.lnk"))
+        os.replace(str(tmp_path / "tmp.lnk"), link)
+        app_b = App(link)
+        app_b.execute("INSERT INTO t (v) VALUES ('B-new1')")
+        reason = agent.replaced()
+        assert reason is not None
+        agent.adopt_replacement(reason)
+        app_b.execute("INSERT INTO t (v) VALUES ('B-new2')")
+        agent.step()
+        out = str(tmp_path / "r.db")
+        assert restored(agent, out) == rows(b) == ["B0", "B1", "B2", "B3", "B4", "B-new1", "B-new2"]
+        count = "SELECT count(*), sum(length(x)) FROM u"
+        assert sqlite3.connect(out).execute(count).fetchall() == sqlite3.connect(b).execute(count).fetchall()
+        app_b.stop()
+    finally:
+        app_a.stop()
+        agent.close()
+
+
+def test_a_database_replaced_beside_its_old_wal_is_refused_in_one_line(tmp_path):
+    """`mv new.db app.db` with the old database's -wal still there (the agent's read kept the
+    app's close from removing it): SQLite applies that WAL to the new file. The agent says so
+    and what to do, and ships nothing of it as the new file's."""
+    db, new = str(tmp_path / "app.db"), str(tmp_path / "new.db")
+    _make(db, "A", 3)
+    _make(new, "B", 5)
+    app = App(db)
+    agent = _agent(db)
+    try:
+        app.execute("INSERT INTO t (v) VALUES ('A-late')")
+        agent.step()
+        gen, snaps = agent.generation, agent.stats["snapshots"]
+        app.close()
+        os.replace(new, db)
+        reason = agent.replaced()
+        assert reason is not None
+        with pytest.raises(DatabaseError, match=r"the replaced database's WAL is still beside it .*app\.db-wal.*"
+                                                r"remove the -wal and -shm files before replacing a database"):
+            agent.adopt_replacement(reason)
+        assert (agent.generation, agent.stats["snapshots"]) == (gen, snaps)
+        assert agent.replaced() is not None  # tried again at the next turn
+    finally:
+        app.stop()
+        agent.close()
+
+
+def test_a_database_replaced_again_while_the_agent_opens_it_is_opened_again(tmp_path):
+    """A second replacement between the agent's connect and its look at the path: the agent
+    does not take one file's identity for the other's (it would then never notice again)."""
+    db = str(tmp_path / "app.db")
+    _make(db, "A", 3)
+    agent = _agent(db)
+    try:
+        _make(str(tmp_path / "n1.db"), "N1", 2)
+        _make(str(tmp_path / "n2.db"), "N2", 4, extra=20)
+        os.replace(str(tmp_path / "n1.db"), db)
+        real = agent._connect
+
+        def connect_then_replace() -> None:
+            real()
+            agent._connect = real
+            os.replace(str(tmp_path / "n2.db"), db)
+
+        agent._connect = connect_then_replace
+        with pytest.raises(DatabaseError, match="changed while the agent opened it"):
+            agent.adopt_replacement(agent.replaced() or "")
+        agent.adopt_replacement(agent.replaced() or "")  # the next turn
+        assert agent.replaced() is None
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["N20", "N21", "N22", "N23"]
     finally:
         agent.close()
