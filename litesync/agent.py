@@ -334,7 +334,7 @@ class DbAgent:
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
-                                        "parks": 0, "unparks": 0}
+                                        "parks": 0, "unparks": 0, "errors": 0}
         self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.

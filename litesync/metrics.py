@@ -43,6 +43,8 @@ _DB_METRICS = (
     ("litesync_snapshots_total", "counter", "Snapshots written to the spool.", "snapshots"),
     ("litesync_snapshot_duration_seconds", "gauge", "How long the last snapshot took.", "snapshot_seconds"),
     ("litesync_transactions_total", "counter", "Transactions copied from the WAL to the spool.", "transactions"),
+    ("litesync_database_errors_total", "counter",
+     "Failed turns of the agent on this database (copying, checkpoints, snapshots), e.g. a full disk.", "errors"),
 )
 _STATES = ("pending", "completed", "failed")
 

@@ -216,6 +216,7 @@ class DbReplication:
         self._last_step = 0.0
         self._copied = 0
         self._last_error = ""  # the last error a turn logged (repeats go to debug)
+        self.turn_error: str | None = None  # why the last turn failed, until one succeeds (status: failed)
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self._lock_waited = False
         self._idle_turns = 0
@@ -390,12 +391,18 @@ class DbReplication:
                              if self.agent.in_flight else 0.0)
             self.collect_garbage()
             self._last_error = ""
+            self.turn_error = None
         except WriteLockBusy:  # unparking needed the write lock (see DbAgent.unpark)
             return LOCK_RETRY
-        except LitesyncError as e:
-            # Said once; the same error at each retry only in debug.
-            self.log.log(logging.DEBUG if str(e) == self._last_error else logging.ERROR, "%s", e)
-            self._last_error = str(e)
+        except (LitesyncError, OSError) as e:
+            # Said once; the same error at each retry only in debug. An OSError is the spool's
+            # or the state directory's file system (full, read-only, gone): nothing half
+            # written is ever published, the app is not affected, and the turn is tried again.
+            message = str(e) if isinstance(e, LitesyncError) else self._os_error_message(e)
+            self.log.log(logging.DEBUG if message == self._last_error else logging.ERROR, "%s", message)
+            self._last_error = message
+            self.turn_error = message
+            self.agent.stats["errors"] += 1
             self._retry_at = time.monotonic() + 1.0
             return 1.0
         except Exception:
@@ -413,6 +420,15 @@ class DbReplication:
         if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll:
             return self.idle_poll
         return self.poll_interval
+
+    def _os_error_message(self, e: OSError) -> str:
+        """One line for a failed file operation of the agent, naming the directory (the
+        spool, the state directory) rather than the object, so that retries say the same."""
+        where = str(e.filename or self.agent.state_dir)
+        spool = self.agent.spool.root
+        if where == spool or where.startswith(spool + os.sep):
+            where = f"spool {spool}"
+        return f"{where}: {e.strerror or e}; copying paused (the application is not affected), retrying every second"
 
     # -- the open budget: slots, parking ----------------------------------------------
 
@@ -568,7 +584,7 @@ class DbReplication:
     def state(self) -> str:
         if self.stopped:
             return "stopped"
-        if self.error is not None:
+        if self.error is not None or self.turn_error is not None:
             return "failed"
         if self.stopping:
             return "stopping"
@@ -593,7 +609,8 @@ class DbReplication:
         objects = a.spool.objects()
         return {
             "format": status.FORMAT, "db": self.cfg.path, "pid": os.getpid(), "started_at": self.started_at,
-            "updated_at": now, "state": self.state(), "error": str(self.error) if self.error else None,
+            "updated_at": now, "state": self.state(),
+            "error": str(self.error) if self.error else self.turn_error, "errors": a.stats["errors"],
             "generation": layout.format_generation(a.generation) if a.generation else None,
             "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
             "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
@@ -612,7 +629,7 @@ class DbReplication:
         positions move with every commit: they are rewritten when a reader asks
         (status.ask_fresh), or with the next such change."""
         a = self.agent
-        return (self.state(), str(self.error), a.generation, a.stats["snapshots"],
+        return (self.state(), str(self.error), self.turn_error, a.generation, a.stats["snapshots"],
                 tuple((s.status, s.last_error, s.pos.generation, len(m.unsound), m.stats["errors"])
                       for s, m in zip(self.shippers, self.maintainers)),
                 tuple(v["ok"] + v["failed"] for v in self.validation.values()))
