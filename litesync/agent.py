@@ -538,14 +538,15 @@ class DbAgent:
         self.new_generation(f"{reason}: replicating the new file", logging.WARNING)
         self.identity = identity
 
-    def _connect_stable(self) -> tuple[int, int]:
+    def _connect_stable(self, expect: tuple[int, int] | None = None) -> tuple[int, int]:
         """Connect to the file at the database's path and return its identity, when it was
-        the same file before and after connecting (else it was being replaced: raise)."""
+        the same file before and after connecting, and the one ``expect``-ed if given (else
+        it was being replaced: raise, connections closed)."""
         before = self._path_identity()
         if before is None:
             raise DatabaseError(f"database does not exist: {self.path}")
         self._connect()
-        if self._path_identity() != before:
+        if self._path_identity() != before or expect not in (None, before):
             self._disconnect()
             raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
         return before
@@ -569,9 +570,7 @@ class DbAgent:
             self.adopt_replacement(f"{reason} while parked")
             return
         page_size = self.page_size
-        if self._connect_stable() != self.identity:  # replaced between the look and the connect
-            self._disconnect()
-            raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
+        self._connect_stable(expect=self.identity)  # not replaced since the look above
         self._parked_marks = None
         if self.page_size != page_size:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")

@@ -215,8 +215,8 @@ class DbReplication:
         self._finished = threading.Event()
         self._last_step = 0.0
         self._copied = 0
-        self._last_error = ""  # the last error a turn logged (repeats go to debug)
-        self.turn_error: str | None = None  # why the last turn failed, until one succeeds (status: failed)
+        # Why the last turn failed, until one succeeds: status failed; a repeat is logged at debug.
+        self.turn_error: str | None = None
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self._lock_waited = False
         self._idle_turns = 0
@@ -390,7 +390,6 @@ class DbReplication:
             self._recheck = (min(max(self._recheck * 2, RECHECK_FIRST), self.poll_interval)
                              if self.agent.in_flight else 0.0)
             self.collect_garbage()
-            self._last_error = ""
             self.turn_error = None
         except WriteLockBusy:  # unparking needed the write lock (see DbAgent.unpark)
             return LOCK_RETRY
@@ -399,8 +398,7 @@ class DbReplication:
             # or the state directory's file system (full, read-only, gone): nothing half
             # written is ever published, the app is not affected, and the turn is tried again.
             message = str(e) if isinstance(e, LitesyncError) else self._os_error_message(e)
-            self.log.log(logging.DEBUG if message == self._last_error else logging.ERROR, "%s", message)
-            self._last_error = message
+            self.log.log(logging.DEBUG if message == self.turn_error else logging.ERROR, "%s", message)
             self.turn_error = message
             self.agent.stats["errors"] += 1
             self._retry_at = time.monotonic() + 1.0
@@ -762,40 +760,12 @@ class Runner:
         with self._lock:
             return list(self.dbs)
 
-    def replicates(self, path: str) -> bool:
-        """True when the database file at ``path`` is being replicated (listed, or found in a
-        directory), under this name or another (a symbolic or hard link, a path through a
-        linked directory): such a file must never be opened here, since closing a
-        descriptor of it would drop every SQLite lock this process holds on it."""
-        if any(d.cfg.path == path for d in self.databases()):
-            return True
-        try:
-            st = os.stat(path)
-        except OSError:
-            return False
-        return self.replicates_file((st.st_dev, st.st_ino))
-
-    def replicates_file(self, identity: tuple[int, int]) -> bool:
-        """True when the file with (device, inode) ``identity`` is replicated here: the one
-        an agent opened (whatever its name now), or, for an agent not open yet, the one its
-        configured name leads to (a stat each; an open agent costs none)."""
-        for d in self.databases():
-            if d.agent.identity is not None:
-                if d.agent.identity == identity:
-                    return True
-                continue
-            try:
-                st = os.stat(d.cfg.path)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) == identity:
-                return True
-        return False
-
     def replicated_files(self) -> tuple[set[str], set[tuple[int, int]]]:
-        """The names and the (device, inode) identities of every database replicated here,
-        as ``replicates`` and ``replicates_file`` see them one at a time: a directory scan
-        of thousands of files asks once (a stat per database not yet open)."""
+        """The names and the (device, inode) identities of every database replicated here:
+        the file an agent opened (whatever its name now), or, for an agent not open yet, the
+        one its configured name leads to (a stat each). A file among them must never be
+        opened here, since closing a descriptor of it would drop every SQLite lock this
+        process holds on it. A directory scan of thousands of files asks once."""
         names: set[str] = set()
         identities: set[tuple[int, int]] = set()
         for d in self.databases():
