@@ -31,7 +31,7 @@ from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError, LitesyncError
 from .logs import Labelled
-from .progress import LogProgress
+from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
 from .spool import Spool
@@ -53,6 +53,12 @@ _INDEX_REPAIR_AFTER = 0.5
 # (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
 _RACY_SECONDS = 0.05
 _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
+# A WAL file larger than a database's max-wal-size is truncated once copied; a try that
+# fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
+_TRUNCATE_RETRY = (1.0, 30.0)
+# A TRUNCATE checkpoint holds the write lock while it waits for readers: it waits this
+# long at most (ms), so the app's writers barely notice, and tries again later.
+_TRUNCATE_WAIT_MS = 20
 
 
 class _WalChanged(Exception):
@@ -113,6 +119,14 @@ def read_index_header(shm_path: str) -> bytes:
 def _busy_handler(tries: int) -> bool:
     """Retry a busy lock every 0.2 ms for up to SEAL_TIMEOUT_MS."""
     if tries * 0.0002 * 1000 >= SEAL_TIMEOUT_MS:
+        return False
+    time.sleep(0.0002)
+    return True
+
+
+def _brief_busy_handler(tries: int) -> bool:
+    """Retry a busy lock every 0.2 ms for up to _TRUNCATE_WAIT_MS."""
+    if tries * 0.0002 * 1000 >= _TRUNCATE_WAIT_MS:
         return False
     time.sleep(0.0002)
     return True
@@ -302,7 +316,7 @@ class DbAgent:
 
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
                  snapshot_interval: float | None = 4 * 3600, label: str | None = None,
-                 db_id: str | None = None) -> None:
+                 db_id: str | None = None, max_wal_size: int = 64 << 20) -> None:
         self.path = os.path.abspath(db_path)
         self.db_id = db_id or layout.default_db_id(self.path)  # written into every object (see DbConfig)
         # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
@@ -312,6 +326,9 @@ class DbAgent:
         self.label = label or self.path
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
+        self.max_wal_size = max_wal_size
+        self._truncate_at = 0.0  # (monotonic) not before: see truncate_wal
+        self._truncate_wait = _TRUNCATE_RETRY[0]
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
         self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
@@ -334,6 +351,7 @@ class DbAgent:
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
+                                        "wal_truncations": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
         self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
@@ -1128,6 +1146,50 @@ class DbAgent:
         self.sync()
         return self._cycle(checkpoint=True)
 
+    def truncate_wal(self) -> bool:
+        """Shrink the WAL file to nothing once every frame in it is copied; return whether it did.
+
+        SQLite reuses a WAL file from its start but never shrinks it: after a burst (or a
+        long reader that kept it from restarting) it keeps its largest size. A checkpoint
+        first copies every frame, checkpoints them and restarts ``R`` under the seal; on a
+        WAL checkpointed in full, ``R`` reads the database file alone, under read lock 0.
+        A TRUNCATE checkpoint then succeeds only if nothing was committed since: a new
+        frame would have to be checkpointed, which needs read lock 0 exclusively, and ``R``
+        holds it. Its restart is the one a reader under read lock 0 lets happen, harmless
+        (see ``sync``): nothing was copied since ``R`` began. A reader of the app's keeps
+        it from restarting; the truncation is tried again later.
+        """
+        before = self._wal_file_size()
+        done = self.checkpoint() and self._restart_harmless() and self._checkpoint_truncate()
+        if not done:
+            self._truncate_at = time.monotonic() + self._truncate_wait
+            self._truncate_wait = min(2 * self._truncate_wait, _TRUNCATE_RETRY[1])
+            self.log.debug("WAL of %d bytes not truncated (in use); next try in %.0fs", before, self._truncate_wait)
+            return False
+        self._truncate_wait = _TRUNCATE_RETRY[0]
+        self.stats["wal_truncations"] += 1
+        self.log.info("WAL truncated from %s (larger than max-wal-size %s)",
+                      format_size(before), format_size(self.max_wal_size))
+        return True
+
+    def _checkpoint_truncate(self) -> bool:
+        """Run a TRUNCATE checkpoint through ``W``, waiting briefly for locks; True when it emptied the WAL."""
+        assert self.W is not None and not self._seal_depth  # W checkpoints outside the seal
+        self.W.set_busy_handler(_brief_busy_handler)
+        try:
+            busy = self.W.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+        except apsw.BusyError:
+            busy = 1
+        finally:
+            self.W.set_busy_handler(_busy_handler)
+        self.stats["checkpoints"] += 1
+        return busy == 0
+
+    def _wal_file_size(self) -> int:
+        """The WAL file's size, 0 when there is none."""
+        self._wal_read_at(0, 0)  # opens it if it exists
+        return os.fstat(self._wal_fd).st_size if self._wal_fd is not None else 0
+
     def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
                                         wal.ReadAt] | None:
         """Take the seal with little uncopied WAL behind it; return the WAL header and the
@@ -1353,6 +1415,8 @@ class DbAgent:
                 self._unseal()
         if self.pos.frame >= self.checkpoint_pages:
             self.checkpoint()
+        if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
+            self.truncate_wal()
         due = self.snapshot_due()
         if self.outbid():
             return copied  # the new generation's snapshot serves any other need

@@ -183,7 +183,7 @@ class DbReplication:
         self.discovered = discovered
         self.poll_interval = poll_interval
         self.log = Labelled(log, cfg.path)
-        self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
+        self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages, max_wal_size=cfg.max_wal_size,
                              snapshot_interval=cfg.snapshot_interval, db_id=cfg.id or None)
         self.shippers: list[Shipper] = []
         self.maintainers: list[Maintainer] = []
