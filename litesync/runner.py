@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import resource
@@ -81,6 +83,11 @@ SLOT_WAIT_WARNING = 30.0  # and says so once when it waited this long
 # events, and every PARKED_POLL seconds where inotify watches it (else at its idle poll).
 PARK_AFTER = 1.0
 PARK_AFTER_WHEN_WAITED_FOR = 0.1
+# Without that pressure, an agent holding more than FLEET_OPEN open databases parks one
+# idle this long: memory follows the work, not the number of databases (an open database
+# costs about 260 KiB, mostly SQLite's page caches; a parked one about 40 KiB).
+FLEET_OPEN = 64
+PARK_IDLE_AFTER = 30.0
 PARKED_POLL = 60.0
 
 
@@ -153,6 +160,35 @@ class OpenBudget:
     def pressure(self) -> bool:
         """True when idle databases should park: others wait, or more are open than fit."""
         return self.waiting > 0 or self.open > self.capacity
+
+
+_libc: ctypes.CDLL | None = None
+_trimmed_at = 0.0
+_trim_pending = False
+_trim_lock = threading.Lock()
+
+
+def trim_heap(pending_only: bool = False) -> None:
+    """Give the memory that closed connections freed back to the system, at most once a
+    second (a later call does what a call within that second left pending): glibc keeps
+    freed pages in the middle of its heap, so a thousand parked databases would otherwise
+    leave the agent's RSS at its peak."""
+    global _libc, _trimmed_at, _trim_pending
+    with _trim_lock:
+        if pending_only and not _trim_pending:
+            return
+        if time.monotonic() - _trimmed_at < 1.0:
+            _trim_pending = True
+            return
+        _trimmed_at, _trim_pending = time.monotonic(), False
+        if _libc is None:
+            try:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                _libc = ctypes.CDLL(None)
+        trim = getattr(_libc, "malloc_trim", None)  # glibc only
+        if trim is not None:
+            trim(0)
 
 
 def new_scheduler() -> Scheduler:
@@ -413,6 +449,7 @@ class DbReplication:
             self._active_at = self._last_step
         elif self._may_park() and self.agent.park():
             self._give_slot()
+            trim_heap()
             return self._parked_poll()
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
         if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll:
@@ -445,11 +482,13 @@ class DbReplication:
             self._slot = None
 
     def _may_park(self) -> bool:
-        if self.budget is None or self.agent.in_flight or not self.budget.pressure():
+        if self.budget is None or self.agent.in_flight:
             return False
-        # Databases waiting to open (a start): an idle one makes room at once.
-        idle = PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER
-        return time.monotonic() - self._active_at >= idle
+        idle = time.monotonic() - self._active_at
+        if self.budget.pressure():
+            # Databases waiting to open (a start): an idle one makes room at once.
+            return idle >= (PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER)
+        return self.budget.open > FLEET_OPEN and idle >= PARK_IDLE_AFTER
 
     def _parked_poll(self) -> float:
         return PARKED_POLL if self.idle_poll == WATCHED_IDLE_POLL else self.idle_poll
@@ -837,6 +876,7 @@ class Runner:
                     log.debug("control directory %s: %s", control.path, e)
             if beating:
                 beat = time.monotonic()
+                trim_heap(pending_only=True)
             if asked:
                 for d in self.databases():
                     if d.cfg.path in asked:

@@ -515,3 +515,54 @@ def test_a_database_replaced_again_while_the_agent_opens_it_is_opened_again(tmp_
         assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["N20", "N21", "N22", "N23"]
     finally:
         agent.close()
+
+
+def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_commit(tmp_path, monkeypatch):
+    """Memory follows the work: an agent holding more than FLEET_OPEN open databases parks
+    those idle PARK_IDLE_AFTER, though the budget has room; a commit reopens one."""
+    from litesync import runner
+    from litesync.config import load_config
+    from litesync.runner import DbReplication, OpenBudget
+    from proc import litesync, wait_for
+
+    monkeypatch.setattr(runner, "FLEET_OPEN", 2)
+    monkeypatch.setattr(runner, "PARK_IDLE_AFTER", 0.5)
+    paths = []
+    for i in range(4):
+        p = str(tmp_path / f"t{i}.db")
+        c = sqlite3.connect(p, isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL")
+        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        c.close()
+        paths.append(p)
+    (tmp_path / "litesync.yml").write_text("dbs:\n" + "".join(
+        f"  - path: {p}\n    replicas:\n      - url: file://{tmp_path}/store/{os.path.basename(p)}\n" for p in paths))
+    cfg = load_config(str(tmp_path / "litesync.yml"))
+    budget = OpenBudget()
+    reps = [DbReplication(d, budget=budget, poll_interval=0.1) for d in cfg.dbs]
+    writer = None
+    try:
+        for r in reps:
+            r.start()
+        assert all(r.started.wait(10) for r in reps)
+        assert budget.capacity > len(reps)  # no pressure: room for every one
+        wait_for(lambda: sum(r.agent.parked for r in reps) >= len(reps) - runner.FLEET_OPEN, timeout=20)
+        assert budget.open <= runner.FLEET_OPEN
+        time.sleep(1.0)
+        assert sum(r.agent.parked for r in reps) < len(reps)  # parking stops at FLEET_OPEN open
+        woken = next(r for r in reps if r.agent.parked)
+        writer = App(woken.cfg.path)
+        writer.execute("INSERT INTO t (v) VALUES ('after parking')")
+        wait_for(lambda: woken.agent.stats["transactions"] > 0, timeout=10)
+        assert woken.agent.stats["unparks"] >= 1
+    finally:
+        if writer is not None:
+            writer.stop()
+        for r in reps:
+            r.request_stop()
+        for r in reps:
+            r.stop(5.0)
+    out = str(tmp_path / "r.db")
+    r = litesync("restore", "-o", out, f"file://{tmp_path}/store/{os.path.basename(woken.cfg.path)}")
+    assert r.returncode == 0, r.stderr
+    assert rows(out) == ["after parking"]
