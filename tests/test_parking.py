@@ -326,14 +326,12 @@ def test_a_commit_while_parking_is_never_claimed_copied(app, tmp_path):
         agent.close()
 
 
-def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
-    """Stopping, a database still waiting for a slot of the budget finishes without opening,
-    whatever the database holding the slot does (it comes later in the list here)."""
+def _databases_config(tmp_path, names: list[str]):
+    """WAL databases ``names`` in ``tmp_path``, and the loaded config replicating each to a directory."""
     from litesync.config import load_config
-    from litesync.runner import DbReplication, OpenBudget
 
     paths = []
-    for name in ("a.db", "b.db"):
+    for name in names:
         p = str(tmp_path / name)
         c = sqlite3.connect(p, isolation_level=None)
         c.execute("PRAGMA journal_mode=WAL")
@@ -342,7 +340,15 @@ def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
         paths.append(p)
     (tmp_path / "litesync.yml").write_text("dbs:\n" + "".join(
         f"  - path: {p}\n    replicas:\n      - url: file://{tmp_path}/store/{os.path.basename(p)}\n" for p in paths))
-    cfg = load_config(str(tmp_path / "litesync.yml"))
+    return paths, load_config(str(tmp_path / "litesync.yml"))
+
+
+def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
+    """Stopping, a database still waiting for a slot of the budget finishes without opening,
+    whatever the database holding the slot does (it comes later in the list here)."""
+    from litesync.runner import DbReplication, OpenBudget
+
+    paths, cfg = _databases_config(tmp_path, ["a.db", "b.db"])
     budget = OpenBudget(max_open=1)
     a, b = DbReplication(cfg.dbs[0], budget=budget), DbReplication(cfg.dbs[1], budget=budget)
     writer = App(paths[1])
@@ -521,23 +527,12 @@ def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_c
     """Memory follows the work: an agent holding more than FLEET_OPEN open databases parks
     those idle PARK_IDLE_AFTER, though the budget has room; a commit reopens one."""
     from litesync import runner
-    from litesync.config import load_config
     from litesync.runner import DbReplication, OpenBudget
     from proc import litesync, wait_for
 
     monkeypatch.setattr(runner, "FLEET_OPEN", 2)
     monkeypatch.setattr(runner, "PARK_IDLE_AFTER", 0.5)
-    paths = []
-    for i in range(4):
-        p = str(tmp_path / f"t{i}.db")
-        c = sqlite3.connect(p, isolation_level=None)
-        c.execute("PRAGMA journal_mode=WAL")
-        c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
-        c.close()
-        paths.append(p)
-    (tmp_path / "litesync.yml").write_text("dbs:\n" + "".join(
-        f"  - path: {p}\n    replicas:\n      - url: file://{tmp_path}/store/{os.path.basename(p)}\n" for p in paths))
-    cfg = load_config(str(tmp_path / "litesync.yml"))
+    paths, cfg = _databases_config(tmp_path, [f"t{i}.db" for i in range(4)])
     budget = OpenBudget()
     reps = [DbReplication(d, budget=budget, poll_interval=0.1) for d in cfg.dbs]
     writer = None
