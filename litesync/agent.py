@@ -967,6 +967,23 @@ class DbAgent:
         seal with everything copied, and nothing was copied since."""
         return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
 
+    def _file_differs(self) -> str | None:
+        """Why the database file is not the state copied last, seen from its size and first
+        page, or None. Meaningful while a WAL restart is harmless: the WAL was checkpointed
+        in full into the file, and ``R``'s read lock 0 keeps any checkpoint out since, so
+        the file holds exactly that state; a file written in place (copied over, restored
+        over) most likely has another first page (change counter, size, schema cookie)."""
+        assert self.R is not None  # R pins the state (see above)
+        size = os.stat(self.path).st_size
+        expected = self.hasher.page_count * self.page_size
+        if size < expected:
+            return (f"the database file was changed in place: it holds {size} bytes, "
+                    f"the state copied last {expected}")
+        first = self.R.read("main", 0, 0, self.page_size)[1]
+        if self.hasher.page_count and page_hash(1, first) != self.hasher.get(1):
+            return "the database file was changed in place: its first page is not the one copied last"
+        return None
+
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
         t0 = time.time()
@@ -977,6 +994,10 @@ class DbAgent:
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
             if not self._restart_harmless():
                 self.new_generation("the WAL was restarted before all its frames were copied")
+                return 0
+            changed = self._file_differs()
+            if changed is not None:
+                self.new_generation(changed, logging.WARNING)
                 return 0
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)

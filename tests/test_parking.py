@@ -3,6 +3,7 @@ and reopens on its next commit, continuing its generation only when that is prov
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from litesync.agent import DbAgent
+from litesync.agent import DbAgent, read_live
 from litesync.errors import DatabaseError
 
 
@@ -561,3 +562,36 @@ def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_c
     r = litesync("restore", "-o", out, f"file://{tmp_path}/store/{os.path.basename(woken.cfg.path)}")
     assert r.returncode == 0, r.stderr
     assert rows(out) == ["after parking"]
+
+
+def test_a_database_file_copied_over_in_place_starts_a_new_generation_from_it(app, tmp_path, caplog):
+    """The same inode, other content (``cat backup.db > app.db``), while the agent runs; the
+    app's next commit restarts the WAL. Its frames must not be appended to the old file's
+    history: they were, and the replicated state was neither file's. (The copy is no larger
+    than the database: the WAL the agent keeps open still gives SQLite the old page count.)"""
+    db, conn = app
+    conn.execute("CREATE TABLE u (x)")
+    for i in range(20):
+        conn.execute(f"INSERT INTO u VALUES ('{i}' || zeroblob(1000))")
+    other = str(tmp_path / "other.db")
+    _make(other, "other", 5, extra=3)  # fewer pages: another first page
+    agent = _agent(db)
+    try:
+        agent.step()
+        assert agent.checkpoint()  # the WAL checkpointed in full: the app's next commit restarts it
+        conn.stop()
+        with open(other, "rb") as src, open(db, "r+b") as f:
+            f.write(src.read())
+            f.truncate()
+        writer = App(db)
+        writer.execute("INSERT INTO t (v) VALUES ('after the copy')")
+        writer.stop()
+        with caplog.at_level(logging.WARNING, logger="litesync.agent"):
+            agent.step()
+        assert "the database file was changed in place: its first page is not the one copied last" in caplog.text
+        assert agent.stats["generations"] == 2
+        assert read_live(db).checksum == agent.hasher.value
+        out = str(tmp_path / "r.db")
+        assert restored(agent, out) == rows(db) == [f"other{i}" for i in range(5)] + ["after the copy"]
+    finally:
+        agent.close()
