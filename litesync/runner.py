@@ -729,6 +729,10 @@ class DbReplication:
                 return False  # cut short by the shutdown: no verdict
             ok, message = False, str(e)
             s.log.error("validation failed: %s", e)
+        except Exception as e:  # a defect: recorded as a failed validation, and the next one still runs
+            ok, message = False, f"unexpected error: {type(e).__name__}: {e}"
+            s.log.error("validation failed: %s", message)
+            s.log.debug("validation error", exc_info=True)
         entry = self.validation[s.replica]
         entry["ok" if ok else "failed"] += 1
         self._touch()

@@ -135,3 +135,79 @@ def test_an_agent_truncates_the_wal_after_a_burst_and_restores_stay_exact(tmp_pa
     assert r.returncode == 0, r.stderr
     assert integrity(out) == "ok"
     assert content_digest(out) == expected
+
+
+def test_the_dead_end_of_a_large_wal_is_cut_in_steps_before_the_truncation(tmp_path, monkeypatch):
+    """Freeing a large file's blocks is slow: the frames past the live ones go first, a step
+    per brief seal, so the TRUNCATE checkpoint frees little under the write lock."""
+    from litesync import agent as agent_module
+
+    monkeypatch.setattr(agent_module, "_SHRINK_STEP", 256 << 10)
+    db = str(tmp_path / "app.db")
+    app = _app(db)
+    a = _agent(db)
+    a.max_wal_size = 1 << 30
+    try:
+        _burst(app)
+        a.step()
+        assert a.checkpoint()
+        app.execute("INSERT INTO t VALUES ('restarts the WAL')")  # a few live frames at its start
+        size = os.path.getsize(db + "-wal")
+        assert size > 2 << 20
+        a.max_wal_size = 1 << 20
+        a.step()
+        assert a.stats["wal_shrinks"] >= size // (256 << 10) - 2
+        assert a.stats["wal_truncations"] == 1 and os.path.getsize(db + "-wal") == 0
+        app.execute("INSERT INTO t VALUES ('after')")
+        a.step()
+        _in_step_with_the_database(a)
+    finally:
+        a.close()
+
+
+def test_an_agent_restarted_after_truncating_the_wal_resumes_its_generation(tmp_path):
+    """With no WAL, the database file alone is the state copied last: nothing to prove
+    beyond its checksum, no new generation."""
+    db = str(tmp_path / "app.db")
+    app = _app(db)
+    a = _agent(db)
+    _burst(app)
+    a.step()
+    assert a.stats["wal_truncations"] == 1
+    generation = a.generation
+    a.close()
+    b = _agent(db)
+    try:
+        assert (b.generation, b.stats["generations"], b.stats["snapshots"]) == (generation, 0, 0)
+        app.execute("INSERT INTO t VALUES ('after the restart')")
+        b.step()
+        assert read_live(db).checksum == b.hasher.value
+        assert b.stats["generations"] == 0
+    finally:
+        b.close()
+
+
+def test_a_live_read_while_the_wal_is_truncated_reads_the_database_file(tmp_path, monkeypatch):
+    """``read_live`` (validation, ``litesync verify``) begun on a WAL checkpointed in full
+    reads no frame: before, it read frames the agent's truncation took away (EOFError)."""
+    from litesync import agent as agent_module
+
+    db = str(tmp_path / "app.db")
+    app = _app(db)
+    a = _agent(db)
+    a.max_wal_size = 1 << 30
+    try:
+        _burst(app)
+        a.step()
+        assert a.checkpoint()  # copied and checkpointed in full, not truncated
+        a.max_wal_size = 1 << 20
+        read_view = agent_module.read_view
+
+        def truncated_meanwhile(*args, **kw):
+            assert a.truncate_wal() and os.path.getsize(db + "-wal") == 0
+            return read_view(*args, **kw)
+
+        monkeypatch.setattr(agent_module, "read_view", truncated_meanwhile)
+        assert read_live(db).checksum == a.hasher.value
+    finally:
+        a.close()
