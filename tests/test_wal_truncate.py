@@ -36,6 +36,18 @@ def _agent(db: str) -> DbAgent:
     return a
 
 
+def _burst_checkpointed_in_full(tmp_path) -> tuple[str, apsw.Connection, DbAgent]:
+    """A burst copied and checkpointed in full by an agent that does not truncate: (database, app, agent)."""
+    db = str(tmp_path / "app.db")
+    app = _app(db)
+    a = _agent(db)
+    a.max_wal_size = 1 << 30
+    _burst(app)
+    a.step()
+    assert a.checkpoint()
+    return db, app, a
+
+
 def _in_step_with_the_database(a: DbAgent) -> None:
     """The replicated state is the live database's, in the generation it started with."""
     assert read_live(a.path).checksum == a.hasher.value
@@ -143,14 +155,8 @@ def test_the_dead_end_of_a_large_wal_is_cut_in_steps_before_the_truncation(tmp_p
     from litesync import agent as agent_module
 
     monkeypatch.setattr(agent_module, "_SHRINK_STEP", 256 << 10)
-    db = str(tmp_path / "app.db")
-    app = _app(db)
-    a = _agent(db)
-    a.max_wal_size = 1 << 30
+    db, app, a = _burst_checkpointed_in_full(tmp_path)
     try:
-        _burst(app)
-        a.step()
-        assert a.checkpoint()
         app.execute("INSERT INTO t VALUES ('restarts the WAL')")  # a few live frames at its start
         size = os.path.getsize(db + "-wal")
         assert size > 2 << 20
@@ -192,14 +198,8 @@ def test_a_live_read_while_the_wal_is_truncated_reads_the_database_file(tmp_path
     reads no frame: before, it read frames the agent's truncation took away (EOFError)."""
     from litesync import agent as agent_module
 
-    db = str(tmp_path / "app.db")
-    app = _app(db)
-    a = _agent(db)
-    a.max_wal_size = 1 << 30
+    db, app, a = _burst_checkpointed_in_full(tmp_path)
     try:
-        _burst(app)
-        a.step()
-        assert a.checkpoint()  # copied and checkpointed in full, not truncated
         a.max_wal_size = 1 << 20
         read_view = agent_module.read_view
 
