@@ -20,7 +20,7 @@ from . import layout, status
 from .agent import DbAgent, WriteLockBusy
 from .compact import Maintainer
 from .dirwatch import DirWatcher
-from .engine import Loop, Scheduler, Task
+from .engine import FATAL_CHANGES, Loop, Scheduler, Task
 from .errors import LitesyncError
 from .logs import Labelled
 from .replica import open_replica
@@ -223,7 +223,7 @@ class DbReplication:
                              snapshot_interval=cfg.snapshot_interval, db_id=cfg.id or None)
         self.shippers: list[Shipper] = []
         self.maintainers: list[Maintainer] = []
-        self.error: BaseException | None = None
+        self._error: BaseException | None = None
         # The agent lock first: a second agent on this database stops before it reads (or
         # says anything about) the first one's state.
         if wait_for_db or os.path.exists(cfg.path):
@@ -272,6 +272,16 @@ class DbReplication:
         self.validator: threading.Thread | None = None
         if cfg.validation_interval is not None:
             self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped this database (its open, or a turn), if anything."""
+        return self._error
+
+    @error.setter
+    def error(self, e: BaseException | None) -> None:
+        self._error = e
+        FATAL_CHANGES.note()
 
     def _maintainer(self, cfg: "DbConfig", rc: "ReplicaConfig", client: "ReplicaClient",
                     shipper: Shipper) -> Maintainer:
@@ -781,6 +791,7 @@ class Runner:
         self._touched: collections.deque[DbReplication] = collections.deque()  # see DbReplication._touch
         self._uncontrolled = False  # some database has no control directory
         self._fatal_checked = -FATAL_CHECK
+        self._fatal_seen: tuple[int, int] | None = None
         self.metrics: MetricsServer | None = None
 
     def start(self) -> None:
@@ -983,10 +994,12 @@ class Runner:
 
     def fatal_errors(self) -> list[BaseException]:
         """Errors that make replication impossible as configured (startup or replica setup).
-        Looked for at most every FATAL_CHECK seconds: a caller polls it, and the errors stay."""
+        Looked for when one was set since (see engine.FATAL_CHANGES), or a database came or
+        went, at most every FATAL_CHECK seconds: a caller polls it, and the errors stay."""
         now = time.monotonic()
-        if now - self._fatal_checked >= FATAL_CHECK:
-            self._fatal_checked = now
+        seen = (FATAL_CHANGES.count, len(self.dbs))
+        if now - self._fatal_checked >= FATAL_CHECK and seen != self._fatal_seen:
+            self._fatal_checked, self._fatal_seen = now, seen
             dbs = self.databases()
             out: list[BaseException] = [d.error for d in dbs if d.error is not None and not d.discovered]
             out += [s.fatal for d in dbs for s in d.shippers if s.fatal is not None]
