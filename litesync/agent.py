@@ -13,6 +13,7 @@ explain after a restart of its own process, starts a new generation with a new s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -369,6 +370,7 @@ class DbAgent:
         self._r_begin_pos = WalPosition()
         self._r_open = False
         self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
+        self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
         self._seal_depth = 0
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
@@ -599,6 +601,20 @@ class DbAgent:
         page_size = self.page_size
         self._connect_stable(expect=self.identity)  # not replaced since the look above
         self._parked_marks = None
+        try:
+            self._continue_after_parking(page_size)
+        except BaseException:
+            # Parked still, in effect: nothing proves that the commits made meanwhile are
+            # copied, so copied_through must not move on (a resync that failed on a full
+            # disk, or on a WAL truncated under it, left them behind), and the next turn
+            # unparks again.
+            with contextlib.suppress(apsw.Error):
+                self._disconnect()
+            self._parked_marks = ()
+            raise
+
+    def _continue_after_parking(self, page_size: int) -> None:
+        """The part of ``unpark`` after connecting: go on from what was copied before parking."""
         if self.page_size != page_size:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
             return
@@ -618,9 +634,6 @@ class DbAgent:
             return
         for _attempt in range(_RESYNC_ATTEMPTS):
             if not self._seal():
-                self._end_read()
-                self._parked_marks = ()  # parked still, in effect: try again
-                self._disconnect()
                 raise WriteLockBusy(f"{self.path}: the application holds the write lock")
             try:
                 # Every committed frame, R reading under the seal. No checkpoint: one that
@@ -657,8 +670,8 @@ class DbAgent:
                     if index is not None:
                         try:
                             yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
-                        except wal.FrameMismatch:
-                            raise _WalChanged() from None
+                        except (wal.FrameMismatch, EOFError):
+                            raise _WalChanged() from None  # restarted or truncated under the read
                     else:
                         assert self.R is not None  # R pins the view (see above)
                         yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
@@ -686,6 +699,15 @@ class DbAgent:
         self.R.execute("BEGIN")
         self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         self._r_open = True
+        self._file_at_read = self._file_stat()  # after R holds its read lock: see _file_differs
+
+    def _file_stat(self) -> tuple[int, int, int] | None:
+        """(size, mtime, ctime) of the database file, None when its path leads nowhere."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def _end_read(self) -> None:
         if self._r_open and self.R is not None:
@@ -1007,13 +1029,19 @@ class DbAgent:
         return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
 
     def _file_differs(self) -> str | None:
-        """Why the database file is not the state copied last, seen from its size and first
-        page, or None. Meaningful while a WAL restart is harmless: the WAL was checkpointed
-        in full into the file, and ``R``'s read lock 0 keeps any checkpoint out since, so
-        the file holds exactly that state; a file written in place (copied over, restored
-        over) most likely has another first page (change counter, size, schema cookie)."""
+        """Why the database file is not the state copied last, or None. Meaningful while a
+        WAL restart is harmless: the WAL was checkpointed in full into the file, and ``R``'s
+        read lock 0 keeps any checkpoint out since it began, so SQLite has not written the
+        file since then and it holds exactly that state. A file written in place (copied
+        over, restored over) shows as a changed size or file time since ``R`` began, or as a
+        size or first page that are not the state's (when it was written before)."""
         assert self.R is not None  # R pins the state (see above)
-        size = os.stat(self.path).st_size
+        now = self._file_stat()
+        if now is None:
+            return None  # unlinked while the app writes on: nothing to compare, the copying goes on
+        if self._file_at_read is not None and now != self._file_at_read:
+            return "the database file was changed in place: written since the agent's read of it began"
+        size = now[0]
         expected = self.hasher.page_count * self.page_size
         if size < expected:
             return (f"the database file was changed in place: it holds {size} bytes, "

@@ -564,6 +564,12 @@ def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_c
     assert rows(out) == ["after parking"]
 
 
+def _cat_over(src: str, dst: str) -> None:
+    """``cat src > dst``, from another process: a descriptor of the database opened and
+    closed here would drop every lock this process (the agent's) holds on it."""
+    subprocess.run(["sh", "-c", 'cat "$1" > "$2"', "sh", src, dst], check=True)
+
+
 def test_a_database_file_copied_over_in_place_starts_a_new_generation_from_it(app, tmp_path, caplog):
     """The same inode, other content (``cat backup.db > app.db``), while the agent runs; the
     app's next commit restarts the WAL. Its frames must not be appended to the old file's
@@ -580,18 +586,113 @@ def test_a_database_file_copied_over_in_place_starts_a_new_generation_from_it(ap
         agent.step()
         assert agent.checkpoint()  # the WAL checkpointed in full: the app's next commit restarts it
         conn.stop()
-        with open(other, "rb") as src, open(db, "r+b") as f:
-            f.write(src.read())
-            f.truncate()
+        _cat_over(other, db)
         writer = App(db)
         writer.execute("INSERT INTO t (v) VALUES ('after the copy')")
         writer.stop()
         with caplog.at_level(logging.WARNING, logger="litesync.agent"):
             agent.step()
-        assert "the database file was changed in place: its first page is not the one copied last" in caplog.text
+        assert "starting a new generation: the database file was changed in place" in caplog.text
         assert agent.stats["generations"] == 2
         assert read_live(db).checksum == agent.hasher.value
         out = str(tmp_path / "r.db")
         assert restored(agent, out) == rows(db) == [f"other{i}" for i in range(5)] + ["after the copy"]
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("fault", ["disk full", "WAL truncated under the resync"])
+def test_a_resync_that_fails_leaves_the_database_parked_and_the_next_unpark_copies_it(app, tmp_path, fault):
+    """The commits made while parked, their WAL gone: a resync that fails must not leave the
+    agent open on a state it claims copied (copied_through moved on, the commit never came)."""
+    import errno
+
+    db, conn = app
+    agent = _agent(db)
+    try:
+        agent.step()
+        _park(agent)
+        if fault == "disk full":
+            conn.execute("INSERT INTO t (v) VALUES ('while parked')")
+            conn.close()  # the last connection: SQLite checkpoints and removes the WAL
+            writing, calls = agent.spool.writing, []
+
+            def full_once(name):
+                calls.append(name)
+                if len(calls) == 1:
+                    raise OSError(errno.ENOSPC, "No space left on device", agent.spool.root)
+                return writing(name)
+
+            agent.spool.writing = full_once  # type: ignore[method-assign]
+            expected: type[BaseException] = OSError
+        else:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("INSERT INTO t (v) VALUES ('while parked')")
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # in full: R reads on lock 0
+            scan = agent._scan_view
+
+            def then_truncated(*args, **kw):
+                out = scan(*args, **kw)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return out
+
+            agent._scan_view = then_truncated  # type: ignore[method-assign]
+            expected = DatabaseError  # the WAL kept changing: tried again, then given up on
+        try:
+            agent.unpark()
+        except expected:
+            assert agent.parked and not agent.parked_unchanged()  # so the runner unparks again
+            agent.unpark()
+        agent.step()
+        assert read_live(db).checksum == agent.hasher.value
+        assert rows(db) == ["first", "while parked"]
+        assert restored(agent, str(tmp_path / "r.db")) == rows(db)
+    finally:
+        agent.close()
+
+
+def test_a_database_unlinked_while_the_app_writes_on_is_still_copied(app, tmp_path):
+    """Its path leads nowhere, but the app holds it open and commits: the agent copies on
+    (before, checking the file for a change in place failed at every turn)."""
+    db, conn = app
+    agent = _agent(db)
+    try:
+        agent.step()
+        assert agent.checkpoint()
+        os.rename(db, db + ".moved")  # unlinked from its path; the -wal and -shm stay
+        for i in range(3):
+            conn.execute(f"INSERT INTO t (v) VALUES ('unlinked {i}')")
+            assert agent.step() == 1
+    finally:
+        agent.close()
+
+
+def test_a_copy_over_the_database_with_the_same_first_page_is_noticed_by_its_file_times(app, tmp_path, caplog):
+    """In WAL mode page 1 changes only when a commit touches it (its change counter stays):
+    a backup of the same database is most often the same first page. The file itself was
+    written since the agent's read began, which SQLite never does while that read is on lock 0."""
+    db, conn = app
+    conn.execute("CREATE TABLE big (x)")
+    for i in range(50):
+        conn.execute(f"INSERT INTO big VALUES ('{i}' || zeroblob(500))")
+    backup = str(tmp_path / "backup.db")
+    agent = _agent(db)
+    try:
+        agent.step()
+        assert agent.checkpoint()
+        subprocess.run(["cp", db, backup], check=True)  # checkpointed in full: a backup of the database
+        conn.execute("UPDATE big SET x = 'changed' || zeroblob(500) WHERE rowid = 10")  # page 1 stays
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        agent.step()
+        assert agent.checkpoint()
+        conn.stop()
+        _cat_over(backup, db)
+        writer = App(db)
+        writer.execute("INSERT INTO t (v) VALUES ('after the copy')")
+        writer.stop()
+        with caplog.at_level(logging.WARNING, logger="litesync.agent"):
+            agent.step()
+        assert "the database file was changed in place: written since the agent's read of it began" in caplog.text
+        assert read_live(db).checksum == agent.hasher.value
     finally:
         agent.close()
