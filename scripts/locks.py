@@ -2,9 +2,11 @@
 """What an application that sets no busy timeout sees beside a replication agent.
 
     python scripts/locks.py [--seconds S] [--rates 200,max] [--runs N] [--litestream [PATH]]
+                            [--with-timeout MS] [--no-app]
                             [--speedtest1 PATH [--speedtest1-runs K] [--speedtest1-size N]]
                             [--workdir DIR] [--keep] [--json PATH]
-    python scripts/locks.py app DB [--seconds S] [--rate R] [--busy-timeout MS] [--seed N]
+    python scripts/locks.py app DB [--seconds S] [--rate R] [--busy-timeout MS] [--immediate]
+                                   [--read-first] [--seed N]
 
 A replication agent that takes SQLite's write lock, even for a few milliseconds, makes a
 writer that does not wait for locks fail with `database is locked` (SQLITE_BUSY) when
@@ -13,9 +15,11 @@ baseline), beside `litesync replicate` and, with --litestream, beside `litestrea
 replicate` (each a real process, default settings, a local directory replica).
 
 app        The application, in a process of its own: Python's sqlite3 with `timeout=0` (no
-           busy handler; --busy-timeout sets one), autocommit off by explicit BEGIN. Each
-           transaction inserts 3 rows of 1 KB of random bytes and, every 4th, updates a
-           random earlier row; every 10th transaction is a read (count and max) instead.
+           busy handler; --busy-timeout sets one), default synchronous (FULL), each write
+           transaction opened by a deferred BEGIN (--immediate: BEGIN IMMEDIATE). It
+           inserts 3 rows of 1 KB of random bytes (after a SELECT with --read-first) and,
+           every 4th, updates a random earlier row; every 10th transaction is a read
+           (count and max) instead.
            At --rate R transactions a second, or as fast as it can (--rate 0). A busy
            failure is counted (with the statement it hit), rolled back and not retried;
            the app carries on with the next transaction. It prints one JSON object:
@@ -29,6 +33,10 @@ trials     For each tool, rate and run: a new WAL database (100 rows), the agent
            status --json` (seals, seal_seconds, max_seal_seconds; count and total are
            those of the app's run, the longest is the agent's whole life). Litestream
            publishes no such figure: its column shows the app's side only.
+           --with-timeout MS adds, at full speed, three apps with that busy timeout:
+           BEGIN then a write, BEGIN then a read then a write (SQLite does not call the
+           busy handler when a read transaction must become a write transaction), and
+           BEGIN IMMEDIATE then a read then a write.
 speedtest1 (--speedtest1 PATH) SQLite's test program (test/speedtest1.c in SQLite's
            source tree; it sets no busy timeout and stops at the first SQL error) is run
            --speedtest1-runs times beside each agent, as `PATH --journal wal --size N
@@ -54,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -68,6 +77,27 @@ ROWS_PER_TX = 3
 BASE_ROWS = 100
 READY_TIMEOUT = 60.0
 LOCKED = "database is locked"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How the application opens its write transactions."""
+
+    busy_timeout_ms: int = 0
+    immediate: bool = False  # BEGIN IMMEDIATE instead of a deferred BEGIN
+    read_first: bool = False  # a SELECT before the first write, in the same transaction
+
+    @property
+    def label(self) -> str:
+        begin = "BEGIN IMMEDIATE" if self.immediate else "BEGIN"
+        return f"busy timeout {self.busy_timeout_ms} ms, {begin}, {'read' if self.read_first else 'write'} first"
+
+    def args(self) -> list[str]:
+        return (["--busy-timeout", str(self.busy_timeout_ms)] + ["--immediate"] * self.immediate
+                + ["--read-first"] * self.read_first)
+
+
+NO_TIMEOUT = Variant()
 
 
 class LocksError(Exception):
@@ -97,8 +127,9 @@ def make_app_db(path: str) -> None:
 class App:
     """The application's transactions and what became of them."""
 
-    def __init__(self, db: str, busy_timeout_ms: int, seed: int) -> None:
-        self.conn = sqlite3.connect(db, timeout=busy_timeout_ms / 1000, isolation_level=None)
+    def __init__(self, db: str, variant: Variant, seed: int) -> None:
+        self.conn = sqlite3.connect(db, timeout=variant.busy_timeout_ms / 1000, isolation_level=None)
+        self.variant = variant
         self.rng = random.Random(seed)
         self.last_id = self.conn.execute("SELECT max(id) FROM items").fetchone()[0] or 0
         self.commits = self.reads = self.read_failures = 0
@@ -109,8 +140,13 @@ class App:
 
     def write(self, n: int) -> None:
         """Run write transaction ``n``; ``stage`` names the statement under way."""
-        self.stage = "BEGIN"  # deferred: the first INSERT takes the write lock
-        self.conn.execute("BEGIN")
+        # A deferred BEGIN takes no lock: the first statement takes a read snapshot, the
+        # first write the write lock (and a busy handler is not called for an upgrade).
+        self.stage = "BEGIN"
+        self.conn.execute("BEGIN IMMEDIATE" if self.variant.immediate else "BEGIN")
+        if self.variant.read_first:
+            self.stage = "SELECT"
+            self.conn.execute("SELECT max(id) FROM items").fetchone()
         self.stage = "INSERT"
         ids = [self.conn.execute("INSERT INTO items (payload) VALUES (?)", (self.rng.randbytes(ROW_BYTES),)).lastrowid
                for _ in range(ROWS_PER_TX)]
@@ -158,9 +194,9 @@ class App:
                 "blocked_ms": round(sum(self.spans) * 1000, 2)}
 
 
-def run_app(db: str, seconds: float, rate: float, busy_timeout_ms: int, seed: int) -> dict:
+def run_app(db: str, seconds: float, rate: float, variant: Variant = NO_TIMEOUT, seed: int = 1) -> dict:
     """Run the application for ``seconds`` at ``rate`` transactions a second (0: full speed)."""
-    app = App(db, busy_timeout_ms, seed)
+    app = App(db, variant, seed)
     t0 = time.monotonic()
     end = t0 + seconds
     n = 0
@@ -177,19 +213,15 @@ def run_app(db: str, seconds: float, rate: float, busy_timeout_ms: int, seed: in
         app.transaction(n)
     app.conn.close()
     out = app.report(time.monotonic() - t0)
-    out.update(rate=rate, busy_timeout_ms=busy_timeout_ms)
+    out.update(rate=rate, **asdict(variant))
     return out
 
 
-def app_command(db: str, seconds: float, rate: float, busy_timeout_ms: int = 0, seed: int = 1) -> list[str]:
-    return [sys.executable, os.path.abspath(__file__), "app", db, "--seconds", str(seconds), "--rate", str(rate),
-            "--busy-timeout", str(busy_timeout_ms), "--seed", str(seed)]
-
-
-def app_in_process(db: str, seconds: float, rate: float, busy_timeout_ms: int = 0, seed: int = 1) -> dict:
+def app_in_process(db: str, seconds: float, rate: float, variant: Variant = NO_TIMEOUT, seed: int = 1) -> dict:
     """Run the application in a process of its own; return its report."""
-    p = subprocess.run(app_command(db, seconds, rate, busy_timeout_ms, seed), capture_output=True, text=True,
-                       timeout=seconds + 60, env=clean_env(), check=False)
+    cmd = [sys.executable, os.path.abspath(__file__), "app", db, "--seconds", str(seconds), "--rate", str(rate),
+           "--seed", str(seed), *variant.args()]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=clean_env(), check=False)
     if p.returncode != 0:
         raise LocksError(f"the app exited with {p.returncode}: {p.stderr.strip()[-2000:]}")
     return json.loads(p.stdout)
@@ -199,13 +231,21 @@ def app_in_process(db: str, seconds: float, rate: float, busy_timeout_ms: int = 
 
 
 def seal_figures(db: str) -> dict:
-    """The seal figures litesync publishes for ``db`` (``litesync status --json``)."""
-    p = subprocess.run([sys.executable, "-m", "litesync", "status", "--json", db], capture_output=True,
-                       text=True, timeout=60, env=clean_env(), check=False)
-    try:
-        st = json.loads(p.stdout)["dbs"][0]
-    except (ValueError, KeyError, IndexError):
-        raise LocksError(f"litesync status --json {db}: exit code {p.returncode}: {p.stderr.strip()}") from None
+    """The seal figures litesync publishes for ``db`` (``litesync status --json``), once it
+    has published a status."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        p = subprocess.run([sys.executable, "-m", "litesync", "status", "--json", db], capture_output=True,
+                           text=True, timeout=60, env=clean_env(), check=False)
+        try:
+            st = json.loads(p.stdout)["dbs"][0]
+        except (ValueError, KeyError, IndexError):
+            raise LocksError(f"litesync status --json {db}: exit code {p.returncode}: {p.stderr.strip()}") from None
+        if st["published"]:
+            break
+        if time.monotonic() > deadline:
+            raise LocksError(f"litesync status --json {db}: no status published within {READY_TIMEOUT:.0f}s")
+        time.sleep(0.1)
     if "seals" not in st:
         raise LocksError(f"litesync status --json {db}: no seal figures in {sorted(st)}")
     return {k: st[k] for k in ("seals", "seal_seconds", "max_seal_seconds", "wal_truncations", "checkpoints")}
@@ -274,9 +314,18 @@ class Locks:
         self.speedtest1: list[dict] = []
         self.failed = False
 
-    def trial(self, name: str, tool: Tool | None, rate: float, run: int) -> dict:
-        d = os.path.join(self.work, f"{name}-{rate:g}-{run}")
-        os.makedirs(d)
+    def cases(self) -> list[tuple[float, Variant]]:
+        """(rate, variant) of every app measured: busy timeout 0 at each rate; with
+        --with-timeout, three ways of opening transactions with that timeout, at full speed."""
+        cases = [(rate, NO_TIMEOUT) for rate in self.args.rates]
+        if self.args.with_timeout is not None:
+            ms = self.args.with_timeout
+            cases += [(0.0, Variant(ms)), (0.0, Variant(ms, read_first=True)),
+                      (0.0, Variant(ms, immediate=True, read_first=True))]
+        return cases
+
+    def trial(self, name: str, tool: Tool | None, rate: float, variant: Variant, run: int) -> dict:
+        d = tempfile.mkdtemp(prefix=f"{name.replace(' ', '-')}-", dir=self.work)
         db, log = os.path.join(d, "app.db"), os.path.join(d, "agent.log")
         make_app_db(db)
         agent, before = None, None
@@ -286,7 +335,7 @@ class Locks:
             if isinstance(tool, Litesync):
                 before = seal_figures(db)
         try:
-            out = app_in_process(db, self.args.seconds, rate, seed=run)
+            out = app_in_process(db, self.args.seconds, rate, variant, seed=run)
             if before is not None:
                 after = seal_figures(db)
                 out["agent"] = {**after, "seals": after["seals"] - before["seals"],
@@ -298,12 +347,12 @@ class Locks:
         return out
 
     def app_trials(self) -> None:
-        for rate in self.args.rates:
+        for rate, variant in self.cases():
             for name, tool in self.tools.items():
                 for run in range(1, self.args.runs + 1):
-                    label = f"{name} at {rate_label(rate)}, run {run}"
+                    label = f"{name}, app at {rate_label(rate)} ({variant.label}), run {run}"
                     try:
-                        out = self.trial(name, tool, rate, run)
+                        out = self.trial(name, tool, rate, variant, run)
                     except (LocksError, sqlite3.Error, OSError, ValueError) as e:
                         self.failed = True
                         progress(f"{label}: FAILED: {e}")
@@ -312,8 +361,7 @@ class Locks:
                     progress(f"{label}: {out['commits']} commits, {out['failures']} failures")
 
     def speedtest1_run(self, name: str, tool: Tool | None, run: int) -> dict:
-        d = os.path.join(self.work, f"speedtest1-{name}-{run}")
-        os.makedirs(d)
+        d = tempfile.mkdtemp(prefix=f"speedtest1-{name.replace(' ', '-')}-", dir=self.work)
         log = os.path.join(d, "agent.log")
         agent = start_dir_agent(tool, d, log) if tool is not None else None
         dbdir = os.path.join(d, "dbs")
@@ -353,7 +401,7 @@ class Locks:
     def tables(self) -> str:
         out = [trials_table(self.trials)]
         if self.trials:
-            out.append(summary_table(self.trials, list(self.tools), self.args.rates))
+            out.append(summary_table(self.trials, list(self.tools), self.cases()))
         if self.speedtest1:
             out.append(speedtest1_table(self.speedtest1, list(self.tools), self.args.speedtest1_size))
         return "\n\n".join(out)
@@ -374,29 +422,34 @@ def seals_cell(agent: dict | None) -> str:
             f"{agent['max_seal_seconds'] * 1000:.1f} ms")
 
 
+def app_label(t: dict) -> str:
+    return f"{rate_label(t['rate'])}, {Variant(t['busy_timeout_ms'], t['immediate'], t['read_first']).label}"
+
+
 def trials_table(trials: list[dict]) -> str:
-    head = ("tool", "app rate", "run", "commits", "failures", "per 10,000 commits", "failure rate",
+    head = ("tool", "app", "run", "commits", "failures", "per 10,000 commits", "failure rate",
             "blocked spans", "longest span ms", "seals / total / longest (litesync)")
     rows = [head, tuple("---" for _ in head)]
     for t in trials:
         attempts = t["commits"] + t["failures"]
-        rows.append((t["tool"], rate_label(t["rate"]), str(t["run"]), str(t["commits"]), str(t["failures"]),
+        rows.append((t["tool"], app_label(t), str(t["run"]), str(t["commits"]), str(t["failures"]),
                      per_10k(t["failures"], t["commits"]),
                      f"{100 * t['failures'] / attempts:.2f}%" if attempts else "-",
                      str(t["blocked_spans"]), f"{t['longest_blocked_ms']:.1f}", seals_cell(t.get("agent"))))
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
-def summary_table(trials: list[dict], tools: list[str], rates: list[float]) -> str:
-    """Per rate, the tools side by side: failures per 10,000 commits, every run."""
-    head = ("app (busy timeout 0)", *(f"{tool}: failures per 10,000 commits, each run" for tool in tools))
+def summary_table(trials: list[dict], tools: list[str], cases: list[tuple[float, Variant]]) -> str:
+    """Per app, the tools side by side: failures per 10,000 commits, every run."""
+    head = ("app", *(f"{tool}: failures per 10,000 commits, each run" for tool in tools))
     rows = [head, tuple("---" for _ in head)]
-    for rate in rates:
+    for rate, variant in cases:
         cells = []
         for tool in tools:
-            runs = [t for t in trials if t["tool"] == tool and t["rate"] == rate]
+            runs = [t for t in trials if t["tool"] == tool and t["rate"] == rate
+                    and Variant(t["busy_timeout_ms"], t["immediate"], t["read_first"]) == variant]
             cells.append(", ".join(per_10k(t["failures"], t["commits"]) for t in runs) or "-")
-        rows.append((rate_label(rate), *cells))
+        rows.append((f"{rate_label(rate)}, {variant.label}", *cells))
     return "\n".join("| " + " | ".join(r) + " |" for r in rows)
 
 
@@ -438,6 +491,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--speedtest1", metavar="PATH", help="also run SQLite's speedtest1 program beside each agent")
     p.add_argument("--speedtest1-runs", type=int, default=6, help="speedtest1 runs per tool (default 6)")
     p.add_argument("--speedtest1-size", type=int, default=100, help="speedtest1's --size (default 100)")
+    p.add_argument("--with-timeout", type=int, metavar="MS",
+                   help="also measure, at full speed, apps with a busy timeout of MS: BEGIN writing first, "
+                        "BEGIN reading first, BEGIN IMMEDIATE reading first")
     p.add_argument("--no-app", action="store_true", help="skip the app trials (speedtest1 only)")
     p.add_argument("--json", help="also write every run's figures to this file")
     p.add_argument("--workdir", help="directory for databases and replicas (default: a new temp directory)")
@@ -460,9 +516,12 @@ def app_main(argv: list[str]) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=0.0, help="transactions a second (0: full speed)")
     p.add_argument("--busy-timeout", type=int, default=0, metavar="MS", help="busy timeout (default 0: none)")
+    p.add_argument("--immediate", action="store_true", help="BEGIN IMMEDIATE instead of BEGIN")
+    p.add_argument("--read-first", action="store_true", help="read before the first write of each transaction")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    print(json.dumps(run_app(args.db, args.seconds, args.rate, args.busy_timeout, args.seed)))
+    variant = Variant(args.busy_timeout, args.immediate, args.read_first)
+    print(json.dumps(run_app(args.db, args.seconds, args.rate, variant, args.seed)))
     return 0
 
 
