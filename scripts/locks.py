@@ -63,12 +63,14 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from bench import (Litesync, Litestream, Replica, Tool, find_litestream, reap_children, spawn,  # noqa: E402
-                   tail)
+from bench import (BenchError, Litesync, Litestream, Replica, Tool, find_litestream, reap_children,  # noqa: E402
+                   spawn, tail, wait_ready)
 from proc import clean_env  # noqa: E402  (bench put tests/ on the path)
 
 SQLITE_BUSY = 5  # the primary result code; extended codes (BUSY_SNAPSHOT, ...) share its low byte
@@ -254,13 +256,7 @@ def seal_figures(db: str) -> dict:
 def start_agent(tool: Tool, db: str, replica: Replica, log: str) -> subprocess.Popen:
     """Start continuous replication of ``db`` and wait until the replica holds an object."""
     agent = spawn(tool.replicate(db, replica), log, cwd=os.path.dirname(db))
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not replica.has_objects(None):
-        if agent.poll() is not None:
-            raise LocksError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
-        if time.monotonic() > deadline:
-            raise LocksError(f"{tool.name} replicate shipped nothing within {READY_TIMEOUT:.0f}s: {tail(log)}")
-        time.sleep(0.05)
+    wait_ready(tool, agent, lambda: replica.has_objects(None), "shipped nothing", log, READY_TIMEOUT)
     return agent
 
 
@@ -293,14 +289,8 @@ def start_dir_agent(tool: Tool, d: str, log: str) -> subprocess.Popen:
     with open(config, "w") as f:
         f.write(dir_config(tool, dbdir, replica_dir))
     agent = spawn(tool.replicate_config(config), log, cwd=d)
-    ready = "found databases in directory" if isinstance(tool, Litestream) else "replicating the databases matching"
-    deadline = time.monotonic() + READY_TIMEOUT
-    while ready not in open(log, errors="replace").read():
-        if agent.poll() is not None:
-            raise LocksError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
-        if time.monotonic() > deadline:
-            raise LocksError(f"{tool.name} replicate did not start within {READY_TIMEOUT:.0f}s: {tail(log)}")
-        time.sleep(0.05)
+    line = "found databases in directory" if isinstance(tool, Litestream) else "replicating the databases matching"
+    wait_ready(tool, agent, lambda: line in open(log, errors="replace").read(), "did not start", log, READY_TIMEOUT)
     return agent
 
 
@@ -346,19 +336,24 @@ class Locks:
             reap_children()
         return out
 
+    def measured(self, label: str, measure: Callable[[], dict]) -> dict | None:
+        """Run one measurement; one that fails is reported, left out and fails the command."""
+        try:
+            return measure()
+        except (LocksError, BenchError, sqlite3.Error, OSError, ValueError, subprocess.TimeoutExpired) as e:
+            self.failed = True
+            progress(f"{label}: FAILED to measure: {e}")
+            return None
+
     def app_trials(self) -> None:
         for rate, variant in self.cases():
             for name, tool in self.tools.items():
                 for run in range(1, self.args.runs + 1):
                     label = f"{name}, app at {rate_label(rate)} ({variant.label}), run {run}"
-                    try:
-                        out = self.trial(name, tool, rate, variant, run)
-                    except (LocksError, sqlite3.Error, OSError, ValueError) as e:
-                        self.failed = True
-                        progress(f"{label}: FAILED: {e}")
-                        continue
-                    self.trials.append({"tool": name, "rate": rate, "run": run, **out})
-                    progress(f"{label}: {out['commits']} commits, {out['failures']} failures")
+                    out = self.measured(label, partial(self.trial, name, tool, rate, variant, run))
+                    if out is not None:
+                        self.trials.append({"tool": name, "rate": rate, "run": run, **out})
+                        progress(f"{label}: {out['commits']} commits, {out['failures']} failures")
 
     def speedtest1_run(self, name: str, tool: Tool | None, run: int) -> dict:
         d = tempfile.mkdtemp(prefix=f"speedtest1-{name.replace(' ', '-')}-", dir=self.work)
@@ -388,15 +383,12 @@ class Locks:
     def speedtest1_runs(self) -> None:
         for name, tool in self.tools.items():
             for run in range(1, self.args.speedtest1_runs + 1):
-                try:
-                    res = self.speedtest1_run(name, tool, run)
-                except (LocksError, OSError, subprocess.TimeoutExpired) as e:
-                    self.failed = True
-                    progress(f"speedtest1 beside {name}, run {run}: FAILED to measure: {e}")
-                    continue
-                self.speedtest1.append(res)
-                verdict = f"failed: {res['error']} (at {res['failed_at']})" if res["exit_code"] else "ok"
-                progress(f"speedtest1 beside {name}, run {run}: {verdict}")
+                label = f"speedtest1 beside {name}, run {run}"
+                res = self.measured(label, partial(self.speedtest1_run, name, tool, run))
+                if res is not None:
+                    self.speedtest1.append(res)
+                    verdict = f"failed: {res['error']} (at {res['failed_at']})" if res["exit_code"] else "ok"
+                    progress(f"{label}: {verdict}")
 
     def tables(self) -> str:
         out = [trials_table(self.trials)]
