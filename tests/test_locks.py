@@ -6,10 +6,11 @@ agent process)."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import sys
 
-from proc import kill9, start_agent_ready
+from proc import kill9, litesync, start_agent_ready
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 
@@ -38,9 +39,12 @@ def test_a_busy_timeout_0_app_fails_only_inside_the_seals_the_agent_reports(tmp_
         before = locks.seal_figures(db)
         seen = locks.app_in_process(db, APP_SECONDS, 0)
         after = locks.seal_figures(db)
+        shown = litesync("status", db).stdout
     finally:
         kill9(agent)
     seals = after["seals"] - before["seals"]
+    held = re.search(r"^  write lock held (\d+) times, ([\d.]+)s in all, longest ([\d.]+) ms$", shown, re.M)
+    assert held and int(held[1]) >= after["seals"], shown
     assert seals >= 2, (before, after)  # each checkpoint takes two seals, and the app wrote > 20 pages
     assert 0 < after["max_seal_seconds"] <= after["seal_seconds"], after
     # The seals are the agent's only holds of the write lock here (no WAL truncation), and a
