@@ -43,6 +43,9 @@ _DB_METRICS = (
     ("litesync_snapshots_total", "counter", "Snapshots written to the spool.", "snapshots"),
     ("litesync_snapshot_duration_seconds", "gauge", "How long the last snapshot took.", "snapshot_seconds"),
     ("litesync_transactions_total", "counter", "Transactions copied from the WAL to the spool.", "transactions"),
+    ("litesync_seals_total", "counter", "Times the agent held the write lock (a seal).", "seals"),
+    ("litesync_seal_seconds_total", "counter", "Seconds the agent held the write lock, in all.", "seal_seconds"),
+    ("litesync_seal_max_seconds", "gauge", "The agent's longest hold of the write lock so far.", "max_seal_seconds"),
     ("litesync_database_errors_total", "counter",
      "Failed turns of the agent on this database (copying, checkpoints, snapshots), e.g. a full disk.", "errors"),
 )

@@ -666,6 +666,10 @@ class DbReplication:
                                "generation": layout.format_generation(copied_gen) if copied_gen else None},
             "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
             "transactions": a.stats["transactions"], "segments": a.stats["segments"],
+            # The agent's holds of the write lock (seals), which an app without a busy timeout sees.
+            "seals": a.stats["seals"], "seal_seconds": round(a.stats["seal_seconds"], 6),
+            "max_seal_seconds": round(a.stats["max_seal_seconds"], 6),
+            "wal_truncations": a.stats["wal_truncations"],
             "parked": a.parked, "parks": a.stats["parks"], "control": self.control,
             "replicas": replicas,
         }

@@ -80,6 +80,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -230,6 +231,19 @@ class ThreadPeak:
         self._thread.join()
         self.peak = max(self.peak, proc_status(self.pid).get("Threads", 0))
         return self.peak
+
+
+def wait_ready(tool: Tool, agent: subprocess.Popen, ready: Callable[[], bool], failing: str, log: str,
+               timeout: float = 60) -> None:
+    """Wait until ``ready()``; raise BenchError when the agent exits first, or saying it
+    ``failing`` (e.g. "shipped nothing") when ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if agent.poll() is not None:
+            raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{tool.name} replicate {failing} within {timeout:.0f}s: {tail(log)}")
+        time.sleep(0.05)
 
 
 def kill_now(*procs: subprocess.Popen) -> None:
@@ -615,14 +629,8 @@ class Bench:
     def start_agent(self, tool: Tool, db: str, replica: Replica, log: str) -> subprocess.Popen:
         """Start continuous replication and wait until the replica holds its first object."""
         agent = spawn(tool.replicate(db, replica), log, tool.env(replica), cwd=os.path.dirname(db))
-        deadline = time.monotonic() + 60
         s3 = self._s3 if replica.kind == "s3" else None
-        while not replica.has_objects(s3):
-            if agent.poll() is not None:
-                raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"{tool.name} replicate shipped nothing within 60s: {tail(log)}")
-            time.sleep(0.05)
+        wait_ready(tool, agent, lambda: replica.has_objects(s3), "shipped nothing", log)
         return agent
 
     # --- 1. lag ---------------------------------------------------------------------------

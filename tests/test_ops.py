@@ -342,7 +342,7 @@ def test_json_lines_name_db_and_replica(tmp_path):
 
 def test_metrics_render_escapes_labels_and_counts():
     st = {"db": 'C:\\a "b"\nc', "spool_bytes": 10, "checkpoints": 2, "snapshots": 1, "snapshot_seconds": 0.25,
-          "transactions": 7,
+          "transactions": 7, "seals": 4, "seal_seconds": 0.0125, "max_seal_seconds": 0.005,
           "replicas": [{"name": "r", "state": "failed", "lag_seconds": 1.5, "lag_bytes": 3, "uploaded_bytes": 4,
                         "uploaded_objects": 5, "errors": 6, "retries": 7, "validation": {"ok": 1, "failed": 0}}]}
     text = render([st])
@@ -350,6 +350,8 @@ def test_metrics_render_escapes_labels_and_counts():
     assert f"litesync_replica_lag_seconds{labels} 1.5\n" in text
     assert f"litesync_replica_errors_total{labels} 6.0\n" in text
     assert 'litesync_snapshot_duration_seconds{db="C:\\\\a \\"b\\"\\nc"} 0.25\n' in text
+    assert 'litesync_seals_total{db="C:\\\\a \\"b\\"\\nc"} 4.0\n' in text
+    assert 'litesync_seal_max_seconds{db="C:\\\\a \\"b\\"\\nc"} 0.005\n' in text
     assert 'litesync_replica_state{db="C:\\\\a \\"b\\"\\nc",replica="r",state="failed"} 1.0\n' in text
     assert "# TYPE litesync_shipped_bytes_total counter" in text
     assert text.count("\n") == len(text.splitlines())

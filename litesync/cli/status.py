@@ -57,6 +57,9 @@ def _format_status(st: dict, now: float) -> str:
         lines.append(f"  generation {st.get('generation') or '-'}, "
                      f"last snapshot {_ago(st.get('last_snapshot_at'), now)}, "
                      f"spool {format_size(st.get('spool_bytes'))} ({plural(st.get('spool_objects', 0), 'object')})")
+        if st.get("seals"):
+            lines.append(f"  write lock held {plural(int(st['seals']), 'time')}, {st['seal_seconds']:.3f}s in all, "
+                         f"longest {st['max_seal_seconds'] * 1000:.1f} ms")
         if st.get("error"):
             lines.append(f"  error: {st['error']}")
     for r in st.get("replicas", []):
