@@ -46,7 +46,7 @@ _SNAPSHOT_CHUNK_PAGES = 256
 _KEEP_IN_MEMORY = 8 << 20
 # A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
 # tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
-_MAX_TAIL = 2 << 20
+_MAX_TAIL = 512 << 10
 _TAIL_ATTEMPTS = 3
 # The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
 _INDEX_REPAIR_AFTER = 0.5
@@ -1306,12 +1306,18 @@ class DbAgent:
         if not wal.index_checkpointed_in_full(self._read_index()):
             return False
         self.W.set_busy_handler(brief)
+        t0 = time.monotonic()
         try:
             busy = self.W.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
         except apsw.BusyError:
             busy = 1
         finally:
             self.W.set_busy_handler(_busy_handler)
+        # It holds the write lock as a seal does (while it waits, too): counted as one.
+        held = time.monotonic() - t0
+        self.stats["seals"] += 1
+        self.stats["seal_seconds"] += held
+        self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
         self.stats["checkpoints"] += 1
         return busy == 0
 
@@ -1430,7 +1436,15 @@ class DbAgent:
             hdr: wal.WalHeader | None = None
             txs: list[wal.Transaction] = []
             read_at: wal.ReadAt = self._wal_read_at
-            if new_generation:
+            if new_generation and not self._seal_depth:
+                # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
+                # it goes as far as the app's readers allow), and the checkpoint under the
+                # seal, which the app's writers wait for, has little left to do (a WAL of
+                # tens of MB held them for 60-170 ms).
+                self._end_read()
+                self._checkpoint()
+                sealed = self._seal()
+            elif new_generation:
                 sealed = self._seal()
             else:
                 tail_sealed = self._seal_small_tail()
