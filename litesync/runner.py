@@ -88,6 +88,9 @@ PARK_AFTER_WHEN_WAITED_FOR = 0.1
 # costs about 260 KiB, mostly SQLite's page caches; a parked one about 40 KiB).
 FLEET_OPEN = 64
 PARK_IDLE_AFTER = 30.0
+# Only a database this small parks so: parked, it pins no WAL, and an app that closes its
+# last connection (or checkpoints in full) makes its next unpark read the whole database.
+PARK_IDLE_MAX_BYTES = 64 << 20
 PARKED_POLL = 60.0
 
 
@@ -498,7 +501,9 @@ class DbReplication:
         if self.budget.pressure():
             # Databases waiting to open (a start): an idle one makes room at once.
             return idle >= (PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER)
-        return self.budget.open > FLEET_OPEN and idle >= PARK_IDLE_AFTER
+        a = self.agent
+        return (self.budget.open > FLEET_OPEN and idle >= PARK_IDLE_AFTER
+                and a.hasher.page_count * a.page_size <= PARK_IDLE_MAX_BYTES)
 
     def _parked_poll(self) -> float:
         return PARKED_POLL if self.idle_poll == WATCHED_IDLE_POLL else self.idle_poll

@@ -524,6 +524,31 @@ def test_a_database_replaced_again_while_the_agent_opens_it_is_opened_again(tmp_
         agent.close()
 
 
+def test_a_fleet_keeps_its_large_databases_open(tmp_path, monkeypatch):
+    """A large database is not parked for memory's sake: its next unpark could read it whole."""
+    from litesync import runner
+    from litesync.runner import DbReplication, OpenBudget
+
+    monkeypatch.setattr(runner, "FLEET_OPEN", 2)
+    monkeypatch.setattr(runner, "PARK_IDLE_AFTER", 0.2)
+    monkeypatch.setattr(runner, "PARK_IDLE_MAX_BYTES", 4096)  # every database here is larger
+    _paths, cfg = _databases_config(tmp_path, [f"t{i}.db" for i in range(4)])
+    budget = OpenBudget()
+    reps = [DbReplication(d, budget=budget, poll_interval=0.1) for d in cfg.dbs]
+    try:
+        for r in reps:
+            r.start()
+        assert all(r.started.wait(10) for r in reps)
+        time.sleep(1.5)  # many turns past PARK_IDLE_AFTER
+        assert [r.agent.parked for r in reps] == [False] * 4 and budget.open == 4
+        assert all(r.agent.hasher.page_count * r.agent.page_size > 4096 for r in reps)
+    finally:
+        for r in reps:
+            r.request_stop()
+        for r in reps:
+            r.stop(5.0)
+
+
 def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_commit(tmp_path, monkeypatch):
     """Memory follows the work: an agent holding more than FLEET_OPEN open databases parks
     those idle PARK_IDLE_AFTER, though the budget has room; a commit reopens one."""
