@@ -48,6 +48,11 @@ class SmallDisk:
         finally:
             os.close(fd)
 
+    def reserve(self, size: int) -> None:
+        """Take ``size`` bytes with the ballast file (the disk fills that much sooner)."""
+        with open(self.ballast, "ab") as f:
+            f.write(b"\0" * size)
+
     def free(self) -> None:
         """Delete the ballast: the space is back at once."""
         os.unlink(self.ballast)

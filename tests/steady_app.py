@@ -9,8 +9,8 @@ how far it got. A failed commit is rolled back, counted, and the next one tried 
 ``--pause``; nothing is retried under the same ``n``.
 
 It runs until SIGTERM (or ``--seconds``), then prints one JSON line: commits, errors, the
-first and last error messages, the time of the first error and of the last, and the
-longest run of failed commits.
+commits before the first error, the first and last error messages, the (wall clock) time
+of the first error and of the last, and the longest run of failed commits.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> int:
     conn.execute("PRAGMA journal_mode=WAL")
     n = conn.execute("SELECT n FROM counter WHERE id = 1").fetchone()[0]
     rng = random.Random(n)
-    report = {"commits": 0, "errors": 0, "first_error": None, "last_error": None, "first_error_at": None,
+    report = {"commits": 0, "errors": 0, "commits_before_first_error": None, "first_error": None, "last_error": None, "first_error_at": None,
               "last_error_at": None, "longest_failing_run": 0, "last_n": n}
     failing = 0
     t0 = time.monotonic()
@@ -87,6 +87,8 @@ def main() -> int:
                     pass
             now = round(time.time(), 3)
             report["errors"] += 1
+            if report["commits_before_first_error"] is None:
+                report["commits_before_first_error"] = report["commits"]
             report["first_error"] = report["first_error"] or str(e)
             report["first_error_at"] = report["first_error_at"] or now
             report["last_error"], report["last_error_at"] = str(e), now

@@ -308,27 +308,48 @@ def test_litesync_started_on_a_read_only_state_directory_exits_1_naming_it(tmp_p
 # --- the database's own disk full -----------------------------------------------------------------
 
 
-def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: float = 4.0) -> dict:
-    """An application updating rows in place (its database keeps its size) on a small disk
-    that another file fills for ``full_seconds``; with or without an agent beside it
-    (replicating to a directory on another disk). Return what each saw."""
+def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: float = 4.0, grow: bool = False,
+                                mount=mount_small_disk, disk_size: str = "24m") -> dict:
+    """An application on a small disk, with or without an agent beside it (replicating to
+    a directory on another disk); the disk full for ``full_seconds``, then freed. Return
+    what each saw (see the keys of ``out``); used by scripts/faults.py too.
+
+    The application updates rows in place (its database keeps its size) while another file
+    fills the disk; or, with ``grow``, inserts rows until it fills the disk itself (a
+    ballast file takes room first, and is deleted to free it) and stops before the space is
+    freed (else it takes the space back at once)."""
     os.makedirs(work)
-    disk = mount_small_disk(os.path.join(work, "fs"), "24m")
+    disk = mount(os.path.join(work, "fs"), disk_size)
     db = os.path.join(disk.path, "app.db")
     log = os.path.join(work, "agent.log")
     out: dict = {"db": db, "log": log, "rep": os.path.join(work, "rep")}
     try:
-        subprocess.run([sys.executable, APP, db, "--prepare", "4000"], check=True, env=clean_env())
+        subprocess.run([sys.executable, APP, db, "--prepare", "1000" if grow else "4000"], check=True,
+                       env=clean_env())
+        if grow:
+            disk.reserve(4 << 20)
         agent = start_agent_ready(db, f"file://{out['rep']}", log_path=log) if with_litesync else None
-        app = subprocess.Popen([sys.executable, APP, db, "--rate", "200"], stdout=subprocess.PIPE, env=clean_env())
+        args = ["--grow", "--rate", "500"] if grow else ["--rate", "200"]
+        app = subprocess.Popen([sys.executable, APP, db, *args], stdout=subprocess.PIPE, env=clean_env())
+
+        def stop_app() -> None:
+            if "app" not in out:
+                app.send_signal(signal.SIGTERM)
+                out["app"] = json.loads(app.communicate(timeout=60)[0])
+
         try:
-            time.sleep(3)  # more than the WAL's 1000 pages: it reached its size
-            disk.fill()
+            if grow:
+                wait_for(lambda: disk.free_bytes() < 64 << 10, timeout=120, interval=0.05)
+            else:
+                time.sleep(3)  # more than the WAL's 1000 pages: it reached its size
+                disk.fill()
             filled = time.time()
             if agent is not None:
                 wait_for(lambda: " ERROR " in read(log), timeout=10)
                 out["status"] = status_of(db)
             time.sleep(full_seconds)
+            if grow:
+                stop_app()
             disk.free()
             out["freed"] = time.monotonic()
             if agent is not None:
@@ -336,8 +357,7 @@ def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: fl
                 out["recovery"] = time.monotonic() - out["freed"]
             time.sleep(1)
         finally:
-            app.send_signal(signal.SIGTERM)
-            out["app"] = json.loads(app.communicate(timeout=60)[0])
+            stop_app()
         out["app"]["first_error_after_fill"] = (out["app"]["first_error_at"] or filled) - filled
         if agent is not None:
             out["agent_exit"] = stop(agent)
@@ -350,19 +370,14 @@ def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: fl
     return out
 
 
-@pytest.fixture(scope="module")
-def full_database_disk(tmp_path_factory):
-    """The application through a full disk with litesync beside it (run once for the tests below)."""
-    return run_app_through_a_full_disk(str(tmp_path_factory.mktemp("dbdisk") / "with"), with_litesync=True)
-
-
-def test_a_full_database_disk_is_said_in_one_line_and_replication_recovers(full_database_disk):
-    out = full_database_disk
+def check_full_database_disk(out: dict) -> None:
+    """What litesync must do when the database's disk is full: one line (the spool's write
+    or the agent's checkpoint refused, whichever its turn reached first), status failed
+    with it, no traceback, recovery within seconds of space returning, nothing lost."""
     db, log = out["db"], out["log"]
     spool = os.path.join(os.path.dirname(db), ".app.db-litesync", "spool")
     errors = error_lines(log)
     assert len(errors) == 1 and "Traceback" not in read(log), read(log)
-    # The spool's write or the agent's checkpoint comes first, whichever the turn reached.
     assert re.fullmatch(re.escape(f"{db}: ") + f"(spool {re.escape(spool)}: No space left on device|"
                         + re.escape(f"{db}: database or disk is full (a checkpoint writes into the database file)")
                         + ")" + re.escape(f"; {SPOOL_PAUSED}"), errors[0]), errors[0]
@@ -370,6 +385,70 @@ def test_a_full_database_disk_is_said_in_one_line_and_replication_recovers(full_
     assert out["status"]["errors"] >= 1
     assert out["recovery"] < 3.0
     assert out["agent_exit"] == 0 and out["restore_same"]
+
+
+def test_a_checkpoint_that_cannot_grow_the_database_file_is_a_full_disk_said_once(tmp_path, caplog):
+    """The agent copied a transaction that grows the database, then the disk fills: its
+    checkpoint cannot write those pages into the database file (SQLite's FULL). That was an
+    'unexpected error' with a traceback at every retry; it is a full disk like any other."""
+    disk = mount_small_disk(str(tmp_path / "fs"), "2m")
+    db = os.path.join(disk.path, "app.db")
+    cfg_path = tmp_path / "litesync.yml"
+    cfg_path.write_text(f"dbs:\n  - path: {db}\n    checkpoint-pages: 50\n"
+                        f"    replicas:\n      - url: file://{tmp_path / 'rep'}\n")
+    app = sqlite3.connect(db, isolation_level=None)
+    d = None
+    try:
+        app.execute("PRAGMA journal_mode=WAL")
+        app.execute("PRAGMA wal_autocheckpoint=0")
+        app.execute("CREATE TABLE t (x BLOB)")
+        caplog.set_level(logging.INFO)
+        d = DbReplication(load_config(str(cfg_path)).dbs[0])
+        d._open_turn()  # the turns run here, one by one, with no thread of the agent's own
+        assert d.started.is_set() and d.error is None
+        app.execute("BEGIN")
+        app.executemany("INSERT INTO t VALUES (?)", [(os.urandom(3000),) for _ in range(100)])
+        app.execute("COMMIT")
+        assert d.agent.sync() == 1  # copied into the spool
+        disk.fill()
+        assert d._run_turn() == 1.0  # the checkpoint the 100 pages call for: refused
+        line = f"{db}: database or disk is full (a checkpoint writes into the database file); {SPOOL_PAUSED}"
+        assert d.turn_error == line and d.state() == "failed" and d.agent.stats["errors"] == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [f"{db}: {line}"]
+        assert not any(r.exc_info for r in caplog.records)
+        assert d._run_turn() <= 1.0 and d.agent.stats["errors"] == 1  # no space freed: not tried again
+        disk.free()
+        time.sleep(1)
+        d._run_turn()
+        assert d.turn_error is None and d.state() == "replicating" and d.agent.stats["checkpoints"] > 0
+        assert any(r.getMessage().startswith(f"{db}: {os.path.dirname(db)}: space freed, copying resumed (paused ")
+                   for r in caplog.records)
+        app.execute("INSERT INTO t VALUES (x'00')")
+        d.agent.sync()
+    finally:
+        app.close()
+        if d is not None:
+            assert d.stop(30)
+        disk.unmount()
+
+
+@pytest.fixture(scope="module")
+def full_database_disk(tmp_path_factory):
+    """The application through a full disk with litesync beside it (run once for the tests below)."""
+    return run_app_through_a_full_disk(str(tmp_path_factory.mktemp("dbdisk") / "with"), with_litesync=True)
+
+
+def test_a_full_database_disk_is_said_in_one_line_and_replication_recovers(full_database_disk):
+    check_full_database_disk(full_database_disk)
+
+
+def test_an_app_that_fills_its_database_disk_gets_one_line_from_litesync_and_no_traceback(tmp_path):
+    """The application fills the disk itself: the agent's checkpoint cannot grow the
+    database file (SQLite's FULL; it was an 'unexpected error' with a traceback at every
+    retry), or its spool cannot be written; said once either way."""
+    out = run_app_through_a_full_disk(str(tmp_path / "grow"), with_litesync=True, grow=True, disk_size="12m")
+    assert out["app"]["errors"] > 0  # the app's own disk is full: its inserts fail, with litesync or without
+    check_full_database_disk(out)
 
 
 @pytest.mark.xfail(strict=True, reason="the agent's read transaction pins the WAL while its spool cannot be "
