@@ -238,6 +238,7 @@ class DbReplication:
         self._room_at_failure: tuple[int, int] | None = None
         self._room_since = self._room_tried = 0.0  # monotonic times of the first and last such failure
         self._room_dir = ""  # the directory whose file system lacked room
+        self.room_error: str | None = None  # ``<where>: <why>`` while waiting for room (see _no_room)
         self.started_at = time.time()
         self.stopping = self.stopped = False
         self._published_at: float | None = None
@@ -501,6 +502,7 @@ class DbReplication:
             self._room_since = now
         self._room_tried = now
         self._room_dir = directory
+        self.room_error = line
         self._room_at_failure = free_space(directory) or (-1, -1)
         if not holds_wal:
             what, app = "replication waits", "the application is not affected (litesync holds nothing meanwhile)"
@@ -529,7 +531,7 @@ class DbReplication:
             self.log.info("%s: space freed, %s (paused %.1fs for lack of room)", self._room_dir, what,
                           time.monotonic() - self._room_since)
             self._room_at_failure = None
-            self.turn_error = None
+            self.room_error = self.turn_error = None
 
     def _spool_dir(self) -> str:
         """The spool's directory, or the nearest one that exists above it."""
@@ -583,8 +585,8 @@ class DbReplication:
                 or a.snapshot_due())
 
     def _unpark(self) -> None:
-        if self._slot != "open":
-            self.budget.reopen()  # type: ignore[union-attr]
+        if self.budget is not None and self._slot != "open":
+            self.budget.reopen()
             self._slot = "open"
         self._active_at = time.monotonic()
         try:
