@@ -379,7 +379,9 @@ class DiskBench:
         ok = out["agent_exit"] == 0 and out["restore_same"] and not tb and (grow or not app["errors"])
         result = (f"{'ok' if ok else 'FAILED'} (app: {saw}; litesync: exit {out['agent_exit']}, "
                   f"{plural(lines, 'error line')}, {tb} tracebacks)")
-        return result, _seconds(out["recovery"]), "nothing" if out["restore_same"] else "DIFFERS"
+        # No recovery when the agent never paused (its spool and the WAL reused their room).
+        recovery = _seconds(out["recovery"]) if "recovery" in out else "not paused"
+        return result, recovery, "nothing" if out["restore_same"] else "DIFFERS"
 
     def database_disk_full(self) -> list[tuple[str, str, str, str]]:
         return [("database_disk_full", "app updating in place, alone", *self._app("full-alone", False, False)),
