@@ -370,13 +370,16 @@ def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: fl
             time.sleep(full_seconds)
             if agent is not None:  # the agent may not need room: when its spool and the WAL reuse theirs
                 out["status"] = status_of(db)
-                out["agent_paused"] = " ERROR " in read(log)
+                out["agent_paused"] = "until space is freed" in read(log)
             if grow:
                 stop_app()
             disk.free()
             out["freed"] = time.monotonic()
             if out.get("agent_paused"):
-                wait_for(lambda: "space freed" in read(log), timeout=30)
+                try:
+                    wait_for(lambda: "space freed" in read(log), timeout=30)
+                except AssertionError:
+                    raise AssertionError(f"no recovery 30s after the space was freed: {read(log)[-2000:]}") from None
                 out["recovery"] = time.monotonic() - out["freed"]
             time.sleep(1)
         finally:
