@@ -609,7 +609,10 @@ class DbReplication:
                 self.agent.snapshot_requested.clear()
                 self.agent.snapshot()
         except Exception as e:
-            if isinstance(e, OSError):  # said as one line, naming the directory
+            refused = self._room_refused(e)  # said as one line, naming the file system's directory
+            if refused is not None:
+                e = LitesyncError(refused[0])
+            elif isinstance(e, OSError):
                 e = LitesyncError(self._os_error_line(e))
             self.log.error("final sync failed: %s", e)
             self.error = e

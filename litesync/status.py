@@ -27,6 +27,7 @@ failed, stopped), ``error``, ``generation``, ``last_snapshot_at``, ``snapshot_se
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -155,7 +156,8 @@ def write_status(db_path: str, data: dict) -> None:
         # Owner-only, like everything in the state directory.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, text.ljust(size))
+            if os.write(fd, text.ljust(size)) != size:  # a disk all but full takes what fits
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -157,6 +157,13 @@ def test_the_status_file_is_rewritten_in_place_on_a_full_disk(tmp_path):
             write_status(db, {"state": "failed", "error": "y" * 5000})
         assert e.value.errno == errno.ENOSPC
         assert read_status(db)["error"] == reason
+        # A disk all but full takes part of a write (a page or two here): never published cut short.
+        os.truncate(disk.ballast, (os.path.getsize(disk.ballast) // 4096 - 1) * 4096)
+        with pytest.raises(OSError) as e:
+            write_status(db, {"state": "failed", "error": "z" * 9000})
+        assert e.value.errno == errno.ENOSPC
+        assert read_status(db)["error"] == reason
+        assert sorted(os.listdir(disk.path)) == ["ballast", "status.json"]
     finally:
         disk.unmount()
 
