@@ -31,7 +31,7 @@ from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError, LitesyncError
 from .logs import Labelled
-from .progress import LogProgress
+from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
 from .spool import Spool
@@ -53,6 +53,17 @@ _INDEX_REPAIR_AFTER = 0.5
 # (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
 _RACY_SECONDS = 0.05
 _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
+# A WAL file larger than a database's max-wal-size is truncated once copied; a try that
+# fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
+_TRUNCATE_RETRY = (1.0, 30.0)
+# A TRUNCATE checkpoint holds the write lock while it waits for readers: it waits this
+# long at most (ms), so the app's writers barely notice, and tries again later.
+_TRUNCATE_WAIT_MS = 20
+# Freeing a large file's blocks takes long (100 ms for 344 MB here), and a TRUNCATE
+# checkpoint does it under the write lock: the dead end of a large WAL is cut first, this
+# much per brief seal, with a pause between for the app's writers.
+_SHRINK_STEP = 32 << 20
+_SHRINK_PAUSE = 0.005
 
 
 class _WalChanged(Exception):
@@ -83,8 +94,9 @@ _shm_fds: dict[tuple[int, int], int] = {}
 _shm_fds_lock = threading.Lock()
 
 
-def read_index_header(shm_path: str) -> bytes:
-    """Return the wal-index header (both copies) from a -shm file, or b"" when there is none.
+def read_index_header(shm_path: str, size: int = 2 * wal.INDEX_HEADER_SIZE) -> bytes:
+    """Return the wal-index header (both copies, or ``size`` bytes) from a -shm file, or b""
+    when there is none.
 
     SQLite's WAL locks (every reader's pin on the WAL among them) are POSIX locks on the
     -shm file, and closing *any* descriptor of that file drops every lock this process
@@ -107,7 +119,7 @@ def read_index_header(shm_path: str) -> bytes:
             if key in _shm_fds:  # re-created between stat and open; keep both open
                 fd = _shm_fds[key]
             _shm_fds[key] = fd
-    return os.pread(fd, 2 * wal.INDEX_HEADER_SIZE, 0)
+    return os.pread(fd, size, 0)
 
 
 def _busy_handler(tries: int) -> bool:
@@ -200,7 +212,11 @@ def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: wal.Re
         for i in range(n):
             index = view.overlay.get(pgno + i)
             if index is not None:
-                buf[i * ps:(i + 1) * ps] = wal.read_page(read_at, view.header, index)  # type: ignore[arg-type]
+                try:
+                    buf[i * ps:(i + 1) * ps] = wal.read_page(read_at, view.header, index, pgno + i)  # type: ignore[arg-type]
+                except (wal.FrameMismatch, EOFError):
+                    # Restarted or truncated (a TRUNCATE checkpoint) under a read on lock 0.
+                    raise _WalChanged() from None
                 patched = True
         if patched and wal_header() != view.header:
             raise _WalChanged()
@@ -255,6 +271,12 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
     def committed(hdr: wal.WalHeader | None) -> int | None:
         return 0 if hdr is None else wal.index_frames(read_index_header(file + "-shm"), hdr)
 
+    def backfilled() -> int:
+        # Frames already checkpointed are read from the database file: a reader on lock 0
+        # (the WAL checkpointed in full) then reads no frame a TRUNCATE could take away.
+        shm = read_index_header(file + "-shm", wal.INDEX_READ_SIZE)
+        return wal.index_backfilled(shm) or 0
+
     try:
         seal, reader = connect(path), connect(path)
     except apsw.Error as e:
@@ -273,7 +295,7 @@ def read_live(db_path: str, attempts: int = 5) -> LiveState:
                 assert isinstance(page_size, int) and isinstance(db_size, int)  # what these PRAGMAs answer
                 hdr = header()
                 try:
-                    overlay, pos = wal_overlay(read_at, hdr, committed(hdr))
+                    overlay, pos = wal_overlay(read_at, hdr, committed(hdr), backfilled())
                 except _WalChanged:
                     reader.execute("COMMIT")
                     continue
@@ -302,7 +324,7 @@ class DbAgent:
 
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
                  snapshot_interval: float | None = 4 * 3600, label: str | None = None,
-                 db_id: str | None = None) -> None:
+                 db_id: str | None = None, max_wal_size: int = 64 << 20) -> None:
         self.path = os.path.abspath(db_path)
         self.db_id = db_id or layout.default_db_id(self.path)  # written into every object (see DbConfig)
         # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
@@ -312,6 +334,9 @@ class DbAgent:
         self.label = label or self.path
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
+        self.max_wal_size = max_wal_size
+        self._truncate_at = 0.0  # (monotonic) not before: see truncate_wal
+        self._truncate_wait = _TRUNCATE_RETRY[0]
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
         self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
@@ -334,6 +359,7 @@ class DbAgent:
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
+                                        "wal_truncations": 0, "wal_shrinks": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
         self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
@@ -342,6 +368,7 @@ class DbAgent:
         self._restart_ok = False
         self._r_begin_pos = WalPosition()
         self._r_open = False
+        self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
         self._seal_depth = 0
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
@@ -628,7 +655,10 @@ class DbAgent:
                 for pgno in changed:
                     index = view.overlay.get(pgno)
                     if index is not None:
-                        yield pgno, wal.read_page(self._wal_read_at, view.header, index)  # type: ignore[arg-type]
+                        try:
+                            yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
+                        except wal.FrameMismatch:
+                            raise _WalChanged() from None
                     else:
                         assert self.R is not None  # R pins the view (see above)
                         yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
@@ -652,6 +682,7 @@ class DbAgent:
 
     def _begin_read(self) -> None:
         assert self.R is not None  # R reads while open
+        self._r_on_lock0 = False
         self.R.execute("BEGIN")
         self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
         self._r_open = True
@@ -769,6 +800,8 @@ class DbAgent:
         if h.db_id is not None and h.db_id != self.db_id:
             return f"the database id changed from {h.db_id!r} to {self.db_id!r}"
         hdr = self._wal_header()
+        if hdr is None:
+            return self._resume_from_file(name, path, pos)
         reason = self._wal_continues(hdr, pos)
         if reason is not None:
             return reason
@@ -780,11 +813,11 @@ class DbAgent:
         # view is read in full and its checksum recorded with the last transaction.
         self._begin_read()
         try:
-            txs, read_at = self._uncopied(hdr)  # type: ignore[arg-type]
+            txs, read_at = self._uncopied(hdr)
         except _Diverged as e:
             return str(e)
         if len(txs) > 1:
-            self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)  # type: ignore[arg-type]
+            self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
         if not self._seal():
             self._end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
@@ -792,26 +825,50 @@ class DbAgent:
             if self._wal_header() != hdr:
                 return "the WAL was restarted while the agent was resuming"
             try:
-                txs, read_at = self._uncopied(hdr)  # type: ignore[arg-type]
+                txs, read_at = self._uncopied(hdr)
             except _Diverged as e:
                 return str(e)
-            tail = self._capture(hdr, txs, read_at)  # type: ignore[arg-type]
+            tail = self._capture(hdr, txs, read_at)
             view = self._reopen_view()
         finally:
             self._unseal()
         new_hash = self._scan_view(view, None)
         if txs:
-            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)  # type: ignore[arg-type]
+            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
         elif new_hash.value != self._spool_checksum(name, path):
             return "the database changed while the agent was stopped without a trace in the WAL"
-        self.hasher = new_hash
+        self._resumed(new_hash)
+        return None
+
+    def _resume_from_file(self, name: layout.SegmentName | layout.SnapshotName, path: str,
+                          pos: WalPosition) -> str | None:
+        """Resume with no WAL (removed, or emptied by a TRUNCATE checkpoint) when the
+        database file alone holds the state copied last; return why not, or None."""
+        if not self._seal():
+            raise WriteLockBusy(f"{self.path}: the application holds the write lock")
+        try:
+            if self._wal_header() is not None:
+                raise _WalChanged()
+            view = self._reopen_view(checkpoint=False)
+        finally:
+            self._unseal()
+        found = self._scan_view(view, None)
+        if found.value != self._spool_checksum(name, path):
+            return "the WAL was removed or reset while the agent was stopped"
+        self.generation, self.pos = name.generation, pos
+        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+        self._resumed(found)
+        return None
+
+    def _resumed(self, hasher: DbHash) -> None:
+        """Resumed at ``self.pos`` with ``hasher`` the state copied, R begun under the seal with all of it copied."""
+        self.hasher = hasher
         self._restart_ok = True
         self._r_begin_pos = self.pos
         # The interval runs from the generation's newest snapshot still in the spool, or from now.
         self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
         self.log.info("resumed generation %s at segment %d",
                       layout.format_generation(self.generation), self.next_seq)
-        return None
 
     def _wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
         """Why the WAL does not continue from ``pos`` (the last position copied), or None."""
@@ -949,6 +1006,23 @@ class DbAgent:
         seal with everything copied, and nothing was copied since."""
         return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
 
+    def _file_differs(self) -> str | None:
+        """Why the database file is not the state copied last, seen from its size and first
+        page, or None. Meaningful while a WAL restart is harmless: the WAL was checkpointed
+        in full into the file, and ``R``'s read lock 0 keeps any checkpoint out since, so
+        the file holds exactly that state; a file written in place (copied over, restored
+        over) most likely has another first page (change counter, size, schema cookie)."""
+        assert self.R is not None  # R pins the state (see above)
+        size = os.stat(self.path).st_size
+        expected = self.hasher.page_count * self.page_size
+        if size < expected:
+            return (f"the database file was changed in place: it holds {size} bytes, "
+                    f"the state copied last {expected}")
+        first = self.R.read("main", 0, 0, self.page_size)[1]
+        if self.hasher.page_count and page_hash(1, first) != self.hasher.get(1):
+            return "the database file was changed in place: its first page is not the one copied last"
+        return None
+
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
         t0 = time.time()
@@ -959,6 +1033,10 @@ class DbAgent:
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
             if not self._restart_harmless():
                 self.new_generation("the WAL was restarted before all its frames were copied")
+                return 0
+            changed = self._file_differs()
+            if changed is not None:
+                self.new_generation(changed, logging.WARNING)
                 return 0
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
@@ -1017,7 +1095,10 @@ class DbAgent:
                 return block[off:off + ps]
         else:
             def page(index: int) -> bytes | memoryview:
-                return wal.read_page(read_at, hdr, index)
+                try:
+                    return wal.read_page(read_at, hdr, index)
+                except wal.FrameMismatch:
+                    raise _WalChanged() from None
         # Pass 1: hash each shipped page and compute the database checksum after each tx.
         changes: dict[int, int] = {}
         value = self.hasher.value
@@ -1128,6 +1209,89 @@ class DbAgent:
         self.sync()
         return self._cycle(checkpoint=True)
 
+    def truncate_wal(self, checkpointed: bool = False) -> bool:
+        """Shrink the WAL file to nothing once every frame in it is copied; return whether it did.
+
+        SQLite reuses a WAL file from its start but never shrinks it: after a burst (or a
+        long reader that kept it from restarting) it keeps its largest size. A checkpoint
+        first copies every frame, checkpoints them and restarts ``R`` under the seal; on a
+        WAL checkpointed in full, ``R`` reads the database file alone, under read lock 0.
+        A TRUNCATE checkpoint then succeeds only if nothing was committed since: a new
+        frame would have to be checkpointed, which needs read lock 0 exclusively, and ``R``
+        holds it. Its restart is the one a reader under read lock 0 lets happen, harmless
+        (see ``sync``): nothing was copied since ``R`` began. A reader of the app's keeps
+        it from restarting; the truncation is tried again later. With ``checkpointed``, the
+        caller's own checkpoint just did the first part.
+        """
+        before = self._wal_file_size()
+        done = ((checkpointed or self.checkpoint()) and self._restart_harmless() and self._r_on_lock0
+                and self._shrink_dead_end() and self._checkpoint_truncate())
+        if not done:
+            self._truncate_at = time.monotonic() + self._truncate_wait
+            self.log.debug("WAL of %d bytes not truncated (in use); next try in %.0fs", before, self._truncate_wait)
+            self._truncate_wait = min(2 * self._truncate_wait, _TRUNCATE_RETRY[1])
+            return False
+        self._truncate_wait = _TRUNCATE_RETRY[0]
+        self.stats["wal_truncations"] += 1
+        self.log.info("WAL truncated from %s (larger than max-wal-size %s)",
+                      format_size(before), format_size(self.max_wal_size))
+        return True
+
+    def _shrink_dead_end(self) -> bool:
+        """Cut the WAL file past its last live frame, _SHRINK_STEP at a time under brief
+        seals (frames past the wal-index's count are dead: left from before a restart, or
+        of a commit never finished); False when a seal was refused."""
+        while self._wal_file_size() > _SHRINK_STEP:
+            if not self._seal():
+                return False
+            try:
+                hdr = self._wal_header()
+                frames = 0 if hdr is None else self._index_frames(hdr)
+                if frames is None:
+                    return True  # the wal-index unusable for now: the TRUNCATE checkpoint decides
+                live = hdr.frame_offset(frames + 1) if hdr is not None and frames else 0
+                size = self._wal_file_size()
+                target = max(live, size - _SHRINK_STEP)
+                if target >= size:
+                    return True
+                # Under the seal no frame is being written: no write can land past the cut.
+                os.truncate(self.wal_path, target)
+            finally:
+                self._unseal()
+            self.stats["wal_shrinks"] += 1
+            time.sleep(_SHRINK_PAUSE)
+        return True
+
+    def _checkpoint_truncate(self) -> bool:
+        """Run a TRUNCATE checkpoint through ``W``, waiting briefly for locks; True when it emptied the WAL."""
+        assert self.W is not None and not self._seal_depth  # W checkpoints outside the seal
+        deadline = time.monotonic() + _TRUNCATE_WAIT_MS / 1000
+
+        def brief(_tries: int) -> bool:
+            # A frame committed since R began can never be checkpointed while R holds read
+            # lock 0, and the TRUNCATE cannot succeed: give up rather than hold the app's writers.
+            if time.monotonic() >= deadline or not wal.index_checkpointed_in_full(self._read_index()):
+                return False
+            time.sleep(0.0002)
+            return True
+
+        if not wal.index_checkpointed_in_full(self._read_index()):
+            return False
+        self.W.set_busy_handler(brief)
+        try:
+            busy = self.W.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
+        except apsw.BusyError:
+            busy = 1
+        finally:
+            self.W.set_busy_handler(_busy_handler)
+        self.stats["checkpoints"] += 1
+        return busy == 0
+
+    def _wal_file_size(self) -> int:
+        """The WAL file's size, 0 when there is none."""
+        self._wal_read_at(0, 0)  # opens it if it exists
+        return os.fstat(self._wal_fd).st_size if self._wal_fd is not None else 0
+
     def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
                                         wal.ReadAt] | None:
         """Take the seal with little uncopied WAL behind it; return the WAL header and the
@@ -1171,7 +1335,11 @@ class DbAgent:
             self._end_read()
             if checkpoint:
                 self._checkpoint()
+            # Under the seal nothing is committed: a WAL checkpointed in full now is one when
+            # R begins, and R reads the database file alone, on read lock 0.
+            full = wal.index_checkpointed_in_full(self._read_index())
             self._begin_read()
+            self._r_on_lock0 = full
         finally:
             self._unseal()
         if tail is not None:
@@ -1351,8 +1519,9 @@ class DbAgent:
             self._index_unknown_since = None
             if self._seal():
                 self._unseal()
-        if self.pos.frame >= self.checkpoint_pages:
-            self.checkpoint()
+        checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
+        if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
+            self.truncate_wal(checkpointed)
         due = self.snapshot_due()
         if self.outbid():
             return copied  # the new generation's snapshot serves any other need

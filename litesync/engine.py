@@ -234,6 +234,23 @@ class Scheduler:
                 self._timer_cond.wait(timeout)
 
 
+class Changes:
+    """A count of changes to something many threads set and one thread polls: the poller
+    compares it with the count it last saw instead of looking at every one of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def note(self) -> None:
+        with self._lock:
+            self.count += 1
+
+
+# Fatal errors (a database's, a replica's) set anywhere: Runner.fatal_errors looks again when it moves.
+FATAL_CHANGES = Changes()
+
+
 class Signal(threading.Event):
     """An Event that also calls ``on_set`` (a task's ``wake``) each time it is set."""
 

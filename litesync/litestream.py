@@ -73,7 +73,8 @@ DB_KEYS: dict[str, Rule] = {
     "monitor-interval": Ignored(_WAKES),
     "checkpoint-interval": Ignored(_WAKES),
     "busy-timeout": Ignored(_WAKES),
-    "truncate-page-n": Ignored(_WAKES),
+    "truncate-page-n": Ignored("litesync truncates a WAL file larger than max-wal-size (a size, not pages): "
+                               "set that instead"),
     "watch": Ignored("litesync always watches a dir: entry for new and removed databases"),
     "meta-path": Refused("litesync keeps its state in .NAME-litesync/ next to the database; remove the key"),
 }

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import resource
@@ -20,7 +22,7 @@ from . import layout, status
 from .agent import DbAgent, WriteLockBusy
 from .compact import Maintainer
 from .dirwatch import DirWatcher
-from .engine import Loop, Scheduler, Task
+from .engine import FATAL_CHANGES, Loop, Scheduler, Task
 from .errors import DatabaseError, LitesyncError
 from .fsutil import free_space, no_room, same_file_system
 from .logs import Labelled
@@ -84,6 +86,11 @@ SLOT_WAIT_WARNING = 30.0  # and says so once when it waited this long
 # events, and every PARKED_POLL seconds where inotify watches it (else at its idle poll).
 PARK_AFTER = 1.0
 PARK_AFTER_WHEN_WAITED_FOR = 0.1
+# Without that pressure, an agent holding more than FLEET_OPEN open databases parks one
+# idle this long: memory follows the work, not the number of databases (an open database
+# costs about 260 KiB, mostly SQLite's page caches; a parked one about 40 KiB).
+FLEET_OPEN = 64
+PARK_IDLE_AFTER = 30.0
 PARKED_POLL = 60.0
 # A turn refused for lack of room (see DbReplication._no_room) is tried again as soon as
 # space is freed on the spool's file system, looked at every NO_ROOM_POLL seconds, and
@@ -163,6 +170,35 @@ class OpenBudget:
         return self.waiting > 0 or self.open > self.capacity
 
 
+_libc: ctypes.CDLL | None = None
+_trimmed_at = 0.0
+_trim_pending = False
+_trim_lock = threading.Lock()
+
+
+def trim_heap(pending_only: bool = False) -> None:
+    """Give the memory that closed connections freed back to the system, at most once a
+    second (a later call does what a call within that second left pending): glibc keeps
+    freed pages in the middle of its heap, so a thousand parked databases would otherwise
+    leave the agent's RSS at its peak."""
+    global _libc, _trimmed_at, _trim_pending
+    with _trim_lock:
+        if pending_only and not _trim_pending:
+            return
+        if time.monotonic() - _trimmed_at < 1.0:
+            _trim_pending = True
+            return
+        _trimmed_at, _trim_pending = time.monotonic(), False
+        if _libc is None:
+            try:
+                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                _libc = ctypes.CDLL(None)
+        trim = getattr(_libc, "malloc_trim", None)  # glibc only
+        if trim is not None:
+            trim(0)
+
+
 def new_scheduler() -> Scheduler:
     return Scheduler({"agent": AGENT_WORKERS, "open": OPEN_WORKERS, "ship": (SHIP_WORKERS, LANE_LIMIT),
                       "maintain": (MAINTAIN_WORKERS, LANE_LIMIT // 2)})
@@ -191,11 +227,11 @@ class DbReplication:
         self.discovered = discovered
         self.poll_interval = poll_interval
         self.log = Labelled(log, cfg.path)
-        self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages,
+        self.agent = DbAgent(cfg.path, checkpoint_pages=cfg.checkpoint_pages, max_wal_size=cfg.max_wal_size,
                              snapshot_interval=cfg.snapshot_interval, db_id=cfg.id or None)
         self.shippers: list[Shipper] = []
         self.maintainers: list[Maintainer] = []
-        self.error: BaseException | None = None
+        self._error: BaseException | None = None
         # The agent lock first: a second agent on this database stops before it reads (or
         # says anything about) the first one's state.
         if wait_for_db or os.path.exists(cfg.path):
@@ -254,6 +290,16 @@ class DbReplication:
         self.validator: threading.Thread | None = None
         if cfg.validation_interval is not None:
             self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped this database (its open, or a turn), if anything."""
+        return self._error
+
+    @error.setter
+    def error(self, e: BaseException | None) -> None:
+        self._error = e
+        FATAL_CHANGES.note()
 
     def _maintainer(self, cfg: "DbConfig", rc: "ReplicaConfig", client: "ReplicaClient",
                     shipper: Shipper) -> Maintainer:
@@ -459,6 +505,7 @@ class DbReplication:
             self._active_at = self._last_step
         elif self._may_park() and self.agent.park():
             self._give_slot()
+            trim_heap()
             return self._parked_poll()
         self._idle_turns = 0 if self._copied else self._idle_turns + 1
         if self._idle_turns > IDLE_AFTER and self.poll_interval < self.idle_poll:
@@ -568,11 +615,13 @@ class DbReplication:
             self._slot = None
 
     def _may_park(self) -> bool:
-        if self.budget is None or self.agent.in_flight or not self.budget.pressure():
+        if self.budget is None or self.agent.in_flight:
             return False
-        # Databases waiting to open (a start): an idle one makes room at once.
-        idle = PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER
-        return time.monotonic() - self._active_at >= idle
+        idle = time.monotonic() - self._active_at
+        if self.budget.pressure():
+            # Databases waiting to open (a start): an idle one makes room at once.
+            return idle >= (PARK_AFTER_WHEN_WAITED_FOR if self.budget.waiting else PARK_AFTER)
+        return self.budget.open > FLEET_OPEN and idle >= PARK_IDLE_AFTER
 
     def _parked_poll(self) -> float:
         return PARKED_POLL if self.idle_poll == WATCHED_IDLE_POLL else self.idle_poll
@@ -821,6 +870,10 @@ class DbReplication:
                 return False  # cut short by the shutdown: no verdict
             ok, message = False, str(e)
             s.log.error("validation failed: %s", e)
+        except Exception as e:  # a defect: recorded as a failed validation, and the next one still runs
+            ok, message = False, f"unexpected error: {type(e).__name__}: {e}"
+            s.log.error("validation failed: %s", message)
+            s.log.debug("validation error", exc_info=True)
         entry = self.validation[s.replica]
         entry["ok" if ok else "failed"] += 1
         self._touch()
@@ -869,6 +922,7 @@ class Runner:
         self._touched: collections.deque[DbReplication] = collections.deque()  # see DbReplication._touch
         self._uncontrolled = False  # some database has no control directory
         self._fatal_checked = -FATAL_CHECK
+        self._fatal_seen: tuple[int, int] | None = None
         self.metrics: MetricsServer | None = None
 
     def start(self) -> None:
@@ -968,6 +1022,7 @@ class Runner:
                     log.debug("control directory %s: %s", control.path, e)
             if beating:
                 beat = time.monotonic()
+                trim_heap(pending_only=True)
             if asked:
                 for d in self.databases():
                     if d.cfg.path in asked:
@@ -1070,10 +1125,12 @@ class Runner:
 
     def fatal_errors(self) -> list[BaseException]:
         """Errors that make replication impossible as configured (startup or replica setup).
-        Looked for at most every FATAL_CHECK seconds: a caller polls it, and the errors stay."""
+        Looked for when one was set since (see engine.FATAL_CHANGES), or a database came or
+        went, at most every FATAL_CHECK seconds: a caller polls it, and the errors stay."""
         now = time.monotonic()
-        if now - self._fatal_checked >= FATAL_CHECK:
-            self._fatal_checked = now
+        seen = (FATAL_CHANGES.count, len(self.dbs))
+        if now - self._fatal_checked >= FATAL_CHECK and seen != self._fatal_seen:
+            self._fatal_checked, self._fatal_seen = now, seen
             dbs = self.databases()
             out: list[BaseException] = [d.error for d in dbs if d.error is not None and not d.discovered]
             out += [s.fatal for d in dbs for s in d.shippers if s.fatal is not None]

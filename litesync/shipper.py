@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import history, layout
+from .engine import FATAL_CHANGES
 from .errors import CorruptObjectError, LitesyncError, LocalWriteError
 from .fsutil import same_file_system
 from .logs import Labelled
@@ -146,7 +147,7 @@ class Shipper:
         self._state_len: int | None = None  # of the position file, once known
         self.status = "pending"
         self.last_error: str | None = None
-        self.fatal: LitesyncError | None = None  # a configuration error found before shipping began
+        self._fatal: LitesyncError | None = None
         self.uploaded_objects = 0
         self.uploaded_snapshots: set[str] = set()  # keys of the snapshots this process uploaded
         self.uploaded_bytes = 0
@@ -168,6 +169,16 @@ class Shipper:
         self._drained = False  # the last turn found nothing to ship
         self._retry_at = 0.0  # monotonic time before which no turn tries again after a failure
         self._failing_since: float | None = None  # monotonic time of the first failure since caught up
+
+    @property
+    def fatal(self) -> LitesyncError | None:
+        """A configuration error found before shipping began."""
+        return self._fatal
+
+    @fatal.setter
+    def fatal(self, e: LitesyncError | None) -> None:
+        self._fatal = e
+        FATAL_CHANGES.note()
 
     def _load(self) -> Position:
         try:

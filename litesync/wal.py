@@ -186,6 +186,13 @@ def index_backfilled(shm: bytes) -> int | None:
     return struct.unpack_from("=I", shm, 2 * INDEX_HEADER_SIZE)[0]
 
 
+def index_checkpointed_in_full(shm: bytes) -> bool:
+    """True when the wal-index header is consistent and a checkpoint has copied every frame
+    of the current WAL into the database file (nBackfill == mxFrame)."""
+    index = _index_header(shm)
+    return index is not None and index_backfilled(shm) == index[0]
+
+
 def _native_checksum(data: bytes) -> tuple[int, int]:
     """The checksum SQLite keeps in the wal-index header: over native-order words."""
     return checksum(data, sys.byteorder == "big")
@@ -276,10 +283,20 @@ def scan(read_at: ReadAt, header: WalHeader, start: int, state: tuple[int, int],
             return
 
 
-def read_page(read_at: ReadAt, header: WalHeader, index: int) -> bytes | memoryview:
-    """Return the page stored in frame ``index``."""
-    off = header.frame_offset(index) + FRAME_HEADER_SIZE
-    data = read_at(off, header.page_size)
-    if len(data) != header.page_size:
+class FrameMismatch(Exception):
+    """A frame read is not the one expected: another WAL's (other salts), or another page's."""
+
+
+def read_page(read_at: ReadAt, header: WalHeader, index: int, pgno: int | None = None) -> bytes | memoryview:
+    """Return the page stored in frame ``index``, after checking that the frame carries
+    ``header``'s salts (and page number ``pgno`` if given): a WAL restarted since the frame
+    was found would hold another frame there. Raises FrameMismatch when it does not."""
+    off = header.frame_offset(index)
+    data = memoryview(read_at(off, FRAME_HEADER_SIZE + header.page_size))
+    if len(data) != FRAME_HEADER_SIZE + header.page_size:
         raise EOFError(f"WAL frame {index}: short read at offset {off}")
-    return data
+    if data[8:16] != struct.pack(">2I", header.salt1, header.salt2):
+        raise FrameMismatch(f"WAL frame {index}: salts are not the WAL header's")
+    if pgno is not None and struct.unpack_from(">I", data, 0)[0] != pgno:
+        raise FrameMismatch(f"WAL frame {index}: holds page {struct.unpack_from('>I', data, 0)[0]}, not {pgno}")
+    return data[FRAME_HEADER_SIZE:]

@@ -109,6 +109,11 @@ FLEET_FIGURES = (  # (key in the raw figures, row label, format)
     ("busy_commits", "busy commits", "{:.0f}"),
     ("lag_unseen", "busy lag samples not on the replica 10 s after the last commit", "{:.0f}"),
 )
+FLEET_S3_FIGURES = (
+    ("ready_s", "s until every database is on the replica", "{:.1f}"),
+    ("idle_requests", "S3 requests while every database is idle", "{:.0f}"),
+    ("idle_cpu_pct", "idle CPU % of one core", "{:.2f}"),
+)
 FLEET_SETTLE = 2.0  # seconds between the last database reaching the replica and the idle window
 
 DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 10.0, "load_runs": 3, "restore_mb": "300,1000",
@@ -455,6 +460,10 @@ class Tool:
         """A config file that replicates every *.db in dbdir to the local directory replica_dir."""
         raise NotImplementedError
 
+    def dir_config_s3(self, dbdir: str, replica: Replica) -> str:
+        """A config file that replicates every *.db in dbdir to the S3 replica."""
+        raise NotImplementedError
+
     def replicate_config(self, config: str) -> list[str]:
         raise NotImplementedError
 
@@ -477,6 +486,10 @@ class Litesync(Tool):
     def dir_config(self, dbdir: str, replica_dir: str) -> str:
         return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", "    replicas:",
                           f"      - url: {json.dumps('file://' + replica_dir)}"]) + "\n"
+
+    def dir_config_s3(self, dbdir: str, replica: Replica) -> str:
+        return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", "    replicas:",
+                          f"      - url: {json.dumps(self.url(replica))}"]) + "\n"
 
     def replicate_config(self, config: str) -> list[str]:
         return [sys.executable, "-m", "litesync", "replicate", "--config", config]
@@ -515,6 +528,14 @@ class Litestream(Tool):
         # Litestream 0.5 requires the pattern; each database goes to <path>/<its name>.
         return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", '    pattern: "*.db"', "    replica:",
                           "      type: file", f"      path: {json.dumps(replica_dir)}"]) + "\n"
+
+    def dir_config_s3(self, dbdir: str, replica: Replica) -> str:
+        return "\n".join(["dbs:", f"  - dir: {json.dumps(dbdir)}", '    pattern: "*.db"', "    replica:",
+                          "      type: s3", f"      bucket: {BUCKET}", f"      path: {json.dumps(replica.location)}",
+                          f"      endpoint: {json.dumps(replica.endpoint)}", "      region: us-east-1",
+                          "      force-path-style: true",
+                          f"      access-key-id: {S3_KEYS['AWS_ACCESS_KEY_ID']}",
+                          f"      secret-access-key: {S3_KEYS['AWS_SECRET_ACCESS_KEY']}"]) + "\n"
 
     def replicate_config(self, config: str) -> list[str]:
         return [self.binary, "replicate", "-config", config]
@@ -884,6 +905,62 @@ class Bench:
         for label in labels.values():  # the table keeps this order
             self.rows.setdefault(label, {"fmt": "{:.1f}"})
         self.section(f"fleet {n}", list(labels.values()), self._fleet, n, labels)
+        if self.args.fleet_s3:
+            s3_labels = {key: f"fleet {n}, S3: {text}" for key, text, _fmt in FLEET_S3_FIGURES}
+            for label in s3_labels.values():
+                self.rows.setdefault(label, {"fmt": "{:.1f}"})
+            self.section(f"fleet {n} S3", list(s3_labels.values()), self._fleet_s3, n, s3_labels)
+
+    def _fleet_s3(self, tool: Tool, n: int, labels: dict[str, str]) -> None:
+        """N idle databases replicated to S3: the requests each tool makes while nothing is written."""
+        d = self.dir("fleet-s3", tool.name)
+        dbdir, log = os.path.join(d, "dbs"), os.path.join(d, "log.txt")
+        names = fleet.make_fleet(dbdir, n)
+        replica = self.replica("s3", os.path.join("fleet", tool.name))
+        config = os.path.join(d, "config.yml")
+        with open(config, "w") as f:
+            f.write(tool.dir_config_s3(dbdir, replica))
+        started = time.monotonic()
+        agent = spawn(tool.replicate_config(config), log, tool.env(replica), cwd=d)
+        try:
+            r = {"ready_s": self._fleet_s3_ready(tool, agent, replica, names, log) - started}
+            time.sleep(FLEET_SETTLE)
+            progress(f"fleet S3 {tool.name}: every database on the replica after {r['ready_s']:.1f}s; "
+                     f"counting requests while idle for {self.args.fleet_idle_seconds:.0f}s")
+            before = self.s3.proxy.snapshot()
+            r["idle_cpu_pct"] = self._cpu_share(tool, agent, log, lambda: time.sleep(self.args.fleet_idle_seconds))
+            after = self.s3.proxy.snapshot()
+        finally:
+            kill_now(agent)
+        idle = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+        r["idle_requests"] = sum(idle.values())
+        progress(f"fleet S3 {tool.name}: idle requests {idle or 'none'}, idle CPU {r['idle_cpu_pct']:.1f}%")
+        self.raw[f"fleet_s3_{tool.name}"] = {**r, "idle_requests_by_kind": idle}
+        for key, _text, fmt in FLEET_S3_FIGURES:
+            self.put(labels[key], tool.name, r.get(key), fmt)
+        self.s3.delete(replica.location)
+        if not self.args.keep:
+            shutil.rmtree(d)
+
+    def _fleet_s3_ready(self, tool: Tool, agent: subprocess.Popen, replica: Replica, names: list[str],
+                        log: str) -> float:
+        """Wait until every database has an object under the S3 prefix; return the monotonic time."""
+        timeout = self.args.fleet_ready_timeout or 60 + 0.1 * len(names)
+        deadline = time.monotonic() + timeout
+        waiting = set(names)
+        while True:
+            for page in self.s3.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=BUCKET, Prefix=replica.location + "/"):
+                for obj in page.get("Contents", []):
+                    waiting.discard(obj["Key"][len(replica.location) + 1:].split("/", 1)[0])
+            if not waiting:
+                return time.monotonic()
+            if agent.poll() is not None:
+                raise BenchError(f"{tool.name} replicate exited with {agent.returncode}: {tail(log)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{len(waiting)} of {len(names)} databases not on S3 after {timeout:.0f}s: "
+                                 f"{tail(log)}")
+            time.sleep(1.0)
 
     def _fleet(self, tool: Tool, n: int, labels: dict[str, str]) -> None:
         d = self.dir("fleet", tool.name)
@@ -1149,6 +1226,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fleet-ready-timeout", type=float, metavar="S",
                    help="fleet: give up on a tool whose databases are not all on the replica after S seconds "
                         "(default 60 + N/10)")
+    p.add_argument("--fleet-s3", action="store_true",
+                   help="fleet: also replicate the N databases to S3 (moto, through the counting proxy) and "
+                        "count the requests each tool makes while every database is idle")
     p.add_argument("--fleet-max-open", type=int, metavar="M",
                    help="fleet: litesync's max-open-databases (default: what the descriptor limit allows)")
     p.add_argument("--seed", type=int, default=1, help="seeds the kill delays and the writers")

@@ -182,6 +182,9 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
         # Drawn apart, so that adding it left every other draw of a seed as it was.
         if random.Random(f"{seed}/validation").random() < 0.5:
             config["validation-interval"] = "2s"  # the agent reads the live database in its own process
+        if random.Random(f"{seed}/truncate").random() < 0.5:
+            # The WAL truncated after nearly every checkpoint, racing the app's commits.
+            config["max-wal-size"] = random.Random(f"{seed}/truncate-size").choice(["64KiB", "256KiB", "1MiB"])
     clock = tools.faketime is not None and rng.random() < 0.6
     return Plan(seed=seed, duration=duration, page_size=rng.choice(PAGE_SIZES),
                 auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),

@@ -41,7 +41,9 @@ def two_replicas(tmp_path_factory):
     cfg = _config(tmp, db, [("primary", f"file://{a}", None), ("secondary", f"file://{b}", None)])
     run_writer(db, "--count", "5")
     agent = start_agent_ready("--config", cfg, log_path=str(tmp / "agent.log"))
-    run_writer(db, "--count", "60", "--rate", "300", "--seed", "2")
+    # Spaced so that the agent copies a few commits at a time: a dozen segments or more
+    # (at 300 tx/s a loaded machine batched them into fewer than the 8 a test needs).
+    run_writer(db, "--count", "60", "--rate", "60", "--seed", "2")
     assert stop(agent) == 0
     return db, a, b
 

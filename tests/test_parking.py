@@ -3,6 +3,7 @@ and reopens on its next commit, continuing its generation only when that is prov
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import subprocess
@@ -12,7 +13,7 @@ import time
 
 import pytest
 
-from litesync.agent import DbAgent
+from litesync.agent import DbAgent, read_live
 from litesync.errors import DatabaseError
 
 
@@ -326,14 +327,12 @@ def test_a_commit_while_parking_is_never_claimed_copied(app, tmp_path):
         agent.close()
 
 
-def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
-    """Stopping, a database still waiting for a slot of the budget finishes without opening,
-    whatever the database holding the slot does (it comes later in the list here)."""
+def _databases_config(tmp_path, names: list[str]):
+    """WAL databases ``names`` in ``tmp_path``, and the loaded config replicating each to a directory."""
     from litesync.config import load_config
-    from litesync.runner import DbReplication, OpenBudget
 
     paths = []
-    for name in ("a.db", "b.db"):
+    for name in names:
         p = str(tmp_path / name)
         c = sqlite3.connect(p, isolation_level=None)
         c.execute("PRAGMA journal_mode=WAL")
@@ -342,7 +341,15 @@ def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
         paths.append(p)
     (tmp_path / "litesync.yml").write_text("dbs:\n" + "".join(
         f"  - path: {p}\n    replicas:\n      - url: file://{tmp_path}/store/{os.path.basename(p)}\n" for p in paths))
-    cfg = load_config(str(tmp_path / "litesync.yml"))
+    return paths, load_config(str(tmp_path / "litesync.yml"))
+
+
+def test_a_database_waiting_for_a_slot_stops_at_once(tmp_path):
+    """Stopping, a database still waiting for a slot of the budget finishes without opening,
+    whatever the database holding the slot does (it comes later in the list here)."""
+    from litesync.runner import DbReplication, OpenBudget
+
+    paths, cfg = _databases_config(tmp_path, ["a.db", "b.db"])
     budget = OpenBudget(max_open=1)
     a, b = DbReplication(cfg.dbs[0], budget=budget), DbReplication(cfg.dbs[1], budget=budget)
     writer = App(paths[1])
@@ -513,5 +520,78 @@ def test_a_database_replaced_again_while_the_agent_opens_it_is_opened_again(tmp_
         agent.adopt_replacement(agent.replaced() or "")  # the next turn
         assert agent.replaced() is None
         assert restored(agent, str(tmp_path / "r.db")) == rows(db) == ["N20", "N21", "N22", "N23"]
+    finally:
+        agent.close()
+
+
+def test_a_fleet_parks_its_idle_databases_without_pressure_and_wakes_them_on_a_commit(tmp_path, monkeypatch):
+    """Memory follows the work: an agent holding more than FLEET_OPEN open databases parks
+    those idle PARK_IDLE_AFTER, though the budget has room; a commit reopens one."""
+    from litesync import runner
+    from litesync.runner import DbReplication, OpenBudget
+    from proc import litesync, wait_for
+
+    monkeypatch.setattr(runner, "FLEET_OPEN", 2)
+    monkeypatch.setattr(runner, "PARK_IDLE_AFTER", 0.5)
+    paths, cfg = _databases_config(tmp_path, [f"t{i}.db" for i in range(4)])
+    budget = OpenBudget()
+    reps = [DbReplication(d, budget=budget, poll_interval=0.1) for d in cfg.dbs]
+    writer = None
+    try:
+        for r in reps:
+            r.start()
+        assert all(r.started.wait(10) for r in reps)
+        assert budget.capacity > len(reps)  # no pressure: room for every one
+        wait_for(lambda: sum(r.agent.parked for r in reps) >= len(reps) - runner.FLEET_OPEN, timeout=20)
+        assert budget.open <= runner.FLEET_OPEN
+        time.sleep(1.0)
+        assert sum(r.agent.parked for r in reps) < len(reps)  # parking stops at FLEET_OPEN open
+        woken = next(r for r in reps if r.agent.parked)
+        writer = App(woken.cfg.path)
+        writer.execute("INSERT INTO t (v) VALUES ('after parking')")
+        wait_for(lambda: woken.agent.stats["transactions"] > 0, timeout=10)
+        assert woken.agent.stats["unparks"] >= 1
+    finally:
+        if writer is not None:
+            writer.stop()
+        for r in reps:
+            r.request_stop()
+        for r in reps:
+            r.stop(5.0)
+    out = str(tmp_path / "r.db")
+    r = litesync("restore", "-o", out, f"file://{tmp_path}/store/{os.path.basename(woken.cfg.path)}")
+    assert r.returncode == 0, r.stderr
+    assert rows(out) == ["after parking"]
+
+
+def test_a_database_file_copied_over_in_place_starts_a_new_generation_from_it(app, tmp_path, caplog):
+    """The same inode, other content (``cat backup.db > app.db``), while the agent runs; the
+    app's next commit restarts the WAL. Its frames must not be appended to the old file's
+    history: they were, and the replicated state was neither file's. (The copy is no larger
+    than the database: the WAL the agent keeps open still gives SQLite the old page count.)"""
+    db, conn = app
+    conn.execute("CREATE TABLE u (x)")
+    for i in range(20):
+        conn.execute(f"INSERT INTO u VALUES ('{i}' || zeroblob(1000))")
+    other = str(tmp_path / "other.db")
+    _make(other, "other", 5, extra=3)  # fewer pages: another first page
+    agent = _agent(db)
+    try:
+        agent.step()
+        assert agent.checkpoint()  # the WAL checkpointed in full: the app's next commit restarts it
+        conn.stop()
+        with open(other, "rb") as src, open(db, "r+b") as f:
+            f.write(src.read())
+            f.truncate()
+        writer = App(db)
+        writer.execute("INSERT INTO t (v) VALUES ('after the copy')")
+        writer.stop()
+        with caplog.at_level(logging.WARNING, logger="litesync.agent"):
+            agent.step()
+        assert "the database file was changed in place: its first page is not the one copied last" in caplog.text
+        assert agent.stats["generations"] == 2
+        assert read_live(db).checksum == agent.hasher.value
+        out = str(tmp_path / "r.db")
+        assert restored(agent, out) == rows(db) == [f"other{i}" for i in range(5)] + ["after the copy"]
     finally:
         agent.close()

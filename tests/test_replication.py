@@ -440,16 +440,22 @@ def test_replica_past_the_spool_bound_gets_a_fresh_snapshot(tmp_path, monkeypatc
         server.stop()
 
 
-def test_resume_after_kill9_keeps_one_generation(tmp_path):
-    """When the WAL proves continuity, a killed agent resumes its generation: no gap, no duplicate."""
+def _never_checkpointed(tmp_path):
+    """A database with one commit, and a config whose agent never checkpoints it:
+    (database, replica URL, log path, config path)."""
     db = str(tmp_path / "app.db")
     url = f"file://{tmp_path / 'replica'}"
     run_writer(db, "--count", "1")
-    log = str(tmp_path / "agent.log")
-    # No checkpoint by the app or the agent: the WAL keeps every frame while the agent is
-    # down, so every restart can prove continuity.
     cfg = tmp_path / "litesync.yml"
     cfg.write_text(f"checkpoint-pages: 1000000\ndbs:\n  - path: app.db\n    replicas:\n      - url: {url}\n")
+    return db, url, str(tmp_path / "agent.log"), cfg
+
+
+def test_resume_after_kill9_keeps_one_generation(tmp_path):
+    """When the WAL proves continuity, a killed agent resumes its generation: no gap, no duplicate."""
+    # No checkpoint by the app or the agent: the WAL keeps every frame while the agent is
+    # down, so every restart can prove continuity.
+    db, url, log, cfg = _never_checkpointed(tmp_path)
     writer = start_writer(db, "--rate", "300", "--autocheckpoint", "0")
     try:
         for _ in range(5):
@@ -544,3 +550,26 @@ def test_a_database_replaced_by_rename_starts_a_new_generation_from_the_new_file
     r = litesync("restore", "-o", out, "--generation", first, url)
     assert r.returncode == 0, r.stderr
     assert content_digest(out) == old
+
+
+def test_a_wal_deleted_while_the_agent_is_stopped_starts_a_new_generation_from_the_file(tmp_path):
+    """Its commits were copied, but the database went back to what the file alone holds:
+    the agent must not continue the old history as if they were still there."""
+    db, url, log, cfg = _never_checkpointed(tmp_path)
+    agent = start_agent_ready("--config", str(cfg), log_path=log)
+    writer = start_writer(db, "--rate", "300", "--autocheckpoint", "0")
+    time.sleep(1.5)
+    kill9(writer)  # killed: its WAL stays, never checkpointed
+    time.sleep(0.5)  # the agent copies the last commits
+    kill9(agent)
+    assert committed_prefix(db) > 100
+    for suffix in ("-wal", "-shm"):
+        os.remove(db + suffix)
+    assert committed_prefix(db) == 1  # the file alone: back before the writer's commits
+    r = litesync("replicate", "--once", db, url)
+    assert r.returncode == 0, r.stderr
+    assert "starting a new generation: the WAL was removed or reset while the agent was stopped" in r.stderr
+    assert len(os.listdir(tmp_path / "replica" / "generations")) == 2
+    out = str(tmp_path / "restored.db")
+    restore_and_compare(db, url, out)
+    assert committed_prefix(out) == committed_prefix(db)

@@ -179,3 +179,20 @@ def test_the_expected_frame_count_only_sizes_reads(expect):
 def test_checksum_rejects_odd_length():
     with pytest.raises(ValueError, match="multiple of 8 bytes, got 7"):
         wal.checksum(b"1234567", False)
+
+
+def test_read_page_refuses_a_frame_of_another_wal_or_another_page(tmp_path):
+    _, _, data = make_wal(tmp_path)
+    hdr = wal.WalHeader.parse(data)
+    frame = list(wal.scan(reader(data), hdr, 1, (hdr.checksum1, hdr.checksum2)))[1].frames[0]
+    off = hdr.frame_offset(frame.index)
+    assert bytes(wal.read_page(reader(data), hdr, frame.index, frame.pgno)) == \
+        data[off + wal.FRAME_HEADER_SIZE:off + wal.FRAME_HEADER_SIZE + hdr.page_size]
+    with pytest.raises(wal.FrameMismatch, match=f"WAL frame {frame.index}: holds page {frame.pgno}, not 999"):
+        wal.read_page(reader(data), hdr, frame.index, 999)
+    b = bytearray(data)
+    b[off + 12:off + 16] = struct.pack(">I", hdr.salt2 ^ 1)  # the frame of a WAL restarted since
+    with pytest.raises(wal.FrameMismatch, match=f"WAL frame {frame.index}: salts are not the WAL header's"):
+        wal.read_page(reader(bytes(b)), hdr, frame.index)
+    with pytest.raises(EOFError, match="short read"):
+        wal.read_page(reader(data[:off + 100]), hdr, frame.index)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from .keys import KEY_ENV, KEY_FILE_ENV, expand_env, keys_from_env, read_key_file
 from .model import (DEFAULT_CHECKPOINT_PAGES, DEFAULT_COMPACTION, DEFAULT_PATTERN, DEFAULT_RETENTION,
                     DEFAULT_RETENTION_CHECK_INTERVAL, DEFAULT_SNAPSHOT_INTERVAL, DEFAULT_SPOOL_MAX_SIZE,
+                    DEFAULT_MAX_WAL_SIZE,
                     DEFAULT_SYNC_INTERVAL, LOG_FORMATS, LOG_LEVELS, LOG_STREAMS, MAX_PART_SIZE, MIN_PART_SIZE,
                     REPLICA_TYPES, Config, DbConfig, DbSettings, DirConfig, LoggingConfig, ReplicaConfig,
                     priority_order)
@@ -33,6 +34,7 @@ __all__ = [
     "CONFIG_ENV", "KEY_ENV", "KEY_FILE_ENV", "LOCAL_CONFIG", "SYSTEM_CONFIG", "REPLICA_TYPES",
     "DEFAULT_CHECKPOINT_PAGES", "DEFAULT_COMPACTION", "DEFAULT_PATTERN", "DEFAULT_RETENTION",
     "DEFAULT_RETENTION_CHECK_INTERVAL", "DEFAULT_SNAPSHOT_INTERVAL", "DEFAULT_SPOOL_MAX_SIZE",
+    "DEFAULT_MAX_WAL_SIZE",
     "DEFAULT_SYNC_INTERVAL", "LOG_FORMATS", "LOG_LEVELS", "LOG_STREAMS", "MAX_PART_SIZE", "MIN_PART_SIZE",
     # The key lists, for the test that the example file documents every key.
     "_all_replica_keys", "_DB_KEYS", "_LOGGING_KEYS", "_TOP_KEYS",

@@ -16,6 +16,7 @@ DEFAULT_SNAPSHOT_INTERVAL = 4 * 3600.0
 DEFAULT_SYNC_INTERVAL = {t: b.default_sync_interval for t, b in BACKENDS.items()}
 DEFAULT_CHECKPOINT_PAGES = 1000
 DEFAULT_SPOOL_MAX_SIZE = 1 << 30
+DEFAULT_MAX_WAL_SIZE = 64 << 20
 DEFAULT_RETENTION = 24 * 3600.0
 DEFAULT_RETENTION_CHECK_INTERVAL = 60.0
 DEFAULT_COMPACTION = (30.0, 300.0, 3600.0)
@@ -105,6 +106,7 @@ class DbSettings:
     snapshot_interval: float = DEFAULT_SNAPSHOT_INTERVAL
     checkpoint_pages: int = DEFAULT_CHECKPOINT_PAGES
     spool_max_size: int = DEFAULT_SPOOL_MAX_SIZE
+    max_wal_size: int = DEFAULT_MAX_WAL_SIZE
     retention: float = DEFAULT_RETENTION
     retention_check_interval: float = DEFAULT_RETENTION_CHECK_INTERVAL
     compaction: tuple[float, ...] = DEFAULT_COMPACTION

@@ -165,7 +165,7 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
     return config
 
 
-_DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "spool-max-size", "retention",
+_DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "max-wal-size", "spool-max-size", "retention",
                 "retention-check-interval", "compaction", "validation-interval")
 _TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "max-open-databases", "dbs", "exec", "shutdown-timeout")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
@@ -377,6 +377,7 @@ class _Reader:
             snapshot_interval=self.value(items, "snapshot-interval", path, _positive_duration,
                                          inherited.snapshot_interval),
             checkpoint_pages=self.value(items, "checkpoint-pages", path, _integer(1), inherited.checkpoint_pages),
+            max_wal_size=self.value(items, "max-wal-size", path, _positive_size, inherited.max_wal_size),
             spool_max_size=self.value(items, "spool-max-size", path, _positive_size, inherited.spool_max_size),
             retention=self.value(items, "retention", path, _positive_duration, inherited.retention),
             retention_check_interval=self.value(items, "retention-check-interval", path, _positive_duration,

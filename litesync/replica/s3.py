@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
+import threading
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
 
 from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
@@ -37,12 +38,37 @@ _FATAL_MESSAGES = {
 }
 
 
+# boto3 clients are thread-safe, and making one takes a tenth of a second and megabytes:
+# the replicas of a thousand databases in one store (a `dir:` entry) share one client per
+# set of settings, closed when the last of them closes.
+_clients: dict[tuple, list[Any]] = {}  # settings -> [client, users]
+_clients_lock = threading.Lock()
+
+
+def _shared_client(settings: tuple, make) -> Any:  # noqa: ANN001
+    with _clients_lock:
+        entry = _clients.get(settings)
+        if entry is None:
+            entry = _clients[settings] = [make(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_client(settings: tuple) -> None:
+    with _clients_lock:
+        entry = _clients.get(settings)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _clients[settings]
+            entry[0].close()
+
+
 class S3ReplicaClient(RetriesRequests, ReplicaClient):
     """Objects are keys ``PATH/KEY`` in one bucket."""
 
     def __init__(self, cfg: "ReplicaConfig", *, session=None) -> None:  # noqa: ANN001
-        import boto3
-
         self.bucket = cfg.bucket
         self.prefix = (cfg.path or "").strip("/")
         host = f" at {urlparse(cfg.endpoint).netloc}" if cfg.endpoint else ""
@@ -65,15 +91,24 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         if cfg.access_key_id:
             self._client_kw = {"aws_access_key_id": cfg.access_key_id, "aws_secret_access_key": cfg.secret_access_key}
         self._endpoint = cfg.endpoint
-        self._session = session or boto3.session.Session()
+        # A session given (tests) makes clients of this replica's own.
+        self._session = session
+        self._held: list[tuple] = []  # the settings of the shared clients this replica uses
         self._s3 = self._make_client(READ_TIMEOUT)
         self._s3_large: BaseClient | None = None  # made at the first large upload
 
     def _make_client(self, read_timeout: float):  # noqa: ANN202
+        import boto3
         from botocore.config import Config as BotoConfig
 
         cfg = BotoConfig(**{**self._boto_cfg, "read_timeout": read_timeout})
-        return self._session.client("s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw)
+        if self._session is not None:
+            return self._session.client("s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw)
+        settings = (self._endpoint, read_timeout, repr(sorted(self._boto_cfg.items())),
+                    tuple(sorted(self._client_kw.items())))
+        self._held.append(settings)
+        return _shared_client(settings, lambda: boto3.session.Session().client(
+            "s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw))
 
 
     def _key(self, key: str) -> str:
@@ -185,6 +220,10 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
                 raise ReplicaError(self.name, f"delete {first.get('Key')!r}: {first.get('Code')}")
 
     def close(self) -> None:
-        self._s3.close()
-        if self._s3_large is not None:
-            self._s3_large.close()
+        if self._session is not None:
+            self._s3.close()
+            if self._s3_large is not None:
+                self._s3_large.close()
+        for settings in self._held:
+            _release_client(settings)
+        self._held = []
