@@ -1,7 +1,8 @@
 """The one exception tree of litesync.
 
-Every exception says whether retrying the same operation can help (``retryable``) and
-which exit code the CLI maps it to (0 ok, 1 runtime failure, 2 usage or config error).
+Every exception says whether retrying the same operation can help (``retryable``), how
+soon (``retry_interval``: a fixed pace, or None for a growing backoff) and which exit code
+the CLI maps it to (0 ok, 1 runtime failure, 2 usage or config error).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ class LitesyncError(Exception):
     """Base of every error litesync raises on purpose."""
 
     retryable: bool = False
+    retry_interval: float | None = None  # seconds between tries when they keep a fixed pace
     exit_code: int = 1
 
 
@@ -66,6 +68,21 @@ class ReplicaError(LitesyncError):
         self.replica = replica
         self.retryable = retryable
         super().__init__(f"replica {replica}: {message}")
+
+
+class LocalWriteError(ReplicaError):
+    """A replica's local directory refused a write: its file system full (or out of inodes),
+    over quota, read-only or gone. Retryable, and cheap to try: tried again every second
+    rather than after a growing backoff, so shipping resumes within a second of the space
+    coming back. Says the directory, not the object, so each try says the same."""
+
+    retry_interval = 1.0
+
+    def __init__(self, replica: str, path: str, error: OSError, key: str) -> None:
+        self.path = path
+        self.errno = error.errno
+        self.key = key  # the object whose write failed (debug logs only)
+        super().__init__(replica, f"{path}: {error.strerror or error}", retryable=True)
 
 
 class ReplicaSetupError(ReplicaError):

@@ -1,17 +1,44 @@
-"""Durable files and directories: fsync of a directory, private directories, and writes
-that are whole or absent (temp file, fsync, rename, fsync of the directory)."""
+"""Durable files and directories: fsync of a directory, private directories, writes that
+are whole or absent (temp file, fsync, rename, fsync of the directory), and what a full
+disk looks like (``no_room``, ``free_space``)."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import BinaryIO, Iterator
 
-__all__ = ["COPY_CHUNK", "TMP_SUFFIX", "atomic_file", "fsync_dir", "makedirs_private", "publish_temp", "temp_file",
-           "unlink_quietly", "write_file_atomic"]
+__all__ = ["COPY_CHUNK", "TMP_SUFFIX", "atomic_file", "free_space", "fsync_dir", "makedirs_private", "no_room",
+           "publish_temp", "same_file_system", "temp_file", "unlink_quietly", "write_file_atomic"]
 
 TMP_SUFFIX = ".tmp"
 COPY_CHUNK = 1 << 20
+# A file system out of space or out of inodes (ENOSPC), or the user's quota (EDQUOT).
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def no_room(e: BaseException) -> bool:
+    """True when ``e`` is a write refused for lack of room: the disk (or its inodes) full, or a quota."""
+    return isinstance(e, OSError) and e.errno in _NO_ROOM
+
+
+def free_space(path: str) -> tuple[int, int] | None:
+    """(bytes, inodes) an unprivileged writer may still use on ``path``'s file system, or
+    None when it cannot be told (``path`` gone)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_favail
+
+
+def same_file_system(a: str, b: str) -> bool:
+    """True when the existing paths ``a`` and ``b`` lie on one file system (False when either is gone)."""
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def fsync_dir(path: str) -> None:
@@ -50,11 +77,17 @@ def temp_file(path: str, mode: int = 0o600, durable: bool = True) -> Iterator[Bi
         f.flush()
         if durable:
             os.fsync(f.fileno())
-    except BaseException:
         f.close()
+    except BaseException as e:
+        # Closing flushes what is buffered, which fails again on a full disk (the
+        # descriptor is closed all the same): the temp file goes whatever close says.
+        with contextlib.suppress(OSError):
+            f.close()
         unlink_quietly(tmp)
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            # A write or flush names no file: name the one it was for.
+            raise OSError(e.errno, e.strerror, tmp) from e
         raise
-    f.close()
 
 
 def publish_temp(path: str, durable: bool = True) -> None:

@@ -16,12 +16,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
+import apsw
+
 from . import layout, status
 from .agent import DbAgent, WriteLockBusy
 from .compact import Maintainer
 from .dirwatch import DirWatcher
 from .engine import FATAL_CHANGES, Loop, Scheduler, Task
-from .errors import LitesyncError
+from .errors import DatabaseError, LitesyncError
+from .fsutil import free_space, no_room, same_file_system
 from .logs import Labelled
 from .replica import open_replica
 from .replica.registry import BACKENDS
@@ -92,6 +95,11 @@ PARK_IDLE_AFTER = 30.0
 # last connection (or checkpoints in full) makes its next unpark read the whole database.
 PARK_IDLE_MAX_BYTES = 64 << 20
 PARKED_POLL = 60.0
+# A turn refused for lack of room (see DbReplication._no_room) is tried again as soon as
+# space is freed on the spool's file system, looked at every NO_ROOM_POLL seconds, and
+# every NO_ROOM_RETRY seconds whatever the file system says (a quota is not in statvfs).
+NO_ROOM_POLL = 1.0
+NO_ROOM_RETRY = 30.0
 
 
 class OpenBudget:
@@ -234,6 +242,10 @@ class DbReplication:
                 self.agent.lock()
             except LitesyncError as e:
                 self.error = e  # reported by the first turn
+            except OSError as e:
+                if not no_room(e):
+                    self.error = LitesyncError(self._os_error_line(e))
+                # Else the first turn takes the lock once there is room (DbAgent.open).
         for rc in cfg.replicas if self.error is None else ():
             client = open_replica(rc)
             state = os.path.join(self.agent.state_dir, "replicas", f"{rc.name}.json")
@@ -261,6 +273,11 @@ class DbReplication:
         self._idle_turns = 0
         self.idle_poll = IDLE_POLL  # WATCHED_IDLE_POLL once its directory is watched (see Runner.watch)
         self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
+        # After a turn refused for lack of room: the spool's free (bytes, inodes) then.
+        self._room_at_failure: tuple[int, int] | None = None
+        self._room_since = self._room_tried = 0.0  # monotonic times of the first and last such failure
+        self._room_dir = ""  # the directory whose file system lacked room
+        self.room_error: str | None = None  # ``<where>: <why>`` while waiting for room (see _no_room)
         self.started_at = time.time()
         self.stopping = self.stopped = False
         self._published_at: float | None = None
@@ -270,6 +287,7 @@ class DbReplication:
         self.status_wanted = False  # a reader asked for a fresh status (see status.ask_fresh)
         self.control: str | None = None  # the process's control directory (see status.ProcessControl)
         self._publish_lock = threading.Lock()
+        self._status_error: str | None = None  # why the status file could not be written last (said once)
         # replica name -> {"ok": count, "failed": count, "last": {...}}
         self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
         self.validator: threading.Thread | None = None
@@ -342,6 +360,9 @@ class DbReplication:
         self._finished.set()
 
     def _open_turn(self) -> float | None:
+        room_wait = self._waiting_for_room()
+        if room_wait is not None and not self.stop_event.is_set():
+            return room_wait
         try:
             if self.error is not None:
                 raise self.error  # the agent lock, taken in __init__
@@ -380,14 +401,26 @@ class DbReplication:
                     self._lock_waited = True
                     self.log.warning("the application holds the write lock; waiting for it to start replication")
                 return LOCK_RETRY
+        except Exception as e:
+            refused = self._room_refused(e)
+            if refused is None:  # read-only, permissions, not WAL...: not for a retry to cure
+                self._open_failed(LitesyncError(self._os_error_line(e)) if isinstance(e, OSError) else e)
+                return None
+            if self.stop_event.is_set():
+                self._open_failed(LitesyncError(f"{refused[0]}; stopped before replication could start"))
+                return None
+            # Started on a full disk: as when it fills later (see _run_turn), but holding
+            # nothing meanwhile. Nothing is copied yet (the next try starts over from the
+            # spool): the connections close, so the WAL is not pinned, and the agent lock
+            # is taken again at once (failing that, the next try says why).
+            self.agent.close()
+            with contextlib.suppress(LitesyncError, OSError):
+                self.agent.lock()
+            return self._no_room(*refused, holds_wal=False)
         except BaseException as e:  # reported by the runner
-            self.error = e
-            self._give_slot()
-            if self.discovered:
-                log.error("%s: cannot replicate: %s; skipped until the file changes", self.cfg.path, e)
-            self.started.set()
-            self._finish()
+            self._open_failed(e)
             return None
+        self._room_recovered("replication started")
         for rc, s, m in zip(self.cfg.replicas, self.shippers, self.maintainers):
             if self.scheduler is None:
                 s.start()
@@ -406,6 +439,15 @@ class DbReplication:
         opener.cancel()  # type: ignore[union-attr]
         return None
 
+    def _open_failed(self, e: BaseException) -> None:
+        """The database cannot be replicated as configured: say so, end its task."""
+        self.error = e
+        self._give_slot()
+        if self.discovered:
+            log.error("%s: cannot replicate: %s; skipped until the file changes", self.cfg.path, e)
+        self.started.set()
+        self._finish()
+
     def _run_turn(self) -> float | None:
         if self.stop_event.is_set():
             self._final_sync()
@@ -414,6 +456,10 @@ class DbReplication:
         wait = self._retry_at - time.monotonic()
         if wait > 0:  # after an error, file events do not bring the next try closer
             return wait
+        room_wait = self._waiting_for_room()
+        if room_wait is not None:
+            self._retry_at = time.monotonic() + room_wait
+            return room_wait
         # Commits that arrive close together ship together: a lone commit is copied at
         # once, a fast writer's commits in shipments at most STEP_INTERVAL apart, which
         # bounds the per-shipment work (files, fsyncs, uploads) it causes.
@@ -439,20 +485,20 @@ class DbReplication:
             self._recheck = (min(max(self._recheck * 2, RECHECK_FIRST), self.poll_interval)
                              if self.agent.in_flight else 0.0)
             self.collect_garbage()
+            self._room_recovered("copying resumed")
             self.turn_error = None
         except WriteLockBusy:  # unparking needed the write lock (see DbAgent.unpark)
             return LOCK_RETRY
-        except (LitesyncError, OSError) as e:
-            # Said once; the same error at each retry only in debug. An OSError is the spool's
-            # or the state directory's file system (full, read-only, gone): nothing half
-            # written is ever published, the app is not affected, and the turn is tried again.
-            message = str(e) if isinstance(e, LitesyncError) else self._os_error_message(e)
-            self.log.log(logging.DEBUG if message == self.turn_error else logging.ERROR, "%s", message)
-            self.turn_error = message
-            self.agent.stats["errors"] += 1
-            self._retry_at = time.monotonic() + 1.0
-            return 1.0
-        except Exception:
+        except Exception as e:
+            refused = self._room_refused(e)
+            if refused is not None:
+                return self._no_room(*refused)
+            if isinstance(e, OSError):
+                # The spool's or the state directory's file system read-only or gone: nothing
+                # half written is ever published, and the turn is tried again.
+                return self._turn_failed(f"{self._os_error_line(e)}; copying paused, retrying every second")
+            if isinstance(e, LitesyncError):
+                return self._turn_failed(str(e))
             self.log.exception("unexpected error; continuing")
             self._retry_at = time.monotonic() + 1.0
             return 1.0
@@ -469,14 +515,91 @@ class DbReplication:
             return self.idle_poll
         return self.poll_interval
 
-    def _os_error_message(self, e: OSError) -> str:
-        """One line for a failed file operation of the agent, naming the directory (the
-        spool, the state directory) rather than the object, so that retries say the same."""
+    def _turn_failed(self, message: str, delay: float = 1.0) -> float:
+        """A failed turn: said once (the same message at each retry only in debug), the
+        status failed with it, counted; tried again after ``delay``, which is returned."""
+        self.log.log(logging.DEBUG if message == self.turn_error else logging.ERROR, "%s", message)
+        self.turn_error = message
+        self.agent.stats["errors"] += 1
+        self._retry_at = time.monotonic() + delay
+        return delay
+
+    # -- a full disk --------------------------------------------------------------------
+
+    def _room_refused(self, e: BaseException) -> tuple[str, str] | None:
+        """When ``e`` is a write refused for lack of room: ``<where>: <why>`` and the directory
+        whose file system lacks it; else None. Those are the spool's and the state
+        directory's writes (ENOSPC, EDQUOT), and SQLite's on the database's own disk: a
+        checkpoint that cannot grow the database file (SQLITE_FULL), a wal-index that
+        cannot grow (SQLITE_IOERR_SHMSIZE, when a connection opens)."""
+        if isinstance(e, OSError):
+            return (self._os_error_line(e), self._spool_dir()) if no_room(e) else None
+        cause = e.__cause__ if isinstance(e, DatabaseError) else e
+        where = os.path.dirname(self.agent.wal_path)
+        if isinstance(cause, apsw.FullError):
+            return f"{self.agent.path}: {cause} (a checkpoint writes into the database file)", where
+        if isinstance(cause, apsw.IOError) and getattr(cause, "extendedresult", None) == apsw.SQLITE_IOERR_SHMSIZE:
+            return f"{self.agent.shm_path}: {cause} (SQLITE_IOERR_SHMSIZE: no room to grow the wal-index)", where
+        return None
+
+    def _no_room(self, line: str, directory: str, holds_wal: bool = True) -> float:
+        """A turn refused for lack of room in ``directory`` (``line`` says where and why):
+        nothing half written is published; said once, with what litesync does and what it
+        means for the application (whether the agent ``holds_wal`` meanwhile); tried again
+        once space is freed there (see ``_waiting_for_room``)."""
+        now = time.monotonic()
+        if self._room_at_failure is None:
+            self._room_since = now
+        self._room_tried = now
+        self._room_dir = directory
+        self.room_error = line
+        self._room_at_failure = free_space(directory) or (-1, -1)
+        if not holds_wal:
+            what, app = "replication waits", "the application is not affected (litesync holds nothing meanwhile)"
+        elif same_file_system(directory, os.path.dirname(self.agent.wal_path)):
+            # The agent's read transaction pins the WAL until it copies the frames (see DbAgent).
+            what, app = "copying paused", ("the application is affected: the WAL is held until then, and cannot "
+                                           "grow on this full disk (free space, or stop litesync)")
+        else:
+            what, app = "copying paused", "the application is not affected (its WAL is held until then)"
+        return self._turn_failed(f"{line}; {what} until space is freed (looked at every {NO_ROOM_POLL:g}s); {app}",
+                                 NO_ROOM_POLL)
+
+    def _waiting_for_room(self) -> float | None:
+        """After a turn refused for lack of room: the delay before looking again while no
+        space (bytes or inodes) was freed since, else None (try now)."""
+        if self._room_at_failure is None or time.monotonic() - self._room_tried >= NO_ROOM_RETRY:
+            return None
+        free = free_space(self._room_dir)
+        if free is None or free[0] > self._room_at_failure[0] or free[1] > self._room_at_failure[1]:
+            return None
+        return NO_ROOM_POLL
+
+    def _room_recovered(self, what: str) -> None:
+        """A turn succeeded: after a full disk, say that the pause is over."""
+        if self._room_at_failure is not None:
+            self.log.info("%s: space freed, %s (paused %.1fs for lack of room)", self._room_dir, what,
+                          time.monotonic() - self._room_since)
+            self._room_at_failure = None
+            self.room_error = self.turn_error = None
+
+    def _spool_dir(self) -> str:
+        """The spool's directory, or the nearest one that exists above it."""
+        path = self.agent.spool.root
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            path = os.path.dirname(path)
+        return path
+
+    def _os_error_line(self, e: OSError) -> str:
+        """``<where>: <why>`` for a failed file operation of the agent, naming the directory
+        (the spool, the state directory) rather than the object, so that retries say the same."""
         where = str(e.filename or self.agent.state_dir)
         spool = self.agent.spool.root
         if where == spool or where.startswith(spool + os.sep):
             where = f"spool {spool}"
-        return f"{where}: {e.strerror or e}; copying paused (the application is not affected), retrying every second"
+        elif where == self.agent.state_dir:
+            where = f"state directory {where}"
+        return f"{where}: {e.strerror or e}"
 
     # -- the open budget: slots, parking ----------------------------------------------
 
@@ -516,8 +639,8 @@ class DbReplication:
                 or a.snapshot_due())
 
     def _unpark(self) -> None:
-        if self._slot != "open":
-            self.budget.reopen()  # type: ignore[union-attr]
+        if self.budget is not None and self._slot != "open":
+            self.budget.reopen()
             self._slot = "open"
         self._active_at = time.monotonic()
         try:
@@ -540,6 +663,11 @@ class DbReplication:
                 self.agent.snapshot_requested.clear()
                 self.agent.snapshot()
         except Exception as e:
+            refused = self._room_refused(e)  # said as one line, naming the file system's directory
+            if refused is not None:
+                e = LitesyncError(refused[0])
+            elif isinstance(e, OSError):
+                e = LitesyncError(self._os_error_line(e))
             self.log.error("final sync failed: %s", e)
             self.error = e
 
@@ -713,8 +841,11 @@ class DbReplication:
             try:
                 status.write_status(self.cfg.path, self.status(now))
             except OSError as e:
-                self.log.warning("cannot write the status file: %s", e)
+                message = f"{status.status_path(self.cfg.path)}: cannot write the status file: {e.strerror or e}"
+                self.log.log(logging.DEBUG if message == self._status_error else logging.WARNING, "%s", message)
+                self._status_error = message
                 return
+            self._status_error = None
             self._published_at = now
 
     # -- validation ----------------------------------------------------------------

@@ -14,7 +14,8 @@ from typing import Callable
 
 from . import history, layout
 from .engine import FATAL_CHANGES
-from .errors import CorruptObjectError, LitesyncError
+from .errors import CorruptObjectError, LitesyncError, LocalWriteError
+from .fsutil import same_file_system
 from .logs import Labelled
 from .replica.base import ReplicaClient
 from .replica.check import check_stored
@@ -167,6 +168,7 @@ class Shipper:
         self._backoff = 0.0  # seconds of the last backoff (0: the last try succeeded)
         self._drained = False  # the last turn found nothing to ship
         self._retry_at = 0.0  # monotonic time before which no turn tries again after a failure
+        self._failing_since: float | None = None  # monotonic time of the first failure since caught up
 
     @property
     def fatal(self) -> LitesyncError | None:
@@ -411,16 +413,30 @@ class Shipper:
         self.checked.set()
         return None
 
-    def _failed(self, e: Exception) -> float:
-        """Count a failed try; return the delay before the next one (0.5 s, doubling up to
-        30 s, times 0.5 to 1), before which turns do nothing."""
+    def _failed(self, e: Exception, line: str | None = None) -> float:
+        """Count a failed try (``line`` the status's reason, else ``e``); return the delay
+        before the next one, before which turns do nothing: the error's own pace if it has
+        one (a local disk), else 0.5 s, doubling up to 30 s, times 0.5 to 1."""
         self.errors += 1
         self.retries += 1
-        self.status, self.last_error = "failed", str(e)
-        self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
-        delay = self._backoff * random.uniform(0.5, 1.0)
+        self.status, self.last_error = "failed", line or str(e)
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+        interval = e.retry_interval if isinstance(e, LitesyncError) else None
+        if interval is not None:
+            delay = interval
+        else:
+            self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+            delay = self._backoff * random.uniform(0.5, 1.0)
         self._retry_at = time.monotonic() + delay
         return delay
+
+    def _paused_line(self, e: LocalWriteError) -> str:
+        """The one line said when the replica's directory refuses writes: where, why, and
+        what happens meanwhile."""
+        where = ("the spool keeps what is not shipped, on the same disk" if same_file_system(self.spool.root, e.path)
+                 else "the application is not affected; the spool keeps what is not shipped")
+        return f"{e}; shipping paused, retrying every {e.retry_interval:g}s ({where})"
 
     def step(self) -> float | None:
         """One turn: ship the next object (or batch). Return the delay before the next turn,
@@ -442,6 +458,14 @@ class Shipper:
                 return wait
         try:
             shipped = self.ship_one()
+        except LocalWriteError as e:
+            # Said once, not at each try: the line names the directory, not the object.
+            line = self._paused_line(e)
+            if line != self.last_error:
+                self.log.error("%s", line)
+            self.log.debug("could not write %s: %s", e.key, e.__cause__)
+            self.idle.clear()
+            return self._failed(e, line)
         except (LitesyncError, OSError) as e:
             if str(e) != self.last_error:
                 self.log.error("%s (retrying)", e)
@@ -451,11 +475,14 @@ class Shipper:
         caught_up = not shipped and not self.awaiting_snapshot
         if self.status != "completed" and caught_up:
             # Said once when the replica first catches up or recovers; then only in debug.
-            if self.last_error is not None or not self._caught_up_once:
+            if self._failing_since is not None:
+                self.log.info("up to date (shipping failed for %.1fs)", time.monotonic() - self._failing_since)
+            elif not self._caught_up_once:
                 self.log.info("up to date")
             else:
                 self.log.debug("up to date")
             self._caught_up_once = True
+            self._failing_since = None
         self.status = "completed" if caught_up else "pending"
         self.last_error = None
         self._backoff = 0.0

@@ -11,6 +11,7 @@ import threading
 from typing import BinaryIO, Callable
 
 from . import layout
+from .fsutil import no_room
 from .replica.file import FileReplicaClient, makedirs_private, publish_temp, temp_file
 
 Name = layout.SnapshotName | layout.SegmentName
@@ -32,7 +33,12 @@ class Spool:
         self.changed = threading.Condition()
         self._listeners: list[Callable[[], None]] = []  # called after every change (shippers' wakes)
         self._objects: dict[Name, int] = {}
-        makedirs_private(root)
+        try:
+            makedirs_private(root)
+        except OSError as e:
+            if not no_room(e):
+                raise
+            # A full disk: the first object written makes it (see temp_file), once there is room.
         for info in self.client.list(""):
             name = layout.parse_key(info.key)
             if name is not None:

@@ -3,6 +3,8 @@
 The agent rewrites ``status.json`` in the database's state directory
 (``.<name>-litesync/``) soon after a change, atomically (temp file and rename); never
 just because time passed, so an agent of ten thousand idle databases writes nothing.
+On a full disk it is rewritten in place instead (see ``write_status``), so that a reader
+learns why replication is paused.
 Whether an agent is running is not taken from that file, which a killed agent leaves
 behind: the running agent holds a lock on ``.<name>-litesync/lock``. That it is alive
 and publishing is shown by its process's control directory beside the database
@@ -25,6 +27,7 @@ failed, stopped), ``error``, ``generation``, ``last_snapshot_at``, ``snapshot_se
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -33,6 +36,7 @@ import shutil
 import time
 
 from .errors import LitesyncError
+from .fsutil import no_room, unlink_quietly
 from .layout import state_dir_for
 
 LOCK_FILE = "lock"  # in the state directory; the running agent holds an exclusive flock on it
@@ -133,15 +137,51 @@ def agent_running(db_path: str) -> bool:
     return False
 
 
+STATUS_BLOCK = 4096  # a status file is padded to whole blocks of this size, with room to spare
+STATUS_SPARE = 2048
+
+
 def write_status(db_path: str, data: dict) -> None:
     """Replace the status file atomically. No fsync: it is rewritten every second, and a
-    file lost in a crash only means the next agent publishes a new one."""
+    file lost in a crash only means the next agent publishes a new one.
+
+    The JSON is padded with spaces to whole blocks, with room to spare, which costs no disk
+    space (a file takes whole blocks anyway): when the disk is full, so that a new file
+    cannot be written, the status is rewritten in place within the blocks the file has."""
     path = status_path(db_path)
+    text = json.dumps(data, indent=1).encode() + b"\n"
+    size = -(-(len(text) + STATUS_SPARE) // STATUS_BLOCK) * STATUS_BLOCK
     tmp = path + ".tmp"
-    # Owner-only, like everything in the state directory.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    try:
+        # Owner-only, like everything in the state directory.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if os.write(fd, text.ljust(size)) != size:  # a disk all but full takes what fits
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        unlink_quietly(tmp)
+        if not no_room(e) or not _rewrite_in_place(path, text):
+            raise
+
+
+def _rewrite_in_place(path: str, text: bytes) -> bool:
+    """Overwrite the file at ``path`` with ``text`` padded to its size; False when it is
+    too short for it (or gone). A reader may see the file half rewritten: see read_status."""
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(text) > size:
+            return False
+        os.pwrite(fd, text.ljust(size), 0)
+    finally:
+        os.close(fd)
+    return True
 
 
 def read_statuses(db_paths: list[str], fresh: float = 0.0) -> list[dict]:
@@ -169,10 +209,7 @@ def read_status(db_path: str, now: float | None = None) -> dict:
     running = agent_running(db)
     path = status_path(db)
     try:
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
+        data = _load_status(path)
     except FileNotFoundError:
         return {"db": db, "running": running, "published": False, "stale": False, "age_seconds": None,
                 "replicas": []}
@@ -198,6 +235,26 @@ def read_status(db_path: str, now: float | None = None) -> dict:
                 r["lag_seconds"] = round(r["lag_seconds"] + waited, 3)
     return {**data, "db": db, "running": running, "published": True, "stale": stale,
             "age_seconds": round(age, 3)}
+
+
+def _load_status(path: str, attempts: int = 3) -> dict:
+    """The status file's JSON object. On a full disk the agent rewrites it in place, so a
+    read may catch it half written: it is read again (up to ``attempts`` times) before
+    ValueError says it is unreadable."""
+    for _ in range(attempts - 1):
+        try:
+            return _parse_status(path)
+        except ValueError:
+            time.sleep(0.05)
+    return _parse_status(path)
+
+
+def _parse_status(path: str) -> dict:
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
 
 
 def healthy(status: dict) -> bool:

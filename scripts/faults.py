@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The network fault matrix: each fault of tests/faultproxy.py against replication, restore
-and follow on S3 (moto's real server on loopback, the proxy in front of it), and restores
-from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row per case:
+"""The fault matrix: each fault of tests/faultproxy.py against replication, restore and
+follow on S3 (moto's real server on loopback, the proxy in front of it), restores from B2
+(b2sdk's simulator) with downloads cut mid-body, and full disks (real tmpfs mounts, root
+only). Prints one table row per case:
 
     fault | what ran | result | recovery | lost
 
@@ -9,6 +10,7 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
     python scripts/faults.py --mb 1024 --ops restore --faults reset_response   # the 1 GB case
     python scripts/faults.py --mb 1024 --ops restore --faults reset_every_32MB # every response cut at 32 MB
     python scripts/faults.py --outage 60           # faults that last a minute
+    python scripts/faults.py --ops disk            # the full disks alone (no S3 server)
 
 - replicate: an agent replicates through the proxy while a writer commits; the fault lasts
   ``--outage`` seconds in the middle. Recovery: from the end of the fault until the
@@ -24,6 +26,19 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
 - follow: a follower reads through the proxy while the agent (direct) ships a writer's
   commits; the fault lasts ``--outage`` seconds. Recovery: from the end of the fault until
   the follower's output equals the source.
+
+- disk (``--disks``), each disk full for ``--outage`` seconds, then freed:
+  spool_full: the agent's spool (a small disk mounted on the state directory) under a
+  writer; replica_full: a file replica's disk under a writer. Recovery: from the space
+  freed until the agent copies again and the replica is within a second of the writer.
+  Lost: committed transactions missing from a restore made afterwards. The error lines
+  of the agent's log are counted (one is the aim). database_disk_full: an application
+  that updates in place on a small disk that another file fills, alone and with an agent
+  beside it (the spool shares the disk, as by default); database_disk_grown: one that
+  inserts until it fills its disk itself, then stops before the space is freed. What the
+  application saw is in the result: commits failed (the aim: none more than alone).
+  Recovery: from the space freed until the agent copies again. Lost: whether a restore
+  differs from the database.
 
 Tracebacks in any log count as a failure. Runs `python -m litesync` from this environment:
 to measure another checkout, put its directory first on PYTHONPATH.
@@ -45,6 +60,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 from dbcheck import committed_prefix, content_digest, integrity  # noqa: E402
+from litesync.progress import plural  # noqa: E402
 from faultproxy import FaultProxy  # noqa: E402
 from test_faults import make_database  # noqa: E402
 
@@ -58,6 +74,7 @@ FAULTS = {  # name: (proxy mode, parameters, continuous during a restore)
     "bandwidth": ("bandwidth", {"rate": 1 << 20}, True),
 }
 OPS = ("replicate", "restore", "follow")
+DISKS = ("spool_full", "replica_full", "database_disk_full", "database_disk_grown")
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITESYNC_", "B2_"))}
 ENV.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test")
 for _k in [k for k in os.environ if k.startswith("AWS_")]:  # this process's own boto3 clients too
@@ -265,8 +282,138 @@ def _case(run, *args) -> tuple[str, str, str]:  # noqa: ANN001, ANN002
     """Run one case; an exception is its result (the other cases still run)."""
     try:
         return run(*args)
-    except Exception as e:  # noqa: BLE001 - reported in the table
+    except Exception as e:  # reported in the table
         return f"FAILED ({type(e).__name__}: {e})", "-", "-"
+
+
+class DiskBench:
+    """The full disks: small tmpfs mounts (tests/smalldisk.py) filled with a ballast file
+    for ``outage`` seconds, under real writer and agent processes."""
+
+    def __init__(self, work: str, outage: float) -> None:
+        self.work = work
+        self.outage = outage
+
+    def _dir(self, name: str) -> str:
+        path = os.path.join(self.work, name)
+        os.makedirs(path)
+        return path
+
+    @staticmethod
+    def _agent(db: str, url: str, log: str) -> subprocess.Popen:
+        p = litesync("replicate", db, url, log=log)
+        if wait_for(lambda: "up to date" in open(log, errors="replace").read(), 120) is None:
+            raise RuntimeError("the agent did not start")
+        return p
+
+    @staticmethod
+    def _error_lines(log: str) -> int:
+        with open(log, errors="replace") as f:
+            return sum(" ERROR " in line for line in f)
+
+    @staticmethod
+    def _copying(db: str) -> bool:
+        """True when the agent copies again and its replica is within a second of the writer."""
+        from litesync.status import read_statuses
+
+        st = read_statuses([db], fresh=1.0)[0]
+        reps = st.get("replicas") or [{}]
+        at = (st.get("copied_through") or {}).get("at") or 0
+        return (st.get("state") == "replicating" and time.time() - at <= 1.0
+                and reps[0].get("state") != "failed" and (reps[0].get("lag_seconds") or 0) <= 1.0)
+
+    def _under_a_writer(self, name: str, full: str) -> tuple[str, str, str]:
+        """A writer and an agent replicating to a directory; the ``full`` disk (the spool's
+        or the replica's) full for the outage in the middle."""
+        from smalldisk import SmallDisk
+
+        work = self._dir(name)
+        db, rep, log = (os.path.join(work, n) for n in ("app.db", "rep", "agent.log"))
+        subprocess.run([sys.executable, WORKLOAD, db, "--count", "1"], check=True, env=ENV)
+        disk = SmallDisk(os.path.join(work, ".app.db-litesync") if full == "spool" else rep, "4m")
+        try:
+            agent = self._agent(db, f"file://{rep}", log)
+            count = int((self.outage + 6) * 50)
+            writer = subprocess.Popen([sys.executable, WORKLOAD, db, "--count", str(count), "--rate", "50",
+                                       "--seed", "2"], env=ENV)
+            time.sleep(2)
+            disk.fill()
+            time.sleep(self.outage)
+            disk.free()
+            recovered = wait_for(lambda: self._copying(db), 120)
+            writer.wait()
+            code = Bench.stop(agent)
+            out = os.path.join(work, "restored.db")
+            r = subprocess.run([sys.executable, "-m", "litesync", "restore", "-o", out, f"file://{rep}"],
+                               capture_output=True, text=True, env=ENV)
+            if r.returncode:
+                raise RuntimeError(f"the restore failed: {r.stderr.strip()}")
+            lost = 1 + count - committed_prefix(out)
+        finally:
+            disk.unmount()
+        tb, lines = tracebacks(log), self._error_lines(log)
+        ok = code == 0 and not lost and not tb and recovered is not None
+        result = f"{'ok' if ok else 'FAILED'} (exit {code}, {plural(lines, 'error line')}, {tb} tracebacks)"
+        return result, _seconds(recovered), f"{lost} transactions"
+
+    def spool_full(self) -> tuple[str, str, str]:
+        return self._under_a_writer("spool_full", "spool")
+
+    def replica_full(self) -> tuple[str, str, str]:
+        return self._under_a_writer("replica_full", "replica")
+
+    def _app(self, name: str, with_litesync: bool, grow: bool) -> tuple[str, str, str]:
+        from smalldisk import SmallDisk
+        from test_disk_faults import run_app_through_a_full_disk
+
+        out = run_app_through_a_full_disk(os.path.join(self.work, name), with_litesync, self.outage, grow=grow,
+                                          mount=SmallDisk, disk_size="16m" if grow else "24m")
+        app = out["app"]
+        if grow:  # the app fills its disk: it fails, with litesync or without; how soon is the measure
+            saw = f"{app['commits_before_first_error']} commits before its first error"
+        else:
+            saw = f"{app['errors']} of {app['commits'] + app['errors']} commits failed"
+        if not with_litesync:
+            return f"ok (app alone: {saw})", "-", "-"
+        tb, lines = tracebacks(out["log"]), self._error_lines(out["log"])
+        ok = out["agent_exit"] == 0 and out["restore_same"] and not tb and (grow or not app["errors"])
+        result = (f"{'ok' if ok else 'FAILED'} (app: {saw}; litesync: exit {out['agent_exit']}, "
+                  f"{plural(lines, 'error line')}, {tb} tracebacks)")
+        # No recovery when the agent never paused (its spool and the WAL reused their room).
+        recovery = _seconds(out["recovery"]) if "recovery" in out else "not paused"
+        return result, recovery, "nothing" if out["restore_same"] else "DIFFERS"
+
+    def database_disk_full(self) -> list[tuple[str, str, str, str]]:
+        return [("database_disk_full", "app updating in place, alone", *self._app("full-alone", False, False)),
+                ("database_disk_full", "app updating in place + replicate file",
+                 *self._app("full-with", True, False))]
+
+    def database_disk_grown(self) -> list[tuple[str, str, str, str]]:
+        return [("database_disk_grown", "app inserting, alone", *self._app("grown-alone", False, True)),
+                ("database_disk_grown", "app inserting + replicate file", *self._app("grown-with", True, True))]
+
+    def rows(self, names: list[str]) -> list[tuple[str, str, str, str]]:
+        """The table rows of the disk cases ``names`` (a case that cannot run says why)."""
+        from smalldisk import MountRefused, SmallDisk
+
+        probe = self._dir("probe")
+        try:
+            SmallDisk(probe, "1m").unmount()
+        except (MountRefused, OSError) as e:
+            return [(name, "-", f"skipped: {e}", "-", "-") for name in names]
+        rows: list[tuple[str, str, str, str, str]] = []
+        for name in names:
+            t0 = time.monotonic()
+            if name in ("spool_full", "replica_full"):
+                what = f"replicate file, writer at 50 tx/s, {'spool' if name == 'spool_full' else 'replica'} 4 MB"
+                rows.append((name, what, *_case(getattr(self, name))))
+            else:
+                try:
+                    rows += [(f, w, *rest) for f, w, *rest in getattr(self, name)()]
+                except Exception as e:  # reported in the table
+                    rows.append((name, "-", f"FAILED ({type(e).__name__}: {e})", "-", "-"))
+            print(f"# {name}: {rows[-1][2]} ({time.monotonic() - t0:.0f}s)", flush=True)
+        return rows
 
 
 def _seconds(t: float | None) -> str:
@@ -310,8 +457,9 @@ def main() -> int:
     ap.add_argument("--outage", type=float, default=10.0, help="seconds each fault lasts (default 10)")
     ap.add_argument("--faults", default=",".join(f for f in FAULTS if f != "reset_every_32MB"),
                     help="comma-separated subset of: " + ", ".join(FAULTS))
-    ap.add_argument("--ops", default=",".join(OPS) + ",b2", help="comma-separated subset of: replicate, restore, "
-                                                                 "follow, b2")
+    ap.add_argument("--ops", default=",".join(OPS) + ",b2,disk", help="comma-separated subset of: replicate, "
+                                                                      "restore, follow, b2, disk")
+    ap.add_argument("--disks", default=",".join(DISKS), help="comma-separated subset of: " + ", ".join(DISKS))
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     args = ap.parse_args()
     import logging
@@ -319,29 +467,35 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     work = tempfile.mkdtemp(prefix="litesync-faults-")
-    bench = Bench(work, args.mb, args.outage)
+    ops = args.ops.split(",")
+    network = any(op in ops for op in (*OPS, "b2"))
+    bench = Bench(work, args.mb, args.outage) if network else None
     rows = []
     failed = False
     try:
-        ops = args.ops.split(",")
-        for name in args.faults.split(","):
+        for name in args.faults.split(",") if bench is not None else ():
             for op in (o for o in OPS if o in ops):
                 t0 = time.monotonic()
                 result, recovery, lost = _case(getattr(bench, op), name)
                 failed |= not result.startswith("ok")
                 rows.append((name, f"{op} S3", result, recovery, lost))
                 print(f"# {name} / {op}: {result} ({time.monotonic() - t0:.0f}s)", flush=True)
-        if "b2" in ops:
+        if "b2" in ops and bench is not None:
             result, recovery, lost = _case(b2_restore, bench, 0.2)
             failed |= not result.startswith("ok")
             rows.append(("reset_response (20% of downloads cut)", "restore B2 (simulator)", result, recovery, lost))
+        if "disk" in ops:
+            disk_rows = DiskBench(os.path.join(work, "disk"), args.outage).rows(args.disks.split(","))
+            failed |= any(row[2].startswith("FAILED") for row in disk_rows)
+            rows += disk_rows
     finally:
-        bench.close()
+        if bench is not None:
+            bench.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"# kept {work}")
-    print(f"\n{args.mb} MB database, faults of {args.outage:g}s\n")
+    print(f"\n{f'{args.mb} MB database, ' if bench is not None else ''}faults of {args.outage:g}s\n")
     print("| fault | what ran | result | recovery | lost |")
     print("|---|---|---|---|---|")
     for row in rows:

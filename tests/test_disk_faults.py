@@ -1,21 +1,78 @@
-"""The agent's own disk fails (the spool's file system full): one clear line, status failed
-with the reason, a metric, no traceback, nothing half written shipped, and recovery."""
+"""Full disks: the agent's own (the spool), a file replica's, and the database's.
+
+Each says so in one line naming the path and what litesync does, `litesync status` says
+failed with that line, a metric counts it, no traceback is logged, nothing half written is
+ever visible, and replication recovers by itself once space returns, with nothing lost.
+
+The disks are real: small tmpfs mounts filled with a ballast file (tests/smalldisk.py),
+with real writer processes and real `litesync replicate` processes. They need root (mount):
+elsewhere they skip, saying so. The first test injects the fault instead and runs anywhere.
+"""
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
 import time
 
-from dbcheck import content_digest, integrity
-from proc import litesync, run_writer, wait_for
+import pytest
 
+from dbcheck import content_digest, integrity
+from proc import (HERE, clean_env, free_port, kill9, litesync, run_writer, start_agent_ready, start_litesync,
+                  start_writer, stop, wait_for)
+from smalldisk import mount_small_disk
+
+from litesync import runner as runner_module
 from litesync.config import load_config
 from litesync.runner import DbReplication
 
+APP = os.path.join(HERE, "steady_app.py")
+SPOOL_PAUSED = ("copying paused until space is freed (looked at every 1s); the application is affected: the WAL is "
+                "held until then, and cannot grow on this full disk (free space, or stop litesync)")
+# Seconds from the space freed until replication goes on: the agent looks every second;
+# the margin is for a loaded machine (scripts/faults.py reports the figures).
+RECOVERY = 5.0
+START_WAITS = ("replication waits until space is freed (looked at every 1s); the application is not affected "
+               "(litesync holds nothing meanwhile)")
 
-def test_a_full_spool_disk_pauses_copying_in_one_line_and_recovers(tmp_path, caplog):
+
+def read(path) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def error_lines(log: str) -> list[str]:
+    """The messages of the ERROR lines of an agent's log (after the time and the level)."""
+    return [line.split(" ERROR ", 1)[1] for line in read(log).splitlines() if " ERROR " in line]
+
+
+def status_of(db: str) -> dict:
+    r = litesync("status", "--json", db)
+    assert "Traceback" not in r.stderr, r.stderr
+    return json.loads(r.stdout)["dbs"][0]
+
+
+def restore_equals(db: str, replica: str, out: str) -> None:
+    r = litesync("restore", "-o", out, f"file://{replica}")
+    assert r.returncode == 0, r.stderr
+    assert integrity(out) == "ok" and content_digest(out) == content_digest(db)
+
+
+def temp_files(root) -> list[str]:
+    return [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(".tmp")]
+
+
+# --- the fault injected (runs anywhere) ------------------------------------------------------
+
+
+def test_a_full_spool_disk_pauses_copying_in_one_line_and_recovers(tmp_path, caplog, monkeypatch):
     db = str(tmp_path / "app.db")
     run_writer(db, "--count", "5")
     cfg_path = tmp_path / "litesync.yml"
@@ -31,28 +88,415 @@ def test_a_full_spool_disk_pauses_copying_in_one_line_and_recovers(tmp_path, cap
         return real(name)
 
     spool.writing = writing
+    # The free space does not change under an injected fault: tried again at this pace.
+    monkeypatch.setattr(runner_module, "NO_ROOM_RETRY", 0.5)
     caplog.set_level(logging.INFO)
     d.start()
     try:
         assert d.started.wait(30) and d.error is None
         full["on"] = True
         run_writer(db, "--count", "20", "--rate", "200")
-        wait_for(lambda: d.state() == "failed", timeout=10)
+        wait_for(lambda: d.state() == "failed", timeout=30)
         time.sleep(2.5)  # a few retries
         st = d.status()
-        assert st["state"] == "failed" and "No space left on device" in st["error"] and st["errors"] >= 2
+        line = f"spool {spool.root}: No space left on device; {SPOOL_PAUSED}"
+        assert st["state"] == "failed" and st["error"] == line and st["errors"] >= 2
         lines = [r for r in caplog.records if "No space left on device" in r.getMessage()]
-        assert len([r for r in lines if r.levelno == logging.ERROR]) == 1, [r.getMessage() for r in lines]
-        assert lines[0].getMessage().endswith("copying paused (the application is not affected), "
-                                              "retrying every second")
+        assert [r.getMessage() for r in lines if r.levelno == logging.ERROR] == [f"{db}: {line}"]
         assert not any(r.exc_info for r in caplog.records)  # no traceback
-        assert not [n for n in os.listdir(spool.root) if n.endswith(".tmp")]  # nothing half written left
+        assert not temp_files(spool.root)  # nothing half written left
         full["on"] = False
-        wait_for(lambda: d.state() == "replicating", timeout=10)
+        wait_for(lambda: d.state() == "replicating", timeout=30)
+        assert any(r.getMessage().startswith(f"{db}: {spool.root}: space freed, copying resumed (paused ")
+                   for r in caplog.records)
         run_writer(db, "--count", "3")
     finally:
         assert d.stop(30)
-    out = str(tmp_path / "restored.db")
-    r = litesync("restore", "-o", out, f"file://{tmp_path / 'rep'}")
-    assert r.returncode == 0, r.stderr
-    assert integrity(out) == "ok" and content_digest(out) == content_digest(db)
+    restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
+
+
+# --- fsutil and the status file on a real full disk ----------------------------------------
+
+
+def test_a_write_that_fills_the_disk_leaves_no_temp_file_and_names_it(tmp_path):
+    """Closing a file whose buffered bytes cannot be written fails again: the temp file
+    goes all the same, and the error names it (a flush names no file)."""
+    from litesync.fsutil import atomic_file
+
+    disk = mount_small_disk(str(tmp_path / "disk"), "1m")
+    try:
+        target = os.path.join(disk.path, "object")
+        with pytest.raises(OSError) as e:
+            with atomic_file(target) as f:
+                for _ in range(300):
+                    f.write(os.urandom(5000))  # buffered: some fail only at close
+        assert e.value.errno == errno.ENOSPC and e.value.filename == target + ".tmp"
+        assert os.listdir(disk.path) == []
+        assert disk.free_bytes() > 1_000_000  # nothing of it left taking room
+    finally:
+        disk.unmount()
+
+
+def test_the_status_file_is_rewritten_in_place_on_a_full_disk(tmp_path):
+    """A full disk leaves no room for the new status file: the old one (padded to whole
+    blocks, which costs no room) is rewritten in place, and readers see the new status."""
+    from litesync.status import read_status, status_path, write_status
+
+    disk = mount_small_disk(str(tmp_path / ".app.db-litesync"), "1m")
+    try:
+        db = str(tmp_path / "app.db")
+        write_status(db, {"state": "replicating", "error": None})
+        assert os.path.getsize(status_path(db)) == 4096
+        disk.fill()
+        reason = "spool ...: No space left on device; " + "x" * 1500
+        write_status(db, {"state": "failed", "error": reason})
+        st = read_status(db)
+        assert st["published"] and (st["state"], st["error"]) == ("failed", reason)
+        assert sorted(os.listdir(disk.path)) == ["ballast", "status.json"]  # no temp file left
+        with pytest.raises(OSError) as e:  # too long for the blocks the file has: said, not cut short
+            write_status(db, {"state": "failed", "error": "y" * 5000})
+        assert e.value.errno == errno.ENOSPC
+        assert read_status(db)["error"] == reason
+        # A disk all but full takes part of a write (a page or two here): never published cut short.
+        os.truncate(disk.ballast, (os.path.getsize(disk.ballast) // 4096 - 1) * 4096)
+        with pytest.raises(OSError) as e:
+            write_status(db, {"state": "failed", "error": "z" * 9000})
+        assert e.value.errno == errno.ENOSPC
+        assert read_status(db)["error"] == reason
+        assert sorted(os.listdir(disk.path)) == ["ballast", "status.json"]
+    finally:
+        disk.unmount()
+
+
+# --- a file replica's disk full -----------------------------------------------------------------
+
+
+def test_a_full_file_replica_pauses_shipping_in_one_line_and_catches_up(tmp_path):
+    db = str(tmp_path / "app.db")
+    rep = str(tmp_path / "rep")
+    disk = mount_small_disk(rep, "4m")
+    port = free_port()
+    cfg = tmp_path / "litesync.yml"
+    cfg.write_text(f"addr: 127.0.0.1:{port}\ndbs:\n  - path: {db}\n    replicas:\n      - url: file://{rep}\n")
+    log = str(tmp_path / "agent.log")
+    run_writer(db, "--count", "5")
+    try:
+        agent = start_agent_ready("--config", str(cfg), log_path=log)
+        try:
+            fill_a_replica_disk_and_free_it(db, rep, disk, port, log)
+        finally:
+            assert stop(agent) == 0 and "Traceback" not in read(log), read(log)
+        assert sorted(os.listdir(rep)) == ["generations"]
+        restore_equals(db, rep, str(tmp_path / "restored.db"))
+    finally:
+        disk.unmount()
+
+
+def fill_a_replica_disk_and_free_it(db: str, rep: str, disk, port: int, log: str) -> None:
+    disk.fill()
+    writer = start_writer(db, "--count", "300", "--rate", "100")
+    line = (f"replica file: {rep}: No space left on device; shipping paused, retrying every 1s (the application "
+            "is not affected; the spool keeps what is not shipped)")
+    wait_for(lambda: status_of(db)["replicas"][0]["state"] == "failed", timeout=20, interval=0.2)
+    st = status_of(db)
+    assert st["replicas"][0]["last_error"] == line and st["state"] == "replicating"
+    assert litesync("status", db).returncode == 1  # a failed replica is not healthy
+    from test_ops import scrape
+
+    samples = scrape(port)
+    labels = f'db="{db}",replica="file"'
+    assert samples[f"litesync_replica_errors_total{{{labels}}}"] >= 1
+    assert samples[f'litesync_replica_state{{{labels},state="failed"}}'] == 1
+    assert writer.wait(60) == 0  # the application never noticed
+    time.sleep(2)  # more tries, said no more
+    assert error_lines(log) == [f"{db} -> file: {line}"]
+    # Nothing half written is visible: every file there is a whole object or the ballast.
+    assert not temp_files(rep)
+    r = litesync("snapshots", f"file://{rep}")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    freed = time.monotonic()
+    disk.free()
+    wait_for(lambda: "-> file: up to date (shipping failed for " in read(log), timeout=30)
+    recovery = time.monotonic() - freed
+    assert recovery < RECOVERY, recovery
+    assert status_of(db)["replicas"][0]["state"] == "completed"
+
+
+def test_a_temp_file_left_in_a_file_replica_is_never_listed_or_restored(tmp_path):
+    """A crash mid-write leaves a temp file: listings and restores never see it."""
+    from litesync.replica.file import FileReplicaClient
+
+    db = str(tmp_path / "app.db")
+    rep = tmp_path / "rep"
+    run_writer(db, "--count", "5")
+    assert litesync("replicate", "--once", db, f"file://{rep}").returncode == 0
+    seg = next(p for p in rep.rglob("*") if p.is_file())
+    half = seg.parent / "ffffffffffffffff-ffffffffffffffff-ffffffffffff.seg.tmp"
+    half.write_bytes(b"half written")
+    assert not [o for o in FileReplicaClient(str(rep)).list() if o.key.endswith(".tmp")]
+    restore_equals(db, str(rep), str(tmp_path / "restored.db"))
+
+
+# --- litesync started on a full disk ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("earlier_run", [False, True], ids=["first-start", "restart-with-commits-to-copy"])
+def test_litesync_started_on_a_full_spool_disk_waits_in_one_line_and_starts_when_space_returns(tmp_path, earlier_run):
+    """The spool's own disk (a small disk mounted on the state directory) is full when the
+    agent starts: not fatal; one line, status failed (once a status file exists: it cannot
+    be created on a full disk), nothing held, and replication starts when space returns.
+    After a restart, the commits made while the agent was stopped are copied then."""
+    db = str(tmp_path / "app.db")
+    rep = str(tmp_path / "rep")
+    log = str(tmp_path / "agent.log")
+    run_writer(db, "--count", "50")
+    disk = mount_small_disk(str(tmp_path / ".app.db-litesync"), "1m")
+    app = agent = None
+    try:
+        if earlier_run:
+            # An application that stays open, not checkpointing: the WAL goes on from where
+            # the first agent stopped, and keeps what the second one has to copy.
+            app = sqlite3.connect(db, isolation_level=None)
+            app.execute("PRAGMA wal_autocheckpoint=0")
+            app.execute("INSERT INTO items (tx, payload) VALUES (999, x'00')")
+            first = start_agent_ready(db, f"file://{rep}", log_path=log)
+            app.execute("INSERT INTO items (tx, payload) VALUES (999, x'01')")
+            time.sleep(1)
+            assert stop(first) == 0
+            for i in range(30):
+                app.execute("INSERT INTO items (tx, payload) VALUES (?, ?)", (1000 + i, os.urandom(100)))
+        started_at = os.path.getsize(log) if os.path.exists(log) else 0
+        disk.fill()
+        agent = start_litesync("replicate", db, f"file://{rep}", log_path=log)
+        spool = os.path.join(disk.path, "spool")
+        line = f"{db}: spool {spool}: No space left on device; {START_WAITS}"
+        wait_for(lambda: line in read(log), timeout=20)
+        time.sleep(2.5)  # the agent waits; looked at every second, said once
+        assert agent.poll() is None
+        new = read(log)[started_at:]
+        assert [m for m in error_lines(log) if "No space" in m] == [line] and "Traceback" not in new
+        st = status_of(db)
+        if earlier_run:
+            assert (st["state"], st["error"]) == ("failed", line.split(": ", 1)[1])
+        else:
+            assert st["running"] and not st["published"]
+        assert litesync("status", db).returncode == 1
+        if app is not None:
+            app.execute("INSERT INTO items (tx, payload) VALUES (2000, x'00')")  # the app is not affected
+        freed = time.monotonic()
+        disk.free()
+        wait_for(lambda: "space freed, replication started (paused " in read(log), timeout=30)
+        wait_for(lambda: "-> file: up to date" in read(log)[started_at:], timeout=30)
+        recovery = time.monotonic() - freed
+        assert recovery < RECOVERY, recovery
+        new = read(log)[started_at:]
+        assert ("resumed generation" in new) == earlier_run, new  # commits copied, not a new generation
+        wait_for(lambda: status_of(db)["state"] == "replicating", timeout=30)
+        if app is not None:
+            app.close()
+        assert stop(agent) == 0
+        assert "Traceback" not in read(log)
+        restore_equals(db, rep, str(tmp_path / "restored.db"))
+    finally:
+        if app is not None:
+            app.close()
+        if agent is not None:
+            kill9(agent)  # when the test failed before stopping it
+        disk.unmount()
+
+
+def test_replicate_once_on_a_full_spool_disk_exits_1_naming_it(tmp_path):
+    """--once syncs and exits: it does not wait for space as a lasting agent does."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "5")
+    disk = mount_small_disk(str(tmp_path / ".app.db-litesync"), "1m")
+    try:
+        disk.fill()
+        r = litesync("replicate", "--once", db, f"file://{tmp_path / 'rep'}", timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1] == (f"litesync: error: spool {disk.path}/spool: No space left on device "
+                                             "(--once does not wait for space)")
+    finally:
+        disk.unmount()
+
+
+def test_litesync_started_on_a_read_only_state_directory_exits_1_naming_it(tmp_path):
+    """A read-only file system is no full disk that space may cure: exit 1, one line naming the path."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "5")
+    state = str(tmp_path / ".app.db-litesync")
+    disk = mount_small_disk(state, "1m", "ro")
+    try:
+        r = litesync("replicate", db, f"file://{tmp_path / 'rep'}", timeout=60)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1] == f"litesync: error: {state}/spool: Read-only file system"
+    finally:
+        disk.unmount()
+
+
+# --- the database's own disk full -----------------------------------------------------------------
+
+
+def run_app_through_a_full_disk(work: str, with_litesync: bool, full_seconds: float = 4.0, grow: bool = False,
+                                mount=mount_small_disk, disk_size: str = "24m") -> dict:
+    """An application on a small disk, with or without an agent beside it (replicating to
+    a directory on another disk); the disk full for ``full_seconds``, then freed. Return
+    what each saw (see the keys of ``out``); used by scripts/faults.py too.
+
+    The application updates rows in place (its database keeps its size) while another file
+    fills the disk; or, with ``grow``, inserts rows until it fills the disk itself (a
+    ballast file takes room first, and is deleted to free it) and stops before the space is
+    freed (else it takes the space back at once)."""
+    os.makedirs(work)
+    disk = mount(os.path.join(work, "fs"), disk_size)
+    db = os.path.join(disk.path, "app.db")
+    log = os.path.join(work, "agent.log")
+    out: dict = {"db": db, "log": log, "rep": os.path.join(work, "rep")}
+    agent = None
+    try:
+        subprocess.run([sys.executable, APP, db, "--prepare", "1000" if grow else "4000"], check=True,
+                       env=clean_env())
+        if grow:
+            disk.reserve(4 << 20)
+        agent = start_agent_ready(db, f"file://{out['rep']}", log_path=log) if with_litesync else None
+        args = ["--grow", "--rate", "500"] if grow else ["--rate", "200"]
+        app = subprocess.Popen([sys.executable, APP, db, *args], stdout=subprocess.PIPE, env=clean_env())
+
+        def stop_app() -> None:
+            if "app" not in out:
+                app.send_signal(signal.SIGTERM)
+                out["app"] = json.loads(app.communicate(timeout=60)[0])
+
+        try:
+            if grow:
+                wait_for(lambda: disk.free_bytes() < 64 << 10, timeout=120, interval=0.05)
+            else:
+                time.sleep(3)  # more than the WAL's 1000 pages: it reached its size
+                disk.fill()
+            filled = time.time()
+            time.sleep(full_seconds)
+            if agent is not None:  # the agent may not need room: when its spool and the WAL reuse theirs
+                out["status"] = status_of(db)
+                out["agent_paused"] = "until space is freed" in read(log)
+            if grow:
+                stop_app()
+            disk.free()
+            out["freed"] = time.monotonic()
+            if out.get("agent_paused"):
+                try:
+                    wait_for(lambda: "space freed" in read(log), timeout=30)
+                except AssertionError:
+                    raise AssertionError(f"no recovery 30s after the space was freed: {read(log)[-2000:]}") from None
+                out["recovery"] = time.monotonic() - out["freed"]
+            time.sleep(1)
+        finally:
+            stop_app()
+        out["app"]["first_error_after_fill"] = (out["app"]["first_error_at"] or filled) - filled
+        if agent is not None:
+            out["agent_exit"] = stop(agent)
+            out["restore"] = os.path.join(work, "restored.db")
+            r = litesync("restore", "-o", out["restore"], f"file://{out['rep']}")
+            out["restore_same"] = (r.returncode == 0 and integrity(out["restore"]) == "ok"
+                                   and content_digest(out["restore"]) == content_digest(db))
+    finally:
+        if agent is not None:
+            kill9(agent)  # when something failed before it was stopped
+        disk.unmount()
+    return out
+
+
+def check_full_database_disk(out: dict) -> None:
+    """What litesync must do when the database's disk is full: one line (the spool's write
+    or the agent's checkpoint refused, whichever its turn reached first), status failed
+    with it, no traceback, recovery within seconds of space returning, nothing lost. (When
+    the spool and the WAL both go on reusing their own room, nothing fails: nothing to say.)"""
+    db, log = out["db"], out["log"]
+    spool = os.path.join(os.path.dirname(db), ".app.db-litesync", "spool")
+    errors = error_lines(log)
+    assert len(errors) <= 1 and "Traceback" not in read(log), read(log)
+    assert out["agent_exit"] == 0 and out["restore_same"]
+    if not errors:
+        assert out["status"]["state"] == "replicating" and out["app"]["errors"] == 0, out
+        return
+    assert re.fullmatch(re.escape(f"{db}: ") + f"(spool {re.escape(spool)}: No space left on device|"
+                        + re.escape(f"{db}: database or disk is full (a checkpoint writes into the database file)")
+                        + ")" + re.escape(f"; {SPOOL_PAUSED}"), errors[0]), errors[0]
+    assert out["status"]["state"] == "failed" and out["status"]["error"] == errors[0].split(": ", 1)[1]
+    assert out["status"]["errors"] >= 1
+    assert out["recovery"] < RECOVERY, out["recovery"]
+
+
+def test_a_checkpoint_that_cannot_grow_the_database_file_is_a_full_disk_said_once(tmp_path, caplog):
+    """The agent copied a transaction that grows the database, then the disk fills: its
+    checkpoint cannot write those pages into the database file (SQLite's FULL). That was an
+    'unexpected error' with a traceback at every retry; it is a full disk like any other."""
+    disk = mount_small_disk(str(tmp_path / "fs"), "2m")
+    db = os.path.join(disk.path, "app.db")
+    cfg_path = tmp_path / "litesync.yml"
+    cfg_path.write_text(f"dbs:\n  - path: {db}\n    checkpoint-pages: 50\n"
+                        f"    replicas:\n      - url: file://{tmp_path / 'rep'}\n")
+    app = sqlite3.connect(db, isolation_level=None)
+    d = None
+    try:
+        app.execute("PRAGMA journal_mode=WAL")
+        app.execute("PRAGMA wal_autocheckpoint=0")
+        app.execute("CREATE TABLE t (x BLOB)")
+        caplog.set_level(logging.INFO)
+        d = DbReplication(load_config(str(cfg_path)).dbs[0])
+        d._open_turn()  # the turns run here, one by one, with no thread of the agent's own
+        assert d.started.is_set() and d.error is None
+        app.execute("BEGIN")
+        app.executemany("INSERT INTO t VALUES (?)", [(os.urandom(3000),) for _ in range(100)])
+        app.execute("COMMIT")
+        assert d.agent.sync() == 1  # copied into the spool
+        disk.fill()
+        assert d._run_turn() == 1.0  # the checkpoint the 100 pages call for: refused
+        line = f"{db}: database or disk is full (a checkpoint writes into the database file); {SPOOL_PAUSED}"
+        assert d.turn_error == line and d.state() == "failed" and d.agent.stats["errors"] == 1
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [f"{db}: {line}"]
+        assert not any(r.exc_info for r in caplog.records)
+        assert d._run_turn() <= 1.0 and d.agent.stats["errors"] == 1  # no space freed: not tried again
+        disk.free()
+        time.sleep(1)
+        d._run_turn()
+        assert d.turn_error is None and d.state() == "replicating" and d.agent.stats["checkpoints"] > 0
+        assert any(r.getMessage().startswith(f"{db}: {os.path.dirname(db)}: space freed, copying resumed (paused ")
+                   for r in caplog.records)
+        app.execute("INSERT INTO t VALUES (x'00')")
+        d.agent.sync()
+    finally:
+        app.close()
+        try:
+            assert d is None or d.stop(30)
+        finally:
+            disk.unmount()
+
+
+@pytest.fixture(scope="module")
+def full_database_disk(tmp_path_factory):
+    """The application through a full disk with litesync beside it (run once for the tests below)."""
+    return run_app_through_a_full_disk(str(tmp_path_factory.mktemp("dbdisk") / "with"), with_litesync=True)
+
+
+def test_a_full_database_disk_is_said_in_one_line_and_replication_recovers(full_database_disk):
+    check_full_database_disk(full_database_disk)
+
+
+def test_an_app_that_fills_its_database_disk_gets_one_line_from_litesync_and_no_traceback(tmp_path):
+    """The application fills the disk itself: the agent's checkpoint cannot grow the
+    database file (SQLite's FULL; it was an 'unexpected error' with a traceback at every
+    retry), or its spool cannot be written; said once either way."""
+    out = run_app_through_a_full_disk(str(tmp_path / "grow"), with_litesync=True, grow=True, disk_size="12m")
+    assert out["app"]["errors"] > 0  # the app's own disk is full: its inserts fail, with litesync or without
+    check_full_database_disk(out)
+
+
+@pytest.mark.xfail(strict=True, reason="the agent's read transaction pins the WAL while its spool cannot be "
+                                       "written (agent.py: a DbAgent.release() that closes the connections, "
+                                       "see the disk branch's report)")
+def test_a_full_database_disk_fails_the_app_no_more_with_litesync_than_without(full_database_disk, tmp_path):
+    """Without litesync, an app that updates in place goes through a full disk unharmed:
+    SQLite reuses its WAL after each checkpoint. With litesync it must too."""
+    alone = run_app_through_a_full_disk(str(tmp_path / "alone"), with_litesync=False)
+    assert alone["app"]["errors"] == 0 and alone["app"]["commits"] > 1000
+    assert full_database_disk["app"]["errors"] == 0, full_database_disk["app"]

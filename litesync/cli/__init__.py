@@ -93,6 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
+    except OSError as e:
+        # The environment (a full disk, permissions) refused what litesync does not expect
+        # to fail: one line naming the file; the traceback with -v.
+        logging.getLogger("litesync").debug("%s", e, exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"litesync: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

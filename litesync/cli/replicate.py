@@ -103,7 +103,7 @@ class Supervisor:
         if self.command:
             exit_code = self.run_child(self.command)
         elif once:
-            self.runner.wait_started()
+            self.wait_started_once()
             # Give every replica its first contact before the final sync, so a misconfigured one
             # fails here rather than after the shutdown timeout.
             for d in self.runner.databases():
@@ -121,6 +121,15 @@ class Supervisor:
         ok = self.shut_down()
         _raise_startup_errors(self.runner)
         return EXIT_FAILURE if not ok and exit_code == EXIT_OK else exit_code
+
+    def wait_started_once(self) -> None:
+        """Wait until every database started (--once); one that cannot for lack of room
+        fails the run, rather than wait for space as a lasting agent does."""
+        for d in self.runner.databases():
+            while not d.started.wait(0.05):
+                if d.room_error is not None:
+                    raise LitesyncError(f"{d.room_error} (--once does not wait for space)")
+        self.runner.wait_started(timeout=0)  # raises a database's error
 
     def abort(self) -> None:
         """Stop at once (a start failed): no final sync, no wait for the replicas."""

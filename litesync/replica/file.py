@@ -7,7 +7,7 @@ import os
 import shutil
 from typing import BinaryIO, Iterable, Iterator
 
-from ..errors import ObjectNotFoundError, ReplicaError
+from ..errors import LocalWriteError, ObjectNotFoundError, ReplicaError
 from ..fsutil import (COPY_CHUNK, TMP_SUFFIX, atomic_file, fsync_dir, makedirs_private, publish_temp,  # noqa: F401 (modules import these from here too)
                       temp_file, unlink_quietly, write_file_atomic)
 from .base import ObjectInfo, ReplicaClient
@@ -66,9 +66,9 @@ class FileReplicaClient(ReplicaClient):
     def write(self, key: str, src: BinaryIO, size: int) -> None:
         path = self._path(key)
         try:
-            write_file_atomic(path, src, size)
+            write_file_atomic(path, src, size)  # a failed write leaves no temp file behind
         except OSError as e:
-            raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
+            raise LocalWriteError(self.name, self.root, e, key) from e
 
     def write_file(self, key: str, path: str) -> int:
         """Hard-link ``path`` into place when it lies on the same file system (no copy, no
@@ -86,7 +86,7 @@ class FileReplicaClient(ReplicaClient):
             return os.stat(dest).st_size
         except OSError as e:
             unlink_quietly(tmp)
-            raise ReplicaError(self.name, f"cannot write {key!r}: {e.strerror}") from e
+            raise LocalWriteError(self.name, self.root, e, key) from e
 
     def delete(self, keys: Iterable[str], durable: bool = True) -> None:
         """Delete the files; with ``durable`` the deletions are fsynced."""
