@@ -517,6 +517,17 @@ class DbAgent:
         self.stats["parks"] += 1
         return True
 
+    def release(self) -> None:
+        """Let go of the WAL without copying what is new, because the spool cannot be
+        written (its disk full): the connections close, so R no longer pins the WAL, and the
+        application's own checkpoints can reuse it. Parked, with work to do: ``unpark``
+        copies what is new, or, when the WAL was restarted meanwhile, what changed as one
+        transaction (``_resync``). Nothing to release before the first snapshot."""
+        if self.parked or not self.is_open or self._seal_depth or not self.generation:
+            return
+        self._disconnect()
+        self._parked_marks = ()  # unlike any stat: the next turn unparks
+
     def parked_unchanged(self) -> bool:
         """True while parked and neither the database nor its WAL changed since (a stat each):
         then everything committed so far is copied, as ``copied_through`` now says."""

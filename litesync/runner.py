@@ -24,7 +24,7 @@ from .compact import Maintainer
 from .dirwatch import DirWatcher
 from .engine import FATAL_CHANGES, Loop, Scheduler, Task
 from .errors import DatabaseError, LitesyncError
-from .fsutil import free_space, no_room, same_file_system
+from .fsutil import free_space, no_room
 from .logs import Labelled
 from .replica import open_replica
 from .replica.registry import BACKENDS
@@ -556,12 +556,12 @@ class DbReplication:
         self._room_at_failure = free_space(directory) or (-1, -1)
         if not holds_wal:
             what, app = "replication waits", "the application is not affected (litesync holds nothing meanwhile)"
-        elif same_file_system(directory, os.path.dirname(self.agent.wal_path)):
-            # The agent's read transaction pins the WAL until it copies the frames (see DbAgent).
-            what, app = "copying paused", ("the application is affected: the WAL is held until then, and cannot "
-                                           "grow on this full disk (free space, or stop litesync)")
         else:
-            what, app = "copying paused", "the application is not affected (its WAL is held until then)"
+            # The agent's read transaction would pin the WAL until it copies the frames, and
+            # the app could not reuse it (on a full disk of its own, its commits would fail).
+            self.agent.release()
+            what, app = "copying paused", ("the WAL is released meanwhile: the application is not affected, and "
+                                           "what it commits is copied when space returns")
         return self._turn_failed(f"{line}; {what} until space is freed (looked at every {NO_ROOM_POLL:g}s); {app}",
                                  NO_ROOM_POLL)
 
