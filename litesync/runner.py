@@ -175,29 +175,39 @@ class OpenBudget:
 
 _libc: ctypes.CDLL | None = None
 _trimmed_at = 0.0
-_trim_pending = False
 _trim_lock = threading.Lock()
 
 
-def trim_heap(pending_only: bool = False) -> None:
-    """Give the memory that closed connections freed back to the system, at most once a
-    second (a later call does what a call within that second left pending): glibc keeps
-    freed pages in the middle of its heap, so a thousand parked databases would otherwise
-    leave the agent's RSS at its peak."""
-    global _libc, _trimmed_at, _trim_pending
+def _c_library() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        except OSError:
+            _libc = ctypes.CDLL(None)
+    return _libc
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most ``arenas`` malloc arenas (its default: 8 per core). Each
+    thread's freed memory stays in its arena; with forty threads the agent's RSS climbed
+    in a soak. Call before threads start."""
+    mallopt = getattr(_c_library(), "mallopt", None)  # glibc only
+    if mallopt is not None:
+        mallopt(-8, arenas)  # M_ARENA_MAX
+
+
+def trim_heap() -> None:
+    """Give the memory freed since back to the system, at most once a second: glibc keeps
+    freed pages in the middle of its heap, so closed connections, and the buffers of
+    copies, uploads and snapshots, would otherwise leave the agent's RSS at its peak.
+    Called every few seconds (the status publisher) and at each park."""
+    global _trimmed_at
     with _trim_lock:
-        if pending_only and not _trim_pending:
-            return
         if time.monotonic() - _trimmed_at < 1.0:
-            _trim_pending = True
             return
-        _trimmed_at, _trim_pending = time.monotonic(), False
-        if _libc is None:
-            try:
-                _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            except OSError:
-                _libc = ctypes.CDLL(None)
-        trim = getattr(_libc, "malloc_trim", None)  # glibc only
+        _trimmed_at = time.monotonic()
+        trim = getattr(_c_library(), "malloc_trim", None)  # glibc only
         if trim is not None:
             trim(0)
 
@@ -1031,7 +1041,7 @@ class Runner:
                     log.debug("control directory %s: %s", control.path, e)
             if beating:
                 beat = time.monotonic()
-                trim_heap(pending_only=True)
+                trim_heap()
             if asked:
                 for d in self.databases():
                     if d.cfg.path in asked:
