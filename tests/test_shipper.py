@@ -294,3 +294,49 @@ def test_spool_changes_do_not_bring_a_retry_after_a_failure_closer(tmp_path):
     finally:
         s.stop()
         s.join(5)
+
+
+def test_the_spool_bound_drops_the_oldest_unshipped_and_keeps_the_bridging_snapshot():
+    """Past the bound, unshipped objects go oldest first; the newest snapshot stays, whatever
+    its size, and is not counted: it is what a replica behind the dropped ones ships next."""
+    from litesync.spool import over_bound
+
+    spool = [(seg(G, 1), 10), (seg(G, 2), 10), (snap(G, 3), 1000), (seg(G, 3), 10), (seg(G, 4), 10),
+             (seg(G, 5), 10)]
+    behind = shipped(seg(G, 0))
+    done, dropped, left = over_bound(spool, lambda n: sort_key(n) <= behind.key, 25)
+    assert done == [] and dropped == [seg(G, 1), seg(G, 2), seg(G, 3)] and left == 20
+    # Then the replica behind ships the snapshot, and goes on from it.
+    assert choose_next([o for o in spool if o[0] not in dropped], behind) == (snap(G, 3), False)
+    # Under the bound, only what every replica has goes (never the newest object).
+    done, dropped, left = over_bound(spool, lambda n: True, 25)
+    assert done == [n for n, _ in spool[:-1]] and dropped == [] and left == 10
+    done, dropped, left = over_bound(spool, lambda n: sort_key(n) <= sort_key(seg(G, 2)), 1000)
+    assert done == [seg(G, 1), seg(G, 2)] and dropped == [] and left == 30
+
+
+def test_a_snapshot_dropped_before_the_replica_reached_it_is_asked_for_again(tmp_path):
+    """A replica asks for a snapshot once per need; when the one taken is gone from the
+    spool before the replica got to it, that is a new need (else it waits for ever)."""
+    from litesync.replica.file import FileReplicaClient
+    from litesync.spool import Spool
+
+    spool = Spool(str(tmp_path / "spool"))
+
+    def publish(name):
+        with spool.writing(name) as f:
+            f.write(b"x")
+        spool.publish(name)
+
+    publish(seg(G, 7))
+    requested = threading.Event()
+    s = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), str(tmp_path / "pos.json"), db="db", replica="file",
+                request_snapshot=requested)
+    s.pos = shipped(seg(G, 2))
+    assert not s.ship_one() and requested.is_set() and s.awaiting_snapshot
+    requested.clear()
+    assert not s.ship_one() and not requested.is_set()  # the same need: asked once
+    publish(snap(G, 8))
+    spool.delete([snap(G, 8)])  # dropped before this replica's turn
+    publish(seg(G, 8))
+    assert not s.ship_one() and requested.is_set()
