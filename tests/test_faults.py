@@ -10,18 +10,21 @@ from __future__ import annotations
 import os
 import random
 import sqlite3
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import boto3
 import pytest
 
 from conftest import replica_cfg
-from dbcheck import content_digest, integrity
+from dbcheck import committed_prefix, content_digest, integrity
 from faultproxy import FaultProxy
 from litesync.errors import LitesyncError
 from litesync.replica.resume import PATIENT, ObjectChangedError, RetryPolicy
 from litesync.replica.s3 import S3ReplicaClient
-from proc import clean_env, litesync, run_writer, start_agent_ready, start_litesync, stop, wait_for
+from proc import WORKLOAD, clean_env, litesync, run_writer, start_agent_ready, start_litesync, stop, wait_for
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 
@@ -268,3 +271,122 @@ def test_a_blackholed_store_shows_as_failed_within_seconds_and_replication_resum
         assert r.returncode == 0, r.stderr
     assert content_digest(out) == content_digest(db)
     assert "Traceback" not in (tmp_path / "a.log").read_text()
+
+
+# -- a slow store under a fast writer --------------------------------------------------------
+
+@dataclass
+class SlowStore:
+    """What one run of ``slow_store`` measured."""
+
+    transactions: int  # committed by the writer
+    seconds: float  # the writer's run
+    longest_commit: float  # the writer's longest wait for one commit (s)
+    locked: int  # "database is locked" the writer met
+    max_wal: int  # the WAL file's largest size seen (bytes)
+    max_spool: int  # the spool directory's largest size seen (bytes)
+    max_segments: int  # of which segments (copied WAL waiting: what the bound is on)
+    spool_warnings: int  # "over spool-max-size" lines in the agent's log
+    bridges: int  # snapshots taken mid-generation (the bridges over dropped objects)
+    catch_up: float | None  # from the writer's end until the replica had everything (s)
+    restored: int  # transactions a restore afterwards holds (tests/workload.py's count)
+    same: bool  # the restore's content equals the writer's database
+    tracebacks: int
+    log: str
+
+
+def _dir_size(path: str, suffix: str = "") -> int:
+    """Bytes of the files under ``path`` whose names end with ``suffix``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if name.endswith(suffix):
+                try:
+                    total += os.path.getsize(os.path.join(root, name))
+                except OSError:
+                    pass  # dropped while we looked
+    return total
+
+
+def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seconds: float, spool_max: str,
+               rate: int, latency: float = 0.3, tx_rate: int = 500, writer: tuple[str, ...] = (),
+               env: dict[str, str] | None = None, catch_up_timeout: float = 600) -> SlowStore:
+    """Replicate a database to S3 through ``proxy`` made slow (``latency`` s before each answer,
+    ``rate`` bytes/s) while tests/workload.py commits ``tx_rate`` transactions a second for
+    ``seconds``; measure the writer, the WAL and the spool, then how long the replica takes
+    to catch up once the writer stops, and restore it (directly) to compare."""
+    from litesync.status import read_statuses
+
+    env = env or clean_env(S3_ENV)
+    db = os.path.join(work, "app.db")
+    spool = os.path.join(work, ".app.db-litesync", "spool")
+    log = os.path.join(work, "agent.log")
+    run_writer(db, "--count", "1")
+    cfg = os.path.join(work, "litesync.yml")
+    with open(cfg, "w") as f:
+        f.write(f"spool-max-size: {spool_max}\ndbs:\n  - path: {db}\n    replicas:\n      - name: s3\n"
+                f"        url: {s3_url(proxy.url, bucket)}\n")
+    agent = start_agent_ready("--config", cfg, log_path=log, env=env)
+    try:
+        proxy.set("latency", seconds=latency, rate=rate)
+        waits = os.path.join(work, "writer.txt")
+        t0 = time.monotonic()
+        w = subprocess.Popen([sys.executable, WORKLOAD, db, "--seconds", str(seconds), "--rate", str(tx_rate),
+                              "--max-wait-log", waits, "--seed", "2", *writer], env=env)
+        max_wal = max_spool = max_segments = 0
+        while w.poll() is None:
+            max_wal = max(max_wal, os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0)
+            max_spool = max(max_spool, _dir_size(spool))
+            max_segments = max(max_segments, _dir_size(spool, ".seg"))
+            time.sleep(0.1)
+        took = time.monotonic() - t0
+        assert w.returncode == 0
+        longest, locked, done = open(waits).read().split()
+        ended = time.monotonic()
+
+        def caught_up() -> bool:
+            r = read_statuses([db], fresh=1.0)[0].get("replicas") or [{}]
+            return r[0].get("state") == "completed" and r[0].get("lag_bytes") == 0
+
+        catch_up: float | None = None
+        while time.monotonic() - ended < catch_up_timeout:
+            max_spool = max(max_spool, _dir_size(spool))
+            if caught_up():
+                catch_up = time.monotonic() - ended
+                break
+            time.sleep(0.5)
+    finally:
+        stop(agent)
+    proxy.set("pass")
+    text = open(log).read()
+    out = os.path.join(work, "restored.db")
+    r = litesync("restore", "-o", out, s3_url(endpoint, bucket), env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return SlowStore(transactions=int(done) + 1, seconds=took, longest_commit=float(longest), locked=int(locked),
+                     max_wal=max_wal, max_spool=max_spool, max_segments=max_segments, spool_warnings=text.count("over spool-max-size"),
+                     bridges=sum(1 for line in text.splitlines() if " snapshot " in line and " written " in line
+                                 and "/0 written" not in line),
+                     catch_up=catch_up, restored=committed_prefix(out), same=content_digest(out) == content_digest(db),
+                     tracebacks=text.count("Traceback") + r.stderr.count("Traceback"), log=text)
+
+
+def test_a_slow_store_never_holds_the_writer_back_and_the_replica_catches_up_through_a_snapshot(s3_bucket, tmp_path):
+    """A store 300 ms away behind a narrow link (512 kB/s, less than the writer's segments
+    need) and a writer at 500 tx/s: commits never wait on litesync, the WAL stays small,
+    the spool fills to its bound, then a snapshot bridges what was dropped; once the writer
+    stops the replica catches up, and a restore holds every transaction."""
+    endpoint, bucket = s3_bucket
+    host, port = endpoint.removeprefix("http://").split(":")
+    with FaultProxy((host, int(port))) as proxy:
+        m = slow_store(proxy, endpoint, bucket, str(tmp_path), seconds=12, spool_max="1MiB", rate=512 << 10,
+                       writer=("--row-size", "400", "--incompressible"), catch_up_timeout=60)
+    assert m.locked == 0 and m.longest_commit < 1.0, m
+    assert m.transactions >= 0.9 * 500 * 12, m  # the writer kept its pace
+    assert m.max_wal < 16 << 20, m  # checkpoint-pages 1000 (4 MiB) and what a turn copies meanwhile
+    assert m.spool_warnings >= 1 and m.bridges >= 1, m.log
+    # The bound holds for the copied WAL (one turn's copy over it at most); the snapshot
+    # bridging it comes on top.
+    assert m.max_segments <= (1 << 20) + (512 << 10), m
+    assert m.catch_up is not None, m.log
+    assert m.restored == m.transactions and m.same, m
+    assert m.tracebacks == 0, m.log
