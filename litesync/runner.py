@@ -27,7 +27,7 @@ from .replica import open_replica
 from .replica.registry import BACKENDS
 from .progress import format_size, plural
 from .shipper import Shipper, unshipped
-from .spool import Name, over_bound
+from .spool import over_bound
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler

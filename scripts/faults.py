@@ -9,6 +9,7 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
     python scripts/faults.py --mb 1024 --ops restore --faults reset_response   # the 1 GB case
     python scripts/faults.py --mb 1024 --ops restore --faults reset_every_32MB # every response cut at 32 MB
     python scripts/faults.py --outage 60           # faults that last a minute
+    python scripts/faults.py --mb 1 --ops slow_store --slow-minutes 5   # a slow store, five minutes
 
 - replicate: an agent replicates through the proxy while a writer commits; the fault lasts
   ``--outage`` seconds in the middle. Recovery: from the end of the fault until the
@@ -24,6 +25,13 @@ from B2 (b2sdk's simulator) with downloads cut mid-body. Prints one table row pe
 - follow: a follower reads through the proxy while the agent (direct) ships a writer's
   commits; the fault lasts ``--outage`` seconds. Recovery: from the end of the fault until
   the follower's output equals the source.
+- slow_store: the proxy holds each answer 300 ms and the link to 1 MB/s while a writer
+  commits 500 tx/s of incompressible 3 kB rows (about twice what the link carries) for
+  ``--slow-minutes``, the spool bounded by ``--slow-spool``. Result: the writer's longest
+  commit (and, for comparison, the same writer's alone on this machine, up to a minute),
+  the largest WAL and spool seen, the spool warnings and bridging snapshots. Recovery: from
+  the writer's end until the replica has everything. Lost: transactions missing from a
+  restore made afterwards.
 
 Tracebacks in any log count as a failure. Runs `python -m litesync` from this environment:
 to measure another checkout, put its directory first on PYTHONPATH.
@@ -265,7 +273,7 @@ def _case(run, *args) -> tuple[str, str, str]:  # noqa: ANN001, ANN002
     """Run one case; an exception is its result (the other cases still run)."""
     try:
         return run(*args)
-    except Exception as e:  # noqa: BLE001 - reported in the table
+    except Exception as e:  # reported in the table
         return f"FAILED ({type(e).__name__}: {e})", "-", "-"
 
 
@@ -304,14 +312,50 @@ def b2_restore(bench: Bench, p: float) -> tuple[str, str, str]:
         "nothing" if same else "DIFFERS"
 
 
+def slow_store(bench: Bench, minutes: float, spool_max: str) -> tuple[str, str, str, str]:
+    """A slow store (300 ms before each answer, 1 MB/s) under a writer at 500 tx/s of rows
+    it cannot keep up with, for ``minutes``; the writer alone first, for its own figures."""
+    import boto3
+
+    from test_faults import slow_store as run
+
+    seconds = minutes * 60
+    rows = ("--row-size", "1000", "--incompressible")
+    alone = os.path.join(bench.work, "alone.db")
+    waits = os.path.join(bench.work, "alone.txt")
+    subprocess.run([sys.executable, WORKLOAD, alone, "--seconds", str(min(seconds, 60)), "--rate", "500",
+                    "--max-wait-log", waits, *rows], check=True, env=ENV)
+    alone_longest = float(open(waits).read().split()[0])
+    os.unlink(alone)
+    work = os.path.join(bench.work, "slow")
+    os.makedirs(work)
+    bucket = "slow-store"
+    boto3.client("s3", endpoint_url=bench.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    m = run(bench.proxy, bench.endpoint, bucket, work, seconds=seconds, spool_max=spool_max, rate=1 << 20,
+            writer=rows, env=ENV, catch_up_timeout=3600)
+    ok = (m.locked == 0 and m.catch_up is not None and m.same and m.restored == m.transactions
+          and not m.tracebacks)
+    result = ("ok" if ok else f"FAILED ({m.tracebacks} tracebacks)") + (
+        f": {m.transactions} tx in {m.seconds:.0f}s ({m.transactions / m.seconds:.0f}/s), longest commit "
+        f"{m.longest_commit * 1000:.0f} ms (writer alone: {alone_longest * 1000:.0f} ms), {m.locked} locked; "
+        f"WAL at most {m.max_wal / 1e6:.1f} MB; spool at most {m.max_segments / 1e6:.1f} MB of segments, "
+        f"{m.max_spool / 1e6:.1f} MB with the snapshot; {m.spool_warnings} spool warning(s), "
+        f"{m.bridges} bridging snapshots")
+    lost = f"{m.transactions - m.restored} transactions" + ("" if m.same else " (content DIFFERS)")
+    what = f"replicate S3, writer 500 tx/s x {minutes:g} min, spool-max-size {spool_max}"
+    return result, f"{_seconds(m.catch_up)} after the writer stopped", lost, what
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=50, help="database size in MB (default 50)")
     ap.add_argument("--outage", type=float, default=10.0, help="seconds each fault lasts (default 10)")
     ap.add_argument("--faults", default=",".join(f for f in FAULTS if f != "reset_every_32MB"),
                     help="comma-separated subset of: " + ", ".join(FAULTS))
-    ap.add_argument("--ops", default=",".join(OPS) + ",b2", help="comma-separated subset of: replicate, restore, "
-                                                                 "follow, b2")
+    ap.add_argument("--ops", default=",".join(OPS) + ",b2,slow_store",
+                    help="comma-separated subset of: replicate, restore, follow, b2, slow_store")
+    ap.add_argument("--slow-minutes", type=float, default=3.0, help="slow_store: minutes of writing (default 3)")
+    ap.add_argument("--slow-spool", default="32MiB", help="slow_store: the spool-max-size (default 32MiB)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     args = ap.parse_args()
     import logging
@@ -335,6 +379,15 @@ def main() -> int:
             result, recovery, lost = _case(b2_restore, bench, 0.2)
             failed |= not result.startswith("ok")
             rows.append(("reset_response (20% of downloads cut)", "restore B2 (simulator)", result, recovery, lost))
+        if "slow_store" in ops:
+            t0 = time.monotonic()
+            try:
+                result, recovery, lost, what = slow_store(bench, args.slow_minutes, args.slow_spool)
+            except Exception as e:  # reported in the table
+                result, recovery, lost, what = f"FAILED ({type(e).__name__}: {e})", "-", "-", "replicate S3"
+            failed |= not result.startswith("ok")
+            rows.append(("slow store: 300 ms latency + 1 MB/s", what, result, recovery, lost))
+            print(f"# slow store: {result} ({time.monotonic() - t0:.0f}s)", flush=True)
     finally:
         bench.close()
         if not args.keep:

@@ -107,6 +107,53 @@ def test_restore_waits_for_a_store_that_goes_down_and_completes(replicated, prox
     assert content_digest(out) == content_digest(replicated[0])
 
 
+def test_a_restore_past_its_deadline_stops_naming_what_it_waited_for_and_writes_nothing(replicated, proxy, tmp_path):
+    """The store goes silent mid-download for longer than --timeout: the restore stops
+    within the deadline and a request's timeout, exit 1, one error line naming the object
+    and the byte it waited for; nothing at the output path."""
+    proxy.set("bandwidth", rate=8 << 20)  # the download is under way when the store goes silent
+    out = str(tmp_path / "sub" / "out.db")
+    t0 = time.monotonic()
+    restoring = subprocess.Popen([sys.executable, "-m", "litesync", "restore", "--timeout", "6s", "-o", out,
+                                  s3_url(proxy.url, replicated[2])], env=clean_env(S3_ENV),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    proxy.set("blackhole")
+    _, stderr = restoring.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert restoring.returncode == 1, stderr
+    assert took < 6 + 7, f"stopped {took:.1f}s after it began (deadline 6s)"
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0] == stderr.splitlines()[-1], stderr
+    assert errors[0].startswith(f"litesync: error: restore timed out after 6.0s (--timeout 6s), waiting for "
+                                f"replica {s3_url(proxy.url, replicated[2])} (s3://{replicated[2]}/app at "
+                                f"127.0.0.1:{proxy.port}): read 'generations/"), errors[0]
+    assert " at byte " in errors[0] and errors[0].endswith(f"; nothing was written to {out}"), errors[0]
+    assert "Traceback" not in stderr
+    assert not os.path.exists(tmp_path / "sub")  # not even the directory made for it
+
+
+def test_a_restore_waits_out_an_outage_shorter_than_its_deadline_and_completes(replicated, proxy, tmp_path):
+    """The store goes silent for 20 s mid-restore, inside a 90 s deadline: the restore says
+    once that it waits (and when it gives up), then completes, exact."""
+    proxy.set("bandwidth", rate=12 << 20)
+    out = str(tmp_path / "out.db")
+    log = tmp_path / "restore.log"
+    restoring = start_litesync("restore", "--timeout", "90s", "-o", out, s3_url(proxy.url, replicated[2]),
+                               env=clean_env(S3_ENV), log_path=str(log))
+    time.sleep(1.0)
+    proxy.set("blackhole")
+    time.sleep(20.0)
+    assert restoring.poll() is None and not os.path.exists(out)
+    proxy.set("pass")
+    assert restoring.wait(120) == 0, log.read_text()
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert text.count("waiting for the store") == 1, text
+    assert "the restore gives up in 1m" in text and "(--timeout 90s)" in text, text
+    assert content_digest(out) == content_digest(replicated[0]) and integrity(out) == "ok"
+
+
 def test_follower_catches_up_while_a_fifth_of_responses_are_reset(replicated, proxy, tmp_path):
     db, endpoint, bucket = replicated
     proxy.set("reset_response", p=0.2)

@@ -148,7 +148,7 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.retrier().call(lambda: self._list(prefix))
+        return self.retrier().call(lambda: self._list(prefix), f"list {prefix!r}")
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
