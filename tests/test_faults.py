@@ -7,6 +7,8 @@ The full matrix (and a 1 GB database) is scripts/faults.py; this is its short ve
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import random
 import sqlite3
@@ -241,8 +243,12 @@ class FlakyDownloads:
         self.p = p
         self.rng = random.Random(seed)
         self.cut = 0
+        self.raw = raw
         self._download = raw.download_file_from_url
         raw.download_file_from_url = self.download_file_from_url
+
+    def undo(self) -> None:
+        self.raw.download_file_from_url = self._download
 
     def download_file_from_url(self, *args, **kw):
         manager = self._download(*args, **kw)
@@ -263,6 +269,179 @@ class FlakyDownloads:
 
             resp.iter_content = iter_content
         return manager
+
+
+class B2Faults:
+    """Faults at b2sdk's simulator boundary, where its HTTP layer would raise them (the
+    simulator runs in this process: there is no connection for the proxy to break):
+
+    - ``upload_p``: that share of upload requests fail with a reset connection, half before
+      the store keeps the bytes, half after (the answer is lost: the upload happened);
+    - ``down``: every request fails as a refused connection does (an outage).
+
+    b2sdk tries each upload five times itself; what reaches litesync is what fails all five.
+    """
+
+    CALLS = ("authorize_account", "get_bucket", "list_buckets", "list_file_names", "list_file_versions",
+             "get_upload_url", "get_upload_part_url", "upload_file", "upload_part", "start_large_file",
+             "finish_large_file", "cancel_large_file", "list_parts", "download_file_from_url",
+             "delete_file_version", "get_file_info_by_id", "get_file_info_by_name")
+    UPLOADS = ("upload_file", "upload_part")
+
+    def __init__(self, raw, seed: int = 1) -> None:
+        self.rng = random.Random(seed)
+        self.upload_p = 0.0
+        self.down = False
+        self.counts = {"refused": 0, "upload_reset": 0, "answer_lost": 0}
+        for name in self.CALLS:
+            if hasattr(raw, name):
+                setattr(raw, name, self._wrap(name, getattr(raw, name)))
+
+    def _wrap(self, name: str, call):
+        from b2sdk.v2.exception import B2ConnectionError
+
+        def faulty(*args, **kw):
+            if self.down:
+                self.counts["refused"] += 1
+                raise B2ConnectionError("connection refused by the test")
+            if name in self.UPLOADS and self.rng.random() < self.upload_p:
+                if self.rng.random() < 0.5:
+                    self.counts["upload_reset"] += 1
+                    raise B2ConnectionError("connection reset by the test")
+                call(*args, **kw)
+                self.counts["answer_lost"] += 1
+                raise B2ConnectionError("connection reset by the test after the upload was kept")
+            return call(*args, **kw)
+
+        return faulty
+
+
+@contextlib.contextmanager
+def b2_replication(db: str, api, path: str = "app"):
+    """Replicate ``db`` to ``b2://litesync-test/PATH`` on b2sdk's simulator ``api`` with an
+    agent in this process (where the simulator is); yield the Runner. The agent opens the
+    database with apsw: read it with sqlite3 in this process only after the block."""
+    import dataclasses
+
+    from litesync.config import config_from_args
+    from litesync.replica.b2 import B2ReplicaClient
+    from litesync.replica.registry import BACKENDS
+    from litesync.runner import Runner
+
+    saved = BACKENDS["b2"]
+    BACKENDS["b2"] = dataclasses.replace(saved, factory=lambda cfg: B2ReplicaClient(cfg, api=api))
+    try:
+        runner = Runner(config_from_args(db, [f"b2://litesync-test/{path}"]))
+        runner.start()
+        try:
+            yield runner
+        finally:
+            runner.stop(timeout=30)
+    finally:
+        BACKENDS["b2"] = saved
+
+
+def replica_state(runner) -> dict:
+    """The runner's one database's one replica, as `litesync status` shows it."""
+    return runner.statuses()[0]["replicas"][0]
+
+
+def wait_state(runner, pred, timeout: float) -> float:
+    """Seconds until ``pred(replica_state(runner))`` held; fails after ``timeout``."""
+    t0 = time.monotonic()
+    wait_for(lambda: pred(replica_state(runner)), timeout=timeout, interval=0.1)
+    return time.monotonic() - t0
+
+
+def synced(r: dict) -> bool:
+    return r["state"] == "completed" and r["lag_bytes"] == 0
+
+
+def b2_restore_exact(api, db: str, out: str, *, cut: float = 0.0) -> bool:
+    """Restore b2://litesync-test/app from the simulator (downloads cut mid-body with
+    probability ``cut``); return whether it equals ``db``."""
+    from litesync.replica.b2 import B2ReplicaClient
+    from litesync.restore import restore_any
+
+    client = B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket="litesync-test", path="app"), api=api)
+    flaky = FlakyDownloads(api.session.raw_api, p=cut) if cut else None
+    try:
+        restore_any([client], out)
+    finally:
+        if flaky is not None:
+            flaky.undo()
+    return content_digest(out) == content_digest(db) and integrity(out) == "ok"
+
+
+def test_b2_replication_through_failing_uploads_loses_nothing_and_restores_through_cut_downloads(
+        b2_api, tmp_path, caplog):
+    """70% of B2 upload requests fail (half of them after the upload was kept: the answer is
+    lost), beyond what b2sdk's own five tries absorb: the agent tries again, the replica
+    catches up, and a restore with 30% of its downloads cut mid-body is exact."""
+    api, _bucket = b2_api
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    faults = B2Faults(api.session.raw_api, seed=3)
+    with b2_replication(db, api) as runner:
+        wait_state(runner, synced, 30)
+        faults.upload_p = 0.7
+        run_writer(db, "--count", "150", "--rate", "100", "--seed", "2")
+        wait_state(runner, lambda r: r["errors"] > 0, 30)  # some uploads failed five times over
+        faults.upload_p = 0.0
+        wait_state(runner, synced, 60)
+    assert faults.counts["upload_reset"] > 0 and faults.counts["answer_lost"] > 0
+    assert b2_restore_exact(api, db, str(tmp_path / "out.db"), cut=0.3)
+    assert committed_prefix(str(tmp_path / "out.db")) == 151
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+    failed = [r.getMessage() for r in caplog.records if "(retrying)" in r.getMessage()]
+    assert failed and all("write 'generations/" in m and "B2ConnectionError" in m for m in failed), failed
+
+
+def test_a_b2_outage_shows_as_failed_within_seconds_and_replication_recovers(b2_api, tmp_path, caplog):
+    """B2 refuses every request for a while: the replica's status is failed, with the
+    reason, within seconds; when B2 is back it catches up and nothing is lost."""
+    api, _bucket = b2_api
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "1")
+    faults = B2Faults(api.session.raw_api)
+    with b2_replication(db, api) as runner:
+        wait_state(runner, synced, 30)
+        faults.down = True
+        writer = subprocess.Popen([sys.executable, WORKLOAD, db, "--count", "300", "--rate", "100", "--seed", "2"],
+                                  env=clean_env())
+        took = wait_state(runner, lambda r: r["state"] == "failed", 15)
+        assert took < 5, f"the outage took {took:.1f}s to show"
+        assert "B2ConnectionError" in replica_state(runner)["last_error"]
+        time.sleep(4)
+        faults.down = False
+        recovery = wait_state(runner, synced, 60)
+        assert writer.wait(60) == 0
+        wait_state(runner, synced, 30)
+    assert recovery < 35, f"caught up {recovery:.1f}s after B2 came back"
+    assert b2_restore_exact(api, db, str(tmp_path / "out.db"))
+    assert committed_prefix(str(tmp_path / "out.db")) == 301
+    assert "Traceback" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+def test_a_restore_from_b2_waits_out_an_outage_and_completes(b2_api, tmp_path, caplog):
+    """B2 is down when the restore begins and for 3 s more: the restore says once that it
+    waits, then completes, exact."""
+    import threading
+
+    api, _bucket = b2_api
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "20")
+    with b2_replication(db, api) as runner:
+        wait_state(runner, synced, 30)
+    faults = B2Faults(api.session.raw_api)
+    faults.down = True
+    caplog.set_level(logging.INFO, logger="litesync")
+    threading.Timer(3.0, lambda: setattr(faults, "down", False)).start()
+    t0 = time.monotonic()
+    assert b2_restore_exact(api, db, str(tmp_path / "out.db"))
+    assert time.monotonic() - t0 >= 3.0 and faults.counts["refused"] > 0
+    assert caplog.text.count("waiting for the store") == 1, caplog.text
+    assert "the store answers again" in caplog.text and "Traceback" not in caplog.text
 
 
 def test_b2_downloads_resume_by_file_id_and_read_back_exactly(b2_api):

@@ -57,6 +57,13 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
             return ReplicaSetupError(self.name, "access denied (check application-key-id/application-key)")
         if isinstance(e, (x.B2ConnectionError, x.B2RequestTimeout, x.ServiceError, x.TooManyRequests)):
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
+        if isinstance(e, x.MaxRetriesExceeded) and e.exception_info_list:
+            # b2sdk tried the upload (or a part) several times, each failure one a retry may cure.
+            last = e.exception_info_list[-1]
+            return TransientReplicaError(self.name, f"{what}: {type(last).__name__} at each of b2sdk's {e.limit} "
+                                                    "tries (will retry)")
+        if isinstance(e, x.AlreadyFailed):  # another part of the same large file failed so
+            return TransientReplicaError(self.name, f"{what}: another part failed (will retry)")
         if isinstance(e, x.B2Error) and e.should_retry_http():
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
