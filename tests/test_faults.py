@@ -616,3 +616,20 @@ def test_a_slow_store_never_holds_the_writer_back_and_the_replica_catches_up_thr
     assert m.catch_up is not None, m.log
     assert m.restored == m.transactions and m.same, m
     assert m.tracebacks == 0, m.log
+
+
+def test_the_deadline_reaches_the_store_through_encryption_and_a_bandwidth_limit(b2_api):
+    from litesync.replica import wrap_replica
+    from litesync.replica.b2 import B2ReplicaClient
+    from litesync.replica.resume import Deadline
+
+    api, bucket = b2_api
+    raw = B2ReplicaClient(replica_cfg(type="b2", name="b2", bucket=bucket, path="x"), api=api)
+    client = wrap_replica(raw, replica_cfg(max_bandwidth=1 << 20, encryption_keys=(bytes(range(32)),), db_id="a"))
+    deadline = Deadline(0.0, "restore", "--timeout 0s")
+    client.set_deadline(deadline)
+    assert raw.deadline is deadline
+    with pytest.raises(LitesyncError) as e:
+        client.read("k")
+    assert str(e.value) == ("restore timed out after 0.0s (--timeout 0s), waiting for replica b2 (b2://litesync-test/x): "
+                            "read 'k'")
