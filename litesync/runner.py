@@ -435,6 +435,8 @@ class DbReplication:
                     replaced = "the database file was replaced"
                 if replaced is not None:
                     self.agent.adopt_replacement(replaced)
+            if self.agent.snapshot_requested.is_set():
+                self.collect_garbage()  # a snapshot shipped goes before the next one is written beside it
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
             # frames cause a file event: when one seems in flight, look again soon.
@@ -666,6 +668,8 @@ class DbReplication:
             "generation": layout.format_generation(a.generation) if a.generation else None,
             "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
             "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
+            # The longest the agent held the write lock (its seal), and the WAL's largest size.
+            "max_seal_seconds": round(a.stats["max_seal_seconds"], 4), "max_wal_bytes": int(a.stats["max_wal_bytes"]),
             "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
             "spool_dropped": self.spool_dropped,
             "copied_through": {"at": copied_at, "next_seq": copied_seq,

@@ -509,6 +509,7 @@ class SlowStore:
     seconds: float  # the writer's run
     longest_commit: float  # the writer's longest wait for one commit (s)
     locked: int  # "database is locked" the writer met
+    max_seal: float  # the longest the agent held the write lock (s), as its status says
     max_wal: int  # the WAL file's largest size seen (bytes)
     max_spool: int  # the spool directory's largest size seen (bytes)
     max_segments: int  # of which segments (copied WAL waiting: what the bound is on)
@@ -581,6 +582,7 @@ def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seco
                 catch_up = time.monotonic() - ended
                 break
             time.sleep(0.5)
+        max_seal = float(read_statuses([db], fresh=1.0)[0].get("max_seal_seconds") or 0.0)
     finally:
         stop(agent)
     proxy.set("pass")
@@ -589,6 +591,7 @@ def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seco
     r = litesync("restore", "-o", out, s3_url(endpoint, bucket), env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     return SlowStore(transactions=int(done) + 1, seconds=took, longest_commit=float(longest), locked=int(locked),
+                     max_seal=max_seal,
                      max_wal=max_wal, max_spool=max_spool, max_segments=max_segments, spool_warnings=text.count("over spool-max-size"),
                      bridges=sum(1 for line in text.splitlines() if " snapshot " in line and " written " in line
                                  and "/0 written" not in line),
@@ -606,8 +609,7 @@ def test_a_slow_store_never_holds_the_writer_back_and_the_replica_catches_up_thr
     with FaultProxy((host, int(port))) as proxy:
         m = slow_store(proxy, endpoint, bucket, str(tmp_path), seconds=12, spool_max="1MiB", rate=512 << 10,
                        writer=("--row-size", "400", "--incompressible"), catch_up_timeout=60)
-    assert m.locked == 0 and m.longest_commit < 1.0, m
-    assert m.transactions >= 0.9 * 500 * 12, m  # the writer kept its pace
+    assert m.locked == 0 and m.longest_commit < 1.0 and m.max_seal < 0.5, m
     assert m.max_wal < 16 << 20, m  # checkpoint-pages 1000 (4 MiB) and what a turn copies meanwhile
     assert m.spool_warnings >= 1 and m.bridges >= 1, m.log
     # The bound holds for the copied WAL (one turn's copy over it at most); the snapshot
