@@ -427,7 +427,7 @@ def deadline(bench: Bench, name: str) -> tuple[str, str, str]:
     bench.proxy.set("bandwidth", rate=max(1 << 20, os.path.getsize(bench.db) // 4))
     t0 = time.monotonic()
     p = litesync("restore", "--timeout", f"{limit:g}s", "-o", out, url(bench.proxy.url, bench.bucket), log=log)
-    time.sleep(1)
+    wait_for(lambda: os.path.exists(out + ".tmp"), 30)  # the download is under way
     bench.proxy.set("blackhole")
     if name == "past":
         code = p.wait(600)
@@ -485,7 +485,7 @@ def slow_store(bench: Bench, minutes: float, spool_max: str) -> tuple[str, str, 
         f"write lock at most {m.max_seal * 1000:.0f} ms; "
         f"WAL at most {m.max_wal / 1e6:.1f} MB; spool at most {m.max_segments / 1e6:.1f} MB of segments, "
         f"{m.max_spool / 1e6:.1f} MB with the snapshot; {m.spool_warnings} spool warning(s), "
-        f"{m.bridges} bridging snapshots")
+        f"{m.bridges} bridging snapshots, {m.errors} error lines")
     lost = f"{m.transactions - m.restored} transactions" + ("" if m.same else " (content DIFFERS)")
     what = f"replicate S3, writer 500 tx/s x {minutes:g} min, spool-max-size {spool_max}"
     return result, f"{_seconds(m.catch_up)} after the writer stopped", lost, what

@@ -514,6 +514,7 @@ class SlowStore:
     max_spool: int  # the spool directory's largest size seen (bytes)
     max_segments: int  # of which segments (copied WAL waiting: what the bound is on)
     spool_warnings: int  # "over spool-max-size" lines in the agent's log
+    errors: int  # ERROR lines in the agent's log
     bridges: int  # snapshots taken mid-generation (the bridges over dropped objects)
     catch_up: float | None  # from the writer's end until the replica had everything (s)
     restored: int  # transactions a restore afterwards holds (tests/workload.py's count)
@@ -592,7 +593,9 @@ def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seco
     assert r.returncode == 0, r.stderr
     return SlowStore(transactions=int(done) + 1, seconds=took, longest_commit=float(longest), locked=int(locked),
                      max_seal=max_seal,
-                     max_wal=max_wal, max_spool=max_spool, max_segments=max_segments, spool_warnings=text.count("over spool-max-size"),
+                     max_wal=max_wal, max_spool=max_spool, max_segments=max_segments,
+                     spool_warnings=text.count("over spool-max-size"),
+                     errors=sum(" ERROR " in line for line in text.splitlines()),
                      bridges=sum(1 for line in text.splitlines() if " snapshot " in line and " written " in line
                                  and "/0 written" not in line),
                      catch_up=catch_up, restored=committed_prefix(out), same=content_digest(out) == content_digest(db),
@@ -617,7 +620,7 @@ def test_a_slow_store_never_holds_the_writer_back_and_the_replica_catches_up_thr
     assert m.max_segments <= (1 << 20) + (512 << 10), m
     assert m.catch_up is not None, m.log
     assert m.restored == m.transactions and m.same, m
-    assert m.tracebacks == 0, m.log
+    assert m.tracebacks == 0 and m.errors == 0, m.log
 
 
 def test_the_deadline_reaches_the_store_through_encryption_and_a_bandwidth_limit(b2_api):
