@@ -482,8 +482,8 @@ def slow_store(bench: Bench, minutes: float, spool_max: str) -> tuple[str, str, 
     result = ("ok" if ok else f"FAILED ({m.tracebacks} tracebacks)") + (
         f": {m.transactions} tx in {m.seconds:.0f}s ({m.transactions / m.seconds:.0f}/s), longest commit "
         f"{m.longest_commit * 1000:.0f} ms (the writer alone: {alone}), {m.locked} locked, the agent held the "
-        f"write lock at most {m.max_seal * 1000:.0f} ms; "
-        f"WAL at most {m.max_wal / 1e6:.1f} MB; spool at most {m.max_segments / 1e6:.1f} MB of segments, "
+        f"write lock at most {m.max_seal * 1000:.0f} ms; WAL at most {m.max_wal / 1e6:.1f} MB "
+        f"({m.max_wal_at:.0f}s in); spool at most {m.max_segments / 1e6:.1f} MB of segments, "
         f"{m.max_spool / 1e6:.1f} MB with the snapshot; {m.spool_warnings} spool warning(s), "
         f"{m.bridges} bridging snapshots, {m.errors} error lines")
     lost = f"{m.transactions - m.restored} transactions" + ("" if m.same else " (content DIFFERS)")

@@ -511,6 +511,7 @@ class SlowStore:
     locked: int  # "database is locked" the writer met
     max_seal: float  # the longest the agent held the write lock (s), as its status says
     max_wal: int  # the WAL file's largest size seen (bytes)
+    max_wal_at: float  # when, in seconds from the writer's start
     max_spool: int  # the spool directory's largest size seen (bytes)
     max_segments: int  # of which segments (copied WAL waiting: what the bound is on)
     spool_warnings: int  # "over spool-max-size" lines in the agent's log
@@ -562,8 +563,11 @@ def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seco
         w = subprocess.Popen([sys.executable, WORKLOAD, db, "--seconds", str(seconds), "--rate", str(tx_rate),
                               "--max-wait-log", waits, "--seed", "2", *writer], env=env)
         max_wal = max_spool = max_segments = 0
+        max_wal_at = 0.0
         while w.poll() is None:
-            max_wal = max(max_wal, os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0)
+            wal = os.path.getsize(db + "-wal") if os.path.exists(db + "-wal") else 0
+            if wal > max_wal:
+                max_wal, max_wal_at = wal, time.monotonic() - t0
             max_spool = max(max_spool, _dir_size(spool))
             max_segments = max(max_segments, _dir_size(spool, ".seg"))
             time.sleep(0.1)
@@ -593,7 +597,7 @@ def slow_store(proxy: FaultProxy, endpoint: str, bucket: str, work: str, *, seco
     assert r.returncode == 0, r.stderr
     return SlowStore(transactions=int(done) + 1, seconds=took, longest_commit=float(longest), locked=int(locked),
                      max_seal=max_seal,
-                     max_wal=max_wal, max_spool=max_spool, max_segments=max_segments,
+                     max_wal=max_wal, max_wal_at=max_wal_at, max_spool=max_spool, max_segments=max_segments,
                      spool_warnings=text.count("over spool-max-size"),
                      errors=sum(" ERROR " in line for line in text.splitlines()),
                      bridges=sum(1 for line in text.splitlines() if " snapshot " in line and " written " in line
