@@ -168,9 +168,11 @@ class Bench:
         self.proxy.set(mode, **params)
 
     def lag(self) -> float:
-        from litesync.status import read_status
+        from litesync.status import read_statuses
 
-        st = read_status(self.db)
+        # Asked for: the status file is rewritten unasked only when a state changes, so the
+        # lag it holds can be as old as the last change (a slow link changes no state).
+        st = read_statuses([self.db], fresh=1.0)[0]
         reps = st.get("replicas") or [{}]
         return float("inf") if reps[0].get("lag_seconds") is None else reps[0]["lag_seconds"]
 
