@@ -668,8 +668,7 @@ class DbReplication:
             "generation": layout.format_generation(a.generation) if a.generation else None,
             "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
             "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
-            # The longest the agent held the write lock (its seal), and the WAL's largest size.
-            "max_seal_seconds": round(a.stats["max_seal_seconds"], 4), "max_wal_bytes": int(a.stats["max_wal_bytes"]),
+            "max_wal_bytes": int(a.stats["max_wal_bytes"]),  # the WAL's largest size seen
             "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
             "spool_dropped": self.spool_dropped,
             "copied_through": {"at": copied_at, "next_seq": copied_seq,
