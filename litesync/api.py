@@ -249,6 +249,9 @@ def restore_db(source: str, output: str | None = None, *, config: str | None = N
     ``source`` is a replica URL (then ``output`` is required) or a configured database path
     (``output`` defaults to it). ``timestamp`` is RFC 3339 text or an aware datetime.
     ``db_id`` is the id of the database wanted (``--id``): a replica holding another is refused.
+    ``timeout`` (seconds) is the restore's total deadline (``--timeout``; default: the
+    config's ``restore-timeout``, else an hour): past it the restore writes nothing and
+    raises ``LitesyncError`` naming what it waited for.
     """
     environ = dict(os.environ if env is None else env)
     args = ["restore"]
@@ -275,8 +278,10 @@ def restore_db(source: str, output: str | None = None, *, config: str | None = N
                         ("--if-replica-exists", if_replica_exists), ("--no-integrity-check", not integrity_check)):
         if given:
             args.append(flag)
+    if timeout is not None:
+        args += ["--timeout", f"{timeout}s"]  # the child stops itself, writing nothing
     r = subprocess.run([python, "-m", "litesync", *args], stdin=subprocess.DEVNULL, capture_output=True,
-                       text=True, errors="replace", env=environ, timeout=timeout)
+                       text=True, errors="replace", env=environ, timeout=None if timeout is None else timeout + 30)
     lines = [line for line in (r.stderr + r.stdout).splitlines() if line.strip()]
     for line in lines:
         log.log(*_parse_line(line))

@@ -111,6 +111,11 @@ class RestoreError(LitesyncError):
     """A restore cannot produce a verified database."""
 
 
+class DeadlineError(LitesyncError):
+    """An operation ran past its total deadline (``restore --timeout``); never retried, and
+    no other replica is tried (the deadline is the whole operation's)."""
+
+
 class VerifyError(LitesyncError):
     """A restored replica differs from the live database it should equal."""
 

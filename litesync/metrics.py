@@ -39,6 +39,9 @@ _REPLICA_METRICS = (
 _DB_METRICS = (
     ("litesync_spool_bytes", "gauge", "Bytes in the local spool (copied, not yet shipped everywhere).",
      "spool_bytes"),
+    ("litesync_spool_dropped_objects_total", "counter",
+     "Objects dropped from the spool unshipped (past spool-max-size); a replica behind them gets a new snapshot.",
+     "spool_dropped"),
     ("litesync_checkpoints_total", "counter", "WAL checkpoints run by the agent.", "checkpoints"),
     ("litesync_snapshots_total", "counter", "Snapshots written to the spool.", "snapshots"),
     ("litesync_snapshot_duration_seconds", "gauge", "How long the last snapshot took.", "snapshot_seconds"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import random
 import tempfile
@@ -26,15 +27,16 @@ import apsw
 
 from . import history, layout
 from .dbhash import DbHash, page_hash, raw_page_hash
-from .errors import (ChainError, CorruptObjectError, ForeignDatabaseError, LegacyGenerationError, LitesyncError,
-                     ObjectNotFoundError, OutputExistsError, RestoreError, TransientReplicaError, UsageError)
+from .errors import (ChainError, CorruptObjectError, DeadlineError, ForeignDatabaseError, LegacyGenerationError,
+                     LitesyncError, ObjectNotFoundError, OutputExistsError, RestoreError, TransientReplicaError,
+                     UsageError)
 from .fetch import Fetcher, ObjectCache, list_all
 from .history import Plan
 from .journal import pending_page
 from .replica import open_replica
 from .replica.base import ObjectInfo, ReplicaClient
 from .replica.file import fsync_dir
-from .replica.resume import policy_for
+from .replica.resume import Deadline, policy_for
 from .segment import Readable, SegmentReader, SnapshotReader, read_header
 
 if TYPE_CHECKING:
@@ -466,7 +468,8 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
             generation: int | None = None, until_ms: int | None = None,
             objects: list[ObjectInfo] | None = None, cache: ObjectCache | None = None,
             retries: int = RETRIES, on_verified: Callable[[str, Result], None] | None = None,
-            observe: Callable[[int], None] | None = None, db_id: str | None = None) -> Result:
+            observe: Callable[[int], None] | None = None, db_id: str | None = None,
+            deadline: Deadline | None = None) -> Result:
     """Rebuild the database at ``out_path`` from ``client``; the output appears only when verified.
 
     ``db_id`` is the id of the database wanted: an object carrying another stops the
@@ -476,7 +479,8 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
     ``objects`` is a listing made moments ago (else the replica is listed); ``on_verified``
     is called with the verified temp file before it is renamed into place; ``observe`` with
     the checksum of the database after the snapshot and after each transaction applied
-    (states a verification may compare with the live database).
+    (states a verification may compare with the live database). Past ``deadline`` (see
+    ``restore_any``), every wait on the store stops with DeadlineError.
     """
     out_path = os.path.abspath(out_path)
     if os.path.exists(out_path) and not force:
@@ -534,6 +538,8 @@ def restore(client: ReplicaClient, out_path: str, *, plan: Plan | None = None, f
                     raise
                 attempt += 1
                 delay = min(30.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if deadline is not None and deadline.left() < delay:
+                    raise deadline.error(str(e)) from None
                 log.warning("%s (attempt %d of %d; restarting the restore in %.1fs)", e, attempt,
                             retries + 1, delay, extra={"replica": client.name})
                 time.sleep(delay)
@@ -588,6 +594,9 @@ def restore_missing(cfg: "Config") -> list[Result]:
         if os.path.exists(db.path):
             continue
         clients = [open_replica(rc) for rc in priority_order(db.replicas)]
+        deadline = _deadline(cfg)
+        for client in clients:
+            client.set_deadline(deadline)
         try:
             cands = survey(clients)
             if not any(c.plan for c in cands):
@@ -601,11 +610,22 @@ def restore_missing(cfg: "Config") -> list[Result]:
                 continue
             log.info("%s does not exist: restoring it from %s", db.path, cands[0].client.name)
             os.makedirs(os.path.dirname(db.path), exist_ok=True)
-            results.append(restore_any(clients, db.path, cands=cands, db_id=db.id or None))
+            results.append(restore_any(clients, db.path, cands=cands, db_id=db.id or None, deadline=deadline))
         finally:
             for c in clients:
                 c.close()
     return results
+
+
+def _deadline(cfg: "Config") -> Deadline | None:
+    """A restore's deadline from now, as the configuration's ``restore-timeout`` says."""
+    from .config import DEFAULT_RESTORE_TIMEOUT
+
+    if cfg.restore_timeout is None:
+        return Deadline(DEFAULT_RESTORE_TIMEOUT, "restore", "restore-timeout's default")
+    if math.isinf(cfg.restore_timeout):
+        return None
+    return Deadline(cfg.restore_timeout, "restore", f"restore-timeout in {cfg.source}")
 
 
 def databases_in(client: ReplicaClient) -> list[str]:
@@ -701,17 +721,37 @@ def choose(clients: Sequence[ReplicaClient], *, generation: int | None = None,
 
 def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: int | None = None,
                 until_ms: int | None = None, cache: ObjectCache | None = None,
-                cands: list[Candidate] | None = None, **kw) -> Result:  # noqa: ANN003
+                cands: list[Candidate] | None = None, deadline: Deadline | None = None,
+                **kw) -> Result:  # noqa: ANN003
     """Restore from the replica with the newest state among ``clients`` (given in priority
     order), falling back to the next ones when a replica is unreachable, damaged or
     incomplete. The result names the replica used and why others were not. ``cands`` is a
-    ``survey`` of ``clients`` made moments ago (else they are listed here)."""
+    ``survey`` of ``clients`` made moments ago (else they are listed here).
+
+    ``deadline`` bounds the whole restore, listings included: past it, the wait under way
+    stops with DeadlineError naming what it waited for, no other replica is tried, and
+    nothing is written to ``out_path``.
+    """
+    try:
+        return _restore_any(clients, out_path, generation=generation, until_ms=until_ms, cache=cache,
+                            cands=cands, deadline=deadline, **kw)
+    except DeadlineError as e:
+        raise DeadlineError(f"{e}; nothing was written to {os.path.abspath(out_path)}") from None
+
+
+def _restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: int | None,
+                 until_ms: int | None, cache: ObjectCache | None, cands: list[Candidate] | None,
+                 deadline: Deadline | None, **kw) -> Result:  # noqa: ANN003
     # A request that fails is tried again on its own, a broken download resumed; a store
     # that does not answer is waited for only when no other replica could serve.
     for client in clients:
         client.set_retry(policy_for(len(clients) - 1))
+        client.set_deadline(deadline)
     if cands is None:
         cands = survey(clients, generation=generation, until_ms=until_ms)
+    late = [c.error for c in cands if isinstance(c.error, DeadlineError)]
+    if late:
+        raise late[0]
     failures = [c.error for c in cands if c.error is not None]
     skipped = [(c.client.name, str(c.error)) for c in cands if c.error is not None]
     usable = [c for c in cands if c.plan is not None]
@@ -722,8 +762,8 @@ def restore_any(clients: Sequence[ReplicaClient], out_path: str, *, generation: 
         c.client.set_retry(policy_for(len(usable) - i - 1))
         try:
             result = restore(c.client, out_path, generation=generation, until_ms=until_ms, objects=c.objects,
-                             cache=cache, retries=1 if others else RETRIES, **kw)
-        except UsageError:
+                             cache=cache, retries=1 if others else RETRIES, deadline=deadline, **kw)
+        except (UsageError, DeadlineError):
             raise
         except LitesyncError as e:
             skipped.append((c.client.name, str(e)))

@@ -30,7 +30,7 @@ from .replica import open_replica
 from .replica.registry import BACKENDS
 from .progress import format_size, plural
 from .shipper import Shipper, unshipped
-from .spool import Name
+from .spool import over_bound
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
@@ -280,6 +280,8 @@ class DbReplication:
         self.turn_error: str | None = None
         self._recheck = 0.0  # > 0 while a commit seems in flight: look again this soon
         self._lock_waited = False
+        self._spool_over = False  # the spool bound dropped objects, and the replicas are not back under it
+        self.spool_dropped = 0  # unshipped objects the spool bound dropped
         self._idle_turns = 0
         self.idle_poll = IDLE_POLL  # WATCHED_IDLE_POLL once its directory is watched (see Runner.watch)
         self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
@@ -489,6 +491,8 @@ class DbReplication:
                     replaced = "the database file was replaced"
                 if replaced is not None:
                     self.agent.adopt_replacement(replaced)
+            if self.agent.snapshot_requested.is_set():
+                self.collect_garbage()  # a snapshot shipped goes before the next one is written beside it
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
             # frames cause a file event: when one seems in flight, look again soon.
@@ -682,24 +686,22 @@ class DbReplication:
             self.error = e
 
     def collect_garbage(self) -> None:
-        """Drop spool objects every replica has; bound the spool by dropping the oldest."""
-        objs = self.agent.spool.objects()
-        if len(objs) <= 1:
-            return
-        newest = objs[-1][0]
-        drop: list[Name] = [n for n, _ in objs[:-1] if all(s.done_with(n) for s in self.shippers)]
-        size = sum(s for _, s in objs) - sum(s for n, s in objs if n in drop)
-        if size > self.cfg.spool_max_size:
-            for n, s in objs:
-                if size <= self.cfg.spool_max_size:
-                    break
-                if n is newest or n in drop:
-                    continue
-                drop.append(n)
-                size -= s
-            self.log.warning("spool over %d bytes; dropped unshipped objects, lagging replicas get a new snapshot",
-                             self.cfg.spool_max_size)
-        self.agent.spool.delete(drop)
+        """Drop spool objects every replica has; past spool-max-size, unshipped ones too (see
+        ``spool.over_bound``), said once for each time the spool goes over."""
+        spool = self.agent.spool
+        limit = self.cfg.spool_max_size
+        done, dropped, waiting = over_bound(spool.objects(), lambda n: all(s.done_with(n) for s in self.shippers),
+                                            limit)
+        if dropped:
+            sizes = dict(spool.objects())
+            level = logging.DEBUG if self._spool_over else logging.WARNING
+            self.log.log(level, "spool %s: over spool-max-size (%s): dropped %s (%s) not yet shipped; a replica "
+                         "behind them goes on from a new snapshot", spool.root, format_size(limit),
+                         plural(len(dropped), "object"), format_size(sum(sizes.get(n, 0) for n in dropped)))
+            self.spool_dropped += len(dropped)
+        # Said again only after the replicas came back well under the bound.
+        self._spool_over = bool(dropped) or (self._spool_over and waiting > limit // 2)
+        spool.delete(done + dropped)
 
     def ready(self) -> bool:
         """True once replicating and every replica checked (see ``Shipper.checked``), or while
@@ -804,7 +806,9 @@ class DbReplication:
             "generation": layout.format_generation(a.generation) if a.generation else None,
             "next_seq": a.next_seq, "last_snapshot_at": a.last_snapshot_at or None,
             "snapshot_seconds": round(a.stats["snapshot_seconds"], 3),
+            "max_wal_bytes": int(a.stats["max_wal_bytes"]),  # the WAL's largest size seen
             "spool_bytes": sum(size for _, size in objects), "spool_objects": len(objects),
+            "spool_dropped": self.spool_dropped,
             "copied_through": {"at": copied_at, "next_seq": copied_seq,
                                "generation": layout.format_generation(copied_gen) if copied_gen else None},
             "checkpoints": a.stats["checkpoints"], "snapshots": a.stats["snapshots"],
@@ -823,7 +827,7 @@ class DbReplication:
         positions move with every commit: they are rewritten when a reader asks
         (status.ask_fresh), or with the next such change."""
         a = self.agent
-        return (self.state(), str(self.error), self.turn_error, a.generation, a.stats["snapshots"],
+        return (self.state(), str(self.error), self.turn_error, a.generation, a.stats["snapshots"], self._spool_over,
                 tuple((s.status, s.last_error, s.pos.generation, len(m.unsound), m.stats["errors"])
                       for s, m in zip(self.shippers, self.maintainers)),
                 tuple(v["ok"] + v["failed"] for v in self.validation.values()))

@@ -161,7 +161,8 @@ class Shipper:
         self.checked = threading.Event()
         self._caught_up_once = False
         self.awaiting_snapshot = False  # the spool lacks the snapshot this replica needs next
-        self._asked_at: Position | None = None  # the position a snapshot was last asked for at
+        # (position, snapshots the spool had received) when a snapshot was last asked for
+        self._asked_at: tuple[Position, int] | None = None
         self._task: Task | Loop | None = None
         self.after_upload: Callable[[], None] | None = None  # told after each upload (the maintainer)
         self._probed = False  # the replica was looked at (see _probe)
@@ -229,7 +230,8 @@ class Shipper:
         return choose_next(self.spool.objects(), self.pos)[1]
 
     def ship_one(self) -> bool:
-        """Ship the next object if there is one; return whether something was shipped."""
+        """Ship the next object if there is one; return whether something was shipped (or
+        the spool changed under the upload: the next turn comes at once either way)."""
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
         self.awaiting_snapshot = name is None and need_snapshot
         if name is None:
@@ -239,19 +241,17 @@ class Shipper:
         if self._replica_is_ahead(name):
             self.awaiting_snapshot = True
             return False
-        if isinstance(name, layout.SnapshotName):
-            size = self._upload(name)
-            self.uploaded_snapshots.add(name.key)
-            new_pos = Position(sort_key(name), name.seq, name.key)
-        else:
-            run = batch_after(self.spool.objects(), name)
-            if len(run) == 1:
-                size = self._upload(name)
-            else:
-                run, size = self._upload_batch(run)
-                if not run:
-                    return False
-            new_pos = Position(sort_key(run[-1]), run[-1].last_seq + 1, self.pos.snapshot)
+        try:
+            shipped = self._ship(name)
+        except FileNotFoundError as e:
+            if not self._dropped_meanwhile(e):
+                raise
+            # The spool bound dropped it before it was read: the next turn takes another way.
+            self.log.debug("%s: dropped from the spool before it was shipped", e.filename)
+            return True
+        if shipped is None:
+            return True
+        new_pos, size = shipped
         # Saved before self.pos moves: the spool drops what self.pos says is shipped.
         self._save(new_pos)
         self.pos = new_pos
@@ -264,6 +264,29 @@ class Shipper:
         if self.after_upload is not None:
             self.after_upload()
         return True
+
+    def _dropped_meanwhile(self, e: FileNotFoundError) -> bool:
+        """True when ``e`` is about a spool object the spool no longer holds."""
+        path = str(e.filename or "")
+        if not path.startswith(self.spool.root + os.sep):
+            return False  # the replica's side
+        return path not in {self.spool.path(n) for n, _ in self.spool.objects()}
+
+    def _ship(self, name: Name) -> tuple[Position, int] | None:
+        """Upload ``name`` (a segment with those that follow it); return the position after
+        it and the bytes uploaded, None when nothing went up (a damaged spool object)."""
+        if isinstance(name, layout.SnapshotName):
+            size = self._upload(name)
+            self.uploaded_snapshots.add(name.key)
+            return Position(sort_key(name), name.seq, name.key), size
+        run = batch_after(self.spool.objects(), name)
+        if len(run) == 1:
+            size = self._upload(name)
+        else:
+            run, size = self._upload_batch(run)
+            if not run:
+                return None
+        return Position(sort_key(run[-1]), run[-1].last_seq + 1, self.pos.snapshot), size
 
     def _replica_is_ahead(self, name: Name) -> bool:
         """True when the replica holds history this agent's would not follow: the agent is
@@ -338,11 +361,14 @@ class Shipper:
                      "rolled back, or another agent writes here)")
 
     def _ask_for_snapshot(self) -> None:
-        """Ask the agent for a snapshot, once per position that needs one."""
+        """Ask the agent for a snapshot, once per position that needs one and snapshot it took."""
         # Asking again while the agent takes it would make it take a second one: the spool
         # changes meanwhile (the agent copies the WAL before a snapshot), the need does not.
-        if self._asked_at != self.pos:
-            self._asked_at = self.pos
+        # A snapshot taken since that does not serve (gone from the spool before this
+        # replica reached it) is a reason to ask again, or the replica would wait for ever.
+        asked = (self.pos, self.spool.snapshots_published)
+        if self._asked_at != asked:
+            self._asked_at = asked
             self.request_snapshot.set()
 
     def _upload(self, name: Name) -> int:

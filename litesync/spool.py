@@ -24,6 +24,38 @@ def sort_key(name: Name) -> tuple[int, int, int]:
     return (name.generation, name.first_seq, 1)
 
 
+def over_bound(objects: list[tuple[Name, int]], shipped: Callable[[Name], bool],
+               limit: int) -> tuple[list[Name], list[Name], int]:
+    """What to delete from a spool holding ``objects`` (pure, in shipping order): the
+    objects every replica has (``shipped``), the unshipped ones the bound drops, and the
+    bytes the bound counts after that.
+
+    The bound is on copied WAL waiting to be shipped: past ``limit`` bytes, unshipped
+    objects go, the oldest first, and the replicas behind them go on from a snapshot. The
+    newest snapshot is neither counted nor dropped, whatever its size: it is the bridge a
+    replica behind the dropped objects ships next (dropping it would leave that replica
+    waiting for another, whose turn would drop it again). The newest object always stays:
+    the agent resumes from it.
+    """
+    if len(objects) <= 1:
+        return [], [], 0
+    newest = objects[-1][0]
+    done = [n for n, _ in objects[:-1] if shipped(n)]
+    gone = set(done)
+    waiting = [(n, s) for n, s in objects if n not in gone]
+    bridge = max((n for n, _ in waiting if isinstance(n, layout.SnapshotName)), key=sort_key, default=None)
+    size = sum(s for n, s in waiting if n != bridge)
+    dropped: list[Name] = []
+    for n, s in waiting:
+        if size <= limit:
+            break
+        if n == newest or n == bridge:
+            continue
+        dropped.append(n)
+        size -= s
+    return done, dropped, size
+
+
 class Spool:
     """A directory of objects plus an in-memory index that shippers wait on."""
 
@@ -33,6 +65,7 @@ class Spool:
         self.changed = threading.Condition()
         self._listeners: list[Callable[[], None]] = []  # called after every change (shippers' wakes)
         self._objects: dict[Name, int] = {}
+        self.snapshots_published = 0  # by this process, whether still here or dropped since
         try:
             makedirs_private(root)
         except OSError as e:
@@ -65,6 +98,8 @@ class Spool:
         size = os.stat(path).st_size
         with self.changed:
             self._objects[name] = size
+            if isinstance(name, layout.SnapshotName):
+                self.snapshots_published += 1
             self.changed.notify_all()
         self._tell()
 

@@ -11,6 +11,7 @@ only). Prints one table row per case:
     python scripts/faults.py --mb 1024 --ops restore --faults reset_every_32MB # every response cut at 32 MB
     python scripts/faults.py --outage 60           # faults that last a minute
     python scripts/faults.py --ops disk            # the full disks alone (no S3 server)
+    python scripts/faults.py --mb 1 --ops slow_store --slow-minutes 5   # a slow store, five minutes
 
 - replicate: an agent replicates through the proxy while a writer commits; the fault lasts
   ``--outage`` seconds in the middle. Recovery: from the end of the fault until the
@@ -26,6 +27,23 @@ only). Prints one table row per case:
 - follow: a follower reads through the proxy while the agent (direct) ships a writer's
   commits; the fault lasts ``--outage`` seconds. Recovery: from the end of the fault until
   the follower's output equals the source.
+- b2: b2sdk's simulator runs in this process, so its faults are made at its boundary
+  (tests/test_faults.py's FlakyDownloads and B2Faults): a restore with 20% of downloads
+  cut mid-body; replication (an agent in this process) while 70% of upload requests fail
+  (half after the upload was kept) or every request is refused for ``--outage`` seconds
+  (recovery: until the replica is within a second of the writer; the result says when the
+  status showed failed); a restore that begins while B2 refuses everything.
+- deadline: `restore --timeout` with the store blackholed mid-restore past the deadline
+  (the result is the exit code, the time and the error line; recovery column: how long
+  after the deadline it stopped), and for ``--outage`` seconds inside a deadline three
+  times as long (it must wait, say so once, and complete exact).
+- slow_store: the proxy holds each answer 300 ms and the link to 1 MB/s while a writer
+  commits 500 tx/s of incompressible 3 kB rows (about twice what the link carries) for
+  ``--slow-minutes``, the spool bounded by ``--slow-spool``. Result: the writer's longest
+  commit (and, for comparison, the same writer's alone on this machine, up to a minute),
+  the largest WAL and spool seen, the spool warnings and bridging snapshots. Recovery: from
+  the writer's end until the replica has everything. Lost: transactions missing from a
+  restore made afterwards.
 
 - disk (``--disks``), each disk full for ``--outage`` seconds, then freed:
   spool_full: the agent's spool (a small disk mounted on the state directory) under a
@@ -47,6 +65,7 @@ to measure another checkout, put its directory first on PYTHONPATH.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sqlite3
@@ -166,9 +185,11 @@ class Bench:
         self.proxy.set(mode, **params)
 
     def lag(self) -> float:
-        from litesync.status import read_status
+        from litesync.status import read_statuses
 
-        st = read_status(self.db)
+        # Asked for: the status file is rewritten unasked only when a state changes, so the
+        # lag it holds can be as old as the last change (a slow link changes no state).
+        st = read_statuses([self.db], fresh=1.0)[0]
         reps = st.get("replicas") or [{}]
         return float("inf") if reps[0].get("lag_seconds") is None else reps[0]["lag_seconds"]
 
@@ -451,24 +472,193 @@ def b2_restore(bench: Bench, p: float) -> tuple[str, str, str]:
         "nothing" if same else "DIFFERS"
 
 
+def _simulator():  # noqa: ANN202
+    """b2sdk's simulator, authorized, with the bucket tests/test_faults.py's B2 helpers use."""
+    from b2sdk.v2 import B2Api, B2HttpApiConfig, InMemoryAccountInfo, InMemoryCache, RawSimulator
+
+    api = B2Api(InMemoryAccountInfo(), cache=InMemoryCache(), api_config=B2HttpApiConfig(_raw_api_class=RawSimulator))
+    key_id, key = api.session.raw_api.create_account()
+    api.authorize_account("production", key_id, key)
+    api.create_bucket("litesync-test", "allPrivate")
+    return api
+
+
+class _Tracebacks(logging.Handler):
+    """Counts log records of this process that carry a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += bool(record.exc_info) or "Traceback" in record.getMessage()
+
+
+def b2_replicate(bench: Bench, name: str) -> tuple[str, str, str]:
+    """An agent (in this process, where the simulator is) replicates to B2 while a writer
+    commits 50 tx/s; for ``--outage`` seconds in the middle, 70% of upload requests fail
+    (``uploads``: half after the upload was kept) or every request is refused (``outage``).
+    Recovery: from the fault's end until the replica is within a second of the writer."""
+    from test_faults import B2Faults, b2_replication, b2_restore_exact, replica_state, synced
+
+    api = _simulator()
+    work = os.path.join(bench.work, f"b2-{name}")
+    os.makedirs(work)
+    db = os.path.join(work, "app.db")
+    subprocess.run([sys.executable, WORKLOAD, db, "--count", "1"], check=True, env=ENV)
+    count = int((bench.outage + 6) * 50)
+    faults = B2Faults(api.session.raw_api)
+    tracebacks = _Tracebacks()
+    logging.getLogger().addHandler(tracebacks)
+    try:
+        with b2_replication(db, api) as runner:
+            if wait_for(lambda: synced(replica_state(runner)), 60) is None:
+                return "FAILED (never up to date before the fault)", "-", "-"
+            writer = subprocess.Popen([sys.executable, WORKLOAD, db, "--count", str(count), "--rate", "50",
+                                       "--seed", "2"], env=ENV)
+            time.sleep(2)
+            t0 = time.monotonic()
+            if name == "outage":
+                faults.down = True
+            else:
+                faults.upload_p = 0.7
+            shown = wait_for(lambda: replica_state(runner)["state"] == "failed", bench.outage)
+            time.sleep(max(0.0, bench.outage - (time.monotonic() - t0)))
+            faults.down, faults.upload_p = False, 0.0
+            recovered = wait_for(lambda: replica_state(runner)["lag_seconds"] <= 1.0, 120)
+            errors = replica_state(runner)["errors"]
+            writer.wait()
+            wait_for(lambda: synced(replica_state(runner)), 120)
+        out = os.path.join(work, "out.db")
+        same = b2_restore_exact(api, db, out)
+        lost = count + 1 - committed_prefix(out)
+    finally:
+        logging.getLogger().removeHandler(tracebacks)
+    ok = same and not lost and recovered is not None and not tracebacks.count
+    seen = (f"failed shown after {shown:.1f}s" if shown is not None else "never shown as failed") + \
+        f", {errors} failed uploads; {faults.counts}"
+    result = ("ok" if ok else f"FAILED ({tracebacks.count} tracebacks)") + f" ({seen})"
+    return result, _seconds(recovered), f"{lost} transactions" + ("" if same else " (DIFFERS)")
+
+
+def b2_restore_outage(bench: Bench) -> tuple[str, str, str]:
+    """A restore from B2 begins while B2 refuses every request and goes on for ``--outage``
+    seconds. Recovery: from B2's return until the restore is done."""
+    import threading
+
+    from test_faults import B2Faults, b2_replication, b2_restore_exact, replica_state, synced
+
+    api = _simulator()
+    work = os.path.join(bench.work, "b2-restore-outage")
+    os.makedirs(work)
+    db = os.path.join(work, "app.db")
+    subprocess.run([sys.executable, WORKLOAD, db, "--count", "200"], check=True, env=ENV)
+    with b2_replication(db, api) as runner:
+        wait_for(lambda: synced(replica_state(runner)), 60)
+    faults = B2Faults(api.session.raw_api)
+    faults.down = True
+    healed: list[float] = []
+    threading.Timer(bench.outage, lambda: (setattr(faults, "down", False), healed.append(time.monotonic()))).start()
+    same = b2_restore_exact(api, db, os.path.join(work, "out.db"))
+    took = time.monotonic() - healed[0] if healed else None
+    return ("ok" if same else "FAILED") + f" ({faults.counts['refused']} requests refused)", _seconds(took), \
+        "nothing" if same else "DIFFERS"
+
+
+def deadline(bench: Bench, name: str) -> tuple[str, str, str]:
+    """``restore --timeout``: the store goes silent mid-restore for longer than the deadline
+    (``past``: the restore must stop by the deadline plus a request's timeout, with one line,
+    writing nothing), or for ``--outage`` seconds inside a deadline three times as long
+    (``inside``: it must wait and complete, exact)."""
+    out = os.path.join(bench.work, f"deadline-{name}.db")
+    log = os.path.join(bench.work, f"deadline-{name}.log")
+    limit = 10.0 if name == "past" else 3 * bench.outage + 30
+    bench.proxy.set("bandwidth", rate=max(1 << 20, os.path.getsize(bench.db) // 4))
+    t0 = time.monotonic()
+    p = litesync("restore", "--timeout", f"{limit:g}s", "-o", out, url(bench.proxy.url, bench.bucket), log=log)
+    wait_for(lambda: os.path.exists(out + ".tmp"), 30)  # the download is under way
+    bench.proxy.set("blackhole")
+    if name == "past":
+        code = p.wait(600)
+        took = time.monotonic() - t0
+        bench.proxy.set("pass")
+        text = open(log, errors="replace").read()
+        last = text.strip().splitlines()[-1] if text.strip() else ""
+        ok = (code == 1 and took < limit + 8 and last.startswith("litesync: error: restore timed out after")
+              and not os.path.exists(out) and not os.path.exists(out + ".tmp") and "Traceback" not in text)
+        result = ("ok" if ok else f"FAILED (exit {code})") + f": exit {code} after {took:.1f}s: {last}"
+        return result, f"{took - limit:+.1f}s past the {limit:g}s deadline", \
+            "nothing written" if not os.path.exists(out) else "OUTPUT WRITTEN"
+    time.sleep(bench.outage)
+    bench.proxy.set("pass")
+    healed = time.monotonic()
+    code = p.wait(600)
+    took = time.monotonic() - healed
+    text = open(log, errors="replace").read()
+    same = code == 0 and content_digest(out) == content_digest(bench.db) and integrity(out) == "ok"
+    ok = same and text.count("waiting for the store") == 1 and "Traceback" not in text
+    if os.path.exists(out):
+        os.unlink(out)
+    said = text.count("waiting for the store")
+    result = ("ok" if ok else f"FAILED (exit {code})") + f" (deadline {limit:g}s, waiting said {said}x)"
+    return result, f"{took:.1f}s", "nothing" if same else "DIFFERS"
+
+
+def slow_store(bench: Bench, minutes: float, spool_max: str) -> tuple[str, str, str, str]:
+    """A slow store (300 ms before each answer, 1 MB/s) under a writer at 500 tx/s of rows
+    it cannot keep up with, for ``minutes``; the writer alone first, for its own figures."""
+    import boto3
+
+    from test_faults import slow_store as run
+
+    seconds = minutes * 60
+    rows = ("--row-size", "1000", "--incompressible")
+    alone = os.path.join(bench.work, "alone.db")
+    waits = os.path.join(bench.work, "alone.txt")
+    subprocess.run([sys.executable, WORKLOAD, alone, "--seconds", str(min(seconds, 60)), "--rate", "500",
+                    "--max-wait-log", waits, *rows], check=True, env=ENV)
+    alone_longest, _, alone_done = open(waits).read().split()
+    alone = f"{float(alone_longest) * 1000:.0f} ms at {int(alone_done) / min(seconds, 60):.0f}/s"
+    os.unlink(os.path.join(bench.work, "alone.db"))
+    work = os.path.join(bench.work, "slow")
+    os.makedirs(work)
+    bucket = "slow-store"
+    boto3.client("s3", endpoint_url=bench.endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    m = run(bench.proxy, bench.endpoint, bucket, work, seconds=seconds, spool_max=spool_max, rate=1 << 20,
+            writer=rows, env=ENV, catch_up_timeout=3600)
+    ok = (m.locked == 0 and m.catch_up is not None and m.same and m.restored == m.transactions
+          and not m.tracebacks)
+    result = ("ok" if ok else f"FAILED ({m.tracebacks} tracebacks)") + (
+        f": {m.transactions} tx in {m.seconds:.0f}s ({m.transactions / m.seconds:.0f}/s), longest commit "
+        f"{m.longest_commit * 1000:.0f} ms (the writer alone: {alone}), {m.locked} locked, the agent held the "
+        f"write lock at most {m.max_seal * 1000:.0f} ms; WAL at most {m.max_wal / 1e6:.1f} MB "
+        f"({m.max_wal_at:.0f}s in); spool at most {m.max_segments / 1e6:.1f} MB of segments, "
+        f"{m.max_spool / 1e6:.1f} MB with the snapshot; {m.spool_warnings} spool warning(s), "
+        f"{m.bridges} bridging snapshots, {m.errors} error lines")
+    lost = f"{m.transactions - m.restored} transactions" + ("" if m.same else " (content DIFFERS)")
+    what = f"replicate S3, writer 500 tx/s x {minutes:g} min, spool-max-size {spool_max}"
+    return result, f"{_seconds(m.catch_up)} after the writer stopped", lost, what
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=int, default=50, help="database size in MB (default 50)")
     ap.add_argument("--outage", type=float, default=10.0, help="seconds each fault lasts (default 10)")
     ap.add_argument("--faults", default=",".join(f for f in FAULTS if f != "reset_every_32MB"),
                     help="comma-separated subset of: " + ", ".join(FAULTS))
-    ap.add_argument("--ops", default=",".join(OPS) + ",b2,disk", help="comma-separated subset of: replicate, "
-                                                                      "restore, follow, b2, disk")
+    ap.add_argument("--ops", default=",".join(OPS) + ",b2,deadline,slow_store,disk",
+                    help="comma-separated subset of: replicate, restore, follow, b2, deadline, slow_store, disk")
     ap.add_argument("--disks", default=",".join(DISKS), help="comma-separated subset of: " + ", ".join(DISKS))
+    ap.add_argument("--slow-minutes", type=float, default=3.0, help="slow_store: minutes of writing (default 3)")
+    ap.add_argument("--slow-spool", default="32MiB", help="slow_store: the spool-max-size (default 32MiB)")
     ap.add_argument("--keep", action="store_true", help="keep the working directory")
     args = ap.parse_args()
-    import logging
 
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     work = tempfile.mkdtemp(prefix="litesync-faults-")
     ops = args.ops.split(",")
-    network = any(op in ops for op in (*OPS, "b2"))
+    network = any(op in ops for op in (*OPS, "b2", "deadline", "slow_store"))
     bench = Bench(work, args.mb, args.outage) if network else None
     rows = []
     failed = False
@@ -484,6 +674,32 @@ def main() -> int:
             result, recovery, lost = _case(b2_restore, bench, 0.2)
             failed |= not result.startswith("ok")
             rows.append(("reset_response (20% of downloads cut)", "restore B2 (simulator)", result, recovery, lost))
+            for name, fault in (("uploads", f"70% of upload requests reset for {args.outage:g}s"),
+                                ("outage", f"every request refused for {args.outage:g}s")):
+                result, recovery, lost = _case(b2_replicate, bench, name)
+                failed |= not result.startswith("ok")
+                rows.append((fault, "replicate B2 (simulator)", result, recovery, lost))
+            result, recovery, lost = _case(b2_restore_outage, bench)
+            failed |= not result.startswith("ok")
+            rows.append((f"every request refused for the first {args.outage:g}s", "restore B2 (simulator)", result,
+                         recovery, lost))
+            print("# b2: done", flush=True)
+        if "deadline" in ops:
+            for name, fault in (("past", "blackhole past restore --timeout 10s"),
+                                ("inside", f"blackhole for {args.outage:g}s inside restore --timeout")):
+                result, recovery, lost = _case(deadline, bench, name)
+                failed |= not result.startswith("ok")
+                rows.append((fault, "restore S3", result, recovery, lost))
+                print(f"# deadline / {name}: {result}", flush=True)
+        if "slow_store" in ops:
+            t0 = time.monotonic()
+            try:
+                result, recovery, lost, what = slow_store(bench, args.slow_minutes, args.slow_spool)
+            except Exception as e:  # reported in the table
+                result, recovery, lost, what = f"FAILED ({type(e).__name__}: {e})", "-", "-", "replicate S3"
+            failed |= not result.startswith("ok")
+            rows.append(("slow store: 300 ms latency + 1 MB/s", what, result, recovery, lost))
+            print(f"# slow store: {result} ({time.monotonic() - t0:.0f}s)", flush=True)
         if "disk" in ops:
             disk_rows = DiskBench(os.path.join(work, "disk"), args.outage).rows(args.disks.split(","))
             failed |= any(row[2].startswith("FAILED") for row in disk_rows)

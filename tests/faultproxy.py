@@ -13,7 +13,8 @@ is switched at run time with ``FaultProxy.set``:
   its body, or, with ``p``, each response is cut with probability ``p`` at a random byte
   of its body (a response without a body, such as an upload's, is then lost whole: the
   request was carried out, the client never hears so).
-- ``latency``: each response waits ``seconds`` before its first byte is forwarded.
+- ``latency``: each response waits ``seconds`` before its first byte is forwarded; with
+  ``rate`` too, bytes are also held to that rate (a slow store: far and narrow).
 - ``bandwidth``: bytes in both directions together are held to ``rate`` bytes per second.
 
 HTTP/1.1 framing is followed only as far as cutting a response's body needs: request and
@@ -162,7 +163,7 @@ class FaultProxy:
             raise ValueError(f"unknown fault mode: {mode!r} (one of {', '.join(MODES)})")
         with self._lock:
             self.mode, self.params = mode, params
-            if mode == "bandwidth":
+            if "rate" in params:
                 self._bucket = _Bucket()
             if mode == "refuse" and self._listener is not None:
                 self._stop_listening()
@@ -233,8 +234,9 @@ class FaultProxy:
         client.close()
 
     def _throttle(self, n: int) -> None:
-        if self.mode == "bandwidth":
-            self._bucket.take(n, float(self.params["rate"]))
+        rate = self.params.get("rate") if self.mode in ("bandwidth", "latency") else None
+        if rate:
+            self._bucket.take(n, float(rate))
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         """Carry one connection both ways (one thread, so a reset is never raced by a read)."""

@@ -960,3 +960,13 @@ def test_a_backend_with_keys_of_its_own_needs_no_change_to_the_config(cwd, monke
     assert parse_replica_url("vault://b/app?root=/v").option("root") == "/v"  # a URL parameter of its own
     with pytest.raises(ConfigError, match=r"^must be an absolute path: 'v'$"):
         parse_replica_url("vault://b/app?root=v")
+
+
+def test_restore_timeout_is_a_duration_or_none_and_unset_by_default(cwd):
+    assert load(MINIMAL).restore_timeout is None
+    assert load("restore-timeout: 30m\n" + MINIMAL).restore_timeout == 1800.0
+    assert load("restore-timeout: none\n" + MINIMAL).restore_timeout == float("inf")
+    assert error("restore-timeout: 0s\n" + MINIMAL) == (
+        "litesync.yml:1: restore-timeout: must be greater than zero (or none): '0s'")
+    assert error("restore-timeout: soon\n" + MINIMAL) == (
+        "litesync.yml:1: restore-timeout: invalid duration: 'soon' (units: ms, s, m, h, d)")

@@ -98,3 +98,7 @@ def test_latency_and_bandwidth_slow_responses_down(proxied):
     t0 = time.monotonic()
     assert get(proxy, path) == BODY
     assert time.monotonic() - t0 >= 0.4
+    proxy.set("latency", seconds=0.3, rate=2 << 20)  # both: a slow store
+    t0 = time.monotonic()
+    assert get(proxy, path) == BODY
+    assert time.monotonic() - t0 >= 0.3 + 0.4

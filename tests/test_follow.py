@@ -290,6 +290,10 @@ def test_follow_refuses_a_foreign_output_and_stops_cleanly(tmp_path):
     assert r.returncode == 2 and "--timestamp cannot be combined with --follow" in r.stderr
     r = litesync("restore", "--interval", "1s", "-o", out, rep)
     assert r.returncode == 2 and "--interval needs --follow" in r.stderr
+    r = litesync("restore", "--follow", "--timeout", "1m", "-o", out, rep)
+    assert r.returncode == 2 and "--timeout cannot be combined with --follow" in r.stderr
+    r = litesync("restore", "--timeout", "0s", "-o", out + "2", rep)
+    assert r.returncode == 2 and r.stderr == "litesync: error: --timeout: must be greater than zero (or none): '0s'\n"
     os.unlink(out)
     log = str(tmp_path / "f.log")
     p = start_litesync("restore", "--follow", "-o", out, "--interval", "50ms", rep, log_path=log)

@@ -167,25 +167,13 @@ def test_sync_interval_ships_after_a_quiet_spell_at_once_then_spaces_uploads(tmp
     assert os.path.exists(tmp_path / "pos.json")
 
 
-def test_a_replica_waiting_for_a_snapshot_asks_once_and_sleeps(tmp_path, monkeypatch):
-    """The spool lacks what the replica needs next (segments 3..6 were dropped): the shipper
-    asks the agent for a snapshot once for that position, then waits for the spool instead
-    of spinning; a new position that needs one asks again."""
-    import threading
-    import time
-
-    from litesync import shipper as shipper_mod
+def behind_a_gap(tmp_path):
+    """A file replica's shipper at segment 2 of a spool that holds segment 7 (3..6 were
+    dropped): (the shipper, a function publishing an object to its spool, the event it
+    asks for a snapshot with)."""
     from litesync.replica.file import FileReplicaClient
-    from litesync.shipper import Shipper
     from litesync.spool import Spool
 
-    calls = []
-
-    def counting(objects, pos):
-        calls.append(pos)
-        return choose_next(objects, pos)
-
-    monkeypatch.setattr(shipper_mod, "choose_next", counting)
     spool = Spool(str(tmp_path / "spool"))
 
     def publish(name):
@@ -198,6 +186,25 @@ def test_a_replica_waiting_for_a_snapshot_asks_once_and_sleeps(tmp_path, monkeyp
     s = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), str(tmp_path / "pos.json"), db="db", replica="file",
                 request_snapshot=requested)
     s.pos = shipped(seg(G, 2))
+    return s, publish, requested
+
+
+def test_a_replica_waiting_for_a_snapshot_asks_once_and_sleeps(tmp_path, monkeypatch):
+    """The spool lacks what the replica needs next (segments 3..6 were dropped): the shipper
+    asks the agent for a snapshot once for that position, then waits for the spool instead
+    of spinning; a new position that needs one asks again."""
+    import time
+
+    from litesync import shipper as shipper_mod
+
+    calls = []
+
+    def counting(objects, pos):
+        calls.append(pos)
+        return choose_next(objects, pos)
+
+    monkeypatch.setattr(shipper_mod, "choose_next", counting)
+    s, publish, requested = behind_a_gap(tmp_path)
     s.start()
     try:
         assert requested.wait(5)
@@ -294,3 +301,35 @@ def test_spool_changes_do_not_bring_a_retry_after_a_failure_closer(tmp_path):
     finally:
         s.stop()
         s.join(5)
+
+
+def test_the_spool_bound_drops_the_oldest_unshipped_and_keeps_the_bridging_snapshot():
+    """Past the bound, unshipped objects go oldest first; the newest snapshot stays, whatever
+    its size, and is not counted: it is what a replica behind the dropped ones ships next."""
+    from litesync.spool import over_bound
+
+    spool = [(seg(G, 1), 10), (seg(G, 2), 10), (snap(G, 3), 1000), (seg(G, 3), 10), (seg(G, 4), 10),
+             (seg(G, 5), 10)]
+    behind = shipped(seg(G, 0))
+    done, dropped, left = over_bound(spool, lambda n: sort_key(n) <= behind.key, 25)
+    assert done == [] and dropped == [seg(G, 1), seg(G, 2), seg(G, 3)] and left == 20
+    # Then the replica behind ships the snapshot, and goes on from it.
+    assert choose_next([o for o in spool if o[0] not in dropped], behind) == (snap(G, 3), False)
+    # Under the bound, only what every replica has goes (never the newest object).
+    done, dropped, left = over_bound(spool, lambda n: True, 25)
+    assert done == [n for n, _ in spool[:-1]] and dropped == [] and left == 10
+    done, dropped, left = over_bound(spool, lambda n: sort_key(n) <= sort_key(seg(G, 2)), 1000)
+    assert done == [seg(G, 1), seg(G, 2)] and dropped == [] and left == 30
+
+
+def test_a_snapshot_dropped_before_the_replica_reached_it_is_asked_for_again(tmp_path):
+    """A replica asks for a snapshot once per need; when the one taken is gone from the
+    spool before the replica got to it, that is a new need (else it waits for ever)."""
+    s, publish, requested = behind_a_gap(tmp_path)
+    assert not s.ship_one() and requested.is_set() and s.awaiting_snapshot
+    requested.clear()
+    assert not s.ship_one() and not requested.is_set()  # the same need: asked once
+    publish(snap(G, 8))
+    s.spool.delete([snap(G, 8)])  # dropped before this replica's turn
+    publish(seg(G, 8))
+    assert not s.ship_one() and requested.is_set()

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, NoReturn, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, NamedTuple, NoReturn, Sequence, TypeVar
 
 from ..errors import UsageError
 
@@ -95,9 +95,17 @@ def db_id_arg(text: str) -> str:
         raise UsageError(f"--id: {e}") from None
 
 
-def replicas_of(args: argparse.Namespace, target: str) -> tuple[list[ReplicaConfig], str | None, str | None]:
-    """Return (replica configs, database path or None, id of the database wanted or None)
-    for a DB path, a replica directory or a replica URL; ``--id`` given overrides the
+class Target(NamedTuple):
+    """What a command's DB|URL argument resolves to."""
+
+    replicas: list[ReplicaConfig]
+    db_path: str | None  # None for a replica URL or directory
+    db_id: str | None  # of the database wanted, None for any
+    config: Config | None  # the configuration DB was found in (None for a URL or directory)
+
+
+def replicas_of(args: argparse.Namespace, target: str) -> Target:
+    """Resolve a DB path, a replica directory or a replica URL; ``--id`` given overrides the
     configured id. A replica the command line names (or DB's default, ``DB.backups/``) is
     called by where it is, so every message says where litesync looked."""
     from ..config import command_line_replica
@@ -108,7 +116,7 @@ def replicas_of(args: argparse.Namespace, target: str) -> tuple[list[ReplicaConf
         rc = command_line_replica(target)
         rc = dataclasses.replace(rc, name=target if is_url(target) else rc.destination,
                                  max_bandwidth=rate or rc.max_bandwidth)
-        return [_existing(rc, args, f"from {target!r}")], None, wanted
+        return Target([_existing(rc, args, f"from {target!r}")], None, wanted, None)
     cfg = load(args, target, [])
     setup_logging(cfg.logging, args.verbose)
     db = cfg.dbs[0]
@@ -116,7 +124,7 @@ def replicas_of(args: argparse.Namespace, target: str) -> tuple[list[ReplicaConf
     if cfg.source is None:  # no config file: DB's default replica
         replicas = [_existing(dataclasses.replace(rc, name=rc.destination), args,
                               f"the default replica of {db.path}; no config file names it") for rc in replicas]
-    return replicas, db.path, wanted or db.id or None
+    return Target(replicas, db.path, wanted or db.id or None, cfg)
 
 
 def _existing(rc: ReplicaConfig, args: argparse.Namespace, origin: str) -> ReplicaConfig:

@@ -14,7 +14,7 @@ def _listing(args: argparse.Namespace, what: str) -> int:
     from ..progress import format_size, plural
     from ..replica import open_replica
 
-    replicas, _db, _id = replicas_of(args, args.target)
+    replicas = replicas_of(args, args.target).replicas
     generation = generation_arg(args)
     client = open_replica(replicas[0])
     try:

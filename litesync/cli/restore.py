@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -15,10 +16,11 @@ from ..errors import LitesyncError, RestoreError, UsageError
 from .common import EXIT_OK, Subparsers, generation_arg, global_options, option, replicas_of
 
 if TYPE_CHECKING:
-    from ..config import ReplicaConfig
+    from ..config import Config, ReplicaConfig
     from ..fetch import ObjectCache
     from ..history import Plan
     from ..replica import ReplicaClient
+    from ..replica.resume import Deadline
     from ..restore import Result
 
 log = logging.getLogger("litesync")
@@ -44,20 +46,30 @@ class RestoreOptions:
     follow: bool = False
     interval: float = 0.0  # seconds between polls, with follow
     cache_dir: str | None = None
+    timeout: float = math.inf  # the whole restore's deadline in seconds (from_args: at most 1h unless asked)
+    timeout_origin: str = "--timeout"  # what set it, for the message when it passes
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "RestoreOptions":
         from ..history import parse_time
 
-        replicas, db_path, db_id = replicas_of(args, args.target)
+        replicas, db_path, db_id, cfg = replicas_of(args, args.target)
         if db_path is None and not args.output and not args.dry_run:
             raise UsageError("restore: -o/--output is required when restoring from a URL")
+        timeout, origin = _timeout(args, cfg)
         return cls(target=args.target, replicas=tuple(replicas), output=args.output or db_path, db_id=db_id,
                    force=args.force, if_db_not_exists=args.if_db_not_exists,
                    if_replica_exists=args.if_replica_exists, integrity_check=_integrity_check(args),
                    until_ms=option(args, "timestamp", parse_time), generation=generation_arg(args),
                    dry_run=args.dry_run, json=args.json, follow=args.follow, interval=_follow_interval(args),
-                   cache_dir=args.cache_dir)
+                   cache_dir=args.cache_dir, timeout=timeout, timeout_origin=origin)
+
+    def deadline(self) -> Deadline | None:
+        """The restore's deadline, from now; None when it has none."""
+        from ..replica.resume import Deadline
+
+        return None if self.follow or math.isinf(self.timeout) else Deadline(self.timeout, "restore",
+                                                                               self.timeout_origin)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +89,10 @@ def restore(opts: RestoreOptions) -> int:
         log.info("database exists, nothing to do: %s", out)
         return EXIT_OK
     cache = ObjectCache(opts.cache_dir) if opts.cache_dir else None
+    deadline = opts.deadline()
     clients = [open_replica(rc) for rc in priority_order(opts.replicas)]
+    for client in clients:
+        client.set_deadline(deadline)
     try:
         if opts.if_replica_exists and not _any_backup(clients):
             log.info("no replica holds a backup, nothing to do")
@@ -94,7 +109,7 @@ def restore(opts: RestoreOptions) -> int:
             try:
                 result = restore_any(clients, out, force=opts.force, check=opts.integrity_check,
                                      progress=progress, generation=opts.generation, until_ms=opts.until_ms,
-                                     cache=cache, db_id=opts.db_id)
+                                     cache=cache, db_id=opts.db_id, deadline=deadline)
             except LitesyncError as e:
                 intact = getattr(e, "intact_generation", None)
                 if intact is None:
@@ -183,6 +198,17 @@ def _integrity_check(args: argparse.Namespace) -> bool:
     return not args.no_integrity_check and args.integrity_check != "none"
 
 
+def _timeout(args: argparse.Namespace, cfg: Config | None) -> tuple[float, str]:
+    """The restore's total deadline in seconds (inf: none), and what set it."""
+    from ..config import DEFAULT_RESTORE_TIMEOUT, parse_timeout
+
+    if args.timeout is not None:
+        return option(args, "timeout", parse_timeout), f"--timeout {args.timeout}"  # type: ignore[return-value]
+    if cfg is not None and cfg.restore_timeout is not None:
+        return cfg.restore_timeout, f"restore-timeout in {cfg.source}"
+    return DEFAULT_RESTORE_TIMEOUT, "--timeout's default"
+
+
 def _follow_interval(args: argparse.Namespace) -> float:
     """Validate the follow options; return the poll interval in seconds."""
     from ..config import parse_duration
@@ -193,7 +219,7 @@ def _follow_interval(args: argparse.Namespace) -> float:
         return 0.0
     for flag, given in (("--timestamp", args.timestamp), ("--generation", args.generation),
                         ("--dry-run", args.dry_run), ("--json", args.json),
-                        ("--if-db-not-exists", args.if_db_not_exists)):
+                        ("--if-db-not-exists", args.if_db_not_exists), ("--timeout", args.timeout)):
         if given:
             raise UsageError(f"restore: {flag} cannot be combined with --follow")
     try:
@@ -286,4 +312,7 @@ def add_parser(sub: Subparsers) -> None:
     s.add_argument("--cache-dir", metavar="DIR",
                    help="keep downloaded objects in DIR; later restores read them from there (verified again)")
     s.add_argument("--max-bandwidth", metavar="RATE", help="limit the download to RATE (5MB/s, 512KiB/s)")
+    s.add_argument("--timeout", metavar="DURATION",
+                   help="give up the whole restore after DURATION (30m, 2h; none: never), writing nothing "
+                        "(default: the config's restore-timeout, else 1h)")
     s.set_defaults(func=run)

@@ -17,6 +17,8 @@ DEFAULT_SYNC_INTERVAL = {t: b.default_sync_interval for t, b in BACKENDS.items()
 DEFAULT_CHECKPOINT_PAGES = 1000
 DEFAULT_SPOOL_MAX_SIZE = 1 << 30
 DEFAULT_MAX_WAL_SIZE = 64 << 20
+# A restore's total deadline (restore --timeout, restore-timeout:); inf: none.
+DEFAULT_RESTORE_TIMEOUT = 3600.0
 DEFAULT_RETENTION = 24 * 3600.0
 DEFAULT_RETENTION_CHECK_INTERVAL = 60.0
 DEFAULT_COMPACTION = (30.0, 300.0, 3600.0)
@@ -196,6 +198,7 @@ class Config:
     addr: str | None = None
     exec: str | None = None  # the command ``replicate`` starts, when --exec is not given
     shutdown_timeout: float | None = None  # unset: --shutdown-timeout's default
+    restore_timeout: float | None = None  # unset: DEFAULT_RESTORE_TIMEOUT; inf: no deadline
     max_open: int | None = None
 
     def database(self, db_path: str) -> DbConfig | None:

@@ -24,7 +24,7 @@ from .model import (DEFAULT_PATTERN, Config, DbConfig, DbSettings, DirConfig, Lo
                     LOG_LEVELS, LOG_STREAMS, ReplicaConfig)
 from .units import (_abspath, _key_prefix, _addr, _bool, _bucket, _choice, _compaction, _db_id, _endpoint, _integer,
                     _part_size, _pattern, _positive_duration, _positive_size,
-                    _replica_name, _replica_type, parse_bandwidth, parse_duration)
+                    _replica_name, _replica_type, parse_bandwidth, parse_duration, parse_timeout)
 from .urls import _default_name, _destination_key, parse_replica_url
 
 log = logging.getLogger("litesync.config")
@@ -167,7 +167,8 @@ def load_config(path: str, *, environ: Mapping[str, str] | None = None) -> Confi
 
 _DB_SETTINGS = ("snapshot-interval", "checkpoint-pages", "max-wal-size", "spool-max-size", "retention",
                 "retention-check-interval", "compaction", "validation-interval")
-_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "max-open-databases", "dbs", "exec", "shutdown-timeout")
+_TOP_KEYS = _DB_SETTINGS + ("logging", "addr", "max-open-databases", "dbs", "exec", "shutdown-timeout",
+                             "restore-timeout")
 _DIR_ONLY_KEYS = ("pattern", "recursive")
 _DB_KEYS = ("path", "dir", "replicas", "replica", "id") + _DIR_ONLY_KEYS + _DB_SETTINGS
 _LOGGING_KEYS = ("level", "format", "stream", "stderr")
@@ -369,6 +370,7 @@ class _Reader:
                       tuple(e for e in entries if isinstance(e, DirConfig)), addr,
                       exec=self.value(items, "exec", "", str),
                       shutdown_timeout=self.value(items, "shutdown-timeout", "", parse_duration),  # never negative
+                      restore_timeout=self.value(items, "restore-timeout", "", parse_timeout),
                       max_open=self.value(items, "max-open-databases", "", _integer(1)))
 
     def db_settings(self, items: Items, path: str, inherited: DbSettings) -> DbSettings:

@@ -44,6 +44,16 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def parse_timeout(text: str) -> float:
+    """Return the seconds of a total deadline ("30m", "2h"), infinity for "none"."""
+    if text.strip().lower() == "none":
+        return float("inf")
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ConfigError(f"must be greater than zero (or none): {text!r}")
+    return seconds
+
+
 def parse_size(text: str | int) -> int:
     """Return the bytes in a size such as "512", "64KB" (10^3) or "64MiB" (2^20)."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import IO, TYPE_CHECKING, BinaryIO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
 from .base import ObjectInfo, ReplicaClient
-from .resume import RetriesRequests
+from .resume import Retrier, RetriesRequests
 
 if TYPE_CHECKING:
     from ..config import ReplicaConfig
@@ -57,12 +57,19 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
             return ReplicaSetupError(self.name, "access denied (check application-key-id/application-key)")
         if isinstance(e, (x.B2ConnectionError, x.B2RequestTimeout, x.ServiceError, x.TooManyRequests)):
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
+        if isinstance(e, x.MaxRetriesExceeded) and e.exception_info_list:
+            # b2sdk tried the upload (or a part) several times, each failure one a retry may cure.
+            last = e.exception_info_list[-1]
+            return TransientReplicaError(self.name, f"{what}: {type(last).__name__} at each of b2sdk's {e.limit} "
+                                                    "tries (will retry)")
+        if isinstance(e, x.AlreadyFailed):  # another part of the same large file failed so
+            return TransientReplicaError(self.name, f"{what}: another part failed (will retry)")
         if isinstance(e, x.B2Error) and e.should_retry_http():
             return TransientReplicaError(self.name, f"{what}: {type(e).__name__} (will retry)")
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.retrier().call(lambda: self._list(prefix))
+        return self.retrier().call(lambda: self._list(prefix), f"list {prefix!r}")
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -83,11 +90,12 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
         buf = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)
         retrier = self.retrier()
         try:
-            downloaded, version = retrier.call(lambda: self._request(key, None, 0))
+            downloaded, version = retrier.call(lambda: self._request(key, None, 0), f"read {key!r}")
             while True:
                 offset = buf.tell()
                 try:
-                    self._save(downloaded, buf, key, version[1])
+                    self._save(downloaded, _Checked(buf, retrier, lambda: self._where(key, buf, version[1])),
+                               key, version[1])
                     break
                 except LitesyncError as e:
                     if buf.tell() > offset:
@@ -95,6 +103,7 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
                     retrier.failed(e)
                 while buf.tell() < version[1]:
                     try:
+                        retrier.check(lambda: self._where(key, buf, version[1]))
                         downloaded, _ = self._request(key, version, buf.tell())
                         break
                     except LitesyncError as e:
@@ -106,6 +115,9 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
             raise
         buf.seek(0)
         return buf  # type: ignore[return-value]
+
+    def _where(self, key: str, buf: IO[bytes], size: int) -> str:
+        return f"replica {self.name}: read {key!r} at byte {buf.tell()} of {size}"
 
     def _request(self, key: str, version: tuple[str, int] | None, offset: int):  # noqa: ANN202
         """Start downloading ``key`` from byte ``offset``; with ``version`` (file id, size), that
@@ -125,10 +137,12 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
         except Exception as e:
             raise self._error(e, f"read {key!r}") from None
 
-    def _save(self, downloaded, buf: IO[bytes], key: str, size: int) -> None:  # noqa: ANN001
+    def _save(self, downloaded, buf: "_Checked", key: str, size: int) -> None:  # noqa: ANN001
         try:
             # Sequential writes (no seeking): what reached ``buf`` before a failure is a prefix.
             downloaded.save(buf, allow_seeking=False)
+        except LitesyncError:
+            raise  # the deadline passed
         except Exception as e:  # a reset, timeout or short body mid-object
             raise TransientReplicaError(self.name, f"read {key!r} at byte {buf.tell()} of {size}: "
                                                    f"{type(e).__name__}") from None
@@ -151,3 +165,23 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
                         self._bucket.delete_file_version(fv.id_, name)
             except Exception as e:
                 raise self._error(e, f"delete {key!r}") from None
+
+
+class _Checked:
+    """The file a download is saved to, checking the restore's deadline at each write (a
+    download that trickles stops there too)."""
+
+    def __init__(self, buf: IO[bytes], retrier: Retrier, where: Callable[[], str]) -> None:
+        self._buf = buf
+        self._retrier = retrier
+        self._where = where
+
+    def write(self, data: bytes) -> int:
+        self._retrier.check(self._where)
+        return self._buf.write(data)
+
+    def tell(self) -> int:
+        return self._buf.tell()
+
+    def flush(self) -> None:
+        self._buf.flush()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 
 if TYPE_CHECKING:
-    from .resume import RetryPolicy
+    from .resume import Deadline, RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class ReplicaClient(abc.ABC):
     def set_retry(self, policy: "RetryPolicy") -> None:
         """Make reads and listings insist on a failing store as ``policy`` says (see
         resume.py). Backends whose requests cannot break mid-way ignore it."""
+
+    def set_deadline(self, deadline: "Deadline | None") -> None:
+        """Make every wait of reads and listings on the store end at ``deadline`` (see
+        resume.py). Backends that never wait on a network ignore it."""
 
     def read(self, key: str) -> bytes:
         """Return the whole object."""

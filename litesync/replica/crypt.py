@@ -461,6 +461,9 @@ class EncryptedClient(ReplicaClient):
     def set_retry(self, policy) -> None:  # noqa: ANN001
         self.inner.set_retry(policy)
 
+    def set_deadline(self, deadline) -> None:  # noqa: ANN001
+        self.inner.set_deadline(deadline)
+
     def close(self) -> None:
         self.inner.close()
 

@@ -12,6 +12,8 @@ How long to insist is a ``RetryPolicy``: a number of attempts in a row that brin
 and a time without progress. A restore or a follower waits out a dead store (``PATIENT``)
 only when no other replica could serve (else ``BRIEF``). The agent's own clients do not
 retry here (``NO_RETRY``): its loops retry, and an outage must show in its status at once.
+A restore also has a total ``Deadline``: every wait on the store (a retry's delay, the
+next try, the next bytes of a download) stops there, naming what it was waiting for.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, TypeVar
 
-from ..errors import LitesyncError, ReplicaError, TransientReplicaError
+from ..errors import DeadlineError, LitesyncError, ReplicaError, TransientReplicaError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,31 @@ def policy_for(alternatives: int) -> RetryPolicy:
     return PATIENT if alternatives == 0 else BRIEF
 
 
+class Deadline:
+    """When a whole operation (a restore) must be over, and how that was asked for."""
+
+    def __init__(self, seconds: float, operation: str = "restore", origin: str = "--timeout") -> None:
+        self.seconds = seconds
+        self.operation = operation
+        self.origin = origin  # the option or key that set it, for the message
+        self._at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative past it)."""
+        return self._at - time.monotonic()
+
+    def error(self, waiting_for: str) -> DeadlineError:
+        from ..progress import format_duration
+
+        return DeadlineError(f"{self.operation} timed out after {format_duration(self.seconds)} ({self.origin}), "
+                             f"waiting for {waiting_for}")
+
+    def check(self, waiting_for: Callable[[], str]) -> None:
+        """Raise DeadlineError, naming ``waiting_for()``, once the deadline has passed."""
+        if self.left() <= 0:
+            raise self.error(waiting_for())
+
+
 class ObjectChangedError(ReplicaError):
     """An object changed (another ETag, size or version) between two reads of one download."""
 
@@ -70,12 +97,16 @@ class Outage:
         self._lock = threading.Lock()
         self._since: float | None = None
 
-    def failing(self, e: LitesyncError, policy: RetryPolicy) -> None:
+    def failing(self, e: LitesyncError, policy: RetryPolicy, deadline: Deadline | None = None) -> None:
         with self._lock:
             first, self._since = self._since is None, self._since or time.monotonic()
         if first:
+            from ..progress import format_duration
+
+            until = (f"; the {deadline.operation} gives up in {format_duration(max(0.0, deadline.left()))} "
+                     f"({deadline.origin})" if deadline is not None else "")
             log.warning("%s; waiting for the store and trying again (up to %d attempts in a row, %gs without "
-                        "progress)", e, policy.attempts, policy.patience, extra={"replica": self.replica})
+                        "progress%s)", e, policy.attempts, policy.patience, until, extra={"replica": self.replica})
         else:
             log.debug("%s (retrying)", e, extra={"replica": self.replica})
 
@@ -95,11 +126,17 @@ class Outage:
 class Retrier:
     """Counts one request's (or one download's) failures in a row and waits between tries."""
 
-    def __init__(self, policy: RetryPolicy, outage: Outage) -> None:
+    def __init__(self, policy: RetryPolicy, outage: Outage, deadline: Deadline | None = None) -> None:
         self.policy = policy
         self.outage = outage
+        self.deadline = deadline
         self.failures = 0
         self._progress_at = time.monotonic()
+
+    def check(self, waiting_for: Callable[[], str]) -> None:
+        """Raise DeadlineError once the deadline (if any) has passed."""
+        if self.deadline is not None:
+            self.deadline.check(waiting_for)
 
     def progressed(self) -> None:
         """The store gave something (an answer, bytes): the count starts over."""
@@ -120,12 +157,20 @@ class Retrier:
             self.outage.over()
             raise ReplicaError(self.outage.replica, f"{_inner(e)}; gave up after {self.failures} failed attempts "
                                                     f"in {stalled:.0f}s") from e
-        self.outage.failing(e, self.policy)
-        time.sleep(self.policy.delay(self.failures))
+        self.check(lambda: str(e))
+        self.outage.failing(e, self.policy, self.deadline)
+        delay = self.policy.delay(self.failures)
+        if self.deadline is not None and self.deadline.left() < delay:
+            time.sleep(max(0.0, self.deadline.left()))
+            self.outage.over()
+            raise self.deadline.error(str(e)) from e
+        time.sleep(delay)
 
-    def call(self, fn: Callable[[], T]) -> T:
-        """Return ``fn()``, tried again after each retryable failure as the policy allows."""
+    def call(self, fn: Callable[[], T], what: str = "an answer") -> T:
+        """Return ``fn()``, tried again after each retryable failure as the policy allows;
+        ``what`` it asks for names it when the deadline passes first."""
         while True:
+            self.check(lambda: f"replica {self.outage.replica}: {what}")
             try:
                 value = fn()
             except LitesyncError as e:
@@ -141,6 +186,7 @@ class RetriesRequests:
 
     name: str
     retry_policy: RetryPolicy = NO_RETRY
+    deadline: Deadline | None = None
     _outage: Outage | None = None
 
     def set_retry(self, policy: RetryPolicy) -> None:
@@ -148,11 +194,14 @@ class RetriesRequests:
             self._outage = Outage(self.name)
         self.retry_policy = policy
 
+    def set_deadline(self, deadline: Deadline | None) -> None:
+        self.deadline = deadline
+
     def retrier(self) -> Retrier:
         """A new count of failures, for one request or one download."""
         if self._outage is None:
             self._outage = Outage(self.name)
-        return Retrier(self.retry_policy, self._outage)
+        return Retrier(self.retry_policy, self._outage, self.deadline)
 
 
 def _inner(e: LitesyncError) -> str:
@@ -185,7 +234,7 @@ class ResumingReader(io.RawIOBase):
         self.key = key
         self.replica = replica
         self._retrier = retrier
-        first = retrier.call(lambda: get(0, None))
+        first = retrier.call(lambda: get(0, None), f"read {key!r}")
         self._body: BinaryIO | None = first.body
         self.version = first.version
         self.size = first.size
@@ -202,6 +251,7 @@ class ResumingReader(io.RawIOBase):
         while True:
             if self.offset >= self.size or n == 0:
                 return b""
+            self._retrier.check(self._where)
             try:
                 assert self._body is not None
                 data = self._body.read(n)
@@ -219,11 +269,15 @@ class ResumingReader(io.RawIOBase):
                                                             f"{self.offset} of {self.size}")
             self._resume(error)
 
+    def _where(self) -> str:
+        return f"replica {self.replica}: read {self.key!r} at byte {self.offset} of {self.size}"
+
     def _resume(self, error: LitesyncError) -> None:
         self._close_body()
         self._retrier.failed(error)
         while True:
             try:
+                self._retrier.check(self._where)
                 self._body = self._get(self.offset, self.version).body
                 self.resumed += 1
                 log.debug("%s: resumed %r at byte %d", self.replica, self.key, self.offset)

@@ -24,7 +24,13 @@ DEFAULT_CONCURRENCY = 4
 # whole transfer; a large upload waits longer for its answer while the store assembles it.
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
-LARGE_READ_TIMEOUT = 30.0  # for writes of part_size or more (multipart uploads)
+# For a write of more than LARGE_WRITE bytes (and each part of a multipart upload): the
+# answer comes once the store has every byte, and on a slow or shared link the bytes the
+# kernel and the network buffered still drain for seconds after the last one was handed
+# over (measured: three 8 MiB writes at once through a 1 MB/s link all timed out at 5 s,
+# again at every retry).
+LARGE_WRITE = 1 << 20
+LARGE_READ_TIMEOUT = 30.0
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
                     "TooManyRequests", "429"}
@@ -95,7 +101,7 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         self._session = session
         self._held: list[tuple] = []  # the settings of the shared clients this replica uses
         self._s3 = self._make_client(READ_TIMEOUT)
-        self._s3_large: BaseClient | None = None  # made at the first large upload
+        self._s3_large: BaseClient | None = None  # made at the first large write
 
     def _make_client(self, read_timeout: float):  # noqa: ANN202
         import boto3
@@ -110,6 +116,11 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         return _shared_client(settings, lambda: boto3.session.Session().client(
             "s3", endpoint_url=self._endpoint, config=cfg, **self._client_kw))
 
+    def _large(self):  # noqa: ANN202
+        """The client for large writes (LARGE_READ_TIMEOUT), made at the first one."""
+        if self._s3_large is None:
+            self._s3_large = self._make_client(LARGE_READ_TIMEOUT)
+        return self._s3_large
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -137,7 +148,7 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
         return ReplicaError(self.name, f"{what}: {type(e).__name__}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.retrier().call(lambda: self._list(prefix))
+        return self.retrier().call(lambda: self._list(prefix), f"list {prefix!r}")
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -190,16 +201,15 @@ class S3ReplicaClient(RetriesRequests, ReplicaClient):
     def write(self, key: str, src: BinaryIO, size: int) -> None:
         try:
             if size < self.part_size:
-                self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=src.read(), ContentLength=size)
+                client = self._s3 if size <= LARGE_WRITE else self._large()
+                client.put_object(Bucket=self.bucket, Key=self._key(key), Body=src.read(), ContentLength=size)
                 return
             from boto3.s3.transfer import TransferConfig
 
             tc = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
                                 max_concurrency=self.concurrency, use_threads=self.concurrency > 1)
             # upload_fileobj aborts the multipart upload itself when a part fails.
-            if self._s3_large is None:
-                self._s3_large = self._make_client(LARGE_READ_TIMEOUT)
-            self._s3_large.upload_fileobj(src, self.bucket, self._key(key), Config=tc)
+            self._large().upload_fileobj(src, self.bucket, self._key(key), Config=tc)
         except ReplicaError:
             raise
         except Exception as e:
