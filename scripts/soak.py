@@ -119,6 +119,8 @@ def writer_main(db: str, rate: float, seed: int, max_rows: int, progress: str) -
         delay = start + done / rate - time.monotonic()
         if delay > 0:
             stop.wait(delay)
+        elif delay < -1.0:  # starved of CPU: go on at the rate from here, not in a burst to catch up
+            start -= delay
     _write_atomic(progress, f"{n} {slow}\n")
     conn.close()
     return 0
@@ -539,29 +541,39 @@ def summarize(values: list[tuple[float, float]], tolerance: float) -> dict:
 
 def verdict(samples: list[dict], min_samples: int, warmup: float) -> dict:
     """Per series: each lifetime's summary, the flags, and one word (bounded, GROWS, too few samples).
-    Samples of an agent younger than ``warmup`` seconds are left out (it is still starting)."""
+    Samples of an agent younger than ``warmup`` seconds are left out (it is still starting).
+    Spool, WAL and lag (calm samples only) are judged over the whole run: disk state outlives the agent."""
     out = {}
     samples = [s for s in samples if s["age_s"] >= warmup]
-    lives = sorted({s["life"] for s in samples})
     for key, unit, tol, calm_only in SERIES:
-        per_life = {}
-        for life in lives:
-            pts = [(s["minute"], s[key]) for s in samples
-                   if s["life"] == life and s.get(key) is not None and (s["calm"] or not calm_only)]
-            if pts:
-                per_life[life] = summarize(pts, tol)
-        judged = {k: v for k, v in per_life.items() if v["n"] >= min_samples}
-        flags = [f"life {k}: every step up, {v['start']:.1f} to {v['end']:.1f}{unit}"
-                 for k, v in judged.items() if v["monotonic"]]
-        rising = [k for k, v in judged.items() if v["rises"]]
-        if judged and len(rising) * 2 > len(judged):
-            flags.append(f"last third above the first by more than {tol}{unit} in lifetimes {rising}")
-        ends = [v["max"] for v in judged.values()]
-        if len(ends) >= 3 and all(b > a for a, b in zip(ends, ends[1:])) and ends[-1] - ends[0] > tol:
-            flags.append(f"each lifetime's peak above the last: {', '.join(f'{e:.1f}' for e in ends)}{unit}")
+        per_life: dict = {}
+        for s in samples:
+            if s.get(key) is not None and (s["calm"] or not calm_only):
+                per_life.setdefault(s["life"], []).append((s["minute"], s[key]))
+        per_life = {life: summarize(pts, tol) for life, pts in per_life.items()}
+        if calm_only:
+            pts = [(s["minute"], s[key]) for s in samples if s.get(key) is not None and s["calm"]]
+            judged = {"the whole run": summarize(pts, tol)} if len(pts) >= min_samples else {}
+        else:
+            judged = {f"life {k}": v for k, v in per_life.items() if v["n"] >= min_samples}
+        flags = _flags(judged, unit, tol)
         word = "too few samples" if not judged else ("GROWS" if flags else "bounded")
-        out[key] = {"verdict": word, "flags": flags, "lifetimes": per_life}
+        out[key] = {"verdict": word, "flags": flags, "lifetimes": per_life, "judged": judged}
     return out
+
+
+def _flags(judged: dict, unit: str, tol: float) -> list[str]:
+    """Why a series looks unbounded: it rose at every sample of a span, its last third is above
+    its first in most spans, or its peak rose from each lifetime to the next."""
+    flags = [f"{k}: every step up, {v['start']:.1f} to {v['end']:.1f}{unit}" for k, v in judged.items()
+             if v["monotonic"]]
+    rising = [k for k, v in judged.items() if v["rises"]]
+    if judged and len(rising) * 2 > len(judged):
+        flags.append(f"last third above the first by more than {tol}{unit}: {', '.join(rising)}")
+    peaks = [v["max"] for v in judged.values()]
+    if len(peaks) >= 3 and all(b > a for a, b in zip(peaks, peaks[1:])) and peaks[-1] - peaks[0] > tol:
+        flags.append(f"each lifetime's peak above the last: {', '.join(f'{e:.1f}' for e in peaks)}{unit}")
+    return flags
 
 
 def print_report(soak: Soak, result: dict, judged: dict) -> None:
@@ -569,8 +581,10 @@ def print_report(soak: Soak, result: dict, judged: dict) -> None:
     for key, unit, _tol, calm_only in SERIES:
         v = judged[key]
         print(f"{key}{' (calm samples)' if calm_only else ''}: {v['verdict']}")
-        for life, s in v["lifetimes"].items():
-            print(f"  life {life:2d} ({s['n']:2d} samples): {s['start']:.2f} / {s['middle']:.2f} / {s['end']:.2f}"
+        spans = [(f"life {life:2d}", s) for life, s in v["lifetimes"].items()]
+        spans += [(k, s) for k, s in v["judged"].items() if not k.startswith("life")]
+        for name, s in spans:
+            print(f"  {name} ({s['n']:2d} samples): {s['start']:.2f} / {s['middle']:.2f} / {s['end']:.2f}"
                   f" ({s['slope_per_min']:+.3f}/min); {s['first_third']:.2f} -> {s['last_third']:.2f}{unit}")
         for flag in v["flags"]:
             print(f"  FLAG {flag}")

@@ -88,4 +88,4 @@ def test_verdict_leaves_out_a_starting_agent_and_outage_samples_for_the_spool():
     judged = soak.verdict(samples, min_samples=3, warmup=60)
     assert judged["rss_mib"]["verdict"] == "bounded"
     assert judged["spool_mib"]["verdict"] == "bounded"
-    assert judged["spool_mib"]["lifetimes"][1]["n"] == 3
+    assert judged["spool_mib"]["judged"]["the whole run"]["n"] == 3
