@@ -49,6 +49,7 @@ import shutil
 import signal
 import sqlite3
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -79,17 +80,18 @@ SERIES = (
     ("spool_mib", "MiB", 8.0, True),
     ("state_mib", "MiB", 8.0, True),
     ("wal_mib", "MiB", 4.0, True),
+    ("wal_live_mib", "MiB", 4.0, True),
     ("lag_s", "s", 5.0, True),
 )
 COLUMNS = (  # key, heading, format
     ("minute", "min", "{:5.1f}"), ("life", "life", "{:4d}"), ("age_s", "age s", "{:5.0f}"),
-    ("rss_mib", "rss MiB", "{:7.1f}"),
-    ("fds", "fds", "{:4d}"), ("threads", "thr", "{:4d}"), ("cpu_pct", "cpu%", "{:5.1f}"),
-    ("spool_mib", "spool MiB", "{:9.2f}"), ("spool_objects", "spool obj", "{:9d}"),
-    ("state_mib", "state MiB", "{:9.2f}"), ("wal_mib", "wal MiB", "{:7.2f}"), ("db_mib", "db MiB", "{:6.1f}"),
-    ("replica_objects", "rep obj", "{:7d}"), ("replica_mib", "rep MiB", "{:7.1f}"),
-    ("generations", "gens", "{:4d}"), ("lag_s", "lag s", "{:6.2f}"), ("tx", "tx", "{:8d}"),
-    ("tx_s", "tx/s", "{:5.0f}"), ("harness_mib", "harness MiB", "{:11.1f}"), ("events", "events", "{}"),
+    ("rss_mib", "rss MiB", "{:7.1f}"), ("fds", "fds", "{:4d}"), ("threads", "thr", "{:4d}"),
+    ("cpu_pct", "cpu%", "{:5.1f}"), ("spool_mib", "spool MiB", "{:9.2f}"), ("spool_objects", "spool obj", "{:9d}"),
+    ("state_mib", "state MiB", "{:9.2f}"), ("wal_mib", "wal MiB", "{:7.2f}"), ("wal_live_mib", "wal live", "{:8.2f}"),
+    ("db_mib", "db MiB", "{:6.1f}"), ("replica_objects", "rep obj", "{:7d}"), ("replica_mib", "rep MiB", "{:7.1f}"),
+    ("generations", "gens", "{:4d}"), ("replica_snapshots", "snaps", "{:5d}"), ("lag_s", "lag s", "{:6.2f}"),
+    ("tx", "tx", "{:8d}"), ("tx_s", "tx/s", "{:5.0f}"), ("harness_mib", "harness MiB", "{:11.1f}"),
+    ("events", "events", "{}"),
 )
 
 
@@ -170,6 +172,22 @@ def proc_figures(pid: int) -> dict:
         fields = f.read().rsplit(")", 1)[1].split()
     out["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
     return out
+
+
+def wal_live_bytes(db: str) -> int:
+    """Bytes of the WAL that hold frames of the current WAL (mxFrame of the wal-index header in
+    ``-shm``); the file itself keeps its largest size until a checkpoint truncates it."""
+    try:
+        with open(db + "-shm", "rb") as f:
+            head = f.read(24)
+    except FileNotFoundError:
+        return 0
+    if len(head) < 24:
+        return 0
+    page_size, = struct.unpack("=H", head[14:16])
+    frames, = struct.unpack("=I", head[16:20])
+    page_size = 65536 if page_size == 1 else page_size
+    return 32 + frames * (24 + page_size) if frames else 0
 
 
 def tree_size(path: str, suffix: str = "") -> tuple[int, int]:
@@ -388,18 +406,23 @@ class Soak:
         wal = self.db + "-wal"
         return {"spool_mib": spool_bytes / 2**20, "spool_objects": spool_objects, "state_mib": state_bytes / 2**20,
                 "wal_mib": (os.path.getsize(wal) if os.path.exists(wal) else 0) / 2**20,
-                "db_mib": os.path.getsize(self.db) / 2**20}
+                "wal_live_mib": wal_live_bytes(self.db) / 2**20, "db_mib": os.path.getsize(self.db) / 2**20}
 
     def _replica_figures(self, _now: float) -> dict:
-        count = size = 0
+        from litesync import layout
+
+        count = size = snapshots = merged = 0
         gens = set()
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX + "/"):
             for o in page.get("Contents", []):
                 count, size = count + 1, size + o["Size"]
-                parts = o["Key"].split("/")
-                if len(parts) > 2 and parts[1] == "generations":
-                    gens.add(parts[2])
-        return {"replica_objects": count, "replica_mib": size / 2**20, "generations": len(gens)}
+                name = layout.parse_key(o["Key"][len(PREFIX) + 1:])
+                if name is not None:
+                    gens.add(name.generation)
+                    snapshots += isinstance(name, layout.SnapshotName)
+                    merged += isinstance(name, layout.SegmentName) and name.last_seq != name.first_seq
+        return {"replica_objects": count, "replica_mib": size / 2**20, "generations": len(gens),
+                "replica_snapshots": snapshots, "replica_merged_segments": merged}
 
     def _lag(self, _now: float) -> dict:
         from litesync.status import read_statuses
@@ -474,8 +497,13 @@ class Soak:
         offsets = [lt["log_offset"] for lt in self.lifetimes] + [len(raw)]
         for lt, a, b in zip(self.lifetimes, offsets, offsets[1:]):
             part = raw[a:b].decode(errors="replace")
+            lines = part.splitlines()
             lt["tracebacks"] = part.count("Traceback")
-            lt["error_lines"] = sum(" ERROR " in line for line in part.splitlines())
+            lt["error_lines"] = sum(" ERROR " in line for line in lines)
+            lt["snapshots"] = sum(": snapshot " in line and " written " in line for line in lines)
+            lt["validations_ok"] = sum("validation ok:" in line for line in lines)
+            lt["validations_failed"] = [line for line in lines if "validation failed:" in line]
+            lt["retention_runs"] = sum("retention deleted" in line for line in lines)
 
     def close(self) -> None:
         for p in (self.writer, self.agent):
@@ -592,7 +620,11 @@ def print_report(soak: Soak, result: dict, judged: dict) -> None:
     for lt in soak.lifetimes:
         print(f"  life {lt['life']:2d}: pid {lt['pid']}, {lt['start_s']:.0f}s to {lt.get('end_s', 0):.0f}s, "
               f"ended: {lt.get('ended', '?')} (exit {lt.get('exit')}), tracebacks {lt.get('tracebacks')}, "
-              f"ERROR lines {lt.get('error_lines')}")
+              f"ERROR lines {lt.get('error_lines')}; snapshots {lt.get('snapshots')}, validations ok "
+              f"{lt.get('validations_ok')}, failed {len(lt.get('validations_failed') or [])}, retention deletes "
+              f"{lt.get('retention_runs')}")
+        for line in (lt.get("validations_failed") or [])[:3]:
+            print(f"    {line[:300]}")
     print(f"# faults: {len(soak.faults)}: " + ", ".join(f"{n} at {a:.0f}s for {b - a:.0f}s" for a, b, n in soak.faults))
     print(f"\n# restore: {'OK' if result['ok'] else 'FAILED'}: writer committed {result.get('writer_tx')} "
           f"transactions; caught up {result.get('caught_up_s')}s after it stopped; agent exit "
@@ -627,7 +659,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--retention", default="6m")
     ap.add_argument("--retention-check-interval", default="20s")
     ap.add_argument("--compaction", default="10s, 1m")
-    ap.add_argument("--validation-interval", default="10m", help="or off")
+    ap.add_argument("--validation-interval", default="4m", help="or off (default 4m: runs within each lifetime)")
     ap.add_argument("--spool-max-size", default="64MiB")
     ap.add_argument("--catch-up-timeout", type=float, default=300)
     ap.add_argument("--warmup", type=float, default=60,

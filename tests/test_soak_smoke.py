@@ -43,11 +43,15 @@ def test_short_soak_kills_and_cuts_the_network_and_its_restore_is_exact(tmp_path
     settled = [s for s in with_agent if s["age_s"] >= 3]  # the agent has started: its imports, connections, threads
     assert settled and all(s["rss_mib"] > 20 and s["fds"] > 5 and s["threads"] > 2 for s in settled), settled
     assert any(s.get("replica_objects", 0) > 0 for s in samples)
+    assert any(s.get("wal_live_mib", 0) > 0 for s in samples)
+    assert max(s.get("replica_snapshots", 0) for s in samples) >= 2
     assert max(s["tx"] for s in samples if "tx" in s) > 1000
     lifetimes = data["lifetimes"]
     assert [lt["ended"] for lt in lifetimes[:-1]] == ["SIGKILL"] * (len(lifetimes) - 1) and len(lifetimes) >= 3
     assert lifetimes[-1]["ended"] == "SIGTERM at the end"
     assert all(lt["tracebacks"] == 0 for lt in lifetimes)
+    assert sum(lt["snapshots"] for lt in lifetimes) >= 3
+    assert sum(lt["validations_ok"] for lt in lifetimes) >= 1
     assert {f[2] for f in data["faults"]} <= {"blackhole", "reset"} and len(data["faults"]) >= 2
     rows = [line for line in p.stdout.splitlines() if line.count(" | ") > 10 and line.split("|")[0].strip()[:1].isdigit()]
     assert len(rows) == len(samples)
