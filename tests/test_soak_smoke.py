@@ -26,7 +26,7 @@ def test_short_soak_kills_and_cuts_the_network_and_its_restore_is_exact(tmp_path
     p = subprocess.run([sys.executable, SOAK, "--seconds", "16", "--sample-every", "2", "--kill-every", "7-8",
                         "--outage-every", "3-4", "--outage", "2", "--faults", "blackhole,reset",
                         "--snapshot-interval", "4s", "--retention", "8s", "--retention-check-interval", "2s",
-                        "--compaction", "2s, 4s", "--validation-interval", "5s", "--calm-after", "0",
+                        "--compaction", "2s, 4s", "--validation-interval", "2s", "--calm-after", "0",
                         "--min-samples", "1000", "--workdir", str(tmp_path / "work"), "--json", str(report)],
                        capture_output=True, text=True, timeout=55, env=env, check=False)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
