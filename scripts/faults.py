@@ -265,7 +265,7 @@ def _case(run, *args) -> tuple[str, str, str]:  # noqa: ANN001, ANN002
     """Run one case; an exception is its result (the other cases still run)."""
     try:
         return run(*args)
-    except Exception as e:  # noqa: BLE001 - reported in the table
+    except Exception as e:  # reported in the table
         return f"FAILED ({type(e).__name__}: {e})", "-", "-"
 
 
