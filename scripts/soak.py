@@ -284,8 +284,10 @@ class Soak:
         with open(self.log, "ab") as out:
             out.write(f"--- soak: agent lifetime {len(self.lifetimes) + 1} at {now:.1f}s\n".encode())
             out.flush()
-            self.agent = subprocess.Popen([sys.executable, "-m", "litesync", "--config", self.config, "replicate"],
-                                          stdout=out, stderr=out, env=ENV, cwd=self.work)
+            program = [self.args.agent_wrapper] if self.args.agent_wrapper else ["-m", "litesync"]
+            env = {**ENV, **dict(kv.split("=", 1) for kv in self.args.agent_env)}
+            self.agent = subprocess.Popen([sys.executable, *program, "--config", self.config, "replicate"],
+                                          stdout=out, stderr=out, env=env, cwd=self.work)
         self.lifetimes.append({"life": len(self.lifetimes) + 1, "pid": self.agent.pid, "start_s": round(now, 1),
                                "log_offset": os.path.getsize(self.log)})
 
@@ -662,10 +664,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--validation-interval", default="4m", help="or off (default 4m: runs within each lifetime)")
     ap.add_argument("--spool-max-size", default="64MiB")
     ap.add_argument("--catch-up-timeout", type=float, default=300)
+    ap.add_argument("--agent-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in the agent's environment (repeatable), e.g. MALLOC_ARENA_MAX=2")
+    ap.add_argument("--agent-wrapper", metavar="SCRIPT",
+                    help="run the agent as `python SCRIPT --config ... replicate` instead of `python -m litesync`")
     ap.add_argument("--warmup", type=float, default=60,
                     help="seconds after an agent starts before its samples are judged (default 60)")
     ap.add_argument("--min-samples", type=int, default=6, help="samples a lifetime needs to be judged (default 6)")
     args = ap.parse_args(argv)
+    if any("=" not in kv for kv in args.agent_env):
+        ap.error(f"--agent-env takes NAME=VALUE, not {next(kv for kv in args.agent_env if '=' not in kv)!r}")
     unknown = set(args.faults.split(",")) - set(FAULTS)
     if unknown:
         ap.error(f"unknown fault: {sorted(unknown)[0]!r} (known: {', '.join(FAULTS)})")
