@@ -22,8 +22,9 @@ load     A max-speed writer (10 rows of 1 KB of random, incompressible bytes per
          is under 64 MiB is measured, and the agent is given time to catch up (until it uses
          < 2% CPU over 1.5 s); then the WAL's size, its CPU time (utime+stime from /proc)
          and VmHWM are read, it is killed, and the replica is restored to check that it
-         holds every transaction. --load-runs runs per tool; each figure is the worst run's. WAL shipped = the bytes of WAL frames
-         ((24 + page size) x frames) that the writer's committed transactions occupy. It is
+         holds every transaction. --load-runs runs per tool; each figure is the worst run's.
+         WAL shipped = the bytes of WAL frames ((24 + page size) x frames) that the
+         writer's committed transactions occupy. It is
          the same for both tools given the same number of transactions, and is measured by
          replaying that many transactions into a fresh database with checkpoints off and
          reading the WAL's size (the workload's page writes do not depend on its random
@@ -80,7 +81,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,11 +118,11 @@ FLEET_S3_FIGURES = (
 )
 FLEET_SETTLE = 2.0  # seconds between the last database reaching the replica and the idle window
 
-DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 10.0, "load_runs": 3, "restore_mb": "300,1000",
-            "storage_base_mb": 20, "storage_seconds": 30.0, "storage_rate": 50.0, "idle_seconds": 60.0,
-            "fleet_idle_seconds": 60.0, "fleet_busy_seconds": 30.0}
-QUICK = {"trials": 2, "lag_rate": 500.0, "lag_delay": (0.5, 1.5), "load_seconds": 3.0, "load_runs": 1, "restore_mb": "20",
-         "storage_base_mb": 5, "storage_seconds": 3.0, "storage_rate": 50.0, "idle_seconds": 5.0,
+DEFAULTS = {"trials": 5, "lag_rate": 500.0, "lag_delay": (2.0, 5.0), "load_seconds": 10.0, "load_runs": 3,
+            "restore_mb": "300,1000", "storage_base_mb": 20, "storage_seconds": 30.0, "storage_rate": 50.0,
+            "idle_seconds": 60.0, "fleet_idle_seconds": 60.0, "fleet_busy_seconds": 30.0}
+QUICK = {"trials": 2, "lag_rate": 500.0, "lag_delay": (0.5, 1.5), "load_seconds": 3.0, "load_runs": 1,
+         "restore_mb": "20", "storage_base_mb": 5, "storage_seconds": 3.0, "storage_rate": 50.0, "idle_seconds": 5.0,
          "fleet_idle_seconds": 5.0, "fleet_busy_seconds": 5.0}
 
 
@@ -382,7 +383,7 @@ class CountingProxy(ThreadingHTTPServer):
         self.counts: dict[str, int] = {}
         threading.Thread(target=self.serve_forever, name="s3 proxy", daemon=True).start()
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: Any, client_address: Any) -> None:
         # A client killed with SIGKILL mid-request is part of the lag trials, not an error.
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
             super().handle_error(request, client_address)
@@ -612,7 +613,7 @@ class Bench:
         os.makedirs(d, exist_ok=True)
         return d
 
-    def section(self, name: str, labels: list[str], fn, *fn_args) -> None:
+    def section(self, name: str, labels: list[str], fn: Callable[..., None], *fn_args: Any) -> None:
         """Run one measurement for every tool; a failure blanks that tool's figures and carries on."""
         for tool in self.tools.values():
             try:
@@ -717,7 +718,8 @@ class Bench:
                 r["wal_bytes"] = wal[r["transactions"]]
             worst = max(rs, key=lambda r: r["agent_cpu_s"] / r["wal_bytes"])
             self.put("load: WAL shipped MB", name, worst["wal_bytes"] / 1e6, "{:.0f}")
-            self.put("load: agent CPU s per GB of WAL", name, worst["agent_cpu_s"] / (worst["wal_bytes"] / 1e9), "{:.1f}")
+            self.put("load: agent CPU s per GB of WAL", name, worst["agent_cpu_s"] / (worst["wal_bytes"] / 1e9),
+                     "{:.1f}")
 
     def _load(self, tool: Tool) -> None:
         runs = [self._load_run(tool, i) for i in range(self.args.load_runs)]
@@ -1024,7 +1026,7 @@ class Bench:
                                  f"(first: {waiting[0]}): {tail(log)}")
             time.sleep(max(0.1, len(names) / 20000))  # a round lists each waiting database
 
-    def _cpu_share(self, tool: Tool, agent: subprocess.Popen, log: str, during) -> float:
+    def _cpu_share(self, tool: Tool, agent: subprocess.Popen, log: str, during: Callable[[], object]) -> float:
         """The agent's CPU time while during() runs, in % of one core."""
         cpu0, _ = proc_stats(agent.pid)
         t0 = time.monotonic()
@@ -1047,7 +1049,7 @@ class Bench:
         writer.start()
         _children.append(writer)
 
-        def wait(event) -> None:
+        def wait(event: Any) -> None:
             while not event.wait(0.2):
                 if not writer.is_alive():
                     raise BenchError(f"fleet writer exited with {writer.exitcode}")

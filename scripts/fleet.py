@@ -17,6 +17,7 @@ import random
 import shutil
 import sqlite3
 import time
+from typing import Any, Callable
 
 # A commit is on the replica when a new object for its database appears; each pending
 # sample is looked at again after a tenth of its age (2 ms to 50 ms): a lag is known
@@ -106,7 +107,7 @@ class _Sample:
 
 
 def fleet_writer(tool: str, dbdir: str, replica: str, n: int, seconds: float, rate: float, sample_every: int,
-                 seed: int, out: str, started, stopped) -> None:
+                 seed: int, out: str, started: Any, stopped: Any) -> None:
     """Commit one row at a time to random databases at rate per second for seconds; every
     sample_every-th commit, note the objects already on its database's replica, then time
     how long until a new one appears. Set started and stopped around the commits; write
@@ -156,7 +157,8 @@ def _connection(conns: dict[str, sqlite3.Connection], path: str) -> sqlite3.Conn
     return conn
 
 
-def _check(pending: list[_Sample], lags: list[float], commits_of, until: float, drain: bool = False) -> None:
+def _check(pending: list[_Sample], lags: list[float], commits_of: Callable[[str, int], set], until: float,
+           drain: bool = False) -> None:
     """Look for pending samples on the replica as they fall due, until the monotonic time
     until (or, with drain, until none is pending)."""
     while True:

@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -39,7 +40,7 @@ from measure_core import make_db  # noqa: E402
 CHUNK = 1 << 20
 
 
-def timed(fn, repeat: int) -> float:
+def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median seconds of ``repeat`` calls of fn."""
     times = []
     for _ in range(repeat):

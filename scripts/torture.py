@@ -68,7 +68,7 @@ import apsw
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import torture_app  # the writer's history, shared with the checker
+import torture_app  # noqa: E402 - the writer's history, shared with the checker
 
 APP = os.path.join(ROOT, "tests", "torture_app.py")
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -791,7 +791,8 @@ class Run:
         flavour = r.options.split()[0] if r.options else "latest"
         if r.rc != 0:
             self.count(f"restore {flavour} failed cleanly" if not leftovers else "restore failed, left output")
-            self.clean_failures.append(f"seed {self.plan.seed} {r.label}: {last_error_line(self.path(r.label + '.log'))}")
+            last = last_error_line(self.path(r.label + '.log'))
+            self.clean_failures.append(f"seed {self.plan.seed} {r.label}: {last}")
             if leftovers:
                 self.fail(f"{r.label}: exit {r.rc} but left {', '.join(map(os.path.basename, leftovers))}")
             elif r.final:
@@ -933,7 +934,7 @@ def run_one(seed: int, args: argparse.Namespace, tools: Tools, s3: S3Server | No
     started = time.monotonic()
     try:
         run.execute()
-    except Exception as e:  # noqa: BLE001  a harness error fails the run: keep its directory, show the seed
+    except Exception as e:  # a harness error fails the run: keep its directory, show the seed
         run.note(traceback.format_exc())
         run.fail(f"harness error: {type(e).__name__}: {e} (traceback in events.log)")
         run.cleanup()
