@@ -148,3 +148,30 @@ def test_databases_whose_write_lock_is_held_at_start_never_stall_the_others(tmp_
             p.kill()
             p.wait()
         assert stop(agent) in (0, 1)
+
+
+def test_s3_clients_share_botocore_data_but_look_up_credentials_each(monkeypatch):
+    """Each S3 client of a new session would load botocore's endpoint and model files again
+    (15 MiB each): every client shares one loader, yet each has its own session, so
+    credentials set after the first client are the ones a later client uses."""
+    from conftest import replica_cfg
+    from litesync.replica.s3 import S3ReplicaClient
+
+    def client(endpoint: str) -> S3ReplicaClient:
+        return S3ReplicaClient(replica_cfg(type="s3", name="s3", bucket="b", path="p", endpoint=endpoint,
+                                           region="us-east-1", force_path_style=True))
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    a = client("http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    b = client("http://127.0.0.2:9")  # other settings: another client
+    try:
+        large = a._large()
+        assert a._s3 is not b._s3 and large is not a._s3
+        assert a._s3._loader is b._s3._loader is large._loader
+        assert a._s3._request_signer._credentials.access_key == "first-key"
+        assert b._s3._request_signer._credentials.access_key == "second-key"
+    finally:
+        a.close()
+        b.close()

@@ -198,8 +198,8 @@ def test_upload_limit_holds_on_every_backend(replica_client):
     # Over 5 MiB: S3 takes the multipart path, B2 (1 MiB parts here) the large-file path.
     # Only a lower bound: the B2 simulator alone is slower than the limit.
     size, rate = (6 << 20) + 123, 12_000_000
+    data = os.urandom(size)  # before the limiter: its bucket fills from its creation, up to a quarter second
     client = ThrottledClient(replica_client, RateLimiter(rate))
-    data = os.urandom(size)
     t0 = time.monotonic()
     client.write("big", io.BytesIO(data), size)
     elapsed = time.monotonic() - t0

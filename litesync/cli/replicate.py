@@ -27,10 +27,10 @@ log = logging.getLogger("litesync")
 
 def run(args: argparse.Namespace) -> int:
     from ..agent import economize_sqlite_memory
-    from ..runner import Runner, limit_malloc_arenas
+    from ..runner import Runner, tune_malloc
 
     economize_sqlite_memory()  # before any connection of this process opens
-    limit_malloc_arenas()  # before its threads start
+    tune_malloc()  # before its threads start
 
     positional = list(args.args)
     db = positional.pop(0) if positional and not is_url(positional[0]) else None
