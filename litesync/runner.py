@@ -178,6 +178,14 @@ _trimmed_at = 0.0
 _trim_lock = threading.Lock()
 
 
+def same_file_system(a: str, b: str) -> bool:
+    """Whether two existing paths are on one file system (False when either is gone)."""
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
 def _c_library() -> ctypes.CDLL:
     global _libc
     if _libc is None:
@@ -477,6 +485,9 @@ class DbReplication:
         wait = self._retry_at - time.monotonic()
         if wait > 0:  # after an error, file events do not bring the next try closer
             return wait
+        if self._room_at_failure is not None:
+            # What the replicas received meanwhile may be all the room there is to have.
+            self.collect_garbage()
         room_wait = self._waiting_for_room()
         if room_wait is not None:
             self._retry_at = time.monotonic() + room_wait
@@ -500,8 +511,10 @@ class DbReplication:
                     replaced = "the database file was replaced"
                 if replaced is not None:
                     self.agent.adopt_replacement(replaced)
-            if self.agent.snapshot_requested.is_set():
-                self.collect_garbage()  # a snapshot shipped goes before the next one is written beside it
+            if self.agent.snapshot_requested.is_set() or self.agent.newer_generation_seen.is_set():
+                # A snapshot shipped, or history no replica will take (outbid), goes before
+                # the next snapshot is written beside it: on a small disk both may not fit.
+                self.collect_garbage()
             self._copied = self.agent.step()
             # A commit's frames are written before the wal-index counts them, and only the
             # frames cause a file event: when one seems in flight, look again soon.
@@ -569,10 +582,13 @@ class DbReplication:
         """A turn refused for lack of room in ``directory`` (``line`` says where and why):
         nothing half written is published; said once, with what litesync does and what it
         means for the application (whether the agent ``holds_wal`` meanwhile); tried again
-        once space is freed there (see ``_waiting_for_room``)."""
+        once space is freed there (see ``_waiting_for_room``). Another write refused on the
+        same file system while still waiting (the spool's after the checkpoint's, when a
+        little room came back) is the same episode: said in debug only."""
         now = time.monotonic()
         if self._room_at_failure is None:
             self._room_since = now
+        said = self._room_at_failure is not None and same_file_system(self._room_dir, directory)
         self._room_tried = now
         self._room_dir = directory
         self.room_error = line
@@ -585,8 +601,10 @@ class DbReplication:
             self.agent.release()
             what, app = "copying paused", ("the WAL is released meanwhile: the application is not affected, and "
                                            "what it commits is copied when space returns")
-        return self._turn_failed(f"{line}; {what} until space is freed (looked at every {NO_ROOM_POLL:g}s); {app}",
-                                 NO_ROOM_POLL)
+        message = f"{line}; {what} until space is freed (looked at every {NO_ROOM_POLL:g}s); {app}"
+        if said:
+            self.turn_error = message  # logged in debug by _turn_failed
+        return self._turn_failed(message, NO_ROOM_POLL)
 
     def _waiting_for_room(self) -> float | None:
         """After a turn refused for lack of room: the delay before looking again while no
@@ -710,7 +728,17 @@ class DbReplication:
             self.spool_dropped += len(dropped)
         # Said again only after the replicas came back well under the bound.
         self._spool_over = bool(dropped) or (self._spool_over and waiting > limit // 2)
-        spool.delete(done + dropped)
+        # History no replica will take (each was outbid: the agent starts a generation after
+        # the replica's) goes, the newest object too: the agent does not resume from it.
+        # On a small disk it may be what keeps the new generation's snapshot from being written.
+        gone = set(done + dropped)
+        abandoned = [n for n, _ in spool.objects()
+                     if n not in gone and all(s.will_never_ship(n) for s in self.shippers)]
+        if abandoned:
+            self.log.info("spool %s: dropped %s of generation %s, which no replica will take", spool.root,
+                          plural(len(abandoned), "object"),
+                          ", ".join(sorted({layout.format_generation(n.generation) for n in abandoned})))
+        spool.delete(done + dropped + abandoned)
 
     def ready(self) -> bool:
         """True once replicating and every replica checked (see ``Shipper.checked``), or while

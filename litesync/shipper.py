@@ -221,6 +221,11 @@ class Shipper:
         """True when this replica no longer needs ``name`` from the spool."""
         return self.pos.key is not None and sort_key(name) <= self.pos.key
 
+    def will_never_ship(self, name: Name) -> bool:
+        """True for ``name`` of a generation this replica was outbid on: held back for the
+        rest of the process (see ``_replica_is_ahead``)."""
+        return self._outbid_by is not None and name.generation <= self._outbid_by
+
     def pending(self) -> bool:
         name, need_snapshot = choose_next(self.spool.objects(), self.pos)
         return name is not None or need_snapshot

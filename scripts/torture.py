@@ -34,8 +34,10 @@ draws it:
   locking_mode=EXCLUSIVE (not drawn: the agent cannot read such a database at all).
 - The kernel: SIGKILL of the app and of the agent at any moment, SIGSTOP/SIGCONT of the
   agent (drawn); the agent reading the live database in its own process while it
-  replicates (validation-interval: drawn); a full disk, a machine crash losing the page
-  cache (not drawn here: see the faults issue).
+  replicates (validation-interval: drawn); the disk of the agent's state directory (its
+  spool and positions) full for a few seconds, ENOSPC on any write there (a real tmpfs
+  filled with a ballast file: drawn where this process may mount one, i.e. as root); a
+  machine crash losing the page cache (not drawn here: see the faults issue).
 - The clock: the agent restarted with its clock an hour or a day ahead or behind
   (libfaketime: drawn); a host rolled back with its state (tests/test_correctness.py).
 - The network and the store: S3 on loopback (drawn); resets, stalls and outages (not
@@ -49,6 +51,7 @@ checkout, put its directory first on PYTHONPATH.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -69,6 +72,7 @@ import apsw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import torture_app  # noqa: E402 - the writer's history, shared with the checker
+from smalldisk import MountRefused, SmallDisk  # noqa: E402
 
 APP = os.path.join(ROOT, "tests", "torture_app.py")
 FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
@@ -99,10 +103,24 @@ class Tools:
 
     strace: str | None
     faketime: str | None
+    mount: bool = False  # may mount a tmpfs (a small disk to fill)
 
     @classmethod
     def find(cls) -> Tools:
-        return cls(shutil.which("strace"), next((p for p in FAKETIME_LIBS if os.path.exists(p)), None))
+        return cls(shutil.which("strace"), next((p for p in FAKETIME_LIBS if os.path.exists(p)), None),
+                   can_mount())
+
+
+def can_mount() -> bool:
+    """Whether this process may mount a tmpfs: tried once, on a directory of its own."""
+    probe = tempfile.mkdtemp(prefix="torture-mount-")
+    try:
+        SmallDisk(probe, "1m").unmount()
+        return True
+    except (MountRefused, OSError):
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 # --- the plan: everything a run does, drawn from its seed -------------------------------
@@ -131,8 +149,8 @@ FINAL_APP = AppSpec("small", "NORMAL", 1000, -2000, 1e9, 0.01, "none", 0.0, max_
 @dataclass(frozen=True)
 class Event:
     at: float             # seconds after the run starts
-    action: str           # agent-kill, agent-stop, checkpoint, restore
-    param: object = None  # restart delay and clock offset / stop length / checkpoint mode
+    action: str           # agent-kill, agent-stop, checkpoint, restore, disk-full
+    param: object = None  # restart delay and clock offset / stop length / checkpoint mode / seconds full
 
 
 @dataclass(frozen=True)
@@ -149,6 +167,7 @@ class Plan:
     long: bool
     via_link: bool = False  # the agent names the database through a symbolic link
     park: bool = False  # max-open-databases: 1 and a second database nudged: the first parks when idle
+    small_disk: bool = False  # the agent's state directory is a small disk; "disk-full" events fill it
 
     def app(self, index: int, tools: Tools) -> AppSpec:
         """The index-th writer after the first: drawn from its own PRNG, so timing does not change the draws."""
@@ -186,14 +205,21 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
             # The WAL truncated after nearly every checkpoint, racing the app's commits.
             config["max-wal-size"] = random.Random(f"{seed}/truncate-size").choice(["64KiB", "256KiB", "1MiB"])
     clock = tools.faketime is not None and rng.random() < 0.6
+    events = draw_events(rng, duration, clock)
+    # Drawn apart, so that adding them left every other draw of a seed as it was.
+    small_disk = tools.mount and random.Random(f"{seed}/disk").random() < 0.35
+    if small_disk:
+        disk = random.Random(f"{seed}/disk-events")
+        events = tuple(sorted(events + tuple(Event(disk.uniform(0.5, duration), "disk-full", disk.uniform(1, 8))
+                                             for _ in range(disk.randint(1, 2))), key=lambda e: e.at))
     return Plan(seed=seed, duration=duration, page_size=rng.choice(PAGE_SIZES),
                 auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),
                 replica="s3" if s3 and rng.random() < 0.5 else "file", config=config, clock=clock,
                 first_offset=rng.choice(CLOCK_OFFSETS) if clock else 0,
-                events=draw_events(rng, duration, clock), long=long,
-                # Drawn apart, so that adding it left every other draw of a seed as it was.
+                events=events, long=long,
                 via_link=random.Random(f"{seed}/link").random() < 0.3,
-                park=config is not None and random.Random(f"{seed}/park").random() < 0.5)
+                park=config is not None and random.Random(f"{seed}/park").random() < 0.5,
+                small_disk=small_disk)
 
 
 def draw_events(rng: random.Random, duration: float, clock: bool) -> tuple[Event, ...]:
@@ -486,6 +512,9 @@ class Run:
         self.nudger: subprocess.Popen | None = None  # commits to the second database (Plan.park)
         self.pending_restart: tuple[float, int] | None = None  # (when, clock offset) after a kill -9
         self.pending_cont: float | None = None                 # when to SIGCONT a stopped agent
+        self.state_dir = os.path.join(self.dir, "." + os.path.basename(self.agent_db) + "-litesync")
+        self.disk: SmallDisk | None = None  # mounted on state_dir (Plan.small_disk)
+        self.pending_free: float | None = None  # when to free the full disk
         self.final_meta: tuple[int, int] = (0, 0)
 
     def path(self, name: str) -> str:
@@ -532,6 +561,8 @@ class Run:
             self.count("agent validating the live database")
         if p.park:
             self.count("agent parks the database (max-open-databases: 1, a second database nudged)")
+        if p.small_disk:
+            self.count("agent state directory on a small disk")
         self.note(f"plan: {p}")
 
     # --- the main loop
@@ -548,6 +579,8 @@ class Run:
             conn.close()
             self.nudger = subprocess.Popen([sys.executable, "-c", NUDGER, self.path("other.db"), str(self.plan.seed)],
                                            env=clean_env())
+        if self.plan.small_disk:
+            self.disk = SmallDisk(self.state_dir, "128m")
         self.agent.start()
         try:
             self.main_loop()
@@ -599,8 +632,8 @@ class Run:
                 if random.Random(f"{self.plan.seed}/lose-state/{event.at}").random() < 0.2:
                     self.count("agent state directory lost")
                     self.note("agent state directory removed")
-                    state = os.path.join(self.dir, "." + os.path.basename(self.agent_db) + "-litesync")
-                    shutil.rmtree(state, ignore_errors=True)
+                    # A mounted one stays, empty: its ballast is gone too, so the disk is free.
+                    shutil.rmtree(self.state_dir, ignore_errors=True)
         elif event.action == "agent-stop":
             if alive(self.agent.proc) and not self.agent.stopped:
                 self.count("agent SIGSTOP/SIGCONT")
@@ -612,11 +645,24 @@ class Run:
             killed = (event.param == "TRUNCATE" and self.tools.strace is not None
                       and random.Random(f"{self.plan.seed}/ckpt-kill/{event.at}").random() < 0.5)
             self.start_checkpoint(event.param, killed=killed)
+        elif event.action == "disk-full" and self.disk is not None and self.pending_free is None:
+            self.count("agent state disk full (ENOSPC)")
+            self.note(f"state disk filled for {event.param:.1f}s ({self.disk.fill()} bytes of ballast)")
+            self.pending_free = time.monotonic() + event.param
         elif event.action == "restore" and not any(r.rc is None for r in self.restores):
             self.count("restore mid-run")
             self.start_restore(final=False)
 
+    def free_disk(self) -> None:
+        if self.disk is not None and self.pending_free is not None:
+            self.note("state disk freed")
+            with contextlib.suppress(FileNotFoundError):  # removed with the state directory
+                self.disk.free()
+        self.pending_free = None
+
     def tick_agent(self, now: float) -> None:
+        if self.pending_free is not None and now >= self.pending_free:
+            self.free_disk()
         if self.pending_cont is not None and now >= self.pending_cont:
             self.agent.cont()
             self.pending_cont = None
@@ -675,6 +721,7 @@ class Run:
                 self.fail(f"{r.label} hung: still running after {RESTORE_TIMEOUT:.0f}s")
         if alive(self.checkpointer):
             self.checkpointer.wait(30)
+        self.free_disk()
         self.agent.cont()
         if not alive(self.agent.proc):
             if self.pending_restart is not None and self.plan.clock:
@@ -769,6 +816,8 @@ class Run:
         self.agent.cont()
         for p in procs:
             kill9(p)
+        if self.disk is not None:
+            self.disk.unmount()
 
     # --- the oracle
 

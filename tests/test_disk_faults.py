@@ -426,10 +426,13 @@ def check_full_database_disk(out: dict) -> None:
     if not errors:
         assert out["status"]["state"] == "replicating" and out["app"]["errors"] == 0, out
         return
-    assert re.fullmatch(re.escape(f"{db}: ") + f"(spool {re.escape(spool)}: No space left on device|"
-                        + re.escape(f"{db}: database or disk is full (a checkpoint writes into the database file)")
-                        + ")" + re.escape(f"; {SPOOL_PAUSED}"), errors[0]), errors[0]
-    assert out["status"]["state"] == "failed" and out["status"]["error"] == errors[0].split(": ", 1)[1]
+    refused = (f"(spool {re.escape(spool)}: No space left on device|"
+               + re.escape(f"{db}: database or disk is full (a checkpoint writes into the database file)")
+               + ")" + re.escape(f"; {SPOOL_PAUSED}"))
+    assert re.fullmatch(re.escape(f"{db}: ") + refused, errors[0]), errors[0]
+    # The status names the latest refusal: the other write of the two, when a little room
+    # came back meanwhile (one episode, one line in the log).
+    assert out["status"]["state"] == "failed" and re.fullmatch(refused, out["status"]["error"]), out["status"]
     assert out["status"]["errors"] >= 1
     assert out["recovery"] < RECOVERY, out["recovery"]
 
@@ -505,3 +508,54 @@ def test_a_full_database_disk_fails_the_app_no_more_with_litesync_than_without(f
     alone = run_app_through_a_full_disk(str(tmp_path / "alone"), with_litesync=False)
     assert alone["app"]["errors"] == 0 and alone["app"]["commits"] > 1000
     assert full_database_disk["app"]["errors"] == 0, full_database_disk["app"]
+
+
+# --- a spool that fills its own disk ---------------------------------------------------------
+
+
+def test_history_no_replica_will_take_is_dropped_to_make_room_for_the_new_generation(tmp_path):
+    """The replica holds a generation from a clock an hour ahead; the state directory was
+    lost, so the agent's first generation is older and it must start one after the
+    replica's. On a spool disk with room for one snapshot, the history of the generation
+    it leaves behind (which no replica will ever take) goes first: the agent used to wait
+    for space that only it could free (the torture suite's disk-full draw found it)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
+    import torture
+
+    lib = torture.Tools.find().faketime
+    if lib is None:
+        pytest.skip("needs libfaketime (.ci/run installs the faketime package)")
+    db = str(tmp_path / "app.db")
+    rep = str(tmp_path / "rep")
+    log = str(tmp_path / "agent.log")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (x BLOB)")
+    c.executemany("INSERT INTO t VALUES (?)", [(os.urandom(50_000),) for _ in range(60)])  # 3 MB, incompressible
+    ahead = clean_env(torture.faketime_env(lib, 3600, str(tmp_path / "faketime-shim")))
+    r = litesync("replicate", "--once", db, f"file://{rep}", env=ahead)
+    assert r.returncode == 0, r.stderr
+    (newer,) = os.listdir(os.path.join(rep, "generations"))
+    state = tmp_path / ".app.db-litesync"
+    subprocess.run(["rm", "-rf", str(state)], check=True)  # lost with the host
+    c.execute("INSERT INTO t VALUES (x'01')")
+    disk = mount_small_disk(str(state), "8m")
+    agent = None
+    try:
+        disk.reserve(disk.free_bytes() - (5 << 20))  # room for one 3 MB snapshot, not two
+        agent = start_litesync("replicate", db, f"file://{rep}", log_path=log)
+        wait_for(lambda: "newer than this database's" in read(log), timeout=60)
+        wait_for(lambda: len(os.listdir(os.path.join(rep, "generations"))) == 2 and "-> file: up to date" in
+                 read(log).split("newer than this database's", 1)[1], timeout=60)
+        c.execute("INSERT INTO t VALUES (x'02')")
+        gens = sorted(os.listdir(os.path.join(rep, "generations")))
+        assert gens[0] == newer and len(gens) == 2, gens  # the agent's generation is the newest
+        assert "No space" not in read(log) and "Traceback" not in read(log), read(log)
+        assert stop(agent) == 0, read(log)
+        agent = None
+        restore_equals(db, rep, str(tmp_path / "restored.db"))
+    finally:
+        c.close()
+        if agent is not None:
+            kill9(agent)
+        disk.unmount()

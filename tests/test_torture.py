@@ -37,6 +37,8 @@ def test_short_seeded_runs_pass_and_draw_every_fault(tmp_path):
     expected = ["agent kill -9", "agent SIGSTOP/SIGCONT", "app SIGKILL at random time", "restore latest ok (checked)",
                 "restore mid-run", "restore to a point in time", "replica s3", "replica file"]
     expected += [f"checkpoint {mode}" for mode in torture.CHECKPOINT_MODES]
+    if torture.can_mount():  # root: the agent's state directory on a small disk that fills
+        expected += ["agent state disk full (ENOSPC)"]
     if not missing_tools():
         expected += ["app killed at WAL write (strace)", "app killed at sync (strace)"]
         expected += ["clock step forwards", "clock step backwards"]
