@@ -24,7 +24,7 @@ from .compact import Maintainer
 from .dirwatch import DirWatcher
 from .engine import FATAL_CHANGES, Loop, Scheduler, Task
 from .errors import DatabaseError, LitesyncError
-from .fsutil import free_space, no_room
+from .fsutil import free_space, no_room, same_file_system
 from .logs import Labelled
 from .replica import open_replica
 from .replica.registry import BACKENDS
@@ -178,14 +178,6 @@ _trimmed_at = 0.0
 _trim_lock = threading.Lock()
 
 
-def same_file_system(a: str, b: str) -> bool:
-    """Whether two existing paths are on one file system (False when either is gone)."""
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
-
-
 def _c_library() -> ctypes.CDLL:
     global _libc
     if _libc is None:
@@ -306,6 +298,7 @@ class DbReplication:
         self._room_at_failure: tuple[int, int] | None = None
         self._room_since = self._room_tried = 0.0  # monotonic times of the first and last such failure
         self._room_dir = ""  # the directory whose file system lacked room
+        self._outbid_error: str | None = None  # why the stop could not write the generation after a replica's
         self.room_error: str | None = None  # ``<where>: <why>`` while waiting for room (see _no_room)
         self.started_at = time.time()
         self.stopping = self.stopped = False
@@ -487,7 +480,10 @@ class DbReplication:
             return wait
         if self._room_at_failure is not None:
             # What the replicas received meanwhile may be all the room there is to have.
-            self.collect_garbage()
+            try:
+                self.collect_garbage()
+            except (OSError, LitesyncError) as e:  # the turn's own collection says it, if it lasts
+                self.log.debug("spool garbage collection while waiting for room: %s", e)
         room_wait = self._waiting_for_room()
         if room_wait is not None:
             self._retry_at = time.monotonic() + room_wait
@@ -698,6 +694,7 @@ class DbReplication:
                     return
                 self._unpark()
             self.agent.sync()
+            self._try_outbid()  # a replica outbid waits for the generation after its own
             # A replica that needs a snapshot (new, moved, or behind the spool) gets one before
             # the shippers' final round: no later step of this loop would take it.
             if any(s.needs_snapshot() for s in self.shippers):
@@ -711,6 +708,17 @@ class DbReplication:
                 e = LitesyncError(self._os_error_line(e))
             self.log.error("final sync failed: %s", e)
             self.error = e
+
+    def _try_outbid(self) -> None:
+        """At the stop: write the generation after a replica's newer one, if asked; a
+        failure (the write lock refused) is kept for the stop's last word, not raised:
+        the other replicas' final round goes on."""
+        try:
+            if self.agent.parked and self.agent.newer_generation_seen.is_set():
+                self._unpark()
+            self.agent.outbid()
+        except LitesyncError as e:
+            self._outbid_error = str(e)
 
     def collect_garbage(self) -> None:
         """Drop spool objects every replica has; past spool-max-size, unshipped ones too (see
@@ -771,19 +779,22 @@ class DbReplication:
                        and not (hurry is not None and hurry.is_set())):
                     # A shipper's first look at its replica may come only now (--once, an
                     # outage at start): the agent's loop is over, so its new generation is made here.
-                    with contextlib.suppress(LitesyncError):
-                        if self.agent.parked and self.agent.newer_generation_seen.is_set():
-                            self._unpark()
-                        self.agent.outbid()
+                    self._try_outbid()
                     self.agent.spool.notify()
                     time.sleep(0.02)
                 if s.fatal is not None:
                     ok = False
                 elif s.pending():
-                    waiting = unshipped(self.agent.spool.objects(), s.pos)
-                    s.log.error("stopped before everything was shipped: %s (%s) wait in the spool for the next "
-                                "start (last error: %s)", plural(len(waiting), "object"),
-                                format_size(sum(size for _, size in waiting)), s.last_error)
+                    objects = self.agent.spool.objects()
+                    waiting = unshipped(objects, s.pos)
+                    if s.awaiting_generation(objects) and not waiting:
+                        s.log.error("stopped before everything was shipped: the replica holds a newer generation "
+                                    "and this database's snapshot after it was not written (%s); the next start "
+                                    "writes it", self._outbid_error or "not tried")
+                    else:
+                        s.log.error("stopped before everything was shipped: %s (%s) wait in the spool for the "
+                                    "next start (last error: %s)", plural(len(waiting), "object"),
+                                    format_size(sum(size for _, size in waiting)), s.last_error)
                     ok = False
         for m in self.maintainers:
             m.stop()

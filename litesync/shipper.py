@@ -140,6 +140,7 @@ class Shipper:
         self._generations_checked: set[int] = set()
         self._replica_checked = False  # listed before this process's first upload
         self._outbid_by: int | None = None  # the replica's generation this agent was asked to pass
+        self._outbid_at = 0.0  # when (wall clock)
         self.sync_interval = sync_interval
         self._uploaded_mono: float | None = None  # when the last upload ended (monotonic clock)
         self.stop_event = threading.Event()
@@ -226,9 +227,17 @@ class Shipper:
         rest of the process (see ``_replica_is_ahead``)."""
         return self._outbid_by is not None and name.generation <= self._outbid_by
 
+    def awaiting_generation(self, objects: list[tuple[Name, int]]) -> bool:
+        """Outbid, and the agent's generation after the replica's is not in the spool yet
+        (the outbid history was dropped from it: an empty spool is then no "up to date")."""
+        if self._outbid_by is None or (self.pos.generation is not None and self.pos.generation > self._outbid_by):
+            return False
+        return not any(isinstance(n, layout.SnapshotName) and n.generation > self._outbid_by for n, _ in objects)
+
     def pending(self) -> bool:
-        name, need_snapshot = choose_next(self.spool.objects(), self.pos)
-        return name is not None or need_snapshot
+        objects = self.spool.objects()
+        name, need_snapshot = choose_next(objects, self.pos)
+        return name is not None or need_snapshot or self.awaiting_generation(objects)
 
     def needs_snapshot(self) -> bool:
         """True when this replica can only go on from a snapshot the spool does not hold."""
@@ -237,8 +246,9 @@ class Shipper:
     def ship_one(self) -> bool:
         """Ship the next object if there is one; return whether something was shipped (or
         the spool changed under the upload: the next turn comes at once either way)."""
-        name, need_snapshot = choose_next(self.spool.objects(), self.pos)
-        self.awaiting_snapshot = name is None and need_snapshot
+        objects = self.spool.objects()
+        name, need_snapshot = choose_next(objects, self.pos)
+        self.awaiting_snapshot = (name is None and need_snapshot) or self.awaiting_generation(objects)
         if name is None:
             if need_snapshot:
                 self._ask_for_snapshot()
@@ -329,6 +339,7 @@ class Shipper:
         ahead, why = reason
         self.log.warning("%s; starting a new generation after %s", why, layout.format_generation(ahead))
         self._outbid_by = ahead
+        self._outbid_at = time.time()
         self.newer_generation(ahead)
         return True
 
@@ -411,9 +422,13 @@ class Shipper:
         pos = self.pos
         waiting = unshipped(self.spool.objects(), pos)
         oldest = min((object_time(n) for n, _ in waiting), default=None)
+        awaiting = self.awaiting_generation(self.spool.objects())
+        if awaiting:
+            oldest = min(oldest if oldest is not None else self._outbid_at, self._outbid_at)
         return {
             # "completed" is the last turn's verdict: with objects waiting since, it is not.
-            "name": self.replica, "state": "pending" if self.status == "completed" and waiting else self.status,
+            "name": self.replica,
+            "state": "pending" if self.status == "completed" and (waiting or awaiting) else self.status,
             "last_error": self.last_error,
             "lag_seconds": round(max(0.0, now - oldest), 3) if oldest is not None else 0.0,
             "lag_bytes": sum(size for _, size in waiting),

@@ -559,3 +559,76 @@ def test_history_no_replica_will_take_is_dropped_to_make_room_for_the_new_genera
         if agent is not None:
             kill9(agent)
         disk.unmount()
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+sys.stdin.readline()
+c.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_replica_waiting_for_the_generation_after_its_own_is_not_up_to_date(tmp_path, monkeypatch, caplog):
+    """Outbid, with the left generation's history dropped from the spool and the new one's
+    snapshot not written yet (the application holds the write lock): the spool is empty, yet
+    the replica lacks this database's commits. It is pending with a lag, and a stop says
+    that not everything was shipped (it said "up to date" and "everything committed")."""
+    from litesync import agent as agent_module
+    from litesync.config import load_config
+
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
+    import torture
+
+    lib = torture.Tools.find().faketime
+    if lib is None:
+        pytest.skip("needs libfaketime (.ci/run installs the faketime package)")
+    monkeypatch.setattr(agent_module, "SEAL_TIMEOUT_MS", 200)
+    db, rep = str(tmp_path / "app.db"), str(tmp_path / "rep")
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("CREATE TABLE t (x)")
+    c.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+    ahead = clean_env(torture.faketime_env(lib, 3600, str(tmp_path / "faketime-shim")))
+    r = litesync("replicate", "--once", db, f"file://{rep}", env=ahead)
+    assert r.returncode == 0, r.stderr
+    subprocess.run(["rm", "-rf", str(tmp_path / ".app.db-litesync")], check=True)
+    c.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100, 200)])  # what the replica lacks
+    (tmp_path / "litesync.yml").write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{rep}\n")
+    d = DbReplication(load_config(str(tmp_path / "litesync.yml")).dbs[0])
+    shipper = d.shippers[0]
+    told = shipper.newer_generation
+    # Another process: locks taken in this one would not exclude the agent's.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, db], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+
+    def outbid(generation: int) -> None:  # the app takes the write lock as the agent is outbid
+        if holder.stdin is not None and not holder.stdin.closed:
+            holder.stdin.write("lock\n")
+            holder.stdin.flush()
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        told(generation)
+
+    shipper.newer_generation = outbid
+    caplog.set_level(logging.INFO)
+    d.start()
+    try:
+        assert d.started.wait(30) and d.error is None
+        wait_for(lambda: "which no replica will take" in caplog.text, timeout=30)
+        time.sleep(2)
+        assert d.agent.spool.objects() == []
+        replica = d.status()["replicas"][0]
+        assert replica["state"] == "pending" and replica["lag_seconds"] > 1, replica
+        assert "-> file: up to date" not in caplog.text.split("which no replica will take", 1)[1]
+        assert d.stop(timeout=2) is False
+        assert "stopped before everything was shipped: the replica holds a newer generation" in caplog.text
+    finally:
+        kill9(holder)
+        d.stop(timeout=5)
+    # Started again with the write lock free, it writes the generation after the replica's.
+    r = litesync("replicate", "--once", db, f"file://{rep}")
+    assert r.returncode == 0, r.stderr
+    c.close()
+    restore_equals(db, rep, str(tmp_path / "restored.db"))
