@@ -31,6 +31,7 @@ from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError, LitesyncError
+from .livedb import (SEAL_TIMEOUT_MS, View, WalChanged, busy_handler, connect, read_view, wal_overlay)
 from .logs import Labelled
 from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
@@ -39,8 +40,6 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 
-SEAL_TIMEOUT_MS = 5000
-_SNAPSHOT_CHUNK_PAGES = 256
 # The WAL frames of one shipment are read at once when they take at most this much;
 # larger shipments read the WAL page by page, twice, which keeps the agent's RSS flat.
 _KEEP_IN_MEMORY = 8 << 20
@@ -67,10 +66,6 @@ _SHRINK_STEP = 32 << 20
 _SHRINK_PAUSE = 0.005
 
 
-class _WalChanged(Exception):
-    """The WAL changed under a read that needed it stable; the step is retried."""
-
-
 class WriteLockBusy(DatabaseError):
     """The application held the write lock for longer than a seal may wait; retryable."""
 
@@ -79,56 +74,6 @@ class WriteLockBusy(DatabaseError):
 
 class _Diverged(Exception):
     """The WAL's committed frames do not continue what was copied: a new generation starts."""
-
-
-@dataclass
-class View:
-    """The database as ``R`` sees it right after a seal."""
-
-    pos: WalPosition
-    header: wal.WalHeader | None
-    overlay: dict[int, int]  # pgno -> WAL frame index holding the page for this view
-    db_size: int
-
-
-_shm_fds: dict[tuple[int, int], int] = {}
-_shm_fds_lock = threading.Lock()
-
-
-def read_index_header(shm_path: str, size: int = 2 * wal.INDEX_HEADER_SIZE) -> bytes:
-    """Return the wal-index header (both copies, or ``size`` bytes) from a -shm file, or b""
-    when there is none.
-
-    SQLite's WAL locks (every reader's pin on the WAL among them) are POSIX locks on the
-    -shm file, and closing *any* descriptor of that file drops every lock this process
-    holds on it. So the file is read through one descriptor per file, never closed.
-    """
-    try:
-        st = os.stat(shm_path)
-    except FileNotFoundError:
-        return b""
-    key = (st.st_dev, st.st_ino)
-    with _shm_fds_lock:
-        fd = _shm_fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(shm_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return b""
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if key in _shm_fds:  # re-created between stat and open; keep both open
-                fd = _shm_fds[key]
-            _shm_fds[key] = fd
-    return os.pread(fd, size, 0)
-
-
-def _busy_handler(tries: int) -> bool:
-    """Retry a busy lock every 0.2 ms for up to SEAL_TIMEOUT_MS."""
-    if tries * 0.0002 * 1000 >= SEAL_TIMEOUT_MS:
-        return False
-    time.sleep(0.0002)
-    return True
 
 
 def now_ms() -> int:
@@ -154,170 +99,6 @@ def economize_sqlite_memory() -> None:
     except apsw.Error as e:  # connections already open (an embedding application's)
         log.debug("SQLite lookaside left as it is: %s", e)
     _sqlite_memory_economized = True
-
-
-def connect(path: str) -> apsw.Connection:
-    """Open ``path`` the way litesync reads and seals it (never checkpointing on its own)."""
-    c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
-    # SQLite's own busy handler sleeps up to 100 ms between tries and loses the
-    # write lock to a busy writer for seconds; retry every 0.2 ms instead.
-    c.set_busy_handler(_busy_handler)
-    # Closing must not checkpoint: the WAL left behind is how a restarted agent
-    # proves it missed nothing.
-    c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-    c.execute("PRAGMA wal_autocheckpoint=0")
-    return c
-
-
-def wal_overlay(read_at: wal.ReadAt, hdr: wal.WalHeader | None, committed: int | None,
-                after: int = 0) -> tuple[dict[int, int], WalPosition]:
-    """Return the WAL frame holding the newest committed version of each page (frames past
-    ``after`` only) and the position of the last commit.
-
-    ``committed`` is the wal-index's frame count, read under the write lock: frames past it
-    are not committed, however well they chain. Raises _WalChanged when it is unknown or
-    the frames it counts do not chain (the WAL changed under the read)."""
-    overlay: dict[int, int] = {}
-    if hdr is None:
-        return overlay, WalPosition()
-    if committed is None:
-        raise _WalChanged()
-    last = None
-    for tx in wal.scan(read_at, hdr, 1, (hdr.checksum1, hdr.checksum2), max_frames=committed, expect=committed):
-        last = tx
-        for fr in tx.frames:
-            if fr.index > after:
-                overlay[fr.pgno] = fr.index
-    if (last.end_index if last is not None else 0) != committed:
-        raise _WalChanged()
-    if last is None:
-        return overlay, WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-    return overlay, WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
-
-
-def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: wal.ReadAt,
-              wal_header: Callable[[], wal.WalHeader | None], out: SnapshotWriter | None = None,
-              progress: Callable[[int], None] | None = None) -> DbHash:
-    """Read every page of ``view`` through ``conn``, which holds the view's read transaction:
-    the database file, patched with the view's WAL frames. Hash the pages, write them to
-    ``out`` if given, report bytes read to ``progress``. Raises _WalChanged when the WAL
-    was restarted under the read."""
-    ps = page_size
-    hasher = DbHash()
-    pgno = 1
-    while pgno <= view.db_size:
-        n = min(_SNAPSHOT_CHUNK_PAGES, view.db_size - pgno + 1)
-        _complete, data = conn.read("main", 0, (pgno - 1) * ps, n * ps)
-        buf = bytearray(data)
-        patched = False
-        for i in range(n):
-            index = view.overlay.get(pgno + i)
-            if index is not None:
-                try:
-                    buf[i * ps:(i + 1) * ps] = wal.read_page(read_at, view.header, index, pgno + i)  # type: ignore[arg-type]
-                except (wal.FrameMismatch, EOFError):
-                    # Restarted or truncated (a TRUNCATE checkpoint) under a read on lock 0.
-                    raise _WalChanged() from None
-                patched = True
-        if patched and wal_header() != view.header:
-            raise _WalChanged()
-        mv = memoryview(buf)
-        for i in range(n):
-            hasher.set_page(pgno + i, mv[i * ps:(i + 1) * ps])
-        if out is not None:
-            out.add_pages(mv)
-        pgno += n
-        if progress is not None:
-            progress((pgno - 1) * ps)
-    hasher.truncate(view.db_size)
-    return hasher
-
-
-@dataclass(frozen=True)
-class LiveState:
-    """The checksum of a live database as one read transaction saw it. Every transaction
-    that state holds was committed before wall time ``at``."""
-
-    checksum: int
-    pages: int
-    page_size: int
-    at: float
-
-
-def read_live(db_path: str, attempts: int = 5) -> LiveState:
-    """Read the whole database at ``db_path`` in one read transaction and return its checksum.
-
-    As for a snapshot, a brief seal (the write lock) makes the WAL hold exactly the commits
-    the read transaction sees; pages are read through SQLite and patched with those frames.
-    Nothing is written and nothing is checkpointed.
-    """
-    path = os.path.abspath(db_path)
-    if not os.path.exists(path):
-        raise DatabaseError(f"database does not exist: {path}")
-    file = os.path.realpath(path)  # where SQLite keeps the -wal and -shm (see DbAgent)
-    wal_fd: list[int] = []
-
-    def read_at(offset: int, size: int) -> bytes:
-        if not wal_fd:
-            try:
-                wal_fd.append(os.open(file + "-wal", os.O_RDONLY))
-            except FileNotFoundError:
-                return b""
-        return os.pread(wal_fd[0], size, offset)
-
-    def header() -> wal.WalHeader | None:
-        hdr = wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
-        return None if hdr is not None and wal.index_restarted(read_index_header(file + "-shm"), hdr) else hdr
-
-    def committed(hdr: wal.WalHeader | None) -> int | None:
-        return 0 if hdr is None else wal.index_frames(read_index_header(file + "-shm"), hdr)
-
-    def backfilled() -> int:
-        # Frames already checkpointed are read from the database file: a reader on lock 0
-        # (the WAL checkpointed in full) then reads no frame a TRUNCATE could take away.
-        shm = read_index_header(file + "-shm", wal.INDEX_READ_SIZE)
-        return wal.index_backfilled(shm) or 0
-
-    try:
-        seal, reader = connect(path), connect(path)
-    except apsw.Error as e:
-        raise DatabaseError(f"{path}: {e}") from e
-    try:
-        for _ in range(attempts):
-            try:
-                seal.execute("BEGIN IMMEDIATE")
-            except apsw.BusyError:
-                continue
-            try:
-                reader.execute("BEGIN")
-                reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-                page_size = reader.execute("PRAGMA page_size").fetchall()[0][0]
-                db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
-                assert isinstance(page_size, int) and isinstance(db_size, int)  # what these PRAGMAs answer
-                hdr = header()
-                try:
-                    overlay, pos = wal_overlay(read_at, hdr, committed(hdr), backfilled())
-                except _WalChanged:
-                    reader.execute("COMMIT")
-                    continue
-                at = time.time()
-            finally:
-                seal.execute("ROLLBACK")
-            try:
-                hasher = read_view(reader, page_size, View(pos, hdr, overlay, db_size), read_at, header)
-            except _WalChanged:
-                continue
-            finally:
-                reader.execute("COMMIT")
-            return LiveState(hasher.value, db_size, page_size, at)
-    except apsw.Error as e:
-        raise DatabaseError(f"{path}: {e}") from e
-    finally:
-        seal.close()
-        reader.close()
-        for fd in wal_fd:
-            os.close(fd)
-    raise DatabaseError(f"{path}: could not read a consistent state after {attempts} attempts")
 
 
 class DbAgent:
@@ -651,14 +432,14 @@ class DbAgent:
                 # empties the WAL lets the app's next commit restart it, and the next unpark
                 # come here again.
                 view = self._reopen_view(checkpoint=False)
-            except _WalChanged:
+            except WalChanged:
                 continue
             finally:
                 self._unseal()
             try:
                 self._resync(view)
                 return
-            except _WalChanged:
+            except WalChanged:
                 # R may read the WAL under read lock 0 (it was checkpointed in full), which
                 # does not stop the app from restarting it while the pages are read.
                 continue
@@ -682,7 +463,7 @@ class DbAgent:
                         try:
                             yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
                         except (wal.FrameMismatch, EOFError):
-                            raise _WalChanged() from None  # restarted or truncated under the read
+                            raise WalChanged() from None  # restarted or truncated under the read
                     else:
                         assert self.R is not None  # R pins the view (see above)
                         yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
@@ -809,7 +590,7 @@ class DbAgent:
         """One attempt of ``start``; raises WriteLockBusy while the application holds the write lock."""
         try:
             reason = self._try_resume()
-        except _WalChanged:
+        except WalChanged:
             reason = "the WAL changed while the agent was resuming"
         if reason is not None:
             self.new_generation(reason)
@@ -881,7 +662,7 @@ class DbAgent:
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() is not None:
-                raise _WalChanged()
+                raise WalChanged()
             view = self._reopen_view(checkpoint=False)
         finally:
             self._unseal()
@@ -977,7 +758,7 @@ class DbAgent:
         an app killed between writing its frames and updating the wal-index wrote frames
         that SQLite discards. Those frames are read in one call (up to _KEEP_IN_MEMORY),
         checked, and the same bytes are shipped. Raises _Diverged when the committed frames
-        do not continue the ones copied, _WalChanged when the WAL changed under the read.
+        do not continue the ones copied, WalChanged when the WAL changed under the read.
         """
         self.in_flight = False
         committed = self._index_frames(hdr)
@@ -1011,10 +792,10 @@ class DbAgent:
         return txs, read_at
 
     def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
-        """Raise _WalChanged unless the WAL header and the wal-index still say what they
+        """Raise WalChanged unless the WAL header and the wal-index still say what they
         said when ``committed`` was read: a break seen during a restart proves nothing."""
         if self._wal_header() != hdr or self._index_frames(hdr) != committed:
-            raise _WalChanged()
+            raise WalChanged()
 
     def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
         """True when a frame with this WAL's salts follows the committed ones: a commit is
@@ -1082,7 +863,7 @@ class DbAgent:
             self._restart_ok = False
         try:
             txs, read_at = self._uncopied(hdr)
-        except _WalChanged:
+        except WalChanged:
             return 0
         except _Diverged as e:
             self.new_generation(str(e))
@@ -1090,7 +871,7 @@ class DbAgent:
         if txs:
             try:
                 self._ship(txs, hdr, read_at, recheck=hdr)
-            except _WalChanged:
+            except WalChanged:
                 return 0
             self._restart_ok = False
         self.copied_through = (t0, self.generation, self.next_seq)
@@ -1137,7 +918,7 @@ class DbAgent:
                 try:
                     return wal.read_page(read_at, hdr, index)
                 except wal.FrameMismatch:
-                    raise _WalChanged() from None
+                    raise WalChanged() from None
         # Pass 1: hash each shipped page and compute the database checksum after each tx.
         changes: dict[int, int] = {}
         value = self.hasher.value
@@ -1156,7 +937,7 @@ class DbAgent:
             size = tx.db_size
             infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
         if recheck is not None and self._wal_header() != recheck:
-            raise _WalChanged()
+            raise WalChanged()
         if final_hash is not None or not checksums_known:
             for info in infos:
                 info[3], info[4] = 0, 0
@@ -1184,7 +965,7 @@ class DbAgent:
                        changed: Callable[[], bool] | None = None) -> None:
         """Write the next segment of this generation, holding ``txs`` (their pages, in
         order, from ``pages``), into the spool, and advance to WAL position ``pos``. Raises
-        _WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
+        WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
         seq = self.next_seq
         header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
                                pos, first_frame, tuple(txs), db_id=self.db_id)
@@ -1196,7 +977,7 @@ class DbAgent:
             w.close()
         if changed is not None and changed():
             self.spool.discard(name)
-            raise _WalChanged()
+            raise WalChanged()
         self.spool.publish(name)
         self.pos = pos
         self.next_seq = seq + 1
@@ -1323,7 +1104,7 @@ class DbAgent:
         except apsw.BusyError:
             busy = 1
         finally:
-            self.W.set_busy_handler(_busy_handler)
+            self.W.set_busy_handler(busy_handler)
         # It holds the write lock as a seal does (while it waits, too): counted as one.
         held = time.monotonic() - t0
         self.stats["seals"] += 1
@@ -1359,7 +1140,7 @@ class DbAgent:
                     frames = txs[-1].end_index - self.pos.frame if txs else 0
                     if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
                         return hdr, txs, read_at
-                except (_WalChanged, _Diverged):
+                except (WalChanged, _Diverged):
                     pass
             self._unseal()
             self.sync()
@@ -1469,7 +1250,7 @@ class DbAgent:
             try:
                 tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
                 view = self._reopen_view()
-            except _WalChanged:
+            except WalChanged:
                 why = "the WAL and the wal-index disagree under the write lock"
                 continue
             finally:
@@ -1483,7 +1264,7 @@ class DbAgent:
             if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
                 try:
                     value = self._scan_view(view, None).value
-                except _WalChanged:
+                except WalChanged:
                     why = "the WAL was restarted while the database was read"
                     continue
                 if value == self.hasher.value:
@@ -1510,7 +1291,7 @@ class DbAgent:
                                            view.db_size * self.page_size)
                     hasher = self._scan_view(view, w, progress)
                     w.close(hasher.value)
-            except _WalChanged:
+            except WalChanged:
                 self.spool.discard(name)
                 why = "the WAL was restarted while the database was read"
                 continue
