@@ -31,7 +31,8 @@ from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError, LitesyncError
-from .livedb import (SEAL_TIMEOUT_MS, View, WalChanged, busy_handler, connect, read_view, wal_overlay)
+from .connections import Connections
+from .livedb import View, WalChanged, read_view, wal_overlay
 from .logs import Labelled
 from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
@@ -56,9 +57,6 @@ _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may inte
 # A WAL file larger than a database's max-wal-size is truncated once copied; a try that
 # fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
 _TRUNCATE_RETRY = (1.0, 30.0)
-# A TRUNCATE checkpoint holds the write lock while it waits for readers: it waits this
-# long at most (ms), so the app's writers barely notice, and tries again later.
-_TRUNCATE_WAIT_MS = 20
 # Freeing a large file's blocks takes long (100 ms for 344 MB here), and a TRUNCATE
 # checkpoint does it under the write lock: the dead end of a large WAL is cut first, this
 # much per brief seal, with a pause between for the app's writers.
@@ -143,24 +141,20 @@ class DbAgent:
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
                                         "wal_truncations": 0, "wal_shrinks": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
-        self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
         self._restart_ok = False
         self._r_begin_pos = WalPosition()
-        self._r_open = False
         self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
-        self._seal_depth = 0
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
-        # R holds the read transaction that pins the WAL; W takes the write lock (the seal)
-        # and checkpoints outside it; under the seal R checkpoints between two reads.
-        self.R: apsw.Connection | None = None
-        self.W: apsw.Connection | None = None
+        # R (the reader) holds the read transaction that pins the WAL; W (the sealer) takes the
+        # write lock (the seal) and checkpoints outside it (see connections.py).
+        self.connections = Connections(self.path, self.log, self.stats)
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
         self._index_unknown_since: float | None = None  # since when the wal-index could not be used
@@ -199,31 +193,12 @@ class DbAgent:
         self.identity = (st.st_dev, st.st_ino)  # the file replicated, whatever its name becomes
 
     def _connect(self) -> None:
-        self.R, self.W = connect(self.path), connect(self.path)
-        try:
-            mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
-            assert isinstance(mode, str)  # journal_mode answers the mode's name
-            if mode.lower() != "wal":
-                mode = self.W.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
-                assert isinstance(mode, str)
-                if mode.lower() != "wal":
-                    raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
-                self.log.info("switched the database to WAL mode")
-            page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
-            assert isinstance(page_size, int)  # page_size answers an integer
-            self.page_size = page_size
-        except BaseException as e:
-            for c in (self.R, self.W):
-                c.close()
-            self.R = self.W = None
-            if isinstance(e, apsw.Error):
-                raise DatabaseError(f"{self.path}: {e}") from e
-            raise
+        self.page_size = self.connections.open()
 
     @property
     def is_open(self) -> bool:
         """True once ``open`` made the connections."""
-        return self.R is not None
+        return self.connections.is_open
 
     @property
     def locked(self) -> bool:
@@ -239,14 +214,11 @@ class DbAgent:
     def _disconnect(self) -> None:
         """Close the connections, then the agent's own descriptors of the -wal and -shm
         (closing those while a connection of this process is open would drop its locks)."""
-        self._end_read()
+        self.connections.end_read()
         # Whatever R pinned is gone: a WAL restart proves nothing until R reads again
         # under a seal with everything copied.
         self._restart_ok = False
-        for c in (self.R, self.W):
-            if c is not None:
-                c.close()
-        self.R = self.W = None
+        self.connections.close()
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -285,7 +257,7 @@ class DbAgent:
         """Close every connection and descriptor but the agent lock, once all that is
         committed is copied; return whether it did. Parked, the agent pins nothing: the
         application may checkpoint and restart the WAL, which ``unpark`` must account for."""
-        if self.parked or not self.is_open or self._seal_depth:
+        if self.parked or not self.is_open or self.connections.sealed:
             return False
         # The marks are taken before the last look: a commit after them changes them.
         taken, marks = self._file_marks()
@@ -304,7 +276,7 @@ class DbAgent:
         application's own checkpoints can reuse it. Parked, with work to do: ``unpark``
         copies what is new, or, when the WAL was restarted meanwhile, what changed as one
         transaction (``_resync``). Nothing to release before the first snapshot."""
-        if self.parked or not self.is_open or self._seal_depth or not self.generation:
+        if self.parked or not self.is_open or self.connections.sealed or not self.generation:
             return
         self._disconnect()
         self._parked_marks = ()  # unlike any stat: the next turn unparks
@@ -425,7 +397,7 @@ class DbAgent:
             self._cycle(checkpoint=False)
             return
         for _attempt in range(_RESYNC_ATTEMPTS):
-            if not self._seal():
+            if not self.connections.seal():
                 raise WriteLockBusy(f"{self.path}: the application holds the write lock")
             try:
                 # Every committed frame, R reading under the seal. No checkpoint: one that
@@ -435,7 +407,7 @@ class DbAgent:
             except WalChanged:
                 continue
             finally:
-                self._unseal()
+                self.connections.unseal()
             try:
                 self._resync(view)
                 return
@@ -465,8 +437,9 @@ class DbAgent:
                         except (wal.FrameMismatch, EOFError):
                             raise WalChanged() from None  # restarted or truncated under the read
                     else:
-                        assert self.R is not None  # R pins the view (see above)
-                        yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
+                        reader = self.connections.reader
+                        assert reader is not None  # R pins the view (see above)
+                        yield pgno, reader.read("main", 0, (pgno - 1) * ps, ps)[1]
 
             tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
             # A restart changes the WAL's header: the pages read from it are the view's if it did not.
@@ -486,11 +459,8 @@ class DbAgent:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _begin_read(self) -> None:
-        assert self.R is not None  # R reads while open
         self._r_on_lock0 = False
-        self.R.execute("BEGIN")
-        self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        self._r_open = True
+        self.connections.begin_read()
         self._file_at_read = self._file_stat()  # after R holds its read lock: see _file_differs
 
     def _file_stat(self) -> tuple[int, int, int] | None:
@@ -500,53 +470,6 @@ class DbAgent:
         except FileNotFoundError:
             return None
         return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    def _end_read(self) -> None:
-        if self._r_open and self.R is not None:
-            self.R.execute("COMMIT")
-        self._r_open = False
-
-    def _seal(self) -> bool:
-        """Take the write lock so no frame can be appended; False when the app held it too long."""
-        if self._seal_depth:
-            self._seal_depth += 1
-            return True
-        assert self.W is not None  # the seal is taken while open
-        try:
-            self.W.execute("BEGIN IMMEDIATE")
-            self._seal_depth = 1
-            self._sealed_at = time.monotonic()
-            return True
-        except apsw.BusyError:
-            self.log.warning("could not take the write lock within %d ms; will retry", SEAL_TIMEOUT_MS)
-            return False
-
-    def _unseal(self) -> None:
-        self._seal_depth -= 1
-        if self._seal_depth == 0:
-            assert self.W is not None  # still open: W holds the seal
-            self.W.execute("ROLLBACK")
-            held = time.monotonic() - self._sealed_at
-            self.stats["seals"] += 1
-            self.stats["seal_seconds"] += held
-            self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
-
-    def _checkpoint(self) -> tuple[int, int]:
-        """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed).
-
-        A connection checkpoints only outside a transaction: W, unless it holds the seal;
-        then R, which must be between reads."""
-        if self._seal_depth:
-            assert not self._r_open, "checkpoint under the seal while R reads"
-            conn = self.R
-        else:
-            conn = self.W
-        assert conn is not None  # checkpoints happen while open
-        busy, log_frames, ckpt = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        assert isinstance(log_frames, int) and isinstance(ckpt, int)  # wal_checkpoint answers integers
-        self.stats["checkpoints"] += 1
-        self.log.debug("checkpoint: busy=%d wal=%d checkpointed=%d", busy, log_frames, ckpt)
-        return max(log_frames, 0), max(ckpt, 0)
 
     # -- WAL access --------------------------------------------------------------------
 
@@ -632,8 +555,8 @@ class DbAgent:
             return str(e)
         if len(txs) > 1:
             self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
-        if not self._seal():
-            self._end_read()
+        if not self.connections.seal():
+            self.connections.end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() != hdr:
@@ -645,7 +568,7 @@ class DbAgent:
             tail = self._capture(hdr, txs, read_at)
             view = self._reopen_view()
         finally:
-            self._unseal()
+            self.connections.unseal()
         new_hash = self._scan_view(view, None)
         if txs:
             self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
@@ -658,14 +581,14 @@ class DbAgent:
                           pos: WalPosition) -> str | None:
         """Resume with no WAL (removed, or emptied by a TRUNCATE checkpoint) when the
         database file alone holds the state copied last; return why not, or None."""
-        if not self._seal():
+        if not self.connections.seal():
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() is not None:
                 raise WalChanged()
             view = self._reopen_view(checkpoint=False)
         finally:
-            self._unseal()
+            self.connections.unseal()
         found = self._scan_view(view, None)
         if found.value != self._spool_checksum(name, path):
             return "the WAL was removed or reset while the agent was stopped"
@@ -818,7 +741,7 @@ class DbAgent:
     def _restart_harmless(self) -> bool:
         """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
         seal with everything copied, and nothing was copied since."""
-        return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
+        return self._restart_ok and self.connections.reading and self.pos == self._r_begin_pos
 
     def _file_differs(self) -> str | None:
         """Why the database file is not the state copied last, or None. Meaningful while a
@@ -827,7 +750,8 @@ class DbAgent:
         file since then and it holds exactly that state. A file written in place (copied
         over, restored over) shows as a changed size or file time since ``R`` began, or as a
         size or first page that are not the state's (when it was written before)."""
-        assert self.R is not None  # R pins the state (see above)
+        reader = self.connections.reader
+        assert reader is not None  # R pins the state (see above)
         now = self._file_stat()
         if now is None:
             return None  # unlinked while the app writes on: nothing to compare, the copying goes on
@@ -838,7 +762,7 @@ class DbAgent:
         if size < expected:
             return (f"the database file was changed in place: it holds {size} bytes, "
                     f"the state copied last {expected}")
-        first = self.R.read("main", 0, 0, self.page_size)[1]
+        first = reader.read("main", 0, 0, self.page_size)[1]
         if self.hasher.page_count and page_hash(1, first) != self.hasher.get(1):
             return "the database file was changed in place: its first page is not the one copied last"
         return None
@@ -996,8 +920,8 @@ class DbAgent:
         """
         # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
         self._restart_ok = False
-        self._end_read()
-        log_frames, ckpt = self._checkpoint() if checkpoint else (0, 0)
+        self.connections.end_read()
+        log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
         self._begin_read()
         hdr = self._wal_header()
         if not pages:
@@ -1008,8 +932,9 @@ class DbAgent:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
                                pos.frame, log_frames)
-        assert self.R is not None  # a view is read while open
-        db_size = self.R.execute("PRAGMA page_count").fetchall()[0][0]
+        reader = self.connections.reader
+        assert reader is not None  # a view is read while open
+        db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
         assert isinstance(db_size, int)  # page_count answers an integer
         return View(pos, hdr, overlay, db_size)
 
@@ -1025,7 +950,7 @@ class DbAgent:
         self.sync()
         if not self._cycle(checkpoint=False):
             return False
-        self._checkpoint()
+        self.connections.checkpoint()
         self.sync()
         return self._cycle(checkpoint=True)
 
@@ -1062,7 +987,7 @@ class DbAgent:
         seals (frames past the wal-index's count are dead: left from before a restart, or
         of a commit never finished); False when a seal was refused."""
         while self._wal_file_size() > _SHRINK_STEP:
-            if not self._seal():
+            if not self.connections.seal():
                 return False
             try:
                 hdr = self._wal_header()
@@ -1077,41 +1002,19 @@ class DbAgent:
                 # Under the seal no frame is being written: no write can land past the cut.
                 os.truncate(self.wal_path, target)
             finally:
-                self._unseal()
+                self.connections.unseal()
             self.stats["wal_shrinks"] += 1
             time.sleep(_SHRINK_PAUSE)
         return True
 
     def _checkpoint_truncate(self) -> bool:
-        """Run a TRUNCATE checkpoint through ``W``, waiting briefly for locks; True when it emptied the WAL."""
-        assert self.W is not None and not self._seal_depth  # W checkpoints outside the seal
-        deadline = time.monotonic() + _TRUNCATE_WAIT_MS / 1000
+        """Run a TRUNCATE checkpoint, waiting briefly for locks; True when it emptied the WAL."""
+        def checkpointed_in_full() -> bool:
+            return wal.index_checkpointed_in_full(self._read_index())
 
-        def brief(_tries: int) -> bool:
-            # A frame committed since R began can never be checkpointed while R holds read
-            # lock 0, and the TRUNCATE cannot succeed: give up rather than hold the app's writers.
-            if time.monotonic() >= deadline or not wal.index_checkpointed_in_full(self._read_index()):
-                return False
-            time.sleep(0.0002)
-            return True
-
-        if not wal.index_checkpointed_in_full(self._read_index()):
-            return False
-        self.W.set_busy_handler(brief)
-        t0 = time.monotonic()
-        try:
-            busy = self.W.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
-        except apsw.BusyError:
-            busy = 1
-        finally:
-            self.W.set_busy_handler(busy_handler)
-        # It holds the write lock as a seal does (while it waits, too): counted as one.
-        held = time.monotonic() - t0
-        self.stats["seals"] += 1
-        self.stats["seal_seconds"] += held
-        self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
-        self.stats["checkpoints"] += 1
-        return busy == 0
+        # A frame committed since R began can never be checkpointed while R holds read lock
+        # 0, and the TRUNCATE cannot succeed: it gives up rather than hold the app's writers.
+        return checkpointed_in_full() and self.connections.checkpoint_truncate(checkpointed_in_full)
 
     def _wal_file_size(self) -> int:
         """The WAL file's size, 0 when there is none."""
@@ -1129,7 +1032,7 @@ class DbAgent:
         divergence (a new generation) is handled by ``sync`` outside it first.
         """
         for attempt in range(_TAIL_ATTEMPTS + 1):
-            if not self._seal():
+            if not self.connections.seal():
                 return None
             hdr = self._wal_header()
             if hdr is None:
@@ -1142,7 +1045,7 @@ class DbAgent:
                         return hdr, txs, read_at
                 except (WalChanged, _Diverged):
                     pass
-            self._unseal()
+            self.connections.unseal()
             self.sync()
         self.log.warning("the WAL kept changing under the seal; postponed")
         return None
@@ -1158,16 +1061,16 @@ class DbAgent:
             tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
-            self._end_read()
+            self.connections.end_read()
             if checkpoint:
-                self._checkpoint()
+                self.connections.checkpoint()
             # Under the seal nothing is committed: a WAL checkpointed in full now is one when
             # R begins, and R reads the database file alone, on read lock 0.
             full = wal.index_checkpointed_in_full(self._read_index())
             self._begin_read()
             self._r_on_lock0 = full
         finally:
-            self._unseal()
+            self.connections.unseal()
         if tail is not None:
             self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
         self._restart_ok = True
@@ -1177,8 +1080,9 @@ class DbAgent:
     def _scan_view(self, view: View, out: SnapshotWriter | None,
                    progress: Callable[[int], None] | None = None) -> DbHash:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
-        assert self.R is not None  # R holds the view's read transaction
-        return read_view(self.R, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
+        reader = self.connections.reader
+        assert reader is not None  # R holds the view's read transaction
+        return read_view(reader, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
 
     def _recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
@@ -1228,16 +1132,16 @@ class DbAgent:
             hdr: wal.WalHeader | None = None
             txs: list[wal.Transaction] = []
             read_at: wal.ReadAt = self._wal_read_at
-            if new_generation and not self._seal_depth:
+            if new_generation and not self.connections.sealed:
                 # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
                 # it goes as far as the app's readers allow), and the checkpoint under the
                 # seal, which the app's writers wait for, has little left to do (a WAL of
                 # tens of MB held them for 60-170 ms).
-                self._end_read()
-                self._checkpoint()
-                sealed = self._seal()
+                self.connections.end_read()
+                self.connections.checkpoint()
+                sealed = self.connections.seal()
             elif new_generation:
-                sealed = self._seal()
+                sealed = self.connections.seal()
             else:
                 tail_sealed = self._seal_small_tail()
                 sealed = tail_sealed is not None
@@ -1254,7 +1158,7 @@ class DbAgent:
                 why = "the WAL and the wal-index disagree under the write lock"
                 continue
             finally:
-                self._unseal()
+                self.connections.unseal()
             if tail is not None:
                 # Written and fsynced after the seal; R's view already includes these frames.
                 self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
@@ -1351,8 +1255,8 @@ class DbAgent:
             # A writer killed between the wal-index header's two copies: SQLite repairs the
             # index when a connection next locks the database; take the write lock briefly.
             self._index_unknown_since = None
-            if self._seal():
-                self._unseal()
+            if self.connections.seal():
+                self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
         if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
             self.truncate_wal(checkpointed)
