@@ -31,6 +31,8 @@ from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError, LitesyncError
+from .connections import Connections
+from .livedb import View, WalChanged, read_view, wal_overlay
 from .logs import Labelled
 from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
@@ -39,8 +41,6 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 
-SEAL_TIMEOUT_MS = 5000
-_SNAPSHOT_CHUNK_PAGES = 256
 # The WAL frames of one shipment are read at once when they take at most this much;
 # larger shipments read the WAL page by page, twice, which keeps the agent's RSS flat.
 _KEEP_IN_MEMORY = 8 << 20
@@ -57,18 +57,11 @@ _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may inte
 # A WAL file larger than a database's max-wal-size is truncated once copied; a try that
 # fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
 _TRUNCATE_RETRY = (1.0, 30.0)
-# A TRUNCATE checkpoint holds the write lock while it waits for readers: it waits this
-# long at most (ms), so the app's writers barely notice, and tries again later.
-_TRUNCATE_WAIT_MS = 20
 # Freeing a large file's blocks takes long (100 ms for 344 MB here), and a TRUNCATE
 # checkpoint does it under the write lock: the dead end of a large WAL is cut first, this
 # much per brief seal, with a pause between for the app's writers.
 _SHRINK_STEP = 32 << 20
 _SHRINK_PAUSE = 0.005
-
-
-class _WalChanged(Exception):
-    """The WAL changed under a read that needed it stable; the step is retried."""
 
 
 class WriteLockBusy(DatabaseError):
@@ -79,56 +72,6 @@ class WriteLockBusy(DatabaseError):
 
 class _Diverged(Exception):
     """The WAL's committed frames do not continue what was copied: a new generation starts."""
-
-
-@dataclass
-class View:
-    """The database as ``R`` sees it right after a seal."""
-
-    pos: WalPosition
-    header: wal.WalHeader | None
-    overlay: dict[int, int]  # pgno -> WAL frame index holding the page for this view
-    db_size: int
-
-
-_shm_fds: dict[tuple[int, int], int] = {}
-_shm_fds_lock = threading.Lock()
-
-
-def read_index_header(shm_path: str, size: int = 2 * wal.INDEX_HEADER_SIZE) -> bytes:
-    """Return the wal-index header (both copies, or ``size`` bytes) from a -shm file, or b""
-    when there is none.
-
-    SQLite's WAL locks (every reader's pin on the WAL among them) are POSIX locks on the
-    -shm file, and closing *any* descriptor of that file drops every lock this process
-    holds on it. So the file is read through one descriptor per file, never closed.
-    """
-    try:
-        st = os.stat(shm_path)
-    except FileNotFoundError:
-        return b""
-    key = (st.st_dev, st.st_ino)
-    with _shm_fds_lock:
-        fd = _shm_fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(shm_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return b""
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            if key in _shm_fds:  # re-created between stat and open; keep both open
-                fd = _shm_fds[key]
-            _shm_fds[key] = fd
-    return os.pread(fd, size, 0)
-
-
-def _busy_handler(tries: int) -> bool:
-    """Retry a busy lock every 0.2 ms for up to SEAL_TIMEOUT_MS."""
-    if tries * 0.0002 * 1000 >= SEAL_TIMEOUT_MS:
-        return False
-    time.sleep(0.0002)
-    return True
 
 
 def now_ms() -> int:
@@ -154,170 +97,6 @@ def economize_sqlite_memory() -> None:
     except apsw.Error as e:  # connections already open (an embedding application's)
         log.debug("SQLite lookaside left as it is: %s", e)
     _sqlite_memory_economized = True
-
-
-def connect(path: str) -> apsw.Connection:
-    """Open ``path`` the way litesync reads and seals it (never checkpointing on its own)."""
-    c = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
-    # SQLite's own busy handler sleeps up to 100 ms between tries and loses the
-    # write lock to a busy writer for seconds; retry every 0.2 ms instead.
-    c.set_busy_handler(_busy_handler)
-    # Closing must not checkpoint: the WAL left behind is how a restarted agent
-    # proves it missed nothing.
-    c.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-    c.execute("PRAGMA wal_autocheckpoint=0")
-    return c
-
-
-def wal_overlay(read_at: wal.ReadAt, hdr: wal.WalHeader | None, committed: int | None,
-                after: int = 0) -> tuple[dict[int, int], WalPosition]:
-    """Return the WAL frame holding the newest committed version of each page (frames past
-    ``after`` only) and the position of the last commit.
-
-    ``committed`` is the wal-index's frame count, read under the write lock: frames past it
-    are not committed, however well they chain. Raises _WalChanged when it is unknown or
-    the frames it counts do not chain (the WAL changed under the read)."""
-    overlay: dict[int, int] = {}
-    if hdr is None:
-        return overlay, WalPosition()
-    if committed is None:
-        raise _WalChanged()
-    last = None
-    for tx in wal.scan(read_at, hdr, 1, (hdr.checksum1, hdr.checksum2), max_frames=committed, expect=committed):
-        last = tx
-        for fr in tx.frames:
-            if fr.index > after:
-                overlay[fr.pgno] = fr.index
-    if (last.end_index if last is not None else 0) != committed:
-        raise _WalChanged()
-    if last is None:
-        return overlay, WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-    return overlay, WalPosition(hdr.salt1, hdr.salt2, last.end_index, *last.checksum)
-
-
-def read_view(conn: apsw.Connection, page_size: int, view: View, read_at: wal.ReadAt,
-              wal_header: Callable[[], wal.WalHeader | None], out: SnapshotWriter | None = None,
-              progress: Callable[[int], None] | None = None) -> DbHash:
-    """Read every page of ``view`` through ``conn``, which holds the view's read transaction:
-    the database file, patched with the view's WAL frames. Hash the pages, write them to
-    ``out`` if given, report bytes read to ``progress``. Raises _WalChanged when the WAL
-    was restarted under the read."""
-    ps = page_size
-    hasher = DbHash()
-    pgno = 1
-    while pgno <= view.db_size:
-        n = min(_SNAPSHOT_CHUNK_PAGES, view.db_size - pgno + 1)
-        _complete, data = conn.read("main", 0, (pgno - 1) * ps, n * ps)
-        buf = bytearray(data)
-        patched = False
-        for i in range(n):
-            index = view.overlay.get(pgno + i)
-            if index is not None:
-                try:
-                    buf[i * ps:(i + 1) * ps] = wal.read_page(read_at, view.header, index, pgno + i)  # type: ignore[arg-type]
-                except (wal.FrameMismatch, EOFError):
-                    # Restarted or truncated (a TRUNCATE checkpoint) under a read on lock 0.
-                    raise _WalChanged() from None
-                patched = True
-        if patched and wal_header() != view.header:
-            raise _WalChanged()
-        mv = memoryview(buf)
-        for i in range(n):
-            hasher.set_page(pgno + i, mv[i * ps:(i + 1) * ps])
-        if out is not None:
-            out.add_pages(mv)
-        pgno += n
-        if progress is not None:
-            progress((pgno - 1) * ps)
-    hasher.truncate(view.db_size)
-    return hasher
-
-
-@dataclass(frozen=True)
-class LiveState:
-    """The checksum of a live database as one read transaction saw it. Every transaction
-    that state holds was committed before wall time ``at``."""
-
-    checksum: int
-    pages: int
-    page_size: int
-    at: float
-
-
-def read_live(db_path: str, attempts: int = 5) -> LiveState:
-    """Read the whole database at ``db_path`` in one read transaction and return its checksum.
-
-    As for a snapshot, a brief seal (the write lock) makes the WAL hold exactly the commits
-    the read transaction sees; pages are read through SQLite and patched with those frames.
-    Nothing is written and nothing is checkpointed.
-    """
-    path = os.path.abspath(db_path)
-    if not os.path.exists(path):
-        raise DatabaseError(f"database does not exist: {path}")
-    file = os.path.realpath(path)  # where SQLite keeps the -wal and -shm (see DbAgent)
-    wal_fd: list[int] = []
-
-    def read_at(offset: int, size: int) -> bytes:
-        if not wal_fd:
-            try:
-                wal_fd.append(os.open(file + "-wal", os.O_RDONLY))
-            except FileNotFoundError:
-                return b""
-        return os.pread(wal_fd[0], size, offset)
-
-    def header() -> wal.WalHeader | None:
-        hdr = wal.WalHeader.parse(read_at(0, wal.WAL_HEADER_SIZE))
-        return None if hdr is not None and wal.index_restarted(read_index_header(file + "-shm"), hdr) else hdr
-
-    def committed(hdr: wal.WalHeader | None) -> int | None:
-        return 0 if hdr is None else wal.index_frames(read_index_header(file + "-shm"), hdr)
-
-    def backfilled() -> int:
-        # Frames already checkpointed are read from the database file: a reader on lock 0
-        # (the WAL checkpointed in full) then reads no frame a TRUNCATE could take away.
-        shm = read_index_header(file + "-shm", wal.INDEX_READ_SIZE)
-        return wal.index_backfilled(shm) or 0
-
-    try:
-        seal, reader = connect(path), connect(path)
-    except apsw.Error as e:
-        raise DatabaseError(f"{path}: {e}") from e
-    try:
-        for _ in range(attempts):
-            try:
-                seal.execute("BEGIN IMMEDIATE")
-            except apsw.BusyError:
-                continue
-            try:
-                reader.execute("BEGIN")
-                reader.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-                page_size = reader.execute("PRAGMA page_size").fetchall()[0][0]
-                db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
-                assert isinstance(page_size, int) and isinstance(db_size, int)  # what these PRAGMAs answer
-                hdr = header()
-                try:
-                    overlay, pos = wal_overlay(read_at, hdr, committed(hdr), backfilled())
-                except _WalChanged:
-                    reader.execute("COMMIT")
-                    continue
-                at = time.time()
-            finally:
-                seal.execute("ROLLBACK")
-            try:
-                hasher = read_view(reader, page_size, View(pos, hdr, overlay, db_size), read_at, header)
-            except _WalChanged:
-                continue
-            finally:
-                reader.execute("COMMIT")
-            return LiveState(hasher.value, db_size, page_size, at)
-    except apsw.Error as e:
-        raise DatabaseError(f"{path}: {e}") from e
-    finally:
-        seal.close()
-        reader.close()
-        for fd in wal_fd:
-            os.close(fd)
-    raise DatabaseError(f"{path}: could not read a consistent state after {attempts} attempts")
 
 
 class DbAgent:
@@ -362,24 +141,20 @@ class DbAgent:
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
                                         "wal_truncations": 0, "wal_shrinks": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
-        self._sealed_at = 0.0
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
         self._restart_ok = False
         self._r_begin_pos = WalPosition()
-        self._r_open = False
         self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
-        self._seal_depth = 0
         self._wal_fd: int | None = None
         self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
-        # R holds the read transaction that pins the WAL; W takes the write lock (the seal)
-        # and checkpoints outside it; under the seal R checkpoints between two reads.
-        self.R: apsw.Connection | None = None
-        self.W: apsw.Connection | None = None
+        # R (the reader) holds the read transaction that pins the WAL; W (the sealer) takes the
+        # write lock (the seal) and checkpoints outside it (see connections.py).
+        self.connections = Connections(self.path, self.log, self.stats)
         # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
         self.in_flight = False
         self._index_unknown_since: float | None = None  # since when the wal-index could not be used
@@ -418,31 +193,12 @@ class DbAgent:
         self.identity = (st.st_dev, st.st_ino)  # the file replicated, whatever its name becomes
 
     def _connect(self) -> None:
-        self.R, self.W = connect(self.path), connect(self.path)
-        try:
-            mode = self.W.execute("PRAGMA journal_mode").fetchall()[0][0]
-            assert isinstance(mode, str)  # journal_mode answers the mode's name
-            if mode.lower() != "wal":
-                mode = self.W.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
-                assert isinstance(mode, str)
-                if mode.lower() != "wal":
-                    raise DatabaseError(f"{self.path}: cannot switch to WAL mode (journal_mode is {mode!r})")
-                self.log.info("switched the database to WAL mode")
-            page_size = self.W.execute("PRAGMA page_size").fetchall()[0][0]
-            assert isinstance(page_size, int)  # page_size answers an integer
-            self.page_size = page_size
-        except BaseException as e:
-            for c in (self.R, self.W):
-                c.close()
-            self.R = self.W = None
-            if isinstance(e, apsw.Error):
-                raise DatabaseError(f"{self.path}: {e}") from e
-            raise
+        self.page_size = self.connections.open()
 
     @property
     def is_open(self) -> bool:
         """True once ``open`` made the connections."""
-        return self.R is not None
+        return self.connections.is_open
 
     @property
     def locked(self) -> bool:
@@ -458,14 +214,11 @@ class DbAgent:
     def _disconnect(self) -> None:
         """Close the connections, then the agent's own descriptors of the -wal and -shm
         (closing those while a connection of this process is open would drop its locks)."""
-        self._end_read()
+        self.connections.end_read()
         # Whatever R pinned is gone: a WAL restart proves nothing until R reads again
         # under a seal with everything copied.
         self._restart_ok = False
-        for c in (self.R, self.W):
-            if c is not None:
-                c.close()
-        self.R = self.W = None
+        self.connections.close()
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -504,7 +257,7 @@ class DbAgent:
         """Close every connection and descriptor but the agent lock, once all that is
         committed is copied; return whether it did. Parked, the agent pins nothing: the
         application may checkpoint and restart the WAL, which ``unpark`` must account for."""
-        if self.parked or not self.is_open or self._seal_depth:
+        if self.parked or not self.is_open or self.connections.sealed:
             return False
         # The marks are taken before the last look: a commit after them changes them.
         taken, marks = self._file_marks()
@@ -523,7 +276,7 @@ class DbAgent:
         application's own checkpoints can reuse it. Parked, with work to do: ``unpark``
         copies what is new, or, when the WAL was restarted meanwhile, what changed as one
         transaction (``_resync``). Nothing to release before the first snapshot."""
-        if self.parked or not self.is_open or self._seal_depth or not self.generation:
+        if self.parked or not self.is_open or self.connections.sealed or not self.generation:
             return
         self._disconnect()
         self._parked_marks = ()  # unlike any stat: the next turn unparks
@@ -644,21 +397,21 @@ class DbAgent:
             self._cycle(checkpoint=False)
             return
         for _attempt in range(_RESYNC_ATTEMPTS):
-            if not self._seal():
+            if not self.connections.seal():
                 raise WriteLockBusy(f"{self.path}: the application holds the write lock")
             try:
                 # Every committed frame, R reading under the seal. No checkpoint: one that
                 # empties the WAL lets the app's next commit restart it, and the next unpark
                 # come here again.
                 view = self._reopen_view(checkpoint=False)
-            except _WalChanged:
+            except WalChanged:
                 continue
             finally:
-                self._unseal()
+                self.connections.unseal()
             try:
                 self._resync(view)
                 return
-            except _WalChanged:
+            except WalChanged:
                 # R may read the WAL under read lock 0 (it was checkpointed in full), which
                 # does not stop the app from restarting it while the pages are read.
                 continue
@@ -682,10 +435,11 @@ class DbAgent:
                         try:
                             yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
                         except (wal.FrameMismatch, EOFError):
-                            raise _WalChanged() from None  # restarted or truncated under the read
+                            raise WalChanged() from None  # restarted or truncated under the read
                     else:
-                        assert self.R is not None  # R pins the view (see above)
-                        yield pgno, self.R.read("main", 0, (pgno - 1) * ps, ps)[1]
+                        reader = self.connections.reader
+                        assert reader is not None  # R pins the view (see above)
+                        yield pgno, reader.read("main", 0, (pgno - 1) * ps, ps)[1]
 
             tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
             # A restart changes the WAL's header: the pages read from it are the view's if it did not.
@@ -705,11 +459,8 @@ class DbAgent:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _begin_read(self) -> None:
-        assert self.R is not None  # R reads while open
         self._r_on_lock0 = False
-        self.R.execute("BEGIN")
-        self.R.execute("SELECT count(*) FROM sqlite_schema").fetchall()
-        self._r_open = True
+        self.connections.begin_read()
         self._file_at_read = self._file_stat()  # after R holds its read lock: see _file_differs
 
     def _file_stat(self) -> tuple[int, int, int] | None:
@@ -719,53 +470,6 @@ class DbAgent:
         except FileNotFoundError:
             return None
         return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    def _end_read(self) -> None:
-        if self._r_open and self.R is not None:
-            self.R.execute("COMMIT")
-        self._r_open = False
-
-    def _seal(self) -> bool:
-        """Take the write lock so no frame can be appended; False when the app held it too long."""
-        if self._seal_depth:
-            self._seal_depth += 1
-            return True
-        assert self.W is not None  # the seal is taken while open
-        try:
-            self.W.execute("BEGIN IMMEDIATE")
-            self._seal_depth = 1
-            self._sealed_at = time.monotonic()
-            return True
-        except apsw.BusyError:
-            self.log.warning("could not take the write lock within %d ms; will retry", SEAL_TIMEOUT_MS)
-            return False
-
-    def _unseal(self) -> None:
-        self._seal_depth -= 1
-        if self._seal_depth == 0:
-            assert self.W is not None  # still open: W holds the seal
-            self.W.execute("ROLLBACK")
-            held = time.monotonic() - self._sealed_at
-            self.stats["seals"] += 1
-            self.stats["seal_seconds"] += held
-            self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
-
-    def _checkpoint(self) -> tuple[int, int]:
-        """Run a PASSIVE checkpoint; return (frames in the WAL, frames checkpointed).
-
-        A connection checkpoints only outside a transaction: W, unless it holds the seal;
-        then R, which must be between reads."""
-        if self._seal_depth:
-            assert not self._r_open, "checkpoint under the seal while R reads"
-            conn = self.R
-        else:
-            conn = self.W
-        assert conn is not None  # checkpoints happen while open
-        busy, log_frames, ckpt = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-        assert isinstance(log_frames, int) and isinstance(ckpt, int)  # wal_checkpoint answers integers
-        self.stats["checkpoints"] += 1
-        self.log.debug("checkpoint: busy=%d wal=%d checkpointed=%d", busy, log_frames, ckpt)
-        return max(log_frames, 0), max(ckpt, 0)
 
     # -- WAL access --------------------------------------------------------------------
 
@@ -809,7 +513,7 @@ class DbAgent:
         """One attempt of ``start``; raises WriteLockBusy while the application holds the write lock."""
         try:
             reason = self._try_resume()
-        except _WalChanged:
+        except WalChanged:
             reason = "the WAL changed while the agent was resuming"
         if reason is not None:
             self.new_generation(reason)
@@ -851,8 +555,8 @@ class DbAgent:
             return str(e)
         if len(txs) > 1:
             self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
-        if not self._seal():
-            self._end_read()
+        if not self.connections.seal():
+            self.connections.end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() != hdr:
@@ -864,7 +568,7 @@ class DbAgent:
             tail = self._capture(hdr, txs, read_at)
             view = self._reopen_view()
         finally:
-            self._unseal()
+            self.connections.unseal()
         new_hash = self._scan_view(view, None)
         if txs:
             self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
@@ -877,14 +581,14 @@ class DbAgent:
                           pos: WalPosition) -> str | None:
         """Resume with no WAL (removed, or emptied by a TRUNCATE checkpoint) when the
         database file alone holds the state copied last; return why not, or None."""
-        if not self._seal():
+        if not self.connections.seal():
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
             if self._wal_header() is not None:
-                raise _WalChanged()
+                raise WalChanged()
             view = self._reopen_view(checkpoint=False)
         finally:
-            self._unseal()
+            self.connections.unseal()
         found = self._scan_view(view, None)
         if found.value != self._spool_checksum(name, path):
             return "the WAL was removed or reset while the agent was stopped"
@@ -977,7 +681,7 @@ class DbAgent:
         an app killed between writing its frames and updating the wal-index wrote frames
         that SQLite discards. Those frames are read in one call (up to _KEEP_IN_MEMORY),
         checked, and the same bytes are shipped. Raises _Diverged when the committed frames
-        do not continue the ones copied, _WalChanged when the WAL changed under the read.
+        do not continue the ones copied, WalChanged when the WAL changed under the read.
         """
         self.in_flight = False
         committed = self._index_frames(hdr)
@@ -1011,10 +715,10 @@ class DbAgent:
         return txs, read_at
 
     def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
-        """Raise _WalChanged unless the WAL header and the wal-index still say what they
+        """Raise WalChanged unless the WAL header and the wal-index still say what they
         said when ``committed`` was read: a break seen during a restart proves nothing."""
         if self._wal_header() != hdr or self._index_frames(hdr) != committed:
-            raise _WalChanged()
+            raise WalChanged()
 
     def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
         """True when a frame with this WAL's salts follows the committed ones: a commit is
@@ -1037,7 +741,7 @@ class DbAgent:
     def _restart_harmless(self) -> bool:
         """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
         seal with everything copied, and nothing was copied since."""
-        return self._restart_ok and self._r_open and self.pos == self._r_begin_pos
+        return self._restart_ok and self.connections.reading and self.pos == self._r_begin_pos
 
     def _file_differs(self) -> str | None:
         """Why the database file is not the state copied last, or None. Meaningful while a
@@ -1046,7 +750,8 @@ class DbAgent:
         file since then and it holds exactly that state. A file written in place (copied
         over, restored over) shows as a changed size or file time since ``R`` began, or as a
         size or first page that are not the state's (when it was written before)."""
-        assert self.R is not None  # R pins the state (see above)
+        reader = self.connections.reader
+        assert reader is not None  # R pins the state (see above)
         now = self._file_stat()
         if now is None:
             return None  # unlinked while the app writes on: nothing to compare, the copying goes on
@@ -1057,7 +762,7 @@ class DbAgent:
         if size < expected:
             return (f"the database file was changed in place: it holds {size} bytes, "
                     f"the state copied last {expected}")
-        first = self.R.read("main", 0, 0, self.page_size)[1]
+        first = reader.read("main", 0, 0, self.page_size)[1]
         if self.hasher.page_count and page_hash(1, first) != self.hasher.get(1):
             return "the database file was changed in place: its first page is not the one copied last"
         return None
@@ -1082,7 +787,7 @@ class DbAgent:
             self._restart_ok = False
         try:
             txs, read_at = self._uncopied(hdr)
-        except _WalChanged:
+        except WalChanged:
             return 0
         except _Diverged as e:
             self.new_generation(str(e))
@@ -1090,7 +795,7 @@ class DbAgent:
         if txs:
             try:
                 self._ship(txs, hdr, read_at, recheck=hdr)
-            except _WalChanged:
+            except WalChanged:
                 return 0
             self._restart_ok = False
         self.copied_through = (t0, self.generation, self.next_seq)
@@ -1137,7 +842,7 @@ class DbAgent:
                 try:
                     return wal.read_page(read_at, hdr, index)
                 except wal.FrameMismatch:
-                    raise _WalChanged() from None
+                    raise WalChanged() from None
         # Pass 1: hash each shipped page and compute the database checksum after each tx.
         changes: dict[int, int] = {}
         value = self.hasher.value
@@ -1156,7 +861,7 @@ class DbAgent:
             size = tx.db_size
             infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
         if recheck is not None and self._wal_header() != recheck:
-            raise _WalChanged()
+            raise WalChanged()
         if final_hash is not None or not checksums_known:
             for info in infos:
                 info[3], info[4] = 0, 0
@@ -1184,7 +889,7 @@ class DbAgent:
                        changed: Callable[[], bool] | None = None) -> None:
         """Write the next segment of this generation, holding ``txs`` (their pages, in
         order, from ``pages``), into the spool, and advance to WAL position ``pos``. Raises
-        _WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
+        WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
         seq = self.next_seq
         header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
                                pos, first_frame, tuple(txs), db_id=self.db_id)
@@ -1196,7 +901,7 @@ class DbAgent:
             w.close()
         if changed is not None and changed():
             self.spool.discard(name)
-            raise _WalChanged()
+            raise WalChanged()
         self.spool.publish(name)
         self.pos = pos
         self.next_seq = seq + 1
@@ -1215,8 +920,8 @@ class DbAgent:
         """
         # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
         self._restart_ok = False
-        self._end_read()
-        log_frames, ckpt = self._checkpoint() if checkpoint else (0, 0)
+        self.connections.end_read()
+        log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
         self._begin_read()
         hdr = self._wal_header()
         if not pages:
@@ -1227,8 +932,9 @@ class DbAgent:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
                                pos.frame, log_frames)
-        assert self.R is not None  # a view is read while open
-        db_size = self.R.execute("PRAGMA page_count").fetchall()[0][0]
+        reader = self.connections.reader
+        assert reader is not None  # a view is read while open
+        db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
         assert isinstance(db_size, int)  # page_count answers an integer
         return View(pos, hdr, overlay, db_size)
 
@@ -1244,7 +950,7 @@ class DbAgent:
         self.sync()
         if not self._cycle(checkpoint=False):
             return False
-        self._checkpoint()
+        self.connections.checkpoint()
         self.sync()
         return self._cycle(checkpoint=True)
 
@@ -1281,7 +987,7 @@ class DbAgent:
         seals (frames past the wal-index's count are dead: left from before a restart, or
         of a commit never finished); False when a seal was refused."""
         while self._wal_file_size() > _SHRINK_STEP:
-            if not self._seal():
+            if not self.connections.seal():
                 return False
             try:
                 hdr = self._wal_header()
@@ -1296,41 +1002,19 @@ class DbAgent:
                 # Under the seal no frame is being written: no write can land past the cut.
                 os.truncate(self.wal_path, target)
             finally:
-                self._unseal()
+                self.connections.unseal()
             self.stats["wal_shrinks"] += 1
             time.sleep(_SHRINK_PAUSE)
         return True
 
     def _checkpoint_truncate(self) -> bool:
-        """Run a TRUNCATE checkpoint through ``W``, waiting briefly for locks; True when it emptied the WAL."""
-        assert self.W is not None and not self._seal_depth  # W checkpoints outside the seal
-        deadline = time.monotonic() + _TRUNCATE_WAIT_MS / 1000
+        """Run a TRUNCATE checkpoint, waiting briefly for locks; True when it emptied the WAL."""
+        def checkpointed_in_full() -> bool:
+            return wal.index_checkpointed_in_full(self._read_index())
 
-        def brief(_tries: int) -> bool:
-            # A frame committed since R began can never be checkpointed while R holds read
-            # lock 0, and the TRUNCATE cannot succeed: give up rather than hold the app's writers.
-            if time.monotonic() >= deadline or not wal.index_checkpointed_in_full(self._read_index()):
-                return False
-            time.sleep(0.0002)
-            return True
-
-        if not wal.index_checkpointed_in_full(self._read_index()):
-            return False
-        self.W.set_busy_handler(brief)
-        t0 = time.monotonic()
-        try:
-            busy = self.W.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()[0][0]
-        except apsw.BusyError:
-            busy = 1
-        finally:
-            self.W.set_busy_handler(_busy_handler)
-        # It holds the write lock as a seal does (while it waits, too): counted as one.
-        held = time.monotonic() - t0
-        self.stats["seals"] += 1
-        self.stats["seal_seconds"] += held
-        self.stats["max_seal_seconds"] = max(self.stats["max_seal_seconds"], held)
-        self.stats["checkpoints"] += 1
-        return busy == 0
+        # A frame committed since R began can never be checkpointed while R holds read lock
+        # 0, and the TRUNCATE cannot succeed: it gives up rather than hold the app's writers.
+        return checkpointed_in_full() and self.connections.checkpoint_truncate(checkpointed_in_full)
 
     def _wal_file_size(self) -> int:
         """The WAL file's size, 0 when there is none."""
@@ -1348,7 +1032,7 @@ class DbAgent:
         divergence (a new generation) is handled by ``sync`` outside it first.
         """
         for attempt in range(_TAIL_ATTEMPTS + 1):
-            if not self._seal():
+            if not self.connections.seal():
                 return None
             hdr = self._wal_header()
             if hdr is None:
@@ -1359,9 +1043,9 @@ class DbAgent:
                     frames = txs[-1].end_index - self.pos.frame if txs else 0
                     if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
                         return hdr, txs, read_at
-                except (_WalChanged, _Diverged):
+                except (WalChanged, _Diverged):
                     pass
-            self._unseal()
+            self.connections.unseal()
             self.sync()
         self.log.warning("the WAL kept changing under the seal; postponed")
         return None
@@ -1377,16 +1061,16 @@ class DbAgent:
             tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
-            self._end_read()
+            self.connections.end_read()
             if checkpoint:
-                self._checkpoint()
+                self.connections.checkpoint()
             # Under the seal nothing is committed: a WAL checkpointed in full now is one when
             # R begins, and R reads the database file alone, on read lock 0.
             full = wal.index_checkpointed_in_full(self._read_index())
             self._begin_read()
             self._r_on_lock0 = full
         finally:
-            self._unseal()
+            self.connections.unseal()
         if tail is not None:
             self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
         self._restart_ok = True
@@ -1396,8 +1080,9 @@ class DbAgent:
     def _scan_view(self, view: View, out: SnapshotWriter | None,
                    progress: Callable[[int], None] | None = None) -> DbHash:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
-        assert self.R is not None  # R holds the view's read transaction
-        return read_view(self.R, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
+        reader = self.connections.reader
+        assert reader is not None  # R holds the view's read transaction
+        return read_view(reader, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
 
     def _recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
@@ -1447,16 +1132,16 @@ class DbAgent:
             hdr: wal.WalHeader | None = None
             txs: list[wal.Transaction] = []
             read_at: wal.ReadAt = self._wal_read_at
-            if new_generation and not self._seal_depth:
+            if new_generation and not self.connections.sealed:
                 # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
                 # it goes as far as the app's readers allow), and the checkpoint under the
                 # seal, which the app's writers wait for, has little left to do (a WAL of
                 # tens of MB held them for 60-170 ms).
-                self._end_read()
-                self._checkpoint()
-                sealed = self._seal()
+                self.connections.end_read()
+                self.connections.checkpoint()
+                sealed = self.connections.seal()
             elif new_generation:
-                sealed = self._seal()
+                sealed = self.connections.seal()
             else:
                 tail_sealed = self._seal_small_tail()
                 sealed = tail_sealed is not None
@@ -1469,11 +1154,11 @@ class DbAgent:
             try:
                 tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
                 view = self._reopen_view()
-            except _WalChanged:
+            except WalChanged:
                 why = "the WAL and the wal-index disagree under the write lock"
                 continue
             finally:
-                self._unseal()
+                self.connections.unseal()
             if tail is not None:
                 # Written and fsynced after the seal; R's view already includes these frames.
                 self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
@@ -1483,7 +1168,7 @@ class DbAgent:
             if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
                 try:
                     value = self._scan_view(view, None).value
-                except _WalChanged:
+                except WalChanged:
                     why = "the WAL was restarted while the database was read"
                     continue
                 if value == self.hasher.value:
@@ -1510,7 +1195,7 @@ class DbAgent:
                                            view.db_size * self.page_size)
                     hasher = self._scan_view(view, w, progress)
                     w.close(hasher.value)
-            except _WalChanged:
+            except WalChanged:
                 self.spool.discard(name)
                 why = "the WAL was restarted while the database was read"
                 continue
@@ -1570,8 +1255,8 @@ class DbAgent:
             # A writer killed between the wal-index header's two copies: SQLite repairs the
             # index when a connection next locks the database; take the write lock briefly.
             self._index_unknown_since = None
-            if self._seal():
-                self._unseal()
+            if self.connections.seal():
+                self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
         if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
             self.truncate_wal(checkpointed)

@@ -31,6 +31,7 @@ from .replica.registry import BACKENDS
 from .progress import format_size, plural
 from .shipper import Shipper, unshipped
 from .spool import over_bound
+from .validation import Validator
 
 if TYPE_CHECKING:
     from watchdog.events import FileSystemEventHandler
@@ -51,7 +52,6 @@ RECHECK_FIRST = 0.001
 # something changed, or when a reader asks.
 PUBLISH_INTERVAL = 3.0
 PUBLISH_TICK = 0.25  # and this soon after a change
-VALIDATION_WAIT = 60.0  # how long a validation waits for the replica to catch up
 JOIN_TIMEOUT = 5.0  # how long a stopping database waits for its shippers' and maintainers' turns
 LOCK_RETRY = 0.5  # a database whose application holds the write lock at start is tried again this soon
 # A database that has been idle this many polls is looked at only every IDLE_POLL seconds:
@@ -310,11 +310,9 @@ class DbReplication:
         self.control: str | None = None  # the process's control directory (see status.ProcessControl)
         self._publish_lock = threading.Lock()
         self._status_error: str | None = None  # why the status file could not be written last (said once)
-        # replica name -> {"ok": count, "failed": count, "last": {...}}
-        self.validation: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in self.shippers}
-        self.validator: threading.Thread | None = None
-        if cfg.validation_interval is not None:
-            self.validator = threading.Thread(target=self._validate_loop, name=f"validate {cfg.path}", daemon=True)
+        self.validator = Validator(cfg.path, self.agent, self.shippers, interval=cfg.validation_interval,
+                                   db_id=cfg.id or None, started=self.started, stop_event=self.stop_event,
+                                   failed=lambda: self.error is not None, touch=self._touch)
 
     @property
     def error(self) -> BaseException | None:
@@ -343,8 +341,7 @@ class DbReplication:
             self._set_task(Loop(self._turn, f"agent {self.cfg.path}").start())
         else:
             self._set_task(self.scheduler.task(self._turn, "open", f"open {self.cfg.path}"))
-        if self.validator is not None:
-            self.validator.start()
+        self.validator.start()
 
     def _set_task(self, task: "Task | Loop") -> None:
         self._task = task
@@ -768,8 +765,7 @@ class DbReplication:
         self.request_stop()
         if self._task is not None:
             self._finished.wait()
-        if self.validator is not None and self.validator.is_alive():
-            self.validator.join(timeout=60)  # a restore under way finishes before the clients close
+        self.validator.join(timeout=60)  # a restore under way finishes before the clients close
         deadline = time.monotonic() + timeout
         ok = True
         if self.started.is_set() and self.error is None:
@@ -844,7 +840,7 @@ class DbReplication:
             r["errors"] += m.stats["errors"]
             r["unsound_objects"] = list(m.unsound)
             r["unsound_count"] = len(m.unsound)
-            r["validation"] = dict(self.validation[s.replica])
+            r["validation"] = dict(self.validator.verdicts[s.replica])
             replicas.append(r)
         objects = a.spool.objects()
         return {
@@ -878,7 +874,7 @@ class DbReplication:
         return (self.state(), str(self.error), self.turn_error, a.generation, a.stats["snapshots"], self._spool_over,
                 tuple((s.status, s.last_error, s.pos.generation, len(m.unsound), m.stats["errors"])
                       for s, m in zip(self.shippers, self.maintainers)),
-                tuple(v["ok"] + v["failed"] for v in self.validation.values()))
+                tuple(v["ok"] + v["failed"] for v in self.validator.verdicts.values()))
 
     def publish_status(self, force: bool = False) -> None:
         """Rewrite ``status.json`` when something changed, or when a reader asked for it
@@ -909,60 +905,6 @@ class DbReplication:
                 return
             self._status_error = None
             self._published_at = now
-
-    # -- validation ----------------------------------------------------------------
-
-    def _validate_loop(self) -> None:
-        assert self.cfg.validation_interval is not None
-        while not self.started.wait(0.2):
-            if self.stop_event.is_set():
-                return
-        while not self.stop_event.wait(self.cfg.validation_interval):
-            if self.error is not None:
-                return
-            for s in self.shippers:
-                if self.stop_event.is_set():
-                    return
-                self.validate(s)
-
-    def validate(self, s: Shipper) -> bool:
-        """Verify one replica against the live database (see verify.py); record and log the verdict."""
-        from .verify import verify_replica
-
-        t0 = time.time()
-        try:
-            v = verify_replica(s.client, self.cfg.path, work_dir=self.agent.state_dir,
-                               wait=lambda since: self.wait_shipped(s, since, VALIDATION_WAIT),
-                               db_id=self.cfg.id or None)
-            ok, message = True, v.describe()
-            s.log.info("validation ok: %s", message)
-        except LitesyncError as e:
-            if self.stop_event.is_set():
-                return False  # cut short by the shutdown: no verdict
-            ok, message = False, str(e)
-            s.log.error("validation failed: %s", e)
-        except Exception as e:  # a defect: recorded as a failed validation, and the next one still runs
-            ok, message = False, f"unexpected error: {type(e).__name__}: {e}"
-            s.log.error("validation failed: %s", message)
-            s.log.debug("validation error", exc_info=True)
-        entry = self.validation[s.replica]
-        entry["ok" if ok else "failed"] += 1
-        self._touch()
-        entry["last"] = {"at": t0, "ok": ok, "message": message, "seconds": round(time.time() - t0, 3)}
-        return ok
-
-    def wait_shipped(self, s: Shipper, since: float, timeout: float) -> bool:
-        """Wait until ``s``'s replica holds every transaction committed before ``since``; False
-        after ``timeout``. Raises when the agent stops meanwhile, so no restore starts then."""
-        deadline = time.monotonic() + timeout
-        while not self.stop_event.is_set():
-            if status.caught_up(self.agent.copied_through, (s.pos.generation, s.pos.next_seq), since):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            self.agent.wake.set()
-            time.sleep(0.05)
-        raise LitesyncError(f"{self.cfg.path}: validation cut short: the agent is stopping")
 
 
 class Runner:

@@ -3,7 +3,7 @@ link and every transaction's database checksum checked, then ``PRAGMA integrity_
 and compare the restored database with the live one at the same position.
 
 "The same position" while the application keeps writing: the live database is read first,
-in one read transaction (``agent.read_live``), which gives its checksum and a time before
+in one read transaction (``livedb.read_live``), which gives its checksum and a time before
 which everything it holds was committed. Then ``wait`` lets the agent ship everything
 committed before that time, and the restore records the checksum of every state it passes
 through (after the snapshot and after each transaction). The replica matches when the
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import layout
-from .agent import LiveState, read_live
+from .livedb import LiveState, read_live
 from .errors import VerifyError
 from .replica.base import ReplicaClient
 from .restore import Result, restore

@@ -311,7 +311,7 @@ def test_reading_the_live_database_in_the_agent_process_keeps_its_pin_on_the_wal
     leave a read transaction's pin in place, so that a TRUNCATE checkpoint stays busy."""
     import apsw
 
-    from litesync.agent import read_live
+    from litesync.livedb import read_live
 
     db = str(tmp_path / "app.db")
     sql(db, "PRAGMA journal_mode=WAL", "CREATE TABLE t(x)", "INSERT INTO t VALUES(1)")

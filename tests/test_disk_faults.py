@@ -576,7 +576,7 @@ def test_a_replica_waiting_for_the_generation_after_its_own_is_not_up_to_date(tm
     snapshot not written yet (the application holds the write lock): the spool is empty, yet
     the replica lacks this database's commits. It is pending with a lag, and a stop says
     that not everything was shipped (it said "up to date" and "everything committed")."""
-    from litesync import agent as agent_module
+    from litesync import livedb
     from litesync.config import load_config
 
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "scripts"))
@@ -585,7 +585,7 @@ def test_a_replica_waiting_for_the_generation_after_its_own_is_not_up_to_date(tm
     lib = torture.Tools.find().faketime
     if lib is None:
         pytest.skip("needs libfaketime (.ci/run installs the faketime package)")
-    monkeypatch.setattr(agent_module, "SEAL_TIMEOUT_MS", 200)
+    monkeypatch.setattr(livedb, "SEAL_TIMEOUT_MS", 200)  # the seal refused sooner
     db, rep = str(tmp_path / "app.db"), str(tmp_path / "rep")
     c = sqlite3.connect(db, isolation_level=None)
     c.execute("PRAGMA journal_mode=WAL")

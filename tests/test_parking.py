@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from litesync.agent import DbAgent, read_live
+from litesync.agent import DbAgent
+from litesync.livedb import read_live
 from litesync.errors import DatabaseError
 
 

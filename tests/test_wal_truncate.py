@@ -9,7 +9,8 @@ import apsw
 from dbcheck import content_digest, integrity
 from proc import litesync, start_agent_ready, run_writer, stop, wait_for
 
-from litesync.agent import DbAgent, read_live
+from litesync.agent import DbAgent
+from litesync.livedb import read_live
 
 
 def _app(db: str) -> apsw.Connection:
@@ -196,18 +197,18 @@ def test_an_agent_restarted_after_truncating_the_wal_resumes_its_generation(tmp_
 def test_a_live_read_while_the_wal_is_truncated_reads_the_database_file(tmp_path, monkeypatch):
     """``read_live`` (validation, ``litesync verify``) begun on a WAL checkpointed in full
     reads no frame: before, it read frames the agent's truncation took away (EOFError)."""
-    from litesync import agent as agent_module
+    from litesync import livedb
 
     db, app, a = _burst_checkpointed_in_full(tmp_path)
     try:
         a.max_wal_size = 1 << 20
-        read_view = agent_module.read_view
+        read_view = livedb.read_view
 
         def truncated_meanwhile(*args, **kw):
             assert a.truncate_wal() and os.path.getsize(db + "-wal") == 0
             return read_view(*args, **kw)
 
-        monkeypatch.setattr(agent_module, "read_view", truncated_meanwhile)
+        monkeypatch.setattr(livedb, "read_view", truncated_meanwhile)
         assert read_live(db).checksum == a.hasher.value
     finally:
         a.close()
