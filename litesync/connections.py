@@ -15,7 +15,8 @@ from typing import Callable
 import apsw
 
 from .errors import DatabaseError
-from .livedb import SEAL_TIMEOUT_MS, busy_handler, connect
+from . import livedb
+from .livedb import busy_handler, connect
 
 # A TRUNCATE checkpoint holds the write lock while it waits for readers: it waits this
 # long at most (ms), so the app's writers barely notice, and tries again later.
@@ -100,7 +101,7 @@ class Connections:
             self._sealed_at = time.monotonic()
             return True
         except apsw.BusyError:
-            self.log.warning("could not take the write lock within %d ms; will retry", SEAL_TIMEOUT_MS)
+            self.log.warning("could not take the write lock within %d ms; will retry", livedb.SEAL_TIMEOUT_MS)
             return False
 
     def unseal(self) -> None:

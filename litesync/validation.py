@@ -23,7 +23,7 @@ class Validator:
     def __init__(self, db_path: str, agent: DbAgent, shippers: list[Shipper], *, interval: float | None,
                  db_id: str | None, started: threading.Event, stop_event: threading.Event,
                  failed: Callable[[], bool], touch: Callable[[], None],
-                 wait_timeout: float = VALIDATION_WAIT) -> None:
+                 wait_timeout: float | None = None) -> None:
         """``started`` is set once the database replicates, ``stop_event`` when it stops;
         ``failed`` says whether it stopped on an error; ``touch`` is told of each verdict."""
         self.db_path = db_path
@@ -35,7 +35,7 @@ class Validator:
         self.stop_event = stop_event
         self.failed = failed
         self.touch = touch
-        self.wait_timeout = wait_timeout
+        self.wait_timeout = wait_timeout  # None: VALIDATION_WAIT, read when a validation runs
         # replica name -> {"ok": count, "failed": count, "last": {...}}
         self.verdicts: dict[str, dict] = {s.replica: {"ok": 0, "failed": 0, "last": None} for s in shippers}
         self._thread: threading.Thread | None = None
@@ -65,6 +65,9 @@ class Validator:
                     return
                 self.validate(s)
 
+    def _wait_timeout(self) -> float:
+        return VALIDATION_WAIT if self.wait_timeout is None else self.wait_timeout
+
     def validate(self, s: Shipper) -> bool:
         """Verify one replica against the live database (see verify.py); record and log the verdict."""
         from .verify import verify_replica
@@ -72,7 +75,7 @@ class Validator:
         t0 = time.time()
         try:
             v = verify_replica(s.client, self.db_path, work_dir=self.agent.state_dir,
-                               wait=lambda since: self.wait_shipped(s, since, self.wait_timeout),
+                               wait=lambda since: self.wait_shipped(s, since, self._wait_timeout()),
                                db_id=self.db_id)
             ok, message = True, v.describe()
             s.log.info("validation ok: %s", message)
