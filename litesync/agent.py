@@ -182,6 +182,11 @@ class DbAgent:
                     self._lock_fd = None
                     raise DatabaseError(f"another litesync agent is replicating {self.path}") from None
                 time.sleep(0.05)
+        # A validation's restore left by an agent killed during it (as big as the database):
+        # with the lock held, no validation of another agent can be under way.
+        for name in os.listdir(self.state_dir):
+            if name.startswith(layout.VALIDATION_TMP_PREFIX):
+                shutil.rmtree(os.path.join(self.state_dir, name), ignore_errors=True)
 
     def open(self) -> None:
         """Take the agent lock, open connections, and make sure the database is in WAL mode."""

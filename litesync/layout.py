@@ -70,6 +70,11 @@ def state_dir_for(db_path: str) -> str:
     return os.path.join(d, f".{name}-litesync")
 
 
+# The agent's validations restore into a temporary directory of the state directory named
+# so; one left by an agent killed mid-validation is removed by the next (see DbAgent.lock).
+VALIDATION_TMP_PREFIX = "validation-"
+
+
 def is_state_dir(name: str) -> bool:
     """True for the name of an agent's state directory."""
     return name.startswith(".") and name.endswith("-litesync")

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-from . import status
+from . import layout, status
 from .agent import DbAgent
 from .errors import LitesyncError
 from .shipper import Shipper
@@ -76,7 +76,7 @@ class Validator:
         try:
             v = verify_replica(s.client, self.db_path, work_dir=self.agent.state_dir,
                                wait=lambda since: self.wait_shipped(s, since, self._wait_timeout()),
-                               db_id=self.db_id)
+                               db_id=self.db_id, tmp_prefix=layout.VALIDATION_TMP_PREFIX)
             ok, message = True, v.describe()
             s.log.info("validation ok: %s", message)
         except LitesyncError as e:

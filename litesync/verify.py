@@ -44,11 +44,13 @@ class Verified:
 
 def verify_replica(client: ReplicaClient, db_path: str | None, *, work_dir: str | None = None,
                    wait: Callable[[float], bool] | None = None, attempts: int = 3,
-                   progress: Callable[[int, int], None] | None = None, db_id: str | None = None) -> Verified:
+                   progress: Callable[[int, int], None] | None = None, db_id: str | None = None,
+                   tmp_prefix: str = "verify-") -> Verified:
     """Restore ``client``'s latest state to a temporary file under ``work_dir`` and check it;
     with ``db_path``, compare it with the live database. ``wait(t)`` returns once the
     replica holds every transaction committed before ``t`` (False: it could not tell).
-    ``db_id``: the id of the database the replica must hold (None: any).
+    ``db_id``: the id of the database the replica must hold (None: any). ``tmp_prefix``
+    names the temporary directory.
 
     Raises ``VerifyError`` naming both checksums when the replica does not match, and the
     restore's own errors (naming the damaged object) when it does not restore.
@@ -57,7 +59,7 @@ def verify_replica(client: ReplicaClient, db_path: str | None, *, work_dir: str 
         live = read_live(db_path) if db_path is not None else None
         caught_up = wait(live.at) if live is not None and wait is not None else False
         states: set[int] = set()
-        tmp = tempfile.mkdtemp(prefix="verify-", dir=work_dir)
+        tmp = tempfile.mkdtemp(prefix=tmp_prefix, dir=work_dir)
         try:
             result = restore(client, os.path.join(tmp, "verify.db"), progress=progress, observe=states.add,
                              db_id=db_id)

@@ -70,3 +70,53 @@ def test_a_validation_cut_short_by_the_stop_records_no_verdict(replicated):
         validator.wait_shipped(shipper, 0.0, 10.0)
     assert not validator.validate(shipper)
     assert (validator.verdicts["file"], touched) == ({"ok": 0, "failed": 0, "last": None}, [])
+
+
+def test_a_validation_left_by_a_killed_agent_is_removed_by_the_next(tmp_path, monkeypatch):
+    """An agent killed during a validation leaves its restore (as big as the database) in
+    the state directory: a 62-minute soak found one per kill that hit a validation. The
+    next agent removes it once it holds the lock; a `litesync verify` of its own is left."""
+    import os
+    import tempfile
+
+    from litesync import layout
+
+    db = str(tmp_path / "app.db")
+    app = apsw.Connection(db)
+    app.execute("PRAGMA journal_mode=WAL").fetchall()
+    app.execute("CREATE TABLE t (x TEXT)")
+    state = layout.state_dir_for(db)
+    os.makedirs(state)
+    left = tempfile.mkdtemp(prefix=layout.VALIDATION_TMP_PREFIX, dir=state)
+    with open(os.path.join(left, "verify.db"), "wb") as f:
+        f.write(b"\0" * 4096)
+    cli = tempfile.mkdtemp(prefix="verify-", dir=state)
+    made: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recording_mkdtemp(*args, **kwargs):
+        made.append(real_mkdtemp(*args, **kwargs))
+        return made[-1]
+
+    agent = DbAgent(db, snapshot_interval=None)
+    try:
+        agent.lock()
+        assert not os.path.exists(left) and os.path.isdir(cli)
+        # The validations of this agent are named so.
+        monkeypatch.setattr(tempfile, "mkdtemp", recording_mkdtemp)
+        agent.open()
+        agent.start()
+        shipper = Shipper(agent.spool, FileReplicaClient(str(tmp_path / "replica")), str(tmp_path / "pos.json"),
+                          db=db, replica="file", request_snapshot=threading.Event())
+        while shipper.ship_one():
+            pass
+        validator = Validator(db, agent, [shipper], interval=None, db_id=None, started=threading.Event(),
+                              stop_event=threading.Event(), failed=lambda: False, touch=lambda: None,
+                              wait_timeout=0.0)
+        assert validator.validate(shipper)
+        assert [os.path.basename(p)[:len(layout.VALIDATION_TMP_PREFIX)] for p in made] == \
+            [layout.VALIDATION_TMP_PREFIX]
+        shipper.client.close()
+    finally:
+        agent.close()
+        app.close()
