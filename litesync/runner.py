@@ -722,10 +722,10 @@ class DbReplication:
         ``spool.over_bound``), said once for each time the spool goes over."""
         spool = self.agent.spool
         limit = self.cfg.spool_max_size
-        done, dropped, waiting = over_bound(spool.objects(), lambda n: all(s.done_with(n) for s in self.shippers),
-                                            limit)
+        objects = spool.objects()
+        done, dropped, waiting = over_bound(objects, lambda n: all(s.done_with(n) for s in self.shippers), limit)
         if dropped:
-            sizes = dict(spool.objects())
+            sizes = dict(objects)
             level = logging.DEBUG if self._spool_over else logging.WARNING
             self.log.log(level, "spool %s: over spool-max-size (%s): dropped %s (%s) not yet shipped; a replica "
                          "behind them goes on from a new snapshot", spool.root, format_size(limit),
@@ -737,7 +737,7 @@ class DbReplication:
         # the replica's) goes, the newest object too: the agent does not resume from it.
         # On a small disk it may be what keeps the new generation's snapshot from being written.
         gone = set(done + dropped)
-        abandoned = [n for n, _ in spool.objects()
+        abandoned = [n for n, _ in objects
                      if n not in gone and all(s.will_never_ship(n) for s in self.shippers)]
         if abandoned:
             self.log.info("spool %s: dropped %s of generation %s, which no replica will take", spool.root,

@@ -232,7 +232,12 @@ class Shipper:
         (the outbid history was dropped from it: an empty spool is then no "up to date")."""
         if self._outbid_by is None or (self.pos.generation is not None and self.pos.generation > self._outbid_by):
             return False
-        return not any(isinstance(n, layout.SnapshotName) and n.generation > self._outbid_by for n, _ in objects)
+        return not self._generation_after_outbid(objects)
+
+    def _generation_after_outbid(self, objects: list[tuple[Name, int]]) -> bool:
+        """Whether ``objects`` hold a snapshot of a generation after the one outbidding this replica."""
+        assert self._outbid_by is not None
+        return any(isinstance(n, layout.SnapshotName) and n.generation > self._outbid_by for n, _ in objects)
 
     def pending(self) -> bool:
         objects = self.spool.objects()
@@ -320,8 +325,7 @@ class Shipper:
         if self._outbid_by is not None:
             if name.generation > self._outbid_by:
                 return False
-            if any(isinstance(n, layout.SnapshotName) and n.generation > self._outbid_by
-                   for n, _ in self.spool.objects()):
+            if self._generation_after_outbid(self.spool.objects()):
                 self.pos = Position()  # the agent's new generation is here: ship from its snapshot
             else:
                 self.newer_generation(self._outbid_by)  # again: the agent may have failed once
@@ -420,11 +424,12 @@ class Shipper:
     def report(self, now: float) -> dict:
         """Return this replica's state for ``litesync status`` and the metrics (see status.py)."""
         pos = self.pos
-        waiting = unshipped(self.spool.objects(), pos)
+        objects = self.spool.objects()
+        waiting = unshipped(objects, pos)
         oldest = min((object_time(n) for n, _ in waiting), default=None)
-        awaiting = self.awaiting_generation(self.spool.objects())
-        if awaiting:
-            oldest = min(oldest if oldest is not None else self._outbid_at, self._outbid_at)
+        awaiting = self.awaiting_generation(objects)
+        if awaiting:  # the replica lacks what was committed since the outbid, at least
+            oldest = self._outbid_at if oldest is None else min(oldest, self._outbid_at)
         return {
             # "completed" is the last turn's verdict: with objects waiting since, it is not.
             "name": self.replica,
