@@ -317,7 +317,7 @@ class B2Faults:
 
 
 @contextlib.contextmanager
-def b2_replication(db: str, api, path: str = "app"):
+def b2_replication(db: str, api, path: str = "app", stop_timeout: float = 30):
     """Replicate ``db`` to ``b2://litesync-test/PATH`` on b2sdk's simulator ``api`` with an
     agent in this process (where the simulator is); yield the Runner. The agent opens the
     database with apsw: read it with sqlite3 in this process only after the block."""
@@ -336,7 +336,7 @@ def b2_replication(db: str, api, path: str = "app"):
         try:
             yield runner
         finally:
-            runner.stop(timeout=30)
+            runner.stop(timeout=stop_timeout)
     finally:
         BACKENDS["b2"] = saved
 

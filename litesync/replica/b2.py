@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+import time
 from typing import IO, TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 from ..errors import LitesyncError, ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
-from .base import ObjectInfo, ReplicaClient
+from .base import CONNECT_TIMEOUT, LARGE_READ_TIMEOUT, LARGE_WRITE, READ_TIMEOUT, ObjectInfo, ReplicaClient
 from .resume import Retrier, RetriesRequests
 
 if TYPE_CHECKING:
@@ -15,6 +17,58 @@ if TYPE_CHECKING:
 
 DEFAULT_PART_SIZE = 100 << 20
 _SPOOL_IN_MEMORY = 8 << 20
+# b2sdk tries an upload this many times, each with a new upload URL (B2's way to move off a
+# busy or failed pod); the shipper and restores retry beyond that on their own.
+UPLOAD_ATTEMPTS = 2
+CONNECT_ATTEMPTS = 3  # authorizing and finding the bucket, when the client is made
+
+
+def new_api(realm: str = "production", key_id: str = "", key: str = ""):  # noqa: ANN201
+    """An authorized b2sdk B2Api whose every request is bounded like an S3 one."""
+    from b2sdk.v2 import InMemoryAccountInfo
+
+    api = _bounded_api_class()(InMemoryAccountInfo())
+    api.services.upload_manager.MAX_UPLOAD_ATTEMPTS = UPLOAD_ATTEMPTS
+    api.authorize_account(realm, key_id, key)
+    return api
+
+
+@functools.cache
+def _bounded_api_class() -> type:
+    """B2Api over an HTTP layer with litesync's timeouts and a single try per request.
+
+    b2sdk's own defaults wait 46 s to connect and, for every JSON API call (listing,
+    deleting, asking for an upload URL), 20 minutes for the answer, trying up to five
+    times (a download twenty): a store that accepts connections and never answers would
+    hold the shipper or a restore for hours while the status stayed green. b2sdk documents
+    these class attributes as outside its interface; tests/test_b2_network.py holds them to
+    account over a real socket."""
+    from b2sdk.v2 import B2Api, B2Http, B2Session
+
+    class BoundedHttp(B2Http):
+        CONNECTION_TIMEOUT = CONNECT_TIMEOUT
+
+        def request(self, method, url, headers, data=None, try_count=1, params=None, *,  # noqa: ANN001, ANN202
+                    stream: bool = False, _timeout: float | None = None):
+            # One try: the shipper's loop and a restore's retrier decide what comes next.
+            return super().request(method, url, headers, data, 1, params, stream=stream,
+                                   _timeout=_read_timeout(url, headers))
+
+    class BoundedSession(B2Session):
+        B2HTTP_CLASS = staticmethod(BoundedHttp)
+
+    class BoundedApi(B2Api):
+        SESSION_CLASS = staticmethod(BoundedSession)
+
+    return BoundedApi
+
+
+def _read_timeout(url: str, headers: dict[str, str]) -> float:
+    """How long a request waits for each answer from the store: longer for an upload larger
+    than LARGE_WRITE, whose answer comes once the store has every byte."""
+    upload = "/b2_upload_file" in url or "/b2_upload_part" in url
+    size = int(headers.get("Content-Length") or 0)
+    return LARGE_READ_TIMEOUT if upload and size > LARGE_WRITE else READ_TIMEOUT
 
 
 class B2ReplicaClient(RetriesRequests, ReplicaClient):
@@ -24,25 +78,34 @@ class B2ReplicaClient(RetriesRequests, ReplicaClient):
         self.prefix = (cfg.path or "").strip("/")
         self.name = f"{cfg.name} (b2://{cfg.bucket}/{self.prefix})"
         self.part_size = cfg.part_size or DEFAULT_PART_SIZE
+        # Authorizing and finding the bucket talk to the store: a blip then is tried again
+        # (b2sdk's requests here are tried once, see _bounded_api_class).
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                self._connect(cfg, api)
+                break
+            except TransientReplicaError:
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+                time.sleep(2 ** attempt)
+        self.bucket_name = cfg.bucket
+
+    def _connect(self, cfg: "ReplicaConfig", api) -> None:  # noqa: ANN001
         try:
             if api is None:
-                from b2sdk.v2 import B2Api, InMemoryAccountInfo
-
                 key_id = cfg.application_key_id or os.environ.get("B2_APPLICATION_KEY_ID")
                 key = cfg.application_key or os.environ.get("B2_APPLICATION_KEY")
                 if not key_id or not key:
                     missing = "application-key-id" if not key_id else "application-key"
                     raise ReplicaError(self.name, f"{missing} is not set (config or B2_APPLICATION_KEY_ID/"
                                                   f"B2_APPLICATION_KEY)")
-                api = B2Api(InMemoryAccountInfo())
-                api.authorize_account("production", key_id, key)
+                api = new_api("production", key_id, key)
             self._api = api
             self._bucket = api.get_bucket_by_name(cfg.bucket)
         except ReplicaError:
             raise
         except Exception as e:
             raise self._error(e, "connect") from None
-        self.bucket_name = cfg.bucket
 
 
     def _key(self, key: str) -> str:

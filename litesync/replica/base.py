@@ -10,6 +10,22 @@ from typing import TYPE_CHECKING, BinaryIO, Iterable, Iterator
 if TYPE_CHECKING:
     from .resume import Deadline, RetryPolicy
 
+# Every request to a store is bounded, so that a store that accepts connections and never
+# answers shows as a failure within seconds (botocore's defaults wait 60 s, three times;
+# b2sdk's wait 46 s to connect and 20 minutes for an API call's answer, up to five times).
+# The read timeout bounds each wait for the store (an answer, the next bytes of a body),
+# not a whole transfer; a large upload waits longer for its answer while the store
+# assembles it.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 5.0
+# For a write of more than LARGE_WRITE bytes (and each part of a multipart upload): the
+# answer comes once the store has every byte, and on a slow or shared link the bytes the
+# kernel and the network buffered still drain for seconds after the last one was handed
+# over (measured: three 8 MiB writes at once through a 1 MB/s link all timed out at 5 s,
+# again at every retry).
+LARGE_WRITE = 1 << 20
+LARGE_READ_TIMEOUT = 30.0
+
 
 @dataclass(frozen=True)
 class ObjectInfo:

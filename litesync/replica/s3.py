@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
 from urllib.parse import urlparse
 
 from ..errors import ObjectNotFoundError, ReplicaError, ReplicaSetupError, TransientReplicaError
-from .base import ObjectInfo, ReplicaClient
+from .base import CONNECT_TIMEOUT, LARGE_READ_TIMEOUT, LARGE_WRITE, READ_TIMEOUT, ObjectInfo, ReplicaClient
 from .resume import Download, ObjectChangedError, ResumingReader, RetriesRequests
 
 if TYPE_CHECKING:
@@ -18,19 +18,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PART_SIZE = 16 << 20
 DEFAULT_CONCURRENCY = 4
-# Every request is bounded, so that a store that accepts connections and never answers
-# shows as a failure within seconds (botocore's defaults wait 60 s, three times). The read
-# timeout bounds each wait for the store (an answer, the next bytes of a body), not a
-# whole transfer; a large upload waits longer for its answer while the store assembles it.
-CONNECT_TIMEOUT = 3.0
-READ_TIMEOUT = 5.0
-# For a write of more than LARGE_WRITE bytes (and each part of a multipart upload): the
-# answer comes once the store has every byte, and on a slow or shared link the bytes the
-# kernel and the network buffered still drain for seconds after the last one was handed
-# over (measured: three 8 MiB writes at once through a 1 MB/s link all timed out at 5 s,
-# again at every retry).
-LARGE_WRITE = 1 << 20
-LARGE_READ_TIMEOUT = 30.0
 _TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown",
                     "RequestTimeout", "RequestTimeTooSkewed", "Throttling", "ThrottlingException",
                     "TooManyRequests", "429"}
