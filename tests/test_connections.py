@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import apsw
 import pytest
@@ -77,6 +78,23 @@ def test_a_seal_the_app_refuses_for_too_long_is_not_taken(opened, monkeypatch, c
         app.execute("ROLLBACK")
     assert stats["seals"] == 0
     assert "could not take the write lock within " in caplog.text
+
+
+def test_the_seal_gives_up_after_its_timeout_in_elapsed_time_however_slow_each_sleep(opened, monkeypatch):
+    db, app, conns, stats = opened
+    conns.open()
+    monkeypatch.setattr(livedb, "SEAL_TIMEOUT_MS", 200)
+    real_sleep = livedb.time.sleep
+    # A loaded machine: each 0.2 ms sleep takes 2 ms. Counting tries waited 10 times as long.
+    monkeypatch.setattr(livedb.time, "sleep", lambda s: real_sleep(s * 10))
+    app.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.monotonic()
+        assert not conns.seal()
+        waited = time.monotonic() - t0
+    finally:
+        app.execute("ROLLBACK")
+    assert 0.2 <= waited < 0.6, waited
 
 
 def test_the_readers_read_stops_a_checkpoint_at_the_frames_it_pinned(opened):

@@ -129,7 +129,8 @@ def test_agent_picks_up_databases_created_after_start(tmp_path):
         run_writer(str(data / "first.db"), "--count", "5", "--seed", "2")
         gone = str(data / "gone.db")
         run_writer(gone, "--count", "3")
-        wait_for(lambda: "gone.db: found" in open(log).read(), timeout=30)
+        # On the replica before it goes (found is logged before the agent opens it).
+        wait_for(lambda: any(files for _, _, files in os.walk(rep / "gone.db")), timeout=30)
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(gone + suffix):
                 os.unlink(gone + suffix)
