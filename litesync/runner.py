@@ -296,6 +296,8 @@ class DbReplication:
         self._retry_at = 0.0  # monotonic time before which a turn after an error does nothing
         # After a turn refused for lack of room: the spool's free (bytes, inodes) then.
         self._room_at_failure: tuple[int, int] | None = None
+        self._room_before_try: tuple[int, int] | None = None  # the free space looked at before a retry
+        self._room_recheck = False  # one more try after the first failure, whatever the disk says
         self._room_since = self._room_tried = 0.0  # monotonic times of the first and last such failure
         self._room_dir = ""  # the directory whose file system lacked room
         self._outbid_error: str | None = None  # why the stop could not write the generation after a replica's
@@ -579,13 +581,20 @@ class DbReplication:
         same file system while still waiting (the spool's after the checkpoint's, when a
         little room came back) is the same episode: said in debug only."""
         now = time.monotonic()
-        if self._room_at_failure is None:
+        first = self._room_at_failure is None
+        if first:
             self._room_since = now
-        said = self._room_at_failure is not None and same_file_system(self._room_dir, directory)
+        said = not first and same_file_system(self._room_dir, directory)
+        # What is free now may already include space freed since the write failed: then
+        # no growth would ever be seen. The free space before this try bounds it; the first
+        # failure has none, so one more try follows whatever the disk says.
+        free = free_space(directory) or (-1, -1)
+        before = self._room_before_try if said else None
+        self._room_at_failure = free if before is None else (min(free[0], before[0]), min(free[1], before[1]))
+        self._room_recheck = first
         self._room_tried = now
         self._room_dir = directory
         self.room_error = line
-        self._room_at_failure = free_space(directory) or (-1, -1)
         if not holds_wal:
             what, app = "replication waits", "the application is not affected (litesync holds nothing meanwhile)"
         else:
@@ -602,10 +611,13 @@ class DbReplication:
     def _waiting_for_room(self) -> float | None:
         """After a turn refused for lack of room: the delay before looking again while no
         space (bytes or inodes) was freed since, else None (try now)."""
-        if self._room_at_failure is None or time.monotonic() - self._room_tried >= NO_ROOM_RETRY:
+        if self._room_at_failure is None:
             return None
         free = free_space(self._room_dir)
-        if free is None or free[0] > self._room_at_failure[0] or free[1] > self._room_at_failure[1]:
+        self._room_before_try = free
+        if (self._room_recheck or time.monotonic() - self._room_tried >= NO_ROOM_RETRY or free is None
+                or free[0] > self._room_at_failure[0] or free[1] > self._room_at_failure[1]):
+            self._room_recheck = False
             return None
         return NO_ROOM_POLL
 

@@ -115,6 +115,53 @@ def test_a_full_spool_disk_pauses_copying_in_one_line_and_recovers(tmp_path, cap
     restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
 
 
+@pytest.mark.parametrize("freed_at", ["first failure", "a later failure"])
+def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_missed(tmp_path, monkeypatch,
+                                                                                       freed_at):
+    """The torture suite's seed 12: the disk was freed 76 ms before the agent looked at how much was
+    free after its write failed; that look became the mark to beat, nothing freed beat it, and
+    the agent waited out NO_ROOM_RETRY (30 s) with room to spare."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "5")
+    cfg_path = tmp_path / "litesync.yml"
+    cfg_path.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'rep'}\n")
+    d = DbReplication(load_config(str(cfg_path)).dbs[0])
+    spool = d.agent.spool
+    real = spool.writing
+    disk = {"full": False, "free": 1000, "refused": 0, "free_at_refusal": 1 if freed_at == "first failure" else 3}
+
+    def writing(name):  # the one fault injected: the disk is full
+        if disk["full"]:
+            disk["refused"] += 1
+            if disk["refused"] == 2:  # a little room freed, not enough: the next refusal is a later one
+                disk["free"] += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), spool.path(name) + ".tmp")
+        return real(name)
+
+    def free_space(path):  # what statvfs would say; freed for good just before the look after a refusal
+        if disk["full"] and disk["refused"] == disk["free_at_refusal"]:
+            disk["full"] = False
+            disk["free"] += 1000
+        return disk["free"], 1000
+
+    spool.writing = writing
+    monkeypatch.setattr(runner_module, "free_space", free_space)
+    d.start()
+    try:
+        assert d.started.wait(30) and d.error is None
+        disk["full"] = True
+        run_writer(db, "--count", "20", "--rate", "200")
+        wait_for(lambda: disk["refused"] >= disk["free_at_refusal"] and not disk["full"], timeout=60)
+        freed = time.monotonic()
+        wait_for(lambda: d.state() == "replicating" and d.status()["error"] is None, timeout=60)
+        # The agent looks every second; NO_ROOM_RETRY is 30 s.
+        assert time.monotonic() - freed < RECOVERY
+        run_writer(db, "--count", "3")
+    finally:
+        assert d.stop(30)
+    restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
+
+
 # --- fsutil and the status file on a real full disk ----------------------------------------
 
 
