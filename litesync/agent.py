@@ -38,6 +38,7 @@ from .progress import LogProgress, format_size
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
 from .spool import Spool
+from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,6 @@ class DbAgent:
                  db_id: str | None = None, max_wal_size: int = 64 << 20) -> None:
         self.path = os.path.abspath(db_path)
         self.db_id = db_id or layout.default_db_id(self.path)  # written into every object (see DbConfig)
-        # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
-        # the file it leads to: so does the agent. The state directory stays by the name.
-        self.wal_path = os.path.realpath(self.path) + "-wal"
-        self.shm_path = os.path.realpath(self.path) + "-shm"
         self.label = label or self.path
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
@@ -141,6 +138,10 @@ class DbAgent:
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
                                         "wal_truncations": 0, "wal_shrinks": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
+        # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
+        # the file it leads to: so does the agent. The state directory stays by the name.
+        self.walfile = WalFile(os.path.realpath(self.path) + "-wal", os.path.realpath(self.path) + "-shm",
+                               self.stats)
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
@@ -148,8 +149,6 @@ class DbAgent:
         self._r_begin_pos = WalPosition()
         self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
-        self._wal_fd: int | None = None
-        self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
         # R (the reader) holds the read transaction that pins the WAL; W (the sealer) takes the
@@ -201,6 +200,14 @@ class DbAgent:
         self.page_size = self.connections.open()
 
     @property
+    def wal_path(self) -> str:
+        return self.walfile.wal_path
+
+    @property
+    def shm_path(self) -> str:
+        return self.walfile.shm_path
+
+    @property
     def is_open(self) -> bool:
         """True once ``open`` made the connections."""
         return self.connections.is_open
@@ -224,12 +231,7 @@ class DbAgent:
         # under a seal with everything copied.
         self._restart_ok = False
         self.connections.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
-        if self._shm_fd is not None:
-            os.close(self._shm_fd)
-            self._shm_fd = None
+        self.walfile.close()
 
     # -- parking: an idle database without connections -------------------------------
 
@@ -324,9 +326,9 @@ class DbAgent:
         # The path may lead elsewhere now (a symbolic link pointed at another file): the
         # WAL and wal-index read are those beside the file it leads to.
         real = os.path.realpath(self.path)
-        self.wal_path, self.shm_path = real + "-wal", real + "-shm"
+        self.walfile.wal_path, self.walfile.shm_path = real + "-wal", real + "-shm"
         identity = self._connect_stable()
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if hdr is not None and self.pos.frame and (hdr.salt1, hdr.salt2) == (self.pos.salt1, self.pos.salt2):
             self._disconnect()
             raise DatabaseError(
@@ -388,13 +390,13 @@ class DbAgent:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
             return
         self._begin_read()
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if self._wal_continues(hdr, self.pos) is None:
             # R pins the WAL (no restart while it reads) unless the WAL was checkpointed in
             # full when it began: then it read the database file alone, pins nothing, and
             # frames after ours could go with a restart before they are copied. Seen from
             # here: frames up to ours not yet checkpointed prove the first case.
-            backfilled = wal.index_backfilled(self._read_index())
+            backfilled = wal.index_backfilled(self.walfile.read_index())
             if hdr is not None and backfilled is not None and backfilled < self.pos.frame:
                 return  # ``sync`` copies the frames after ours
             # Copy what is new and restart R under a seal, as a checkpoint does, so that a
@@ -438,7 +440,7 @@ class DbAgent:
                     index = view.overlay.get(pgno)
                     if index is not None:
                         try:
-                            yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
+                            yield pgno, wal.read_page(self.walfile.read_at, view.header, index, pgno)  # type: ignore[arg-type]
                         except (wal.FrameMismatch, EOFError):
                             raise WalChanged() from None  # restarted or truncated under the read
                     else:
@@ -449,7 +451,7 @@ class DbAgent:
             tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
             # A restart changes the WAL's header: the pages read from it are the view's if it did not.
             self._write_segment([tx], view.pos.frame + 1, view.pos, pages(),
-                                changed=lambda: self._wal_header() != view.header)
+                                changed=lambda: self.walfile.header() != view.header)
             self.log.info("the WAL was restarted while the database was parked: copied what changed "
                           "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
         self.pos = view.pos
@@ -475,28 +477,6 @@ class DbAgent:
         except FileNotFoundError:
             return None
         return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    # -- WAL access --------------------------------------------------------------------
-
-    def _wal_read_at(self, offset: int, size: int) -> bytes:
-        if self._wal_fd is None:
-            try:
-                self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return b""
-        return os.pread(self._wal_fd, size, offset)
-
-    def _wal_header(self) -> wal.WalHeader | None:
-        """The WAL's header; None when there is no WAL, or none by the wal-index (restarted,
-        nothing written since)."""
-        hdr = wal.WalHeader.parse(self._wal_read_at(0, wal.WAL_HEADER_SIZE))
-        if hdr is not None and wal.index_restarted(self._read_index(), hdr):
-            return None
-        if hdr is not None:
-            size = os.fstat(self._wal_fd).st_size  # type: ignore[arg-type]
-            if size > self.stats["max_wal_bytes"]:
-                self.stats["max_wal_bytes"] = size
-        return hdr
 
     # -- state -----------------------------------------------------------------------
 
@@ -541,7 +521,7 @@ class DbAgent:
             return f"page size changed from {h.page_size} to {self.page_size}"
         if h.db_id is not None and h.db_id != self.db_id:
             return f"the database id changed from {h.db_id!r} to {self.db_id!r}"
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if hdr is None:
             return self._resume_from_file(name, path, pos)
         reason = self._wal_continues(hdr, pos)
@@ -564,7 +544,7 @@ class DbAgent:
             self.connections.end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
-            if self._wal_header() != hdr:
+            if self.walfile.header() != hdr:
                 return "the WAL was restarted while the agent was resuming"
             try:
                 txs, read_at = self._uncopied(hdr)
@@ -589,7 +569,7 @@ class DbAgent:
         if not self.connections.seal():
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
-            if self._wal_header() is not None:
+            if self.walfile.header() is not None:
                 raise WalChanged()
             view = self._reopen_view(checkpoint=False)
         finally:
@@ -622,7 +602,7 @@ class DbAgent:
             if (hdr.checksum1, hdr.checksum2) != (pos.checksum1, pos.checksum2):
                 return "the WAL header changed while the agent was stopped"
             return None
-        fh = self._wal_read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
+        fh = self.walfile.read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
         if len(fh) < wal.FRAME_HEADER_SIZE or fh[8:24] != (
                 pos.salt1.to_bytes(4, "big") + pos.salt2.to_bytes(4, "big")
                 + pos.checksum1.to_bytes(4, "big") + pos.checksum2.to_bytes(4, "big")):
@@ -663,21 +643,6 @@ class DbAgent:
                                                          size - len(self.data) + start)
             return self.fallback(offset, size)
 
-    def _read_index(self) -> bytes:
-        """The wal-index header's two copies and nBackfill, from the -shm file (b"" when there is none).
-
-        The descriptor stays open until ``close``: closing one drops SQLite's locks."""
-        if self._shm_fd is None:
-            try:
-                self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
-            except OSError:
-                return b""
-        return os.pread(self._shm_fd, wal.INDEX_READ_SIZE, 0)
-
-    def _index_frames(self, hdr: wal.WalHeader) -> int | None:
-        """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
-        return wal.index_frames(self._read_index(), hdr)
-
     def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], wal.ReadAt]:
         """The committed transactions after our position (complete when called under the
         seal), and a reader that serves their frames from memory where it can.
@@ -689,13 +654,13 @@ class DbAgent:
         do not continue the ones copied, WalChanged when the WAL changed under the read.
         """
         self.in_flight = False
-        committed = self._index_frames(hdr)
+        committed = self.walfile.index_frames(hdr)
         if committed is None:
             # A restart or a wal-index update half done: nothing can be proven committed yet.
             self.in_flight = True
             if self._index_unknown_since is None:
                 self._index_unknown_since = time.monotonic()
-            return [], self._wal_read_at
+            return [], self.walfile.read_at
         self._index_unknown_since = None
         if committed < self.pos.frame:
             self._check_unchanged(hdr, committed)
@@ -703,12 +668,12 @@ class DbAgent:
                             f"fewer than the {self.pos.frame} already copied")
         if committed == self.pos.frame:
             self.in_flight = self._frame_follows(hdr, committed)
-            return [], self._wal_read_at
+            return [], self.walfile.read_at
         start = self.pos.frame + 1
         expect = committed - self.pos.frame
         base = hdr.frame_offset(start)
         size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
-        read_at = DbAgent._Tail(base, self._wal_read_at(base, size), self._wal_read_at).read_at
+        read_at = DbAgent._Tail(base, self.walfile.read_at(base, size), self.walfile.read_at).read_at
         state = (self.pos.checksum1, self.pos.checksum2)
         txs = list(wal.scan(read_at, hdr, start, state, max_frames=expect, expect=expect))
         end = txs[-1].end_index if txs else self.pos.frame
@@ -722,14 +687,14 @@ class DbAgent:
     def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
         """Raise WalChanged unless the WAL header and the wal-index still say what they
         said when ``committed`` was read: a break seen during a restart proves nothing."""
-        if self._wal_header() != hdr or self._index_frames(hdr) != committed:
+        if self.walfile.header() != hdr or self.walfile.index_frames(hdr) != committed:
             raise WalChanged()
 
     def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
         """True when a frame with this WAL's salts follows the committed ones: a commit is
         likely being written (the wal-index is updated after its frames, without a file
         event), so the loop looks again soon."""
-        fh = self._wal_read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
+        fh = self.walfile.read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
         salts = hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
         return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
 
@@ -775,7 +740,7 @@ class DbAgent:
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
         t0 = time.time()
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if hdr is None:
             self.copied_through = (t0, self.generation, self.next_seq)
             return 0
@@ -865,7 +830,7 @@ class DbAgent:
                 changes[pgno] = 0
             size = tx.db_size
             infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
-        if recheck is not None and self._wal_header() != recheck:
+        if recheck is not None and self.walfile.header() != recheck:
             raise WalChanged()
         if final_hash is not None or not checksums_known:
             for info in infos:
@@ -880,7 +845,7 @@ class DbAgent:
                 for pgno, index in latest.items():
                     yield pgno, page(index)
 
-        changed = None if recheck is None or keep else (lambda: self._wal_header() != recheck)
+        changed = None if recheck is None or keep else (lambda: self.walfile.header() != recheck)
         self._write_segment([TxInfo(*i) for i in infos], txs[0].frames[0].index, pos, pages(), changed)
         # The segment is durable: advance.
         if final_hash is None and checksums_known:
@@ -928,11 +893,11 @@ class DbAgent:
         self.connections.end_read()
         log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
         self._begin_read()
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if not pages:
             return View(self.pos, hdr, {}, 0)
-        committed = self._index_frames(hdr) if hdr is not None else 0
-        overlay, pos = wal_overlay(self._wal_read_at, hdr, committed, ckpt)
+        committed = self.walfile.index_frames(hdr) if hdr is not None else 0
+        overlay, pos = wal_overlay(self.walfile.read_at, hdr, committed, ckpt)
         if hdr is not None and checkpoint:
             if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
                 self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
@@ -973,7 +938,7 @@ class DbAgent:
         it from restarting; the truncation is tried again later. With ``checkpointed``, the
         caller's own checkpoint just did the first part.
         """
-        before = self._wal_file_size()
+        before = self.walfile.size()
         done = ((checkpointed or self.checkpoint()) and self._restart_harmless() and self._r_on_lock0
                 and self._shrink_dead_end() and self._checkpoint_truncate())
         if not done:
@@ -991,16 +956,16 @@ class DbAgent:
         """Cut the WAL file past its last live frame, _SHRINK_STEP at a time under brief
         seals (frames past the wal-index's count are dead: left from before a restart, or
         of a commit never finished); False when a seal was refused."""
-        while self._wal_file_size() > _SHRINK_STEP:
+        while self.walfile.size() > _SHRINK_STEP:
             if not self.connections.seal():
                 return False
             try:
-                hdr = self._wal_header()
-                frames = 0 if hdr is None else self._index_frames(hdr)
+                hdr = self.walfile.header()
+                frames = 0 if hdr is None else self.walfile.index_frames(hdr)
                 if frames is None:
                     return True  # the wal-index unusable for now: the TRUNCATE checkpoint decides
                 live = hdr.frame_offset(frames + 1) if hdr is not None and frames else 0
-                size = self._wal_file_size()
+                size = self.walfile.size()
                 target = max(live, size - _SHRINK_STEP)
                 if target >= size:
                     return True
@@ -1015,16 +980,11 @@ class DbAgent:
     def _checkpoint_truncate(self) -> bool:
         """Run a TRUNCATE checkpoint, waiting briefly for locks; True when it emptied the WAL."""
         def checkpointed_in_full() -> bool:
-            return wal.index_checkpointed_in_full(self._read_index())
+            return wal.index_checkpointed_in_full(self.walfile.read_index())
 
         # A frame committed since R began can never be checkpointed while R holds read lock
         # 0, and the TRUNCATE cannot succeed: it gives up rather than hold the app's writers.
         return checkpointed_in_full() and self.connections.checkpoint_truncate(checkpointed_in_full)
-
-    def _wal_file_size(self) -> int:
-        """The WAL file's size, 0 when there is none."""
-        self._wal_read_at(0, 0)  # opens it if it exists
-        return os.fstat(self._wal_fd).st_size if self._wal_fd is not None else 0
 
     def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
                                         wal.ReadAt] | None:
@@ -1039,9 +999,9 @@ class DbAgent:
         for attempt in range(_TAIL_ATTEMPTS + 1):
             if not self.connections.seal():
                 return None
-            hdr = self._wal_header()
+            hdr = self.walfile.header()
             if hdr is None:
-                return None, [], self._wal_read_at
+                return None, [], self.walfile.read_at
             if hdr.salts == (self.pos.salt1, self.pos.salt2):
                 try:
                     txs, read_at = self._uncopied(hdr)
@@ -1071,7 +1031,7 @@ class DbAgent:
                 self.connections.checkpoint()
             # Under the seal nothing is committed: a WAL checkpointed in full now is one when
             # R begins, and R reads the database file alone, on read lock 0.
-            full = wal.index_checkpointed_in_full(self._read_index())
+            full = wal.index_checkpointed_in_full(self.walfile.read_index())
             self._begin_read()
             self._r_on_lock0 = full
         finally:
@@ -1087,7 +1047,7 @@ class DbAgent:
         """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
         reader = self.connections.reader
         assert reader is not None  # R holds the view's read transaction
-        return read_view(reader, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
+        return read_view(reader, self.page_size, view, self.walfile.read_at, self.walfile.header, out, progress)
 
     def _recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
@@ -1136,7 +1096,7 @@ class DbAgent:
                 new_generation = self.generation == 0
             hdr: wal.WalHeader | None = None
             txs: list[wal.Transaction] = []
-            read_at: wal.ReadAt = self._wal_read_at
+            read_at: wal.ReadAt = self.walfile.read_at
             if new_generation and not self.connections.sealed:
                 # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
                 # it goes as far as the app's readers allow), and the checkpoint under the
@@ -1263,7 +1223,7 @@ class DbAgent:
             if self.connections.seal():
                 self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
-        if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
+        if self.walfile.size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
             self.truncate_wal(checkpointed)
         due = self.snapshot_due()
         if self.outbid():
