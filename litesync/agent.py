@@ -20,8 +20,7 @@ import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 import apsw
 
@@ -35,16 +34,14 @@ from .connections import Connections
 from .livedb import View, WalChanged, read_view, wal_overlay
 from .logs import Labelled
 from .progress import LogProgress, format_size
-from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
+from .segment import (NO_LINK, SegmentHeader, SegmentReader, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+from .copier import Diverged, FrameCopier
 from .spool import Spool
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
-# The WAL frames of one shipment are read at once when they take at most this much;
-# larger shipments read the WAL page by page, twice, which keeps the agent's RSS flat.
-_KEEP_IN_MEMORY = 8 << 20
 # A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
 # tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
 _MAX_TAIL = 512 << 10
@@ -69,10 +66,6 @@ class WriteLockBusy(DatabaseError):
     """The application held the write lock for longer than a seal may wait; retryable."""
 
     retryable = True
-
-
-class _Diverged(Exception):
-    """The WAL's committed frames do not continue what was copied: a new generation starts."""
 
 
 def now_ms() -> int:
@@ -122,7 +115,7 @@ class DbAgent:
         self.snapshot_requested = Signal()
         # Generation ids must grow whatever the clock does: a replica may hold a newer one.
         self.generation_floor = 0
-        self._last_recorded_ms = 0  # see _recorded_ms
+        self._last_recorded_ms = 0  # see recorded_ms
         self.newer_generation_seen = threading.Event()
         self.generation = 0
         self.next_seq = 0
@@ -154,9 +147,8 @@ class DbAgent:
         # R (the reader) holds the read transaction that pins the WAL; W (the sealer) takes the
         # write lock (the seal) and checkpoints outside it (see connections.py).
         self.connections = Connections(self.path, self.log, self.stats)
-        # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
-        self.in_flight = False
-        self._index_unknown_since: float | None = None  # since when the wal-index could not be used
+        # Copies the committed frames into the spool, advancing this agent's position.
+        self.copier = FrameCopier(self, self.walfile)
         self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
 
     # -- connections -----------------------------------------------------------------
@@ -206,6 +198,11 @@ class DbAgent:
     @property
     def shm_path(self) -> str:
         return self.walfile.shm_path
+
+    @property
+    def in_flight(self) -> bool:
+        """A frame follows the committed ones: a commit is probably in flight (see copier.py)."""
+        return self.copier.in_flight
 
     @property
     def is_open(self) -> bool:
@@ -270,7 +267,7 @@ class DbAgent:
         taken, marks = self._file_marks()
         if self._racy(taken, marks):
             return False  # written a moment ago: not idle, and the marks could not tell
-        if self.sync() or self.in_flight or self._index_unknown_since is not None:
+        if self.sync() or self.in_flight or self.copier.index_unknown_since is not None:
             return False  # something arrived, or may be arriving: not idle
         self._disconnect()
         self._parked_marks = marks
@@ -448,9 +445,9 @@ class DbAgent:
                         assert reader is not None  # R pins the view (see above)
                         yield pgno, reader.read("main", 0, (pgno - 1) * ps, ps)[1]
 
-            tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
+            tx = TxInfo(self.recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
             # A restart changes the WAL's header: the pages read from it are the view's if it did not.
-            self._write_segment([tx], view.pos.frame + 1, view.pos, pages(),
+            self.copier.write_segment([tx], view.pos.frame + 1, view.pos, pages(),
                                 changed=lambda: self.walfile.header() != view.header)
             self.log.info("the WAL was restarted while the database was parked: copied what changed "
                           "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
@@ -535,11 +532,11 @@ class DbAgent:
         # view is read in full and its checksum recorded with the last transaction.
         self._begin_read()
         try:
-            txs, read_at = self._uncopied(hdr)
-        except _Diverged as e:
+            txs, read_at = self.copier.uncopied(hdr)
+        except Diverged as e:
             return str(e)
         if len(txs) > 1:
-            self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
+            self.copier.spool_transactions(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
         if not self.connections.seal():
             self.connections.end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
@@ -547,16 +544,16 @@ class DbAgent:
             if self.walfile.header() != hdr:
                 return "the WAL was restarted while the agent was resuming"
             try:
-                txs, read_at = self._uncopied(hdr)
-            except _Diverged as e:
+                txs, read_at = self.copier.uncopied(hdr)
+            except Diverged as e:
                 return str(e)
-            tail = self._capture(hdr, txs, read_at)
+            tail = self.copier.capture(hdr, txs, read_at)
             view = self._reopen_view()
         finally:
             self.connections.unseal()
         new_hash = self._scan_view(view, None)
         if txs:
-            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
+            self.copier.spool_transactions(txs, hdr, tail.read_at, final_hash=new_hash)
         elif new_hash.value != self._spool_checksum(name, path):
             return "the database changed while the agent was stopped without a trace in the WAL"
         self._resumed(new_hash)
@@ -624,90 +621,6 @@ class DbAgent:
 
     # -- copying frames ------------------------------------------------------------
 
-    @dataclass
-    class _Tail:
-        """WAL bytes read once, from offset ``base``; reads past them go to ``fallback``,
-        or find nothing without one (a tail kept after the WAL may have restarted)."""
-        base: int
-        data: bytes
-        fallback: Callable[[int, int], bytes] | None = None
-
-        def read_at(self, offset: int, size: int) -> bytes | memoryview:
-            start = offset - self.base
-            if 0 <= start and start + size <= len(self.data):
-                return memoryview(self.data)[start:start + size]
-            if self.fallback is None:
-                return self.data[start:start + size] if start >= 0 else b""
-            if 0 <= start < len(self.data):
-                return self.data[start:] + self.fallback(offset + len(self.data) - start,
-                                                         size - len(self.data) + start)
-            return self.fallback(offset, size)
-
-    def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], wal.ReadAt]:
-        """The committed transactions after our position (complete when called under the
-        seal), and a reader that serves their frames from memory where it can.
-
-        Committed means counted by the wal-index (mxFrame), never merely "checksums chain":
-        an app killed between writing its frames and updating the wal-index wrote frames
-        that SQLite discards. Those frames are read in one call (up to _KEEP_IN_MEMORY),
-        checked, and the same bytes are shipped. Raises _Diverged when the committed frames
-        do not continue the ones copied, WalChanged when the WAL changed under the read.
-        """
-        self.in_flight = False
-        committed = self.walfile.index_frames(hdr)
-        if committed is None:
-            # A restart or a wal-index update half done: nothing can be proven committed yet.
-            self.in_flight = True
-            if self._index_unknown_since is None:
-                self._index_unknown_since = time.monotonic()
-            return [], self.walfile.read_at
-        self._index_unknown_since = None
-        if committed < self.pos.frame:
-            self._check_unchanged(hdr, committed)
-            raise _Diverged(f"the wal-index counts {committed} committed WAL frames, "
-                            f"fewer than the {self.pos.frame} already copied")
-        if committed == self.pos.frame:
-            self.in_flight = self._frame_follows(hdr, committed)
-            return [], self.walfile.read_at
-        start = self.pos.frame + 1
-        expect = committed - self.pos.frame
-        base = hdr.frame_offset(start)
-        size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
-        read_at = DbAgent._Tail(base, self.walfile.read_at(base, size), self.walfile.read_at).read_at
-        state = (self.pos.checksum1, self.pos.checksum2)
-        txs = list(wal.scan(read_at, hdr, start, state, max_frames=expect, expect=expect))
-        end = txs[-1].end_index if txs else self.pos.frame
-        if end != committed:
-            self._check_unchanged(hdr, committed)
-            raise _Diverged(f"WAL frame {end + 1} does not continue the frames already copied "
-                            f"(the wal-index counts {committed} committed)")
-        self.in_flight = self._frame_follows(hdr, committed)
-        return txs, read_at
-
-    def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
-        """Raise WalChanged unless the WAL header and the wal-index still say what they
-        said when ``committed`` was read: a break seen during a restart proves nothing."""
-        if self.walfile.header() != hdr or self.walfile.index_frames(hdr) != committed:
-            raise WalChanged()
-
-    def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
-        """True when a frame with this WAL's salts follows the committed ones: a commit is
-        likely being written (the wal-index is updated after its frames, without a file
-        event), so the loop looks again soon."""
-        fh = self.walfile.read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
-        salts = hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
-        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
-
-    def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
-                 read_at: wal.ReadAt) -> "DbAgent._Tail":
-        """Copy the frames of ``txs`` into memory, so they can be shipped after the WAL restarts.
-
-        Only committed frames: the file may hold stale frames of an earlier WAL after them.
-        """
-        base = hdr.frame_offset(self.pos.frame + 1)
-        end = hdr.frame_offset(txs[-1].end_index + 1) if txs else base
-        return DbAgent._Tail(base, bytes(read_at(base, end - base)))
-
     def _restart_harmless(self) -> bool:
         """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
         seal with everything copied, and nothing was copied since."""
@@ -756,128 +669,20 @@ class DbAgent:
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
             self._restart_ok = False
         try:
-            txs, read_at = self._uncopied(hdr)
+            txs, read_at = self.copier.uncopied(hdr)
         except WalChanged:
             return 0
-        except _Diverged as e:
+        except Diverged as e:
             self.new_generation(str(e))
             return 0
         if txs:
             try:
-                self._ship(txs, hdr, read_at, recheck=hdr)
+                self.copier.spool_transactions(txs, hdr, read_at, recheck=hdr)
             except WalChanged:
                 return 0
             self._restart_ok = False
         self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
-
-    def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: wal.ReadAt,
-              *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None,
-              checksums_known: bool = True) -> None:
-        """Write ``txs`` as the next segment in the spool and advance the position.
-
-        With ``final_hash`` (after a restart of the agent) only the state after the last
-        transaction is known; without ``checksums_known`` none is, and the incremental hash
-        is left as it was (a later segment records the checksum).
-        """
-        commit_ms = self._recorded_ms()
-        # Last frame of each page per transaction; a page written twice ships once. Pages
-        # past the size in the commit frame are not part of the database: a transaction
-        # that spilled its cache, then shrank the file (auto_vacuum), wrote them.
-        per_tx = []
-        total = 0
-        for tx in txs:
-            latest: dict[int, int] = {}
-            for fr in tx.frames:
-                if fr.pgno <= tx.db_size:
-                    latest[fr.pgno] = fr.index
-            per_tx.append(latest)
-            total += len(latest)
-        # The frames of ``txs`` lie back to back: read them with one call when they fit in
-        # memory, else page by page (twice: to hash, then to compress).
-        first = txs[0].frames[0].index
-        span = (txs[-1].end_index - first + 1) * hdr.frame_size
-        keep = span <= _KEEP_IN_MEMORY
-        if keep:
-            block = memoryview(read_at(hdr.frame_offset(first), span))
-            if len(block) != span:
-                raise EOFError(f"WAL frames {first}..{txs[-1].end_index}: short read")
-            ps = self.page_size
-
-            def page(index: int) -> bytes | memoryview:
-                off = (index - first) * hdr.frame_size + wal.FRAME_HEADER_SIZE
-                return block[off:off + ps]
-        else:
-            def page(index: int) -> bytes | memoryview:
-                try:
-                    return wal.read_page(read_at, hdr, index)
-                except wal.FrameMismatch:
-                    raise WalChanged() from None
-        # Pass 1: hash each shipped page and compute the database checksum after each tx.
-        changes: dict[int, int] = {}
-        value = self.hasher.value
-        size = self.hasher.page_count
-        infos = []
-        for tx, latest in zip(txs, per_tx):
-            for pgno, index in latest.items():
-                h = page_hash(pgno, page(index))
-                old = changes.get(pgno, self.hasher.get(pgno)) if pgno <= size else 0
-                value ^= old ^ h
-                changes[pgno] = h
-                size = max(size, pgno)
-            for pgno in range(tx.db_size + 1, size + 1):
-                value ^= changes.get(pgno, self.hasher.get(pgno))
-                changes[pgno] = 0
-            size = tx.db_size
-            infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
-        if recheck is not None and self.walfile.header() != recheck:
-            raise WalChanged()
-        if final_hash is not None or not checksums_known:
-            for info in infos:
-                info[3], info[4] = 0, 0
-        if final_hash is not None:
-            infos[-1][3], infos[-1][4] = final_hash.value, TX_CHECKSUM_KNOWN
-        end = txs[-1]
-        pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
-
-        def pages() -> Iterator[tuple[int, bytes | memoryview]]:
-            for latest in per_tx:
-                for pgno, index in latest.items():
-                    yield pgno, page(index)
-
-        changed = None if recheck is None or keep else (lambda: self.walfile.header() != recheck)
-        self._write_segment([TxInfo(*i) for i in infos], txs[0].frames[0].index, pos, pages(), changed)
-        # The segment is durable: advance.
-        if final_hash is None and checksums_known:
-            for pgno, h in changes.items():
-                if pgno <= size:
-                    self.hasher.set_hash(pgno, h)
-            self.hasher.truncate(size)
-
-    def _write_segment(self, txs: list[TxInfo], first_frame: int, pos: WalPosition,
-                       pages: Iterable[tuple[int, bytes | memoryview]],
-                       changed: Callable[[], bool] | None = None) -> None:
-        """Write the next segment of this generation, holding ``txs`` (their pages, in
-        order, from ``pages``), into the spool, and advance to WAL position ``pos``. Raises
-        WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
-        seq = self.next_seq
-        header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
-                               pos, first_frame, tuple(txs), db_id=self.db_id)
-        name = layout.SegmentName(self.generation, seq, seq, txs[-1].commit_ms)
-        with self.spool.writing(name) as f:
-            w = SegmentWriter(f, header)
-            for pgno, data in pages:
-                w.add_page(pgno, data)
-            w.close()
-        if changed is not None and changed():
-            self.spool.discard(name)
-            raise WalChanged()
-        self.spool.publish(name)
-        self.pos = pos
-        self.next_seq = seq + 1
-        self.end_link = header.end_link
-        self.stats["segments"] += 1
-        self.stats["transactions"] += len(txs)
 
     # -- checkpoints and views -----------------------------------------------------
 
@@ -1004,11 +809,11 @@ class DbAgent:
                 return None, [], self.walfile.read_at
             if hdr.salts == (self.pos.salt1, self.pos.salt2):
                 try:
-                    txs, read_at = self._uncopied(hdr)
+                    txs, read_at = self.copier.uncopied(hdr)
                     frames = txs[-1].end_index - self.pos.frame if txs else 0
                     if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
                         return hdr, txs, read_at
-                except (WalChanged, _Diverged):
+                except (WalChanged, Diverged):
                     pass
             self.connections.unseal()
             self.sync()
@@ -1023,7 +828,7 @@ class DbAgent:
             return False
         hdr, txs, read_at = sealed
         try:
-            tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
+            tail = self.copier.capture(hdr, txs, read_at) if hdr is not None and txs else None
             # Until the captured frames are in the spool, a WAL restart is not harmless.
             self._restart_ok = False
             self.connections.end_read()
@@ -1037,7 +842,7 @@ class DbAgent:
         finally:
             self.connections.unseal()
         if tail is not None:
-            self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
+            self.copier.spool_transactions(txs, hdr, tail.read_at)  # type: ignore[arg-type]
         self._restart_ok = True
         self._r_begin_pos = self.pos
         return True
@@ -1049,7 +854,7 @@ class DbAgent:
         assert reader is not None  # R holds the view's read transaction
         return read_view(reader, self.page_size, view, self.walfile.read_at, self.walfile.header, out, progress)
 
-    def _recorded_ms(self) -> int:
+    def recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
         what this generation recorded before, so a clock stepped back keeps a generation's
         times in order (a point-in-time restore stops at the first commit past its target)."""
@@ -1117,7 +922,7 @@ class DbAgent:
                 time.sleep(0.1 * (attempt + 1))
                 continue
             try:
-                tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
+                tail = self.copier.capture(hdr, txs, read_at) if hdr is not None and txs else None
                 view = self._reopen_view()
             except WalChanged:
                 why = "the WAL and the wal-index disagree under the write lock"
@@ -1126,7 +931,7 @@ class DbAgent:
                 self.connections.unseal()
             if tail is not None:
                 # Written and fsynced after the seal; R's view already includes these frames.
-                self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
+                self.copier.spool_transactions(txs, hdr, tail.read_at)  # type: ignore[arg-type]
             if not new_generation:
                 # R began under the seal with every committed frame copied.
                 self._restart_ok, self._r_begin_pos = True, self.pos
@@ -1149,7 +954,7 @@ class DbAgent:
                     raise LitesyncError(f"{self.path}: {e}") from None
             else:
                 gen, seq, prev = self.generation, self.next_seq, self.end_link
-            created = self._recorded_ms() if not new_generation else now_ms()
+            created = self.recorded_ms() if not new_generation else now_ms()
             name = layout.SnapshotName(gen, seq, created)
             header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos,
                                     db_id=self.db_id)
@@ -1216,10 +1021,11 @@ class DbAgent:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
         return how many transactions were copied."""
         copied = self.sync()
-        if self._index_unknown_since is not None and time.monotonic() - self._index_unknown_since > _INDEX_REPAIR_AFTER:
+        unknown_since = self.copier.index_unknown_since
+        if unknown_since is not None and time.monotonic() - unknown_since > _INDEX_REPAIR_AFTER:
             # A writer killed between the wal-index header's two copies: SQLite repairs the
             # index when a connection next locks the database; take the write lock briefly.
-            self._index_unknown_since = None
+            self.copier.index_unknown_since = None
             if self.connections.seal():
                 self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
