@@ -33,33 +33,22 @@ from .errors import DatabaseError, LitesyncError
 from .connections import Connections
 from .livedb import View, WalChanged, read_view, wal_overlay
 from .logs import Labelled
-from .progress import LogProgress, format_size
+from .progress import LogProgress
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SnapshotHeader,
                       SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+from .checkpointer import Checkpointer
 from .copier import Diverged, FrameCopier
 from .spool import Spool
 from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
-# A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
-# tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
-_MAX_TAIL = 512 << 10
-_TAIL_ATTEMPTS = 3
 # The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
 _INDEX_REPAIR_AFTER = 0.5
 # A file modified within this long of a stat may be written again with the same times
 # (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
 _RACY_SECONDS = 0.05
 _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
-# A WAL file larger than a database's max-wal-size is truncated once copied; a try that
-# fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
-_TRUNCATE_RETRY = (1.0, 30.0)
-# Freeing a large file's blocks takes long (100 ms for 344 MB here), and a TRUNCATE
-# checkpoint does it under the write lock: the dead end of a large WAL is cut first, this
-# much per brief seal, with a pause between for the app's writers.
-_SHRINK_STEP = 32 << 20
-_SHRINK_PAUSE = 0.005
 
 
 class WriteLockBusy(DatabaseError):
@@ -105,8 +94,6 @@ class DbAgent:
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
         self.max_wal_size = max_wal_size
-        self._truncate_at = 0.0  # (monotonic) not before: see truncate_wal
-        self._truncate_wait = _TRUNCATE_RETRY[0]
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
         self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
@@ -138,9 +125,9 @@ class DbAgent:
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
-        self._restart_ok = False
-        self._r_begin_pos = WalPosition()
-        self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
+        self.restart_ok = False
+        self.r_begin_pos = WalPosition()
+        self.r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
@@ -149,6 +136,8 @@ class DbAgent:
         self.connections = Connections(self.path, self.log, self.stats)
         # Copies the committed frames into the spool, advancing this agent's position.
         self.copier = FrameCopier(self, self.walfile)
+        # Checkpoints the WAL under brief seals and truncates it when it grew too large.
+        self.checkpointer = Checkpointer(self)
         self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
 
     # -- connections -----------------------------------------------------------------
@@ -226,7 +215,7 @@ class DbAgent:
         self.connections.end_read()
         # Whatever R pinned is gone: a WAL restart proves nothing until R reads again
         # under a seal with everything copied.
-        self._restart_ok = False
+        self.restart_ok = False
         self.connections.close()
         self.walfile.close()
 
@@ -386,7 +375,7 @@ class DbAgent:
         if self.page_size != page_size:
             self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
             return
-        self._begin_read()
+        self.begin_read()
         hdr = self.walfile.header()
         if self._wal_continues(hdr, self.pos) is None:
             # R pins the WAL (no restart while it reads) unless the WAL was checkpointed in
@@ -398,7 +387,7 @@ class DbAgent:
                 return  # ``sync`` copies the frames after ours
             # Copy what is new and restart R under a seal, as a checkpoint does, so that a
             # WAL restart from then on is known harmless (else, a new generation).
-            self._cycle(checkpoint=False)
+            self.checkpointer.cycle(checkpoint=False)
             return
         for _attempt in range(_RESYNC_ATTEMPTS):
             if not self.connections.seal():
@@ -453,8 +442,8 @@ class DbAgent:
                           "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
         self.pos = view.pos
         self.hasher = found
-        self._restart_ok = True  # R began under the seal, and everything it sees is copied
-        self._r_begin_pos = self.pos
+        self.restart_ok = True  # R began under the seal, and everything it sees is copied
+        self.r_begin_pos = self.pos
 
     def discard_new_state(self) -> None:
         """Remove the state directory after a start that failed, if this agent created it and
@@ -462,8 +451,8 @@ class DbAgent:
         if self._made_state_dir and self._lock_fd is None and not self.spool.objects():
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _begin_read(self) -> None:
-        self._r_on_lock0 = False
+    def begin_read(self) -> None:
+        self.r_on_lock0 = False
         self.connections.begin_read()
         self._file_at_read = self._file_stat()  # after R holds its read lock: see _file_differs
 
@@ -530,7 +519,7 @@ class DbAgent:
         # outside the seal (its checksums unknown: the hash of the state at ``pos`` is not
         # kept), R pinning those frames meanwhile; the rest under the seal, after which the
         # view is read in full and its checksum recorded with the last transaction.
-        self._begin_read()
+        self.begin_read()
         try:
             txs, read_at = self.copier.uncopied(hdr)
         except Diverged as e:
@@ -582,8 +571,8 @@ class DbAgent:
     def _resumed(self, hasher: DbHash) -> None:
         """Resumed at ``self.pos`` with ``hasher`` the state copied, R begun under the seal with all of it copied."""
         self.hasher = hasher
-        self._restart_ok = True
-        self._r_begin_pos = self.pos
+        self.restart_ok = True
+        self.r_begin_pos = self.pos
         # The interval runs from the generation's newest snapshot still in the spool, or from now.
         self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
         self.log.info("resumed generation %s at segment %d",
@@ -621,10 +610,10 @@ class DbAgent:
 
     # -- copying frames ------------------------------------------------------------
 
-    def _restart_harmless(self) -> bool:
+    def restart_harmless(self) -> bool:
         """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
         seal with everything copied, and nothing was copied since."""
-        return self._restart_ok and self.connections.reading and self.pos == self._r_begin_pos
+        return self.restart_ok and self.connections.reading and self.pos == self.r_begin_pos
 
     def _file_differs(self) -> str | None:
         """Why the database file is not the state copied last, or None. Meaningful while a
@@ -658,7 +647,7 @@ class DbAgent:
             self.copied_through = (t0, self.generation, self.next_seq)
             return 0
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
-            if not self._restart_harmless():
+            if not self.restart_harmless():
                 self.new_generation("the WAL was restarted before all its frames were copied")
                 return 0
             changed = self._file_differs()
@@ -667,7 +656,7 @@ class DbAgent:
                 return 0
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-            self._restart_ok = False
+            self.restart_ok = False
         try:
             txs, read_at = self.copier.uncopied(hdr)
         except WalChanged:
@@ -680,7 +669,7 @@ class DbAgent:
                 self.copier.spool_transactions(txs, hdr, read_at, recheck=hdr)
             except WalChanged:
                 return 0
-            self._restart_ok = False
+            self.restart_ok = False
         self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
 
@@ -694,10 +683,10 @@ class DbAgent:
         read of the database); without, only the checkpoint and the restart happen.
         """
         # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
-        self._restart_ok = False
+        self.restart_ok = False
         self.connections.end_read()
         log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
-        self._begin_read()
+        self.begin_read()
         hdr = self.walfile.header()
         if not pages:
             return View(self.pos, hdr, {}, 0)
@@ -714,138 +703,14 @@ class DbAgent:
         return View(pos, hdr, overlay, db_size)
 
     def checkpoint(self) -> bool:
-        """Let the WAL restart without holding the write lock for long; False if a seal failed.
-
-        Two short seals: the first moves ``R`` to the end of the WAL, so that a PASSIVE
-        checkpoint outside any seal can copy nearly every frame into the database; the
-        second takes the few frames committed meanwhile, checkpoints them and restarts
-        ``R``, after which a wholly checkpointed WAL may restart.
-        """
-        # Copy what is committed first, outside any seal: what a seal captures stays small.
-        self.sync()
-        if not self._cycle(checkpoint=False):
-            return False
-        self.connections.checkpoint()
-        self.sync()
-        return self._cycle(checkpoint=True)
+        """Let the WAL restart without holding the write lock for long; False if a seal failed
+        (see ``Checkpointer.checkpoint``)."""
+        return self.checkpointer.checkpoint()
 
     def truncate_wal(self, checkpointed: bool = False) -> bool:
-        """Shrink the WAL file to nothing once every frame in it is copied; return whether it did.
-
-        SQLite reuses a WAL file from its start but never shrinks it: after a burst (or a
-        long reader that kept it from restarting) it keeps its largest size. A checkpoint
-        first copies every frame, checkpoints them and restarts ``R`` under the seal; on a
-        WAL checkpointed in full, ``R`` reads the database file alone, under read lock 0.
-        A TRUNCATE checkpoint then succeeds only if nothing was committed since: a new
-        frame would have to be checkpointed, which needs read lock 0 exclusively, and ``R``
-        holds it. Its restart is the one a reader under read lock 0 lets happen, harmless
-        (see ``sync``): nothing was copied since ``R`` began. A reader of the app's keeps
-        it from restarting; the truncation is tried again later. With ``checkpointed``, the
-        caller's own checkpoint just did the first part.
-        """
-        before = self.walfile.size()
-        done = ((checkpointed or self.checkpoint()) and self._restart_harmless() and self._r_on_lock0
-                and self._shrink_dead_end() and self._checkpoint_truncate())
-        if not done:
-            self._truncate_at = time.monotonic() + self._truncate_wait
-            self.log.debug("WAL of %d bytes not truncated (in use); next try in %.0fs", before, self._truncate_wait)
-            self._truncate_wait = min(2 * self._truncate_wait, _TRUNCATE_RETRY[1])
-            return False
-        self._truncate_wait = _TRUNCATE_RETRY[0]
-        self.stats["wal_truncations"] += 1
-        self.log.info("WAL truncated from %s (larger than max-wal-size %s)",
-                      format_size(before), format_size(self.max_wal_size))
-        return True
-
-    def _shrink_dead_end(self) -> bool:
-        """Cut the WAL file past its last live frame, _SHRINK_STEP at a time under brief
-        seals (frames past the wal-index's count are dead: left from before a restart, or
-        of a commit never finished); False when a seal was refused."""
-        while self.walfile.size() > _SHRINK_STEP:
-            if not self.connections.seal():
-                return False
-            try:
-                hdr = self.walfile.header()
-                frames = 0 if hdr is None else self.walfile.index_frames(hdr)
-                if frames is None:
-                    return True  # the wal-index unusable for now: the TRUNCATE checkpoint decides
-                live = hdr.frame_offset(frames + 1) if hdr is not None and frames else 0
-                size = self.walfile.size()
-                target = max(live, size - _SHRINK_STEP)
-                if target >= size:
-                    return True
-                # Under the seal no frame is being written: no write can land past the cut.
-                os.truncate(self.wal_path, target)
-            finally:
-                self.connections.unseal()
-            self.stats["wal_shrinks"] += 1
-            time.sleep(_SHRINK_PAUSE)
-        return True
-
-    def _checkpoint_truncate(self) -> bool:
-        """Run a TRUNCATE checkpoint, waiting briefly for locks; True when it emptied the WAL."""
-        def checkpointed_in_full() -> bool:
-            return wal.index_checkpointed_in_full(self.walfile.read_index())
-
-        # A frame committed since R began can never be checkpointed while R holds read lock
-        # 0, and the TRUNCATE cannot succeed: it gives up rather than hold the app's writers.
-        return checkpointed_in_full() and self.connections.checkpoint_truncate(checkpointed_in_full)
-
-    def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
-                                        wal.ReadAt] | None:
-        """Take the seal with little uncopied WAL behind it; return the WAL header and the
-        uncopied transactions, still sealed, or None (not sealed) when the write lock could
-        not be had or the WAL kept changing.
-
-        Nothing slow happens under the seal, since the app waits for it: a long tail
-        (which would hold the write lock, and memory, while read), a WAL restart or a
-        divergence (a new generation) is handled by ``sync`` outside it first.
-        """
-        for attempt in range(_TAIL_ATTEMPTS + 1):
-            if not self.connections.seal():
-                return None
-            hdr = self.walfile.header()
-            if hdr is None:
-                return None, [], self.walfile.read_at
-            if hdr.salts == (self.pos.salt1, self.pos.salt2):
-                try:
-                    txs, read_at = self.copier.uncopied(hdr)
-                    frames = txs[-1].end_index - self.pos.frame if txs else 0
-                    if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
-                        return hdr, txs, read_at
-                except (WalChanged, Diverged):
-                    pass
-            self.connections.unseal()
-            self.sync()
-        self.log.warning("the WAL kept changing under the seal; postponed")
-        return None
-
-    def _cycle(self, checkpoint: bool) -> bool:
-        """Under a seal: capture the WAL tail, restart ``R`` (checkpointing in between if
-        asked); then ship the captured transactions."""
-        sealed = self._seal_small_tail()
-        if sealed is None:
-            return False
-        hdr, txs, read_at = sealed
-        try:
-            tail = self.copier.capture(hdr, txs, read_at) if hdr is not None and txs else None
-            # Until the captured frames are in the spool, a WAL restart is not harmless.
-            self._restart_ok = False
-            self.connections.end_read()
-            if checkpoint:
-                self.connections.checkpoint()
-            # Under the seal nothing is committed: a WAL checkpointed in full now is one when
-            # R begins, and R reads the database file alone, on read lock 0.
-            full = wal.index_checkpointed_in_full(self.walfile.read_index())
-            self._begin_read()
-            self._r_on_lock0 = full
-        finally:
-            self.connections.unseal()
-        if tail is not None:
-            self.copier.spool_transactions(txs, hdr, tail.read_at)  # type: ignore[arg-type]
-        self._restart_ok = True
-        self._r_begin_pos = self.pos
-        return True
+        """Shrink the WAL file to nothing once every frame in it is copied; return whether it
+        did (see ``Checkpointer.truncate_wal``)."""
+        return self.checkpointer.truncate_wal(checkpointed)
 
     def _scan_view(self, view: View, out: SnapshotWriter | None,
                    progress: Callable[[int], None] | None = None) -> DbHash:
@@ -913,7 +778,7 @@ class DbAgent:
             elif new_generation:
                 sealed = self.connections.seal()
             else:
-                tail_sealed = self._seal_small_tail()
+                tail_sealed = self.checkpointer.seal_small_tail()
                 sealed = tail_sealed is not None
                 if tail_sealed is not None:
                     hdr, txs, read_at = tail_sealed
@@ -934,7 +799,7 @@ class DbAgent:
                 self.copier.spool_transactions(txs, hdr, tail.read_at)  # type: ignore[arg-type]
             if not new_generation:
                 # R began under the seal with every committed frame copied.
-                self._restart_ok, self._r_begin_pos = True, self.pos
+                self.restart_ok, self.r_begin_pos = True, self.pos
             if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
                 try:
                     value = self._scan_view(view, None).value
@@ -982,8 +847,8 @@ class DbAgent:
                 self._last_recorded_ms = created
             self.pos = view.pos
             self.hasher = hasher
-            self._restart_ok = True
-            self._r_begin_pos = self.pos
+            self.restart_ok = True
+            self.r_begin_pos = self.pos
             self.last_snapshot_at = time.time()
             self.copied_through = (t0, gen, seq)
             self.stats["snapshots"] += 1
@@ -1029,7 +894,7 @@ class DbAgent:
             if self.connections.seal():
                 self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
-        if self.walfile.size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
+        if self.walfile.size() > self.max_wal_size and time.monotonic() >= self.checkpointer.truncate_at:
             self.truncate_wal(checkpointed)
         due = self.snapshot_due()
         if self.outbid():
