@@ -29,15 +29,15 @@ from .layout import state_dir_for
 from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .engine import Signal
-from .errors import DatabaseError, LitesyncError
-from .connections import Connections
-from .livedb import View, WalChanged, read_view, wal_overlay
+from .errors import DatabaseError
+from .connections import Connections, WriteLockBusy
+from .livedb import View, WalChanged
 from .logs import Labelled
-from .progress import LogProgress
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SnapshotHeader,
-                      SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+                      SnapshotReader, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
 from .checkpointer import Checkpointer
 from .copier import Diverged, FrameCopier
+from .snapshotter import Snapshotter, now_ms
 from .spool import Spool
 from .walfile import WalFile
 
@@ -49,16 +49,6 @@ _INDEX_REPAIR_AFTER = 0.5
 # (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
 _RACY_SECONDS = 0.05
 _RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
-
-
-class WriteLockBusy(DatabaseError):
-    """The application held the write lock for longer than a seal may wait; retryable."""
-
-    retryable = True
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 _sqlite_memory_economized = False
@@ -102,7 +92,7 @@ class DbAgent:
         self.snapshot_requested = Signal()
         # Generation ids must grow whatever the clock does: a replica may hold a newer one.
         self.generation_floor = 0
-        self._last_recorded_ms = 0  # see recorded_ms
+        self.last_recorded_ms = 0  # see recorded_ms
         self.newer_generation_seen = threading.Event()
         self.generation = 0
         self.next_seq = 0
@@ -111,8 +101,6 @@ class DbAgent:
         self.hasher = DbHash()
         self.page_size = 0
         self.last_snapshot_at = 0.0
-        self._snapshot_at: tuple[int, int] | None = None  # (generation, seq) of our last snapshot
-        self._snapshot_checked_at = 0.0  # when an unchanged database last stood in for a snapshot
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
@@ -138,6 +126,8 @@ class DbAgent:
         self.copier = FrameCopier(self, self.walfile)
         # Checkpoints the WAL under brief seals and truncates it when it grew too large.
         self.checkpointer = Checkpointer(self)
+        # Writes snapshots, and with them new generations.
+        self.snapshotter = Snapshotter(self)
         self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
 
     # -- connections -----------------------------------------------------------------
@@ -396,7 +386,7 @@ class DbAgent:
                 # Every committed frame, R reading under the seal. No checkpoint: one that
                 # empties the WAL lets the app's next commit restart it, and the next unpark
                 # come here again.
-                view = self._reopen_view(checkpoint=False)
+                view = self.snapshotter.reopen_view(checkpoint=False)
             except WalChanged:
                 continue
             finally:
@@ -415,7 +405,7 @@ class DbAgent:
         checkpointed and their frames lost to us; the state they made is in ``view``
         (pinned by R, begun under the seal). Copy the difference between the state copied
         and that one as one transaction: the history passes from one to the other directly."""
-        found = self._scan_view(view, None)
+        found = self.snapshotter.scan_view(view, None)
         old = self.hasher
         changed = [pgno for pgno in range(1, view.db_size + 1) if found.get(pgno) != old.get(pgno)]
         if changed or view.db_size != old.page_count:
@@ -514,7 +504,7 @@ class DbAgent:
         if reason is not None:
             return reason
         self.generation, self.pos = name.generation, pos
-        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+        self.last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
         # Copy what was committed while the agent was away: all but the last transaction
         # outside the seal (its checksums unknown: the hash of the state at ``pos`` is not
         # kept), R pinning those frames meanwhile; the rest under the seal, after which the
@@ -537,10 +527,10 @@ class DbAgent:
             except Diverged as e:
                 return str(e)
             tail = self.copier.capture(hdr, txs, read_at)
-            view = self._reopen_view()
+            view = self.snapshotter.reopen_view()
         finally:
             self.connections.unseal()
-        new_hash = self._scan_view(view, None)
+        new_hash = self.snapshotter.scan_view(view, None)
         if txs:
             self.copier.spool_transactions(txs, hdr, tail.read_at, final_hash=new_hash)
         elif new_hash.value != self._spool_checksum(name, path):
@@ -557,14 +547,14 @@ class DbAgent:
         try:
             if self.walfile.header() is not None:
                 raise WalChanged()
-            view = self._reopen_view(checkpoint=False)
+            view = self.snapshotter.reopen_view(checkpoint=False)
         finally:
             self.connections.unseal()
-        found = self._scan_view(view, None)
+        found = self.snapshotter.scan_view(view, None)
         if found.value != self._spool_checksum(name, path):
             return "the WAL was removed or reset while the agent was stopped"
         self.generation, self.pos = name.generation, pos
-        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+        self.last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
         self._resumed(found)
         return None
 
@@ -673,34 +663,7 @@ class DbAgent:
         self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
 
-    # -- checkpoints and views -----------------------------------------------------
-
-    def _reopen_view(self, pages: bool = True, checkpoint: bool = True) -> View:
-        """Under the seal, with every committed frame copied: checkpoint (if asked) and
-        restart ``R``.
-
-        With ``pages`` the view also says where each page of the new read lies (for a full
-        read of the database); without, only the checkpoint and the restart happen.
-        """
-        # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
-        self.restart_ok = False
-        self.connections.end_read()
-        log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
-        self.begin_read()
-        hdr = self.walfile.header()
-        if not pages:
-            return View(self.pos, hdr, {}, 0)
-        committed = self.walfile.index_frames(hdr) if hdr is not None else 0
-        overlay, pos = wal_overlay(self.walfile.read_at, hdr, committed, ckpt)
-        if hdr is not None and checkpoint:
-            if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
-                self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
-                               pos.frame, log_frames)
-        reader = self.connections.reader
-        assert reader is not None  # a view is read while open
-        db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
-        assert isinstance(db_size, int)  # page_count answers an integer
-        return View(pos, hdr, overlay, db_size)
+    # -- checkpoints --------------------------------------------------------------
 
     def checkpoint(self) -> bool:
         """Let the WAL restart without holding the write lock for long; False if a seal failed
@@ -712,25 +675,12 @@ class DbAgent:
         did (see ``Checkpointer.truncate_wal``)."""
         return self.checkpointer.truncate_wal(checkpointed)
 
-    def _scan_view(self, view: View, out: SnapshotWriter | None,
-                   progress: Callable[[int], None] | None = None) -> DbHash:
-        """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
-        reader = self.connections.reader
-        assert reader is not None  # R holds the view's read transaction
-        return read_view(reader, self.page_size, view, self.walfile.read_at, self.walfile.header, out, progress)
-
     def recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
         what this generation recorded before, so a clock stepped back keeps a generation's
         times in order (a point-in-time restore stops at the first commit past its target)."""
-        self._last_recorded_ms = max(now_ms(), self._last_recorded_ms)
-        return self._last_recorded_ms
-
-    def _newest_generation(self) -> int:
-        """The greatest generation id this database's history holds: in the spool (which
-        always keeps its newest object), this agent's, or one a replica holds."""
-        spooled = max((n.generation for n, _ in self.spool.objects()), default=0)
-        return max(spooled, self.generation, self.generation_floor)
+        self.last_recorded_ms = max(now_ms(), self.last_recorded_ms)
+        return self.last_recorded_ms
 
     def note_generation(self, generation: int) -> None:
         """A replica holds ``generation``, newer than ours (a clock behind another's, or a
@@ -745,121 +695,10 @@ class DbAgent:
         self.log.log(level, "starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
-    def _disagreement(self, found: int) -> None:
-        self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
-                       "starting a new generation", self.hasher.value, found)
-
     def snapshot(self, new_generation: bool = False, if_changed: bool = False) -> bool:
         """Write a snapshot of the current state to the spool (a new generation if asked);
-        return whether one was written.
-
-        With ``if_changed``, a database that committed nothing since the last snapshot of
-        this generation is read and checksummed instead: when it matches the replicated
-        state no snapshot is written (an idle database causes no upload); when it does not,
-        something changed it without a trace in the WAL, and a new generation starts.
-        """
-        why = "the write lock was not granted"
-        for attempt in range(5):
-            t0 = time.time()
-            if not new_generation:
-                self.sync()  # outside the seal: what the seal captures stays small
-                new_generation = self.generation == 0
-            hdr: wal.WalHeader | None = None
-            txs: list[wal.Transaction] = []
-            read_at: wal.ReadAt = self.walfile.read_at
-            if new_generation and not self.connections.sealed:
-                # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
-                # it goes as far as the app's readers allow), and the checkpoint under the
-                # seal, which the app's writers wait for, has little left to do (a WAL of
-                # tens of MB held them for 60-170 ms).
-                self.connections.end_read()
-                self.connections.checkpoint()
-                sealed = self.connections.seal()
-            elif new_generation:
-                sealed = self.connections.seal()
-            else:
-                tail_sealed = self.checkpointer.seal_small_tail()
-                sealed = tail_sealed is not None
-                if tail_sealed is not None:
-                    hdr, txs, read_at = tail_sealed
-            if not sealed:
-                why = "the write lock was not granted, or the WAL kept changing"
-                time.sleep(0.1 * (attempt + 1))
-                continue
-            try:
-                tail = self.copier.capture(hdr, txs, read_at) if hdr is not None and txs else None
-                view = self._reopen_view()
-            except WalChanged:
-                why = "the WAL and the wal-index disagree under the write lock"
-                continue
-            finally:
-                self.connections.unseal()
-            if tail is not None:
-                # Written and fsynced after the seal; R's view already includes these frames.
-                self.copier.spool_transactions(txs, hdr, tail.read_at)  # type: ignore[arg-type]
-            if not new_generation:
-                # R began under the seal with every committed frame copied.
-                self.restart_ok, self.r_begin_pos = True, self.pos
-            if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
-                try:
-                    value = self._scan_view(view, None).value
-                except WalChanged:
-                    why = "the WAL was restarted while the database was read"
-                    continue
-                if value == self.hasher.value:
-                    self._snapshot_checked_at = time.time()
-                    self.log.debug("no snapshot: nothing committed since the last one")
-                    return False
-                self._disagreement(value)
-                new_generation = True
-            if new_generation:
-                try:
-                    gen, seq, prev = layout.new_generation(after=self._newest_generation()), 0, NO_LINK
-                except ValueError as e:
-                    raise LitesyncError(f"{self.path}: {e}") from None
-            else:
-                gen, seq, prev = self.generation, self.next_seq, self.end_link
-            created = self.recorded_ms() if not new_generation else now_ms()
-            name = layout.SnapshotName(gen, seq, created)
-            header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos,
-                                    db_id=self.db_id)
-            try:
-                with self.spool.writing(name) as f:
-                    w = SnapshotWriter(f, header)
-                    progress = LogProgress(self.log, f"snapshot {layout.format_generation(gen)}/{seq}",
-                                           view.db_size * self.page_size)
-                    hasher = self._scan_view(view, w, progress)
-                    w.close(hasher.value)
-            except WalChanged:
-                self.spool.discard(name)
-                why = "the WAL was restarted while the database was read"
-                continue
-            if not new_generation and hasher.value != self.hasher.value:
-                self.spool.discard(name)
-                self._disagreement(hasher.value)
-                new_generation = True
-                continue
-            self.spool.publish(name)
-            if new_generation:
-                self.stats["generations"] += 1
-            self.generation, self.next_seq, self.end_link = gen, seq, prev
-            if new_generation:
-                self._last_recorded_ms = created
-            self.pos = view.pos
-            self.hasher = hasher
-            self.restart_ok = True
-            self.r_begin_pos = self.pos
-            self.last_snapshot_at = time.time()
-            self.copied_through = (t0, gen, seq)
-            self.stats["snapshots"] += 1
-            self.stats["snapshot_seconds"] = self.last_snapshot_at - t0
-            self._snapshot_at = (gen, seq)
-            self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
-                          layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
-            return True
-        if why.startswith("the write lock was not granted"):
-            raise WriteLockBusy(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
-        raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
+        return whether one was written (see ``Snapshotter.snapshot``)."""
+        return self.snapshotter.snapshot(new_generation, if_changed)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -880,7 +719,7 @@ class DbAgent:
 
     def snapshot_due(self) -> bool:
         return (self.snapshot_interval is not None
-                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
+                and time.time() - max(self.last_snapshot_at, self.snapshotter.checked_at) >= self.snapshot_interval)
 
     def step(self) -> int:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;

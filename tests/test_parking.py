@@ -392,7 +392,7 @@ def _parked_after_a_full_checkpoint(agent: DbAgent, conn: App) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-@pytest.mark.parametrize("when", ["_resync", "_scan_view"])
+@pytest.mark.parametrize("when", ["_resync", "scan_view"])
 def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_path, when):
     """The app's commit restarts the WAL right after the view is taken, the seal released
     (the scan then sees it), or right after the scan (the changed pages are then read from
@@ -402,7 +402,8 @@ def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_
     try:
         gen = agent.generation
         _parked_after_a_full_checkpoint(agent, conn)
-        real = getattr(agent, when)
+        target = agent.snapshotter if when == "scan_view" else agent
+        real = getattr(target, when)
         calls: list[int] = []
 
         def then_commit(*args, **kwargs):
@@ -410,13 +411,13 @@ def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_
             if len(calls) == 1 and when == "_resync":
                 conn.execute("INSERT INTO t (v) VALUES ('during the read')")  # restarts the WAL
             result = real(*args, **kwargs)
-            if len(calls) == 1 and when == "_scan_view":
+            if len(calls) == 1 and when == "scan_view":
                 conn.execute("INSERT INTO t (v) VALUES ('during the read')")
             return result
 
-        setattr(agent, when, then_commit)
+        setattr(target, when, then_commit)
         agent.unpark()
-        setattr(agent, when, real)
+        setattr(target, when, real)
         agent.step()
         assert len(calls) >= 2  # read again
         assert agent.generation == gen
@@ -655,14 +656,14 @@ def test_a_resync_that_fails_leaves_the_database_parked_and_the_next_unpark_copi
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.execute("INSERT INTO t (v) VALUES ('while parked')")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # in full: R reads on lock 0
-            scan = agent._scan_view
+            scan = agent.snapshotter.scan_view
 
             def then_truncated(*args, **kw):
                 out = scan(*args, **kw)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 return out
 
-            agent._scan_view = then_truncated  # type: ignore[method-assign]
+            agent.snapshotter.scan_view = then_truncated  # type: ignore[method-assign]
             expected = DatabaseError  # the WAL kept changing: tried again, then given up on
         try:
             agent.unpark()
