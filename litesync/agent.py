@@ -13,14 +13,13 @@ explain after a restart of its own process, starts a new generation with a new s
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import apsw
 
@@ -31,12 +30,13 @@ from .dbhash import DbHash, page_hash
 from .engine import Signal
 from .errors import DatabaseError
 from .connections import Connections, WriteLockBusy
-from .livedb import View, WalChanged
+from .livedb import WalChanged
 from .logs import Labelled
 from .segment import (NO_LINK, SegmentHeader, SegmentReader, SnapshotHeader,
-                      SnapshotReader, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+                      SnapshotReader, WalPosition)
 from .checkpointer import Checkpointer
 from .copier import Diverged, FrameCopier
+from .parking import Parking
 from .snapshotter import Snapshotter, now_ms
 from .spool import Spool
 from .walfile import WalFile
@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 
 # The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
 _INDEX_REPAIR_AFTER = 0.5
-# A file modified within this long of a stat may be written again with the same times
-# (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
-_RACY_SECONDS = 0.05
-_RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
 
 
 _sqlite_memory_economized = False
@@ -128,7 +124,8 @@ class DbAgent:
         self.checkpointer = Checkpointer(self)
         # Writes snapshots, and with them new generations.
         self.snapshotter = Snapshotter(self)
-        self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
+        # Closes the connections of an idle database, and opens them again.
+        self.parking = Parking(self)
 
     # -- connections -----------------------------------------------------------------
 
@@ -194,12 +191,12 @@ class DbAgent:
         return self._lock_fd is not None
 
     def close(self) -> None:
-        self._disconnect()
+        self.disconnect()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
         """Close the connections, then the agent's own descriptors of the -wal and -shm
         (closing those while a connection of this process is open would drop its locks)."""
         self.connections.end_read()
@@ -209,71 +206,29 @@ class DbAgent:
         self.connections.close()
         self.walfile.close()
 
-    # -- parking: an idle database without connections -------------------------------
+    # -- parking: an idle database without connections (see parking.py) --------------
 
     @property
     def parked(self) -> bool:
-        return self._parked_marks is not None
-
-    def _file_marks(self) -> tuple[float, tuple]:
-        """(when, what a stat of the database and its -wal says: identity, size, times).
-        Any write changes them, but one in the same tick of the file-system clock as the
-        stat keeps the times: see ``_racy``."""
-        taken = time.time()
-        marks: list[tuple[int, int, int, int, int] | None] = []
-        for path in (self.path, self.wal_path):
-            try:
-                st = os.stat(path)
-                marks.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            except FileNotFoundError:
-                marks.append(None)
-        return taken, tuple(marks)
-
-    @staticmethod
-    def _racy(taken: float, marks: tuple) -> bool:
-        """True when a file was modified so close to ``taken`` that a later write may have
-        left its times as they were (the file-system clock is coarse): the marks prove nothing."""
-        newest = max((max(m[3], m[4]) for m in marks if m is not None), default=0)
-        return newest >= (taken - _RACY_SECONDS) * 1e9
+        return self.parking.parked
 
     def park(self) -> bool:
         """Close every connection and descriptor but the agent lock, once all that is
-        committed is copied; return whether it did. Parked, the agent pins nothing: the
-        application may checkpoint and restart the WAL, which ``unpark`` must account for."""
-        if self.parked or not self.is_open or self.connections.sealed:
-            return False
-        # The marks are taken before the last look: a commit after them changes them.
-        taken, marks = self._file_marks()
-        if self._racy(taken, marks):
-            return False  # written a moment ago: not idle, and the marks could not tell
-        if self.sync() or self.in_flight or self.copier.index_unknown_since is not None:
-            return False  # something arrived, or may be arriving: not idle
-        self._disconnect()
-        self._parked_marks = marks
-        self.stats["parks"] += 1
-        return True
+        committed is copied; return whether it did (see ``Parking.park``)."""
+        return self.parking.park()
 
     def release(self) -> None:
-        """Let go of the WAL without copying what is new, because the spool cannot be
-        written (its disk full): the connections close, so R no longer pins the WAL, and the
-        application's own checkpoints can reuse it. Parked, with work to do: ``unpark``
-        copies what is new, or, when the WAL was restarted meanwhile, what changed as one
-        transaction (``_resync``). Nothing to release before the first snapshot."""
-        if self.parked or not self.is_open or self.connections.sealed or not self.generation:
-            return
-        self._disconnect()
-        self._parked_marks = ()  # unlike any stat: the next turn unparks
+        """Let go of the WAL without copying what is new, the spool unwritable (see ``Parking.release``)."""
+        self.parking.release()
 
     def parked_unchanged(self) -> bool:
-        """True while parked and neither the database nor its WAL changed since (a stat each):
-        then everything committed so far is copied, as ``copied_through`` now says."""
-        if not self._parked_marks:
-            return False
-        taken, marks = self._file_marks()
-        if marks != self._parked_marks:
-            return False
-        self.copied_through = (taken, self.generation, self.next_seq)
-        return True
+        """True while parked and neither the database nor its WAL changed since (see ``Parking.parked_unchanged``)."""
+        return self.parking.parked_unchanged()
+
+    def unpark(self) -> None:
+        """Open the connections of a parked database and continue what was copied (see
+        ``Parking.unpark``); raises WriteLockBusy when the write lock is needed and the app holds it."""
+        self.parking.unpark()
 
     def _path_identity(self) -> tuple[int, int] | None:
         """(device, inode) of the file at the database's path now, None when there is none."""
@@ -298,15 +253,15 @@ class DbAgent:
         generation from it. Nothing of it is ever appended to the old file's history: the
         identity moves to the new file only once its first snapshot is in the spool, so a
         failure here is tried again from the start at the next turn."""
-        self._disconnect()
+        self.disconnect()
         # The path may lead elsewhere now (a symbolic link pointed at another file): the
         # WAL and wal-index read are those beside the file it leads to.
         real = os.path.realpath(self.path)
         self.walfile.wal_path, self.walfile.shm_path = real + "-wal", real + "-shm"
-        identity = self._connect_stable()
+        identity = self.connect_stable()
         hdr = self.walfile.header()
         if hdr is not None and self.pos.frame and (hdr.salt1, hdr.salt2) == (self.pos.salt1, self.pos.salt2):
-            self._disconnect()
+            self.disconnect()
             raise DatabaseError(
                 f"{self.path}: the database file was replaced but the replaced database's WAL is still "
                 f"beside it ({self.wal_path}), and SQLite applies it to the new file; remove the -wal and "
@@ -314,7 +269,7 @@ class DbAgent:
         self.new_generation(f"{reason}: replicating the new file", logging.WARNING)
         self.identity = identity
 
-    def _connect_stable(self, expect: tuple[int, int] | None = None) -> tuple[int, int]:
+    def connect_stable(self, expect: tuple[int, int] | None = None) -> tuple[int, int]:
         """Connect to the file at the database's path and return its identity, when it was
         the same file before and after connecting, and the one ``expect``-ed if given (else
         it was being replaced: raise, connections closed)."""
@@ -323,117 +278,9 @@ class DbAgent:
             raise DatabaseError(f"database does not exist: {self.path}")
         self._connect()
         if self._path_identity() != before or expect not in (None, before):
-            self._disconnect()
+            self.disconnect()
             raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
         return before
-
-    def unpark(self) -> None:
-        """Open the connections of a parked database and continue what was copied.
-
-        When the WAL still holds the frames copied last, the frames after them are copied
-        as usual. When it was restarted or removed meanwhile, the frames committed in
-        between may have been checkpointed and lost to us: the difference between the state
-        copied and the current one is copied as one transaction (``_resync``). A database
-        file replaced, or a page size changed, starts a new generation. Raises
-        WriteLockBusy when the write lock is needed and the app holds it.
-        """
-        if not self.parked:
-            return
-        self.stats["unparks"] += 1
-        reason = self.replaced()
-        if reason is not None:
-            self._parked_marks = None
-            self.adopt_replacement(f"{reason} while parked")
-            return
-        page_size = self.page_size
-        self._connect_stable(expect=self.identity)  # not replaced since the look above
-        self._parked_marks = None
-        try:
-            self._continue_after_parking(page_size)
-        except BaseException:
-            # Parked still, in effect: nothing proves that the commits made meanwhile are
-            # copied, so copied_through must not move on (a resync that failed on a full
-            # disk, or on a WAL truncated under it, left them behind), and the next turn
-            # unparks again.
-            with contextlib.suppress(apsw.Error):
-                self._disconnect()
-            self._parked_marks = ()
-            raise
-
-    def _continue_after_parking(self, page_size: int) -> None:
-        """The part of ``unpark`` after connecting: go on from what was copied before parking."""
-        if self.page_size != page_size:
-            self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
-            return
-        self.begin_read()
-        hdr = self.walfile.header()
-        if self._wal_continues(hdr, self.pos) is None:
-            # R pins the WAL (no restart while it reads) unless the WAL was checkpointed in
-            # full when it began: then it read the database file alone, pins nothing, and
-            # frames after ours could go with a restart before they are copied. Seen from
-            # here: frames up to ours not yet checkpointed prove the first case.
-            backfilled = wal.index_backfilled(self.walfile.read_index())
-            if hdr is not None and backfilled is not None and backfilled < self.pos.frame:
-                return  # ``sync`` copies the frames after ours
-            # Copy what is new and restart R under a seal, as a checkpoint does, so that a
-            # WAL restart from then on is known harmless (else, a new generation).
-            self.checkpointer.cycle(checkpoint=False)
-            return
-        for _attempt in range(_RESYNC_ATTEMPTS):
-            if not self.connections.seal():
-                raise WriteLockBusy(f"{self.path}: the application holds the write lock")
-            try:
-                # Every committed frame, R reading under the seal. No checkpoint: one that
-                # empties the WAL lets the app's next commit restart it, and the next unpark
-                # come here again.
-                view = self.snapshotter.reopen_view(checkpoint=False)
-            except WalChanged:
-                continue
-            finally:
-                self.connections.unseal()
-            try:
-                self._resync(view)
-                return
-            except WalChanged:
-                # R may read the WAL under read lock 0 (it was checkpointed in full), which
-                # does not stop the app from restarting it while the pages are read.
-                continue
-        self.new_generation("the WAL kept changing while the agent read the database it had parked")
-
-    def _resync(self, view: View) -> None:
-        """After a WAL restart while parked, the commits in between may have been
-        checkpointed and their frames lost to us; the state they made is in ``view``
-        (pinned by R, begun under the seal). Copy the difference between the state copied
-        and that one as one transaction: the history passes from one to the other directly."""
-        found = self.snapshotter.scan_view(view, None)
-        old = self.hasher
-        changed = [pgno for pgno in range(1, view.db_size + 1) if found.get(pgno) != old.get(pgno)]
-        if changed or view.db_size != old.page_count:
-            ps = self.page_size
-
-            def pages() -> Iterator[tuple[int, bytes | memoryview]]:
-                for pgno in changed:
-                    index = view.overlay.get(pgno)
-                    if index is not None:
-                        try:
-                            yield pgno, wal.read_page(self.walfile.read_at, view.header, index, pgno)  # type: ignore[arg-type]
-                        except (wal.FrameMismatch, EOFError):
-                            raise WalChanged() from None  # restarted or truncated under the read
-                    else:
-                        reader = self.connections.reader
-                        assert reader is not None  # R pins the view (see above)
-                        yield pgno, reader.read("main", 0, (pgno - 1) * ps, ps)[1]
-
-            tx = TxInfo(self.recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
-            # A restart changes the WAL's header: the pages read from it are the view's if it did not.
-            self.copier.write_segment([tx], view.pos.frame + 1, view.pos, pages(),
-                                changed=lambda: self.walfile.header() != view.header)
-            self.log.info("the WAL was restarted while the database was parked: copied what changed "
-                          "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
-        self.pos = view.pos
-        self.hasher = found
-        self.restart_ok = True  # R began under the seal, and everything it sees is copied
-        self.r_begin_pos = self.pos
 
     def discard_new_state(self) -> None:
         """Remove the state directory after a start that failed, if this agent created it and
@@ -500,7 +347,7 @@ class DbAgent:
         hdr = self.walfile.header()
         if hdr is None:
             return self._resume_from_file(name, path, pos)
-        reason = self._wal_continues(hdr, pos)
+        reason = self.wal_continues(hdr, pos)
         if reason is not None:
             return reason
         self.generation, self.pos = name.generation, pos
@@ -568,7 +415,7 @@ class DbAgent:
         self.log.info("resumed generation %s at segment %d",
                       layout.format_generation(self.generation), self.next_seq)
 
-    def _wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
+    def wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
         """Why the WAL does not continue from ``pos`` (the last position copied), or None."""
         if hdr is None:
             return "the WAL was removed or reset while the agent was stopped"
