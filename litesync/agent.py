@@ -1,5 +1,11 @@
-"""Replication of one database: wake-up, copy of WAL frames to the spool, checkpoints,
-snapshots. Shipping from the spool to replicas lives in ``shipper.py``.
+"""Replication of one database: ``DbAgent`` owns its state (generation, position copied,
+hash of the state copied, the state of ``R``) and drives the parts that act on it: the
+frame copier (``copier.py``), the checkpointer (``checkpointer.py``), the snapshotter
+(``snapshotter.py``) and parking (``parking.py``), over the database's connections
+(``connections.py``) and its WAL file (``walfile.py``). It decides between going on and a
+new generation: at start (resume), when the WAL restarts, when the file is replaced.
+Shipping from the spool to replicas lives in ``shipper.py``; the scheduler that runs the
+agent's turns in ``engine.py`` and ``runner.py``.
 
 Continuity rests on one SQLite rule: while a connection holds a read transaction, no
 writer can restart the WAL past frames it might read, except when the WAL was wholly
@@ -69,7 +75,8 @@ def economize_sqlite_memory() -> None:
 
 
 class DbAgent:
-    """Replicates one database into its local spool."""
+    """Replicates one database into its local spool: the state, and the turn that drives
+    the copier, checkpointer, snapshotter and parking over it (``step``)."""
 
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
                  snapshot_interval: float | None = 4 * 3600, label: str | None = None,
@@ -111,7 +118,7 @@ class DbAgent:
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
         self.restart_ok = False
         self.r_begin_pos = WalPosition()
-        self.r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
+        self.r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see Checkpointer.cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
