@@ -1,5 +1,11 @@
-"""Replication of one database: wake-up, copy of WAL frames to the spool, checkpoints,
-snapshots. Shipping from the spool to replicas lives in ``shipper.py``.
+"""Replication of one database: ``DbAgent`` owns its state (generation, position copied,
+hash of the state copied, the state of ``R``) and drives the parts that act on it: the
+frame copier (``copier.py``), the checkpointer (``checkpointer.py``), the snapshotter
+(``snapshotter.py``) and parking (``parking.py``), over the database's connections
+(``connections.py``) and its WAL file (``walfile.py``). It decides between going on and a
+new generation: at start (resume), when the WAL restarts, when the file is replaced.
+Shipping from the spool to replicas lives in ``shipper.py``; the scheduler that runs the
+agent's turns in ``engine.py`` and ``runner.py``.
 
 Continuity rests on one SQLite rule: while a connection holds a read transaction, no
 writer can restart the WAL past frames it might read, except when the WAL was wholly
@@ -13,15 +19,13 @@ explain after a restart of its own process, starts a new generation with a new s
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import apsw
 
@@ -30,52 +34,23 @@ from .layout import state_dir_for
 from .status import LOCK_FILE
 from .dbhash import DbHash, page_hash
 from .engine import Signal
-from .errors import DatabaseError, LitesyncError
-from .connections import Connections
-from .livedb import View, WalChanged, read_view, wal_overlay
+from .errors import DatabaseError
+from .connections import Connections, WriteLockBusy
+from .livedb import WalChanged
 from .logs import Labelled
-from .progress import LogProgress, format_size
-from .segment import (NO_LINK, SegmentHeader, SegmentReader, SegmentWriter, SnapshotHeader,
-                      SnapshotReader, SnapshotWriter, TX_CHECKSUM_KNOWN, TxInfo, WalPosition)
+from .segment import (NO_LINK, SegmentHeader, SegmentReader, SnapshotHeader,
+                      SnapshotReader, WalPosition)
+from .checkpointer import Checkpointer
+from .copier import Diverged, FrameCopier
+from .parking import Parking
+from .snapshotter import Snapshotter, now_ms
 from .spool import Spool
+from .walfile import WalFile
 
 log = logging.getLogger(__name__)
 
-# The WAL frames of one shipment are read at once when they take at most this much;
-# larger shipments read the WAL page by page, twice, which keeps the agent's RSS flat.
-_KEEP_IN_MEMORY = 8 << 20
-# A checkpoint seal copies at most this much uncopied WAL under the write lock; a longer
-# tail is first copied without the lock (up to _TAIL_ATTEMPTS times).
-_MAX_TAIL = 512 << 10
-_TAIL_ATTEMPTS = 3
 # The wal-index unusable this long (s): the agent takes the write lock once, which repairs it.
 _INDEX_REPAIR_AFTER = 0.5
-# A file modified within this long of a stat may be written again with the same times
-# (the kernel's file times advance by clock ticks of a few milliseconds): see DbAgent._racy.
-_RACY_SECONDS = 0.05
-_RESYNC_ATTEMPTS = 3  # reads of a parked database's state that the WAL may interrupt
-# A WAL file larger than a database's max-wal-size is truncated once copied; a try that
-# fails (an app's reader kept the WAL in use) waits this long, doubling up to the second.
-_TRUNCATE_RETRY = (1.0, 30.0)
-# Freeing a large file's blocks takes long (100 ms for 344 MB here), and a TRUNCATE
-# checkpoint does it under the write lock: the dead end of a large WAL is cut first, this
-# much per brief seal, with a pause between for the app's writers.
-_SHRINK_STEP = 32 << 20
-_SHRINK_PAUSE = 0.005
-
-
-class WriteLockBusy(DatabaseError):
-    """The application held the write lock for longer than a seal may wait; retryable."""
-
-    retryable = True
-
-
-class _Diverged(Exception):
-    """The WAL's committed frames do not continue what was copied: a new generation starts."""
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 _sqlite_memory_economized = False
@@ -100,23 +75,18 @@ def economize_sqlite_memory() -> None:
 
 
 class DbAgent:
-    """Replicates one database into its local spool."""
+    """Replicates one database into its local spool: the state, and the turn that drives
+    the copier, checkpointer, snapshotter and parking over it (``step``)."""
 
     def __init__(self, db_path: str, *, checkpoint_pages: int = 1000,
                  snapshot_interval: float | None = 4 * 3600, label: str | None = None,
                  db_id: str | None = None, max_wal_size: int = 64 << 20) -> None:
         self.path = os.path.abspath(db_path)
         self.db_id = db_id or layout.default_db_id(self.path)  # written into every object (see DbConfig)
-        # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
-        # the file it leads to: so does the agent. The state directory stays by the name.
-        self.wal_path = os.path.realpath(self.path) + "-wal"
-        self.shm_path = os.path.realpath(self.path) + "-shm"
         self.label = label or self.path
         self.log = Labelled(log, self.label)
         self.checkpoint_pages = checkpoint_pages
         self.max_wal_size = max_wal_size
-        self._truncate_at = 0.0  # (monotonic) not before: see truncate_wal
-        self._truncate_wait = _TRUNCATE_RETRY[0]
         self.snapshot_interval = snapshot_interval
         self.state_dir = state_dir_for(self.path)
         self._made_state_dir = not os.path.isdir(self.state_dir)  # see discard_new_state
@@ -125,7 +95,7 @@ class DbAgent:
         self.snapshot_requested = Signal()
         # Generation ids must grow whatever the clock does: a replica may hold a newer one.
         self.generation_floor = 0
-        self._last_recorded_ms = 0  # see _recorded_ms
+        self.last_recorded_ms = 0  # see recorded_ms
         self.newer_generation_seen = threading.Event()
         self.generation = 0
         self.next_seq = 0
@@ -134,31 +104,35 @@ class DbAgent:
         self.hasher = DbHash()
         self.page_size = 0
         self.last_snapshot_at = 0.0
-        self._snapshot_at: tuple[int, int] | None = None  # (generation, seq) of our last snapshot
-        self._snapshot_checked_at = 0.0  # when an unchanged database last stood in for a snapshot
         self.stats: dict[str, float] = {"segments": 0, "transactions": 0, "checkpoints": 0, "snapshots": 0,
                                         "generations": 0, "max_wal_bytes": 0, "snapshot_seconds": 0.0,
                                         "seals": 0, "seal_seconds": 0.0, "max_seal_seconds": 0.0,
                                         "wal_truncations": 0, "wal_shrinks": 0,
                                         "parks": 0, "unparks": 0, "errors": 0}
+        # SQLite follows a symbolic link to the database and keeps its -wal and -shm beside
+        # the file it leads to: so does the agent. The state directory stays by the name.
+        self.walfile = WalFile(os.path.realpath(self.path) + "-wal", os.path.realpath(self.path) + "-shm",
+                               self.stats)
         # (t, generation, next_seq): every transaction committed before wall time t is in
         # the spool, in segments before next_seq of that generation.
         self.copied_through: tuple[float, int, int] = (0.0, 0, 0)
-        self._restart_ok = False
-        self._r_begin_pos = WalPosition()
-        self._r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see _cycle)
+        self.restart_ok = False
+        self.r_begin_pos = WalPosition()
+        self.r_on_lock0 = False  # R began under the seal on a WAL checkpointed in full (see Checkpointer.cycle)
         self._file_at_read: tuple[int, int, int] | None = None  # the database file's stat when R began
-        self._wal_fd: int | None = None
-        self._shm_fd: int | None = None
         self._lock_fd: int | None = None
         self.identity: tuple[int, int] | None = None  # (device, inode) of the database file, once open
         # R (the reader) holds the read transaction that pins the WAL; W (the sealer) takes the
         # write lock (the seal) and checkpoints outside it (see connections.py).
         self.connections = Connections(self.path, self.log, self.stats)
-        # A frame follows the committed ones: a commit is probably in flight (see _frame_follows).
-        self.in_flight = False
-        self._index_unknown_since: float | None = None  # since when the wal-index could not be used
-        self._parked_marks: tuple | None = None  # while parked (see ``park``): the files' stat at parking
+        # Copies the committed frames into the spool, advancing this agent's position.
+        self.copier = FrameCopier(self, self.walfile)
+        # Checkpoints the WAL under brief seals and truncates it when it grew too large.
+        self.checkpointer = Checkpointer(self)
+        # Writes snapshots, and with them new generations.
+        self.snapshotter = Snapshotter(self)
+        # Closes the connections of an idle database, and opens them again.
+        self.parking = Parking(self)
 
     # -- connections -----------------------------------------------------------------
 
@@ -201,6 +175,19 @@ class DbAgent:
         self.page_size = self.connections.open()
 
     @property
+    def wal_path(self) -> str:
+        return self.walfile.wal_path
+
+    @property
+    def shm_path(self) -> str:
+        return self.walfile.shm_path
+
+    @property
+    def in_flight(self) -> bool:
+        """A frame follows the committed ones: a commit is probably in flight (see copier.py)."""
+        return self.copier.in_flight
+
+    @property
     def is_open(self) -> bool:
         """True once ``open`` made the connections."""
         return self.connections.is_open
@@ -211,91 +198,44 @@ class DbAgent:
         return self._lock_fd is not None
 
     def close(self) -> None:
-        self._disconnect()
+        self.disconnect()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _disconnect(self) -> None:
+    def disconnect(self) -> None:
         """Close the connections, then the agent's own descriptors of the -wal and -shm
         (closing those while a connection of this process is open would drop its locks)."""
         self.connections.end_read()
         # Whatever R pinned is gone: a WAL restart proves nothing until R reads again
         # under a seal with everything copied.
-        self._restart_ok = False
+        self.restart_ok = False
         self.connections.close()
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
-        if self._shm_fd is not None:
-            os.close(self._shm_fd)
-            self._shm_fd = None
+        self.walfile.close()
 
-    # -- parking: an idle database without connections -------------------------------
+    # -- parking: an idle database without connections (see parking.py) --------------
 
     @property
     def parked(self) -> bool:
-        return self._parked_marks is not None
-
-    def _file_marks(self) -> tuple[float, tuple]:
-        """(when, what a stat of the database and its -wal says: identity, size, times).
-        Any write changes them, but one in the same tick of the file-system clock as the
-        stat keeps the times: see ``_racy``."""
-        taken = time.time()
-        marks: list[tuple[int, int, int, int, int] | None] = []
-        for path in (self.path, self.wal_path):
-            try:
-                st = os.stat(path)
-                marks.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            except FileNotFoundError:
-                marks.append(None)
-        return taken, tuple(marks)
-
-    @staticmethod
-    def _racy(taken: float, marks: tuple) -> bool:
-        """True when a file was modified so close to ``taken`` that a later write may have
-        left its times as they were (the file-system clock is coarse): the marks prove nothing."""
-        newest = max((max(m[3], m[4]) for m in marks if m is not None), default=0)
-        return newest >= (taken - _RACY_SECONDS) * 1e9
+        return self.parking.parked
 
     def park(self) -> bool:
         """Close every connection and descriptor but the agent lock, once all that is
-        committed is copied; return whether it did. Parked, the agent pins nothing: the
-        application may checkpoint and restart the WAL, which ``unpark`` must account for."""
-        if self.parked or not self.is_open or self.connections.sealed:
-            return False
-        # The marks are taken before the last look: a commit after them changes them.
-        taken, marks = self._file_marks()
-        if self._racy(taken, marks):
-            return False  # written a moment ago: not idle, and the marks could not tell
-        if self.sync() or self.in_flight or self._index_unknown_since is not None:
-            return False  # something arrived, or may be arriving: not idle
-        self._disconnect()
-        self._parked_marks = marks
-        self.stats["parks"] += 1
-        return True
+        committed is copied; return whether it did (see ``Parking.park``)."""
+        return self.parking.park()
 
     def release(self) -> None:
-        """Let go of the WAL without copying what is new, because the spool cannot be
-        written (its disk full): the connections close, so R no longer pins the WAL, and the
-        application's own checkpoints can reuse it. Parked, with work to do: ``unpark``
-        copies what is new, or, when the WAL was restarted meanwhile, what changed as one
-        transaction (``_resync``). Nothing to release before the first snapshot."""
-        if self.parked or not self.is_open or self.connections.sealed or not self.generation:
-            return
-        self._disconnect()
-        self._parked_marks = ()  # unlike any stat: the next turn unparks
+        """Let go of the WAL without copying what is new, the spool unwritable (see ``Parking.release``)."""
+        self.parking.release()
 
     def parked_unchanged(self) -> bool:
-        """True while parked and neither the database nor its WAL changed since (a stat each):
-        then everything committed so far is copied, as ``copied_through`` now says."""
-        if not self._parked_marks:
-            return False
-        taken, marks = self._file_marks()
-        if marks != self._parked_marks:
-            return False
-        self.copied_through = (taken, self.generation, self.next_seq)
-        return True
+        """True while parked and neither the database nor its WAL changed since (see ``Parking.parked_unchanged``)."""
+        return self.parking.parked_unchanged()
+
+    def unpark(self) -> None:
+        """Open the connections of a parked database and continue what was copied (see
+        ``Parking.unpark``); raises WriteLockBusy when the write lock is needed and the app holds it."""
+        self.parking.unpark()
 
     def _path_identity(self) -> tuple[int, int] | None:
         """(device, inode) of the file at the database's path now, None when there is none."""
@@ -320,15 +260,15 @@ class DbAgent:
         generation from it. Nothing of it is ever appended to the old file's history: the
         identity moves to the new file only once its first snapshot is in the spool, so a
         failure here is tried again from the start at the next turn."""
-        self._disconnect()
+        self.disconnect()
         # The path may lead elsewhere now (a symbolic link pointed at another file): the
         # WAL and wal-index read are those beside the file it leads to.
         real = os.path.realpath(self.path)
-        self.wal_path, self.shm_path = real + "-wal", real + "-shm"
-        identity = self._connect_stable()
-        hdr = self._wal_header()
+        self.walfile.wal_path, self.walfile.shm_path = real + "-wal", real + "-shm"
+        identity = self.connect_stable()
+        hdr = self.walfile.header()
         if hdr is not None and self.pos.frame and (hdr.salt1, hdr.salt2) == (self.pos.salt1, self.pos.salt2):
-            self._disconnect()
+            self.disconnect()
             raise DatabaseError(
                 f"{self.path}: the database file was replaced but the replaced database's WAL is still "
                 f"beside it ({self.wal_path}), and SQLite applies it to the new file; remove the -wal and "
@@ -336,7 +276,7 @@ class DbAgent:
         self.new_generation(f"{reason}: replicating the new file", logging.WARNING)
         self.identity = identity
 
-    def _connect_stable(self, expect: tuple[int, int] | None = None) -> tuple[int, int]:
+    def connect_stable(self, expect: tuple[int, int] | None = None) -> tuple[int, int]:
         """Connect to the file at the database's path and return its identity, when it was
         the same file before and after connecting, and the one ``expect``-ed if given (else
         it was being replaced: raise, connections closed)."""
@@ -345,117 +285,9 @@ class DbAgent:
             raise DatabaseError(f"database does not exist: {self.path}")
         self._connect()
         if self._path_identity() != before or expect not in (None, before):
-            self._disconnect()
+            self.disconnect()
             raise DatabaseError(f"{self.path}: the database file changed while the agent opened it; will retry")
         return before
-
-    def unpark(self) -> None:
-        """Open the connections of a parked database and continue what was copied.
-
-        When the WAL still holds the frames copied last, the frames after them are copied
-        as usual. When it was restarted or removed meanwhile, the frames committed in
-        between may have been checkpointed and lost to us: the difference between the state
-        copied and the current one is copied as one transaction (``_resync``). A database
-        file replaced, or a page size changed, starts a new generation. Raises
-        WriteLockBusy when the write lock is needed and the app holds it.
-        """
-        if not self.parked:
-            return
-        self.stats["unparks"] += 1
-        reason = self.replaced()
-        if reason is not None:
-            self._parked_marks = None
-            self.adopt_replacement(f"{reason} while parked")
-            return
-        page_size = self.page_size
-        self._connect_stable(expect=self.identity)  # not replaced since the look above
-        self._parked_marks = None
-        try:
-            self._continue_after_parking(page_size)
-        except BaseException:
-            # Parked still, in effect: nothing proves that the commits made meanwhile are
-            # copied, so copied_through must not move on (a resync that failed on a full
-            # disk, or on a WAL truncated under it, left them behind), and the next turn
-            # unparks again.
-            with contextlib.suppress(apsw.Error):
-                self._disconnect()
-            self._parked_marks = ()
-            raise
-
-    def _continue_after_parking(self, page_size: int) -> None:
-        """The part of ``unpark`` after connecting: go on from what was copied before parking."""
-        if self.page_size != page_size:
-            self.new_generation(f"the page size changed from {page_size} to {self.page_size} while parked")
-            return
-        self._begin_read()
-        hdr = self._wal_header()
-        if self._wal_continues(hdr, self.pos) is None:
-            # R pins the WAL (no restart while it reads) unless the WAL was checkpointed in
-            # full when it began: then it read the database file alone, pins nothing, and
-            # frames after ours could go with a restart before they are copied. Seen from
-            # here: frames up to ours not yet checkpointed prove the first case.
-            backfilled = wal.index_backfilled(self._read_index())
-            if hdr is not None and backfilled is not None and backfilled < self.pos.frame:
-                return  # ``sync`` copies the frames after ours
-            # Copy what is new and restart R under a seal, as a checkpoint does, so that a
-            # WAL restart from then on is known harmless (else, a new generation).
-            self._cycle(checkpoint=False)
-            return
-        for _attempt in range(_RESYNC_ATTEMPTS):
-            if not self.connections.seal():
-                raise WriteLockBusy(f"{self.path}: the application holds the write lock")
-            try:
-                # Every committed frame, R reading under the seal. No checkpoint: one that
-                # empties the WAL lets the app's next commit restart it, and the next unpark
-                # come here again.
-                view = self._reopen_view(checkpoint=False)
-            except WalChanged:
-                continue
-            finally:
-                self.connections.unseal()
-            try:
-                self._resync(view)
-                return
-            except WalChanged:
-                # R may read the WAL under read lock 0 (it was checkpointed in full), which
-                # does not stop the app from restarting it while the pages are read.
-                continue
-        self.new_generation("the WAL kept changing while the agent read the database it had parked")
-
-    def _resync(self, view: View) -> None:
-        """After a WAL restart while parked, the commits in between may have been
-        checkpointed and their frames lost to us; the state they made is in ``view``
-        (pinned by R, begun under the seal). Copy the difference between the state copied
-        and that one as one transaction: the history passes from one to the other directly."""
-        found = self._scan_view(view, None)
-        old = self.hasher
-        changed = [pgno for pgno in range(1, view.db_size + 1) if found.get(pgno) != old.get(pgno)]
-        if changed or view.db_size != old.page_count:
-            ps = self.page_size
-
-            def pages() -> Iterator[tuple[int, bytes | memoryview]]:
-                for pgno in changed:
-                    index = view.overlay.get(pgno)
-                    if index is not None:
-                        try:
-                            yield pgno, wal.read_page(self._wal_read_at, view.header, index, pgno)  # type: ignore[arg-type]
-                        except (wal.FrameMismatch, EOFError):
-                            raise WalChanged() from None  # restarted or truncated under the read
-                    else:
-                        reader = self.connections.reader
-                        assert reader is not None  # R pins the view (see above)
-                        yield pgno, reader.read("main", 0, (pgno - 1) * ps, ps)[1]
-
-            tx = TxInfo(self._recorded_ms(), view.db_size, len(changed), found.value, TX_CHECKSUM_KNOWN)
-            # A restart changes the WAL's header: the pages read from it are the view's if it did not.
-            self._write_segment([tx], view.pos.frame + 1, view.pos, pages(),
-                                changed=lambda: self._wal_header() != view.header)
-            self.log.info("the WAL was restarted while the database was parked: copied what changed "
-                          "(%d page%s) as one transaction", len(changed), "" if len(changed) == 1 else "s")
-        self.pos = view.pos
-        self.hasher = found
-        self._restart_ok = True  # R began under the seal, and everything it sees is copied
-        self._r_begin_pos = self.pos
 
     def discard_new_state(self) -> None:
         """Remove the state directory after a start that failed, if this agent created it and
@@ -463,8 +295,8 @@ class DbAgent:
         if self._made_state_dir and self._lock_fd is None and not self.spool.objects():
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    def _begin_read(self) -> None:
-        self._r_on_lock0 = False
+    def begin_read(self) -> None:
+        self.r_on_lock0 = False
         self.connections.begin_read()
         self._file_at_read = self._file_stat()  # after R holds its read lock: see _file_differs
 
@@ -475,28 +307,6 @@ class DbAgent:
         except FileNotFoundError:
             return None
         return st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-    # -- WAL access --------------------------------------------------------------------
-
-    def _wal_read_at(self, offset: int, size: int) -> bytes:
-        if self._wal_fd is None:
-            try:
-                self._wal_fd = os.open(self.wal_path, os.O_RDONLY)
-            except FileNotFoundError:
-                return b""
-        return os.pread(self._wal_fd, size, offset)
-
-    def _wal_header(self) -> wal.WalHeader | None:
-        """The WAL's header; None when there is no WAL, or none by the wal-index (restarted,
-        nothing written since)."""
-        hdr = wal.WalHeader.parse(self._wal_read_at(0, wal.WAL_HEADER_SIZE))
-        if hdr is not None and wal.index_restarted(self._read_index(), hdr):
-            return None
-        if hdr is not None:
-            size = os.fstat(self._wal_fd).st_size  # type: ignore[arg-type]
-            if size > self.stats["max_wal_bytes"]:
-                self.stats["max_wal_bytes"] = size
-        return hdr
 
     # -- state -----------------------------------------------------------------------
 
@@ -541,42 +351,42 @@ class DbAgent:
             return f"page size changed from {h.page_size} to {self.page_size}"
         if h.db_id is not None and h.db_id != self.db_id:
             return f"the database id changed from {h.db_id!r} to {self.db_id!r}"
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if hdr is None:
             return self._resume_from_file(name, path, pos)
-        reason = self._wal_continues(hdr, pos)
+        reason = self.wal_continues(hdr, pos)
         if reason is not None:
             return reason
         self.generation, self.pos = name.generation, pos
-        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+        self.last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
         # Copy what was committed while the agent was away: all but the last transaction
         # outside the seal (its checksums unknown: the hash of the state at ``pos`` is not
         # kept), R pinning those frames meanwhile; the rest under the seal, after which the
         # view is read in full and its checksum recorded with the last transaction.
-        self._begin_read()
+        self.begin_read()
         try:
-            txs, read_at = self._uncopied(hdr)
-        except _Diverged as e:
+            txs, read_at = self.copier.uncopied(hdr)
+        except Diverged as e:
             return str(e)
         if len(txs) > 1:
-            self._ship(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
+            self.copier.spool_transactions(txs[:-1], hdr, read_at, recheck=hdr, checksums_known=False)
         if not self.connections.seal():
             self.connections.end_read()
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
-            if self._wal_header() != hdr:
+            if self.walfile.header() != hdr:
                 return "the WAL was restarted while the agent was resuming"
             try:
-                txs, read_at = self._uncopied(hdr)
-            except _Diverged as e:
+                txs, read_at = self.copier.uncopied(hdr)
+            except Diverged as e:
                 return str(e)
-            tail = self._capture(hdr, txs, read_at)
-            view = self._reopen_view()
+            tail = self.copier.capture(hdr, txs, read_at)
+            view = self.snapshotter.reopen_view()
         finally:
             self.connections.unseal()
-        new_hash = self._scan_view(view, None)
+        new_hash = self.snapshotter.scan_view(view, None)
         if txs:
-            self._ship(txs, hdr, tail.read_at, final_hash=new_hash)
+            self.copier.spool_transactions(txs, hdr, tail.read_at, final_hash=new_hash)
         elif new_hash.value != self._spool_checksum(name, path):
             return "the database changed while the agent was stopped without a trace in the WAL"
         self._resumed(new_hash)
@@ -589,30 +399,30 @@ class DbAgent:
         if not self.connections.seal():
             raise WriteLockBusy(f"{self.path}: the application holds the write lock")
         try:
-            if self._wal_header() is not None:
+            if self.walfile.header() is not None:
                 raise WalChanged()
-            view = self._reopen_view(checkpoint=False)
+            view = self.snapshotter.reopen_view(checkpoint=False)
         finally:
             self.connections.unseal()
-        found = self._scan_view(view, None)
+        found = self.snapshotter.scan_view(view, None)
         if found.value != self._spool_checksum(name, path):
             return "the WAL was removed or reset while the agent was stopped"
         self.generation, self.pos = name.generation, pos
-        self._last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
+        self.last_recorded_ms = name.created_ms if isinstance(name, layout.SnapshotName) else name.last_commit_ms
         self._resumed(found)
         return None
 
     def _resumed(self, hasher: DbHash) -> None:
         """Resumed at ``self.pos`` with ``hasher`` the state copied, R begun under the seal with all of it copied."""
         self.hasher = hasher
-        self._restart_ok = True
-        self._r_begin_pos = self.pos
+        self.restart_ok = True
+        self.r_begin_pos = self.pos
         # The interval runs from the generation's newest snapshot still in the spool, or from now.
         self.last_snapshot_at = self.spool.last_snapshot_time(self.generation) or time.time()
         self.log.info("resumed generation %s at segment %d",
                       layout.format_generation(self.generation), self.next_seq)
 
-    def _wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
+    def wal_continues(self, hdr: wal.WalHeader | None, pos: WalPosition) -> str | None:
         """Why the WAL does not continue from ``pos`` (the last position copied), or None."""
         if hdr is None:
             return "the WAL was removed or reset while the agent was stopped"
@@ -622,7 +432,7 @@ class DbAgent:
             if (hdr.checksum1, hdr.checksum2) != (pos.checksum1, pos.checksum2):
                 return "the WAL header changed while the agent was stopped"
             return None
-        fh = self._wal_read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
+        fh = self.walfile.read_at(hdr.frame_offset(pos.frame), wal.FRAME_HEADER_SIZE)
         if len(fh) < wal.FRAME_HEADER_SIZE or fh[8:24] != (
                 pos.salt1.to_bytes(4, "big") + pos.salt2.to_bytes(4, "big")
                 + pos.checksum1.to_bytes(4, "big") + pos.checksum2.to_bytes(4, "big")):
@@ -644,109 +454,10 @@ class DbAgent:
 
     # -- copying frames ------------------------------------------------------------
 
-    @dataclass
-    class _Tail:
-        """WAL bytes read once, from offset ``base``; reads past them go to ``fallback``,
-        or find nothing without one (a tail kept after the WAL may have restarted)."""
-        base: int
-        data: bytes
-        fallback: Callable[[int, int], bytes] | None = None
-
-        def read_at(self, offset: int, size: int) -> bytes | memoryview:
-            start = offset - self.base
-            if 0 <= start and start + size <= len(self.data):
-                return memoryview(self.data)[start:start + size]
-            if self.fallback is None:
-                return self.data[start:start + size] if start >= 0 else b""
-            if 0 <= start < len(self.data):
-                return self.data[start:] + self.fallback(offset + len(self.data) - start,
-                                                         size - len(self.data) + start)
-            return self.fallback(offset, size)
-
-    def _read_index(self) -> bytes:
-        """The wal-index header's two copies and nBackfill, from the -shm file (b"" when there is none).
-
-        The descriptor stays open until ``close``: closing one drops SQLite's locks."""
-        if self._shm_fd is None:
-            try:
-                self._shm_fd = os.open(self.shm_path, os.O_RDONLY)
-            except OSError:
-                return b""
-        return os.pread(self._shm_fd, wal.INDEX_READ_SIZE, 0)
-
-    def _index_frames(self, hdr: wal.WalHeader) -> int | None:
-        """The WAL's frame count by the wal-index (the -shm file), when it can be read."""
-        return wal.index_frames(self._read_index(), hdr)
-
-    def _uncopied(self, hdr: wal.WalHeader) -> tuple[list[wal.Transaction], wal.ReadAt]:
-        """The committed transactions after our position (complete when called under the
-        seal), and a reader that serves their frames from memory where it can.
-
-        Committed means counted by the wal-index (mxFrame), never merely "checksums chain":
-        an app killed between writing its frames and updating the wal-index wrote frames
-        that SQLite discards. Those frames are read in one call (up to _KEEP_IN_MEMORY),
-        checked, and the same bytes are shipped. Raises _Diverged when the committed frames
-        do not continue the ones copied, WalChanged when the WAL changed under the read.
-        """
-        self.in_flight = False
-        committed = self._index_frames(hdr)
-        if committed is None:
-            # A restart or a wal-index update half done: nothing can be proven committed yet.
-            self.in_flight = True
-            if self._index_unknown_since is None:
-                self._index_unknown_since = time.monotonic()
-            return [], self._wal_read_at
-        self._index_unknown_since = None
-        if committed < self.pos.frame:
-            self._check_unchanged(hdr, committed)
-            raise _Diverged(f"the wal-index counts {committed} committed WAL frames, "
-                            f"fewer than the {self.pos.frame} already copied")
-        if committed == self.pos.frame:
-            self.in_flight = self._frame_follows(hdr, committed)
-            return [], self._wal_read_at
-        start = self.pos.frame + 1
-        expect = committed - self.pos.frame
-        base = hdr.frame_offset(start)
-        size = min(expect, max(1, _KEEP_IN_MEMORY // hdr.frame_size)) * hdr.frame_size
-        read_at = DbAgent._Tail(base, self._wal_read_at(base, size), self._wal_read_at).read_at
-        state = (self.pos.checksum1, self.pos.checksum2)
-        txs = list(wal.scan(read_at, hdr, start, state, max_frames=expect, expect=expect))
-        end = txs[-1].end_index if txs else self.pos.frame
-        if end != committed:
-            self._check_unchanged(hdr, committed)
-            raise _Diverged(f"WAL frame {end + 1} does not continue the frames already copied "
-                            f"(the wal-index counts {committed} committed)")
-        self.in_flight = self._frame_follows(hdr, committed)
-        return txs, read_at
-
-    def _check_unchanged(self, hdr: wal.WalHeader, committed: int) -> None:
-        """Raise WalChanged unless the WAL header and the wal-index still say what they
-        said when ``committed`` was read: a break seen during a restart proves nothing."""
-        if self._wal_header() != hdr or self._index_frames(hdr) != committed:
-            raise WalChanged()
-
-    def _frame_follows(self, hdr: wal.WalHeader, committed: int) -> bool:
-        """True when a frame with this WAL's salts follows the committed ones: a commit is
-        likely being written (the wal-index is updated after its frames, without a file
-        event), so the loop looks again soon."""
-        fh = self._wal_read_at(hdr.frame_offset(committed + 1), wal.FRAME_HEADER_SIZE)
-        salts = hdr.salt1.to_bytes(4, "big") + hdr.salt2.to_bytes(4, "big")
-        return len(fh) == wal.FRAME_HEADER_SIZE and fh[8:16] == salts
-
-    def _capture(self, hdr: wal.WalHeader, txs: list[wal.Transaction],
-                 read_at: wal.ReadAt) -> "DbAgent._Tail":
-        """Copy the frames of ``txs`` into memory, so they can be shipped after the WAL restarts.
-
-        Only committed frames: the file may hold stale frames of an earlier WAL after them.
-        """
-        base = hdr.frame_offset(self.pos.frame + 1)
-        end = hdr.frame_offset(txs[-1].end_index + 1) if txs else base
-        return DbAgent._Tail(base, bytes(read_at(base, end - base)))
-
-    def _restart_harmless(self) -> bool:
+    def restart_harmless(self) -> bool:
         """True when a WAL restart cannot have dropped uncopied frames: ``R`` began under a
         seal with everything copied, and nothing was copied since."""
-        return self._restart_ok and self.connections.reading and self.pos == self._r_begin_pos
+        return self.restart_ok and self.connections.reading and self.pos == self.r_begin_pos
 
     def _file_differs(self) -> str | None:
         """Why the database file is not the state copied last, or None. Meaningful while a
@@ -775,12 +486,12 @@ class DbAgent:
     def sync(self) -> int:
         """Copy newly committed transactions into the spool; return how many."""
         t0 = time.time()
-        hdr = self._wal_header()
+        hdr = self.walfile.header()
         if hdr is None:
             self.copied_through = (t0, self.generation, self.next_seq)
             return 0
         if hdr.salts != (self.pos.salt1, self.pos.salt2):
-            if not self._restart_harmless():
+            if not self.restart_harmless():
                 self.new_generation("the WAL was restarted before all its frames were copied")
                 return 0
             changed = self._file_differs()
@@ -789,318 +500,41 @@ class DbAgent:
                 return 0
             self.log.debug("WAL restarted (salts %08x %08x)", hdr.salt1, hdr.salt2)
             self.pos = WalPosition(hdr.salt1, hdr.salt2, 0, hdr.checksum1, hdr.checksum2)
-            self._restart_ok = False
+            self.restart_ok = False
         try:
-            txs, read_at = self._uncopied(hdr)
+            txs, read_at = self.copier.uncopied(hdr)
         except WalChanged:
             return 0
-        except _Diverged as e:
+        except Diverged as e:
             self.new_generation(str(e))
             return 0
         if txs:
             try:
-                self._ship(txs, hdr, read_at, recheck=hdr)
+                self.copier.spool_transactions(txs, hdr, read_at, recheck=hdr)
             except WalChanged:
                 return 0
-            self._restart_ok = False
+            self.restart_ok = False
         self.copied_through = (t0, self.generation, self.next_seq)
         return len(txs)
 
-    def _ship(self, txs: list[wal.Transaction], hdr: wal.WalHeader, read_at: wal.ReadAt,
-              *, recheck: wal.WalHeader | None = None, final_hash: DbHash | None = None,
-              checksums_known: bool = True) -> None:
-        """Write ``txs`` as the next segment in the spool and advance the position.
-
-        With ``final_hash`` (after a restart of the agent) only the state after the last
-        transaction is known; without ``checksums_known`` none is, and the incremental hash
-        is left as it was (a later segment records the checksum).
-        """
-        commit_ms = self._recorded_ms()
-        # Last frame of each page per transaction; a page written twice ships once. Pages
-        # past the size in the commit frame are not part of the database: a transaction
-        # that spilled its cache, then shrank the file (auto_vacuum), wrote them.
-        per_tx = []
-        total = 0
-        for tx in txs:
-            latest: dict[int, int] = {}
-            for fr in tx.frames:
-                if fr.pgno <= tx.db_size:
-                    latest[fr.pgno] = fr.index
-            per_tx.append(latest)
-            total += len(latest)
-        # The frames of ``txs`` lie back to back: read them with one call when they fit in
-        # memory, else page by page (twice: to hash, then to compress).
-        first = txs[0].frames[0].index
-        span = (txs[-1].end_index - first + 1) * hdr.frame_size
-        keep = span <= _KEEP_IN_MEMORY
-        if keep:
-            block = memoryview(read_at(hdr.frame_offset(first), span))
-            if len(block) != span:
-                raise EOFError(f"WAL frames {first}..{txs[-1].end_index}: short read")
-            ps = self.page_size
-
-            def page(index: int) -> bytes | memoryview:
-                off = (index - first) * hdr.frame_size + wal.FRAME_HEADER_SIZE
-                return block[off:off + ps]
-        else:
-            def page(index: int) -> bytes | memoryview:
-                try:
-                    return wal.read_page(read_at, hdr, index)
-                except wal.FrameMismatch:
-                    raise WalChanged() from None
-        # Pass 1: hash each shipped page and compute the database checksum after each tx.
-        changes: dict[int, int] = {}
-        value = self.hasher.value
-        size = self.hasher.page_count
-        infos = []
-        for tx, latest in zip(txs, per_tx):
-            for pgno, index in latest.items():
-                h = page_hash(pgno, page(index))
-                old = changes.get(pgno, self.hasher.get(pgno)) if pgno <= size else 0
-                value ^= old ^ h
-                changes[pgno] = h
-                size = max(size, pgno)
-            for pgno in range(tx.db_size + 1, size + 1):
-                value ^= changes.get(pgno, self.hasher.get(pgno))
-                changes[pgno] = 0
-            size = tx.db_size
-            infos.append([commit_ms, tx.db_size, len(latest), value, TX_CHECKSUM_KNOWN])
-        if recheck is not None and self._wal_header() != recheck:
-            raise WalChanged()
-        if final_hash is not None or not checksums_known:
-            for info in infos:
-                info[3], info[4] = 0, 0
-        if final_hash is not None:
-            infos[-1][3], infos[-1][4] = final_hash.value, TX_CHECKSUM_KNOWN
-        end = txs[-1]
-        pos = WalPosition(hdr.salt1, hdr.salt2, end.end_index, *end.checksum)
-
-        def pages() -> Iterator[tuple[int, bytes | memoryview]]:
-            for latest in per_tx:
-                for pgno, index in latest.items():
-                    yield pgno, page(index)
-
-        changed = None if recheck is None or keep else (lambda: self._wal_header() != recheck)
-        self._write_segment([TxInfo(*i) for i in infos], txs[0].frames[0].index, pos, pages(), changed)
-        # The segment is durable: advance.
-        if final_hash is None and checksums_known:
-            for pgno, h in changes.items():
-                if pgno <= size:
-                    self.hasher.set_hash(pgno, h)
-            self.hasher.truncate(size)
-
-    def _write_segment(self, txs: list[TxInfo], first_frame: int, pos: WalPosition,
-                       pages: Iterable[tuple[int, bytes | memoryview]],
-                       changed: Callable[[], bool] | None = None) -> None:
-        """Write the next segment of this generation, holding ``txs`` (their pages, in
-        order, from ``pages``), into the spool, and advance to WAL position ``pos``. Raises
-        WalChanged, writing nothing, when ``changed`` says the pages read may be wrong."""
-        seq = self.next_seq
-        header = SegmentHeader(self.page_size, self.generation, seq, seq, self.end_link, os.urandom(16),
-                               pos, first_frame, tuple(txs), db_id=self.db_id)
-        name = layout.SegmentName(self.generation, seq, seq, txs[-1].commit_ms)
-        with self.spool.writing(name) as f:
-            w = SegmentWriter(f, header)
-            for pgno, data in pages:
-                w.add_page(pgno, data)
-            w.close()
-        if changed is not None and changed():
-            self.spool.discard(name)
-            raise WalChanged()
-        self.spool.publish(name)
-        self.pos = pos
-        self.next_seq = seq + 1
-        self.end_link = header.end_link
-        self.stats["segments"] += 1
-        self.stats["transactions"] += len(txs)
-
-    # -- checkpoints and views -----------------------------------------------------
-
-    def _reopen_view(self, pages: bool = True, checkpoint: bool = True) -> View:
-        """Under the seal, with every committed frame copied: checkpoint (if asked) and
-        restart ``R``.
-
-        With ``pages`` the view also says where each page of the new read lies (for a full
-        read of the database); without, only the checkpoint and the restart happen.
-        """
-        # Until R reads again under this seal, a WAL restart may drop frames: not harmless.
-        self._restart_ok = False
-        self.connections.end_read()
-        log_frames, ckpt = self.connections.checkpoint() if checkpoint else (0, 0)
-        self._begin_read()
-        hdr = self._wal_header()
-        if not pages:
-            return View(self.pos, hdr, {}, 0)
-        committed = self._index_frames(hdr) if hdr is not None else 0
-        overlay, pos = wal_overlay(self._wal_read_at, hdr, committed, ckpt)
-        if hdr is not None and checkpoint:
-            if pos.frame != log_frames and not (log_frames == 0 and ckpt == 0):
-                self.log.debug("WAL holds %d committed frames, checkpoint reported %d",
-                               pos.frame, log_frames)
-        reader = self.connections.reader
-        assert reader is not None  # a view is read while open
-        db_size = reader.execute("PRAGMA page_count").fetchall()[0][0]
-        assert isinstance(db_size, int)  # page_count answers an integer
-        return View(pos, hdr, overlay, db_size)
+    # -- checkpoints --------------------------------------------------------------
 
     def checkpoint(self) -> bool:
-        """Let the WAL restart without holding the write lock for long; False if a seal failed.
-
-        Two short seals: the first moves ``R`` to the end of the WAL, so that a PASSIVE
-        checkpoint outside any seal can copy nearly every frame into the database; the
-        second takes the few frames committed meanwhile, checkpoints them and restarts
-        ``R``, after which a wholly checkpointed WAL may restart.
-        """
-        # Copy what is committed first, outside any seal: what a seal captures stays small.
-        self.sync()
-        if not self._cycle(checkpoint=False):
-            return False
-        self.connections.checkpoint()
-        self.sync()
-        return self._cycle(checkpoint=True)
+        """Let the WAL restart without holding the write lock for long; False if a seal failed
+        (see ``Checkpointer.checkpoint``)."""
+        return self.checkpointer.checkpoint()
 
     def truncate_wal(self, checkpointed: bool = False) -> bool:
-        """Shrink the WAL file to nothing once every frame in it is copied; return whether it did.
+        """Shrink the WAL file to nothing once every frame in it is copied; return whether it
+        did (see ``Checkpointer.truncate_wal``)."""
+        return self.checkpointer.truncate_wal(checkpointed)
 
-        SQLite reuses a WAL file from its start but never shrinks it: after a burst (or a
-        long reader that kept it from restarting) it keeps its largest size. A checkpoint
-        first copies every frame, checkpoints them and restarts ``R`` under the seal; on a
-        WAL checkpointed in full, ``R`` reads the database file alone, under read lock 0.
-        A TRUNCATE checkpoint then succeeds only if nothing was committed since: a new
-        frame would have to be checkpointed, which needs read lock 0 exclusively, and ``R``
-        holds it. Its restart is the one a reader under read lock 0 lets happen, harmless
-        (see ``sync``): nothing was copied since ``R`` began. A reader of the app's keeps
-        it from restarting; the truncation is tried again later. With ``checkpointed``, the
-        caller's own checkpoint just did the first part.
-        """
-        before = self._wal_file_size()
-        done = ((checkpointed or self.checkpoint()) and self._restart_harmless() and self._r_on_lock0
-                and self._shrink_dead_end() and self._checkpoint_truncate())
-        if not done:
-            self._truncate_at = time.monotonic() + self._truncate_wait
-            self.log.debug("WAL of %d bytes not truncated (in use); next try in %.0fs", before, self._truncate_wait)
-            self._truncate_wait = min(2 * self._truncate_wait, _TRUNCATE_RETRY[1])
-            return False
-        self._truncate_wait = _TRUNCATE_RETRY[0]
-        self.stats["wal_truncations"] += 1
-        self.log.info("WAL truncated from %s (larger than max-wal-size %s)",
-                      format_size(before), format_size(self.max_wal_size))
-        return True
-
-    def _shrink_dead_end(self) -> bool:
-        """Cut the WAL file past its last live frame, _SHRINK_STEP at a time under brief
-        seals (frames past the wal-index's count are dead: left from before a restart, or
-        of a commit never finished); False when a seal was refused."""
-        while self._wal_file_size() > _SHRINK_STEP:
-            if not self.connections.seal():
-                return False
-            try:
-                hdr = self._wal_header()
-                frames = 0 if hdr is None else self._index_frames(hdr)
-                if frames is None:
-                    return True  # the wal-index unusable for now: the TRUNCATE checkpoint decides
-                live = hdr.frame_offset(frames + 1) if hdr is not None and frames else 0
-                size = self._wal_file_size()
-                target = max(live, size - _SHRINK_STEP)
-                if target >= size:
-                    return True
-                # Under the seal no frame is being written: no write can land past the cut.
-                os.truncate(self.wal_path, target)
-            finally:
-                self.connections.unseal()
-            self.stats["wal_shrinks"] += 1
-            time.sleep(_SHRINK_PAUSE)
-        return True
-
-    def _checkpoint_truncate(self) -> bool:
-        """Run a TRUNCATE checkpoint, waiting briefly for locks; True when it emptied the WAL."""
-        def checkpointed_in_full() -> bool:
-            return wal.index_checkpointed_in_full(self._read_index())
-
-        # A frame committed since R began can never be checkpointed while R holds read lock
-        # 0, and the TRUNCATE cannot succeed: it gives up rather than hold the app's writers.
-        return checkpointed_in_full() and self.connections.checkpoint_truncate(checkpointed_in_full)
-
-    def _wal_file_size(self) -> int:
-        """The WAL file's size, 0 when there is none."""
-        self._wal_read_at(0, 0)  # opens it if it exists
-        return os.fstat(self._wal_fd).st_size if self._wal_fd is not None else 0
-
-    def _seal_small_tail(self) -> tuple[wal.WalHeader | None, list[wal.Transaction],
-                                        wal.ReadAt] | None:
-        """Take the seal with little uncopied WAL behind it; return the WAL header and the
-        uncopied transactions, still sealed, or None (not sealed) when the write lock could
-        not be had or the WAL kept changing.
-
-        Nothing slow happens under the seal, since the app waits for it: a long tail
-        (which would hold the write lock, and memory, while read), a WAL restart or a
-        divergence (a new generation) is handled by ``sync`` outside it first.
-        """
-        for attempt in range(_TAIL_ATTEMPTS + 1):
-            if not self.connections.seal():
-                return None
-            hdr = self._wal_header()
-            if hdr is None:
-                return None, [], self._wal_read_at
-            if hdr.salts == (self.pos.salt1, self.pos.salt2):
-                try:
-                    txs, read_at = self._uncopied(hdr)
-                    frames = txs[-1].end_index - self.pos.frame if txs else 0
-                    if frames * hdr.frame_size <= _MAX_TAIL or attempt == _TAIL_ATTEMPTS:
-                        return hdr, txs, read_at
-                except (WalChanged, _Diverged):
-                    pass
-            self.connections.unseal()
-            self.sync()
-        self.log.warning("the WAL kept changing under the seal; postponed")
-        return None
-
-    def _cycle(self, checkpoint: bool) -> bool:
-        """Under a seal: capture the WAL tail, restart ``R`` (checkpointing in between if
-        asked); then ship the captured transactions."""
-        sealed = self._seal_small_tail()
-        if sealed is None:
-            return False
-        hdr, txs, read_at = sealed
-        try:
-            tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
-            # Until the captured frames are in the spool, a WAL restart is not harmless.
-            self._restart_ok = False
-            self.connections.end_read()
-            if checkpoint:
-                self.connections.checkpoint()
-            # Under the seal nothing is committed: a WAL checkpointed in full now is one when
-            # R begins, and R reads the database file alone, on read lock 0.
-            full = wal.index_checkpointed_in_full(self._read_index())
-            self._begin_read()
-            self._r_on_lock0 = full
-        finally:
-            self.connections.unseal()
-        if tail is not None:
-            self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
-        self._restart_ok = True
-        self._r_begin_pos = self.pos
-        return True
-
-    def _scan_view(self, view: View, out: SnapshotWriter | None,
-                   progress: Callable[[int], None] | None = None) -> DbHash:
-        """Read every page of ``view`` (database file plus WAL overlay); hash and maybe write them."""
-        reader = self.connections.reader
-        assert reader is not None  # R holds the view's read transaction
-        return read_view(reader, self.page_size, view, self._wal_read_at, self._wal_header, out, progress)
-
-    def _recorded_ms(self) -> int:
+    def recorded_ms(self) -> int:
         """The time recorded for what is written now: the wall clock, but never earlier than
         what this generation recorded before, so a clock stepped back keeps a generation's
         times in order (a point-in-time restore stops at the first commit past its target)."""
-        self._last_recorded_ms = max(now_ms(), self._last_recorded_ms)
-        return self._last_recorded_ms
-
-    def _newest_generation(self) -> int:
-        """The greatest generation id this database's history holds: in the spool (which
-        always keeps its newest object), this agent's, or one a replica holds."""
-        spooled = max((n.generation for n, _ in self.spool.objects()), default=0)
-        return max(spooled, self.generation, self.generation_floor)
+        self.last_recorded_ms = max(now_ms(), self.last_recorded_ms)
+        return self.last_recorded_ms
 
     def note_generation(self, generation: int) -> None:
         """A replica holds ``generation``, newer than ours (a clock behind another's, or a
@@ -1115,121 +549,10 @@ class DbAgent:
         self.log.log(level, "starting a new generation: %s", reason)
         self.snapshot(new_generation=True)
 
-    def _disagreement(self, found: int) -> None:
-        self.log.error("replicated state disagrees with the database (checksum %016x != %016x); "
-                       "starting a new generation", self.hasher.value, found)
-
     def snapshot(self, new_generation: bool = False, if_changed: bool = False) -> bool:
         """Write a snapshot of the current state to the spool (a new generation if asked);
-        return whether one was written.
-
-        With ``if_changed``, a database that committed nothing since the last snapshot of
-        this generation is read and checksummed instead: when it matches the replicated
-        state no snapshot is written (an idle database causes no upload); when it does not,
-        something changed it without a trace in the WAL, and a new generation starts.
-        """
-        why = "the write lock was not granted"
-        for attempt in range(5):
-            t0 = time.time()
-            if not new_generation:
-                self.sync()  # outside the seal: what the seal captures stays small
-                new_generation = self.generation == 0
-            hdr: wal.WalHeader | None = None
-            txs: list[wal.Transaction] = []
-            read_at: wal.ReadAt = self._wal_read_at
-            if new_generation and not self.connections.sealed:
-                # Nothing to keep continuous: checkpoint before the seal (R's read ended, so
-                # it goes as far as the app's readers allow), and the checkpoint under the
-                # seal, which the app's writers wait for, has little left to do (a WAL of
-                # tens of MB held them for 60-170 ms).
-                self.connections.end_read()
-                self.connections.checkpoint()
-                sealed = self.connections.seal()
-            elif new_generation:
-                sealed = self.connections.seal()
-            else:
-                tail_sealed = self._seal_small_tail()
-                sealed = tail_sealed is not None
-                if tail_sealed is not None:
-                    hdr, txs, read_at = tail_sealed
-            if not sealed:
-                why = "the write lock was not granted, or the WAL kept changing"
-                time.sleep(0.1 * (attempt + 1))
-                continue
-            try:
-                tail = self._capture(hdr, txs, read_at) if hdr is not None and txs else None
-                view = self._reopen_view()
-            except WalChanged:
-                why = "the WAL and the wal-index disagree under the write lock"
-                continue
-            finally:
-                self.connections.unseal()
-            if tail is not None:
-                # Written and fsynced after the seal; R's view already includes these frames.
-                self._ship(txs, hdr, tail.read_at)  # type: ignore[arg-type]
-            if not new_generation:
-                # R began under the seal with every committed frame copied.
-                self._restart_ok, self._r_begin_pos = True, self.pos
-            if if_changed and not new_generation and self._snapshot_at == (self.generation, self.next_seq):
-                try:
-                    value = self._scan_view(view, None).value
-                except WalChanged:
-                    why = "the WAL was restarted while the database was read"
-                    continue
-                if value == self.hasher.value:
-                    self._snapshot_checked_at = time.time()
-                    self.log.debug("no snapshot: nothing committed since the last one")
-                    return False
-                self._disagreement(value)
-                new_generation = True
-            if new_generation:
-                try:
-                    gen, seq, prev = layout.new_generation(after=self._newest_generation()), 0, NO_LINK
-                except ValueError as e:
-                    raise LitesyncError(f"{self.path}: {e}") from None
-            else:
-                gen, seq, prev = self.generation, self.next_seq, self.end_link
-            created = self._recorded_ms() if not new_generation else now_ms()
-            name = layout.SnapshotName(gen, seq, created)
-            header = SnapshotHeader(self.page_size, gen, seq, prev, view.db_size, created, view.pos,
-                                    db_id=self.db_id)
-            try:
-                with self.spool.writing(name) as f:
-                    w = SnapshotWriter(f, header)
-                    progress = LogProgress(self.log, f"snapshot {layout.format_generation(gen)}/{seq}",
-                                           view.db_size * self.page_size)
-                    hasher = self._scan_view(view, w, progress)
-                    w.close(hasher.value)
-            except WalChanged:
-                self.spool.discard(name)
-                why = "the WAL was restarted while the database was read"
-                continue
-            if not new_generation and hasher.value != self.hasher.value:
-                self.spool.discard(name)
-                self._disagreement(hasher.value)
-                new_generation = True
-                continue
-            self.spool.publish(name)
-            if new_generation:
-                self.stats["generations"] += 1
-            self.generation, self.next_seq, self.end_link = gen, seq, prev
-            if new_generation:
-                self._last_recorded_ms = created
-            self.pos = view.pos
-            self.hasher = hasher
-            self._restart_ok = True
-            self._r_begin_pos = self.pos
-            self.last_snapshot_at = time.time()
-            self.copied_through = (t0, gen, seq)
-            self.stats["snapshots"] += 1
-            self.stats["snapshot_seconds"] = self.last_snapshot_at - t0
-            self._snapshot_at = (gen, seq)
-            self.log.info("snapshot %s/%d written (%d pages, %.2fs)",
-                          layout.format_generation(gen), seq, view.db_size, self.last_snapshot_at - t0)
-            return True
-        if why.startswith("the write lock was not granted"):
-            raise WriteLockBusy(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
-        raise LitesyncError(f"{self.path}: could not take a consistent snapshot after 5 attempts: {why}")
+        return whether one was written (see ``Snapshotter.snapshot``)."""
+        return self.snapshotter.snapshot(new_generation, if_changed)
 
     # -- the loop ------------------------------------------------------------------
 
@@ -1250,20 +573,21 @@ class DbAgent:
 
     def snapshot_due(self) -> bool:
         return (self.snapshot_interval is not None
-                and time.time() - max(self.last_snapshot_at, self._snapshot_checked_at) >= self.snapshot_interval)
+                and time.time() - max(self.last_snapshot_at, self.snapshotter.checked_at) >= self.snapshot_interval)
 
     def step(self) -> int:
         """One round of work: copy, checkpoint when the WAL is long, snapshot when due;
         return how many transactions were copied."""
         copied = self.sync()
-        if self._index_unknown_since is not None and time.monotonic() - self._index_unknown_since > _INDEX_REPAIR_AFTER:
+        unknown_since = self.copier.index_unknown_since
+        if unknown_since is not None and time.monotonic() - unknown_since > _INDEX_REPAIR_AFTER:
             # A writer killed between the wal-index header's two copies: SQLite repairs the
             # index when a connection next locks the database; take the write lock briefly.
-            self._index_unknown_since = None
+            self.copier.index_unknown_since = None
             if self.connections.seal():
                 self.connections.unseal()
         checkpointed = self.pos.frame >= self.checkpoint_pages and self.checkpoint()
-        if self._wal_file_size() > self.max_wal_size and time.monotonic() >= self._truncate_at:
+        if self.walfile.size() > self.max_wal_size and time.monotonic() >= self.checkpointer.truncate_at:
             self.truncate_wal(checkpointed)
         due = self.snapshot_due()
         if self.outbid():

@@ -23,6 +23,12 @@ from .livedb import busy_handler, connect
 TRUNCATE_WAIT_MS = 20
 
 
+class WriteLockBusy(DatabaseError):
+    """The application held the write lock for longer than a seal may wait; retryable."""
+
+    retryable = True
+
+
 class Connections:
     """The reader and the sealer of the database at ``path``; ``stats`` counts the seals
     (their number and time held) and the checkpoints."""

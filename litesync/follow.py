@@ -50,7 +50,7 @@ from .fetch import Fetcher, ObjectCache
 from .replica.base import ReplicaClient
 from .replica.file import atomic_file, fsync_dir
 from .replica.resume import policy_for
-from .restore import PageBatch, Position, Result, apply_segment, load_snapshot, open_snapshot, restore_any
+from .restore import ChainPosition, PageBatch, Result, apply_segment, load_snapshot, open_snapshot, restore_any
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class LiveDatabase:
         return len(writes)
 
 
-def _mark(pos: Position, page1: bytes) -> dict:
+def _mark(pos: ChainPosition, page1: bytes) -> dict:
     return {"generation": layout.format_generation(pos.generation), "next_seq": pos.next_seq,
             "link": pos.link.hex(), "checksum": f"{pos.hasher.value:016x}", "db_size": pos.db_size,
             "page1": page1.hex(), "last_commit_ms": pos.last_commit_ms}
@@ -239,7 +239,7 @@ class Follower:
         self.check = check
         self.current = 0  # index of the replica polled
         self.db: LiveDatabase | None = None
-        self.pos: Position | None = None
+        self.pos: ChainPosition | None = None
         self.page1 = b""  # the source's bytes of page 1 that the output's header replaces
         self.applied = 0  # updates applied since start
         self._lock_file: int | None = None
@@ -344,7 +344,7 @@ class Follower:
                 if value != int(mark["checksum"], 16) or hasher.page_count != mark["db_size"]:
                     continue
                 hasher.set_page(1, src1)
-                self.pos = Position(layout.parse_generation(mark["generation"]), int(mark["next_seq"]),
+                self.pos = ChainPosition(layout.parse_generation(mark["generation"]), int(mark["next_seq"]),
                                     bytes.fromhex(mark["link"]), self.db.page_size, int(mark["db_size"]),
                                     hasher, mark.get("last_commit_ms"))
             except (KeyError, TypeError, ValueError) as e:

@@ -142,7 +142,7 @@ class PageBatch:
 
 
 @dataclass
-class Position:
+class ChainPosition:
     """Where a rebuilt database stands in its generation's chain, and its checksum state."""
 
     generation: int
@@ -155,7 +155,7 @@ class Position:
     transactions: int = 0
     db_id: str | None = None  # the database the chain belongs to; None while no object has said
 
-    def copy(self) -> "Position":
+    def copy(self) -> "ChainPosition":
         return replace(self, hasher=self.hasher.copy())
 
 
@@ -203,7 +203,7 @@ def snapshot_fault(client: ReplicaClient, name: layout.SnapshotName, db_id: str 
     return None
 
 
-def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | None = None) -> Position:
+def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | None = None) -> ChainPosition:
     """Write every page of a snapshot to ``sink``, verify its checksum, return the position after it."""
     h = snap.header
     ps = h.page_size
@@ -218,7 +218,7 @@ def load_snapshot(snap: SnapshotReader, sink: Sink, tick: Callable[[], None] | N
         raise CorruptObjectError(snap.name, f"database checksum mismatch: object says {trailer.db_checksum:016x}, "
                                             f"pages give {hasher.value:016x}")
     sink.set_size(h.db_size)
-    return Position(h.generation, h.seq, h.prev_link, ps, h.db_size, hasher, db_id=h.db_id)
+    return ChainPosition(h.generation, h.seq, h.prev_link, ps, h.db_size, hasher, db_id=h.db_id)
 
 
 def _hash_pages(pgno: int, chunk: memoryview, ps: int) -> list[tuple[int, int]]:
@@ -261,7 +261,7 @@ def _load_pages(snap: SnapshotReader, sink: Sink, hasher: DbHash, tick: Callable
     return legacy
 
 
-def apply_segment(src: Readable, key: str, pos: Position, sink: Sink, until_ms: int | None = None,
+def apply_segment(src: Readable, key: str, pos: ChainPosition, sink: Sink, until_ms: int | None = None,
                   observe: Callable[[int], None] | None = None) -> bool:
     """Apply the transactions of one segment (those committed at or before ``until_ms``) to
     ``sink``, verifying the link and the database checksum after each (and passing it to
@@ -335,7 +335,7 @@ class Result:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     #: objects read from the cache directory without a download
     cached_objects: int = 0
-    position: Position | None = None
+    position: ChainPosition | None = None
     db_checksum: int = 0
 
     @property

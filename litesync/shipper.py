@@ -34,8 +34,9 @@ MAX_BATCH_PARTS = 1000
 
 
 @dataclass
-class Position:
-    """The last object shipped: its sort key, and the next segment sequence expected."""
+class ReplicaPosition:
+    """Where a replica stands: the last object shipped to it (its sort key), and the next
+    segment sequence expected."""
 
     key: tuple[int, int, int] | None = None
     next_seq: int = 0
@@ -64,7 +65,7 @@ def batch_after(objects: list[tuple[Name, int]], first: layout.SegmentName, max_
     return run
 
 
-def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | None, bool]:
+def choose_next(objects: list[tuple[Name, int]], pos: ReplicaPosition) -> tuple[Name | None, bool]:
     """Return (next object to ship or None, whether a fresh snapshot is needed) (pure)."""
     if not objects:
         return None, False
@@ -96,7 +97,7 @@ def choose_next(objects: list[tuple[Name, int]], pos: Position) -> tuple[Name | 
     return None, gap
 
 
-def unshipped(objects: list[tuple[Name, int]], pos: Position) -> list[tuple[Name, int]]:
+def unshipped(objects: list[tuple[Name, int]], pos: ReplicaPosition) -> list[tuple[Name, int]]:
     """Return the spool objects a replica at ``pos`` has yet to receive (pure)."""
     if pos.key is None:
         first, _ = choose_next(objects, pos)
@@ -163,7 +164,7 @@ class Shipper:
         self._caught_up_once = False
         self.awaiting_snapshot = False  # the spool lacks the snapshot this replica needs next
         # (position, snapshots the spool had received) when a snapshot was last asked for
-        self._asked_at: tuple[Position, int] | None = None
+        self._asked_at: tuple[ReplicaPosition, int] | None = None
         self._task: Task | Loop | None = None
         self.after_upload: Callable[[], None] | None = None  # told after each upload (the maintainer)
         self._probed = False  # the replica was looked at (see _probe)
@@ -182,23 +183,23 @@ class Shipper:
         self._fatal = e
         FATAL_CHANGES.note()
 
-    def _load(self) -> Position:
+    def _load(self) -> ReplicaPosition:
         try:
             with open(self.state_path) as f:
                 d = json.load(f)
             # Files written before the destination was saved have none: taken as this one.
             if d.get("destination", self.destination) != self.destination:
                 self.log.info("the replica moved (was %s); shipping from the newest snapshot", d["destination"])
-                return Position()
-            return Position(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]), d.get("snapshot"))
+                return ReplicaPosition()
+            return ReplicaPosition(tuple(d["key"]) if d.get("key") else None, int(d["next_seq"]), d.get("snapshot"))
         except FileNotFoundError:
-            return Position()
+            return ReplicaPosition()
         except (ValueError, KeyError, TypeError) as e:
             self.log.warning("ignoring unreadable position file %s (%s); shipping from the newest snapshot",
                              self.state_path, e)
-            return Position()
+            return ReplicaPosition()
 
-    def _save(self, pos: Position) -> None:
+    def _save(self, pos: ReplicaPosition) -> None:
         data = json.dumps({"key": list(pos.key) if pos.key else None, "next_seq": pos.next_seq,
                            "snapshot": pos.snapshot, "destination": self.destination}).encode()
         # Written in place (one small write, padded to the previous length) and not fsynced:
@@ -292,13 +293,13 @@ class Shipper:
             return False  # the replica's side
         return path not in {self.spool.path(n) for n, _ in self.spool.objects()}
 
-    def _ship(self, name: Name) -> tuple[Position, int] | None:
+    def _ship(self, name: Name) -> tuple[ReplicaPosition, int] | None:
         """Upload ``name`` (a segment with those that follow it); return the position after
         it and the bytes uploaded, None when nothing went up (a damaged spool object)."""
         if isinstance(name, layout.SnapshotName):
             size = self._upload(name)
             self.uploaded_snapshots.add(name.key)
-            return Position(sort_key(name), name.seq, name.key), size
+            return ReplicaPosition(sort_key(name), name.seq, name.key), size
         run = batch_after(self.spool.objects(), name)
         if len(run) == 1:
             size = self._upload(name)
@@ -306,7 +307,7 @@ class Shipper:
             run, size = self._upload_batch(run)
             if not run:
                 return None
-        return Position(sort_key(run[-1]), run[-1].last_seq + 1, self.pos.snapshot), size
+        return ReplicaPosition(sort_key(run[-1]), run[-1].last_seq + 1, self.pos.snapshot), size
 
     def _replica_is_ahead(self, name: Name) -> bool:
         """True when the replica holds history this agent's would not follow: the agent is
@@ -326,7 +327,7 @@ class Shipper:
             if name.generation > self._outbid_by:
                 return False
             if self._generation_after_outbid(self.spool.objects()):
-                self.pos = Position()  # the agent's new generation is here: ship from its snapshot
+                self.pos = ReplicaPosition()  # the agent's new generation is here: ship from its snapshot
             else:
                 self.newer_generation(self._outbid_by)  # again: the agent may have failed once
             return True

@@ -26,7 +26,7 @@ MAGIC_BE = 0x377F0683
 WAL_VERSION = 3007000
 _MASK = 0xFFFFFFFF
 
-# (offset, size) -> bytes; a memoryview when served from bytes read earlier (agent.DbAgent._Tail)
+# (offset, size) -> bytes; a memoryview when served from bytes read earlier (copier.Tail)
 ReadAt = Callable[[int, int], bytes | memoryview]
 
 

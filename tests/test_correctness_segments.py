@@ -47,7 +47,7 @@ def write_snapshot(client: FileReplicaClient, db_file: bytes) -> None:
 
 def ship(client: FileReplicaClient, seq: int, link: bytes, txs: list[wal.Transaction], read_page,
          hasher: DbHash) -> tuple[layout.SegmentName, bytes]:
-    """Write ``txs`` as segment ``seq`` the way the agent's ``_ship`` does: each page its
+    """Write ``txs`` as segment ``seq`` the way the copier's ``spool_transactions`` does: each page its
     transaction wrote (last version), whatever the size it committed, and the checksum
     after each transaction. Return its name and end link."""
     infos, per_tx = [], []

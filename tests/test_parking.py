@@ -85,7 +85,7 @@ def _agent(db: str) -> DbAgent:
 
 def _park(agent: DbAgent) -> None:
     """Park ``agent`` once its files have been quiet long enough for their marks to count
-    (see DbAgent._racy): right after a write, park declines."""
+    (see Parking.racy): right after a write, park declines."""
     assert not agent.park()
     time.sleep(0.1)
     assert agent.park()
@@ -308,16 +308,16 @@ def test_a_commit_while_parking_is_never_claimed_copied(app, tmp_path):
     db, conn = app
     agent = _agent(db)
     try:
-        real = agent._disconnect
+        real = agent.disconnect
 
         def disconnect_then_commit() -> None:
             real()
             conn.execute("INSERT INTO t (v) VALUES ('committed while parking')")
 
         time.sleep(0.1)
-        agent._disconnect = disconnect_then_commit
+        agent.disconnect = disconnect_then_commit  # type: ignore[method-assign]
         assert agent.park()
-        agent._disconnect = real
+        agent.disconnect = real  # type: ignore[method-assign]
         before = agent.copied_through
         assert not agent.parked_unchanged()
         assert agent.copied_through == before
@@ -392,7 +392,7 @@ def _parked_after_a_full_checkpoint(agent: DbAgent, conn: App) -> None:
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
-@pytest.mark.parametrize("when", ["_resync", "_scan_view"])
+@pytest.mark.parametrize("when", ["resync", "scan_view"])
 def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_path, when):
     """The app's commit restarts the WAL right after the view is taken, the seal released
     (the scan then sees it), or right after the scan (the changed pages are then read from
@@ -402,21 +402,22 @@ def test_a_wal_restarted_while_a_parked_database_is_read_is_read_again(app, tmp_
     try:
         gen = agent.generation
         _parked_after_a_full_checkpoint(agent, conn)
-        real = getattr(agent, when)
+        target = agent.snapshotter if when == "scan_view" else agent.parking
+        real = getattr(target, when)
         calls: list[int] = []
 
         def then_commit(*args, **kwargs):
             calls.append(1)
-            if len(calls) == 1 and when == "_resync":
+            if len(calls) == 1 and when == "resync":
                 conn.execute("INSERT INTO t (v) VALUES ('during the read')")  # restarts the WAL
             result = real(*args, **kwargs)
-            if len(calls) == 1 and when == "_scan_view":
+            if len(calls) == 1 and when == "scan_view":
                 conn.execute("INSERT INTO t (v) VALUES ('during the read')")
             return result
 
-        setattr(agent, when, then_commit)
+        setattr(target, when, then_commit)
         agent.unpark()
-        setattr(agent, when, real)
+        setattr(target, when, real)
         agent.step()
         assert len(calls) >= 2  # read again
         assert agent.generation == gen
@@ -655,14 +656,14 @@ def test_a_resync_that_fails_leaves_the_database_parked_and_the_next_unpark_copi
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.execute("INSERT INTO t (v) VALUES ('while parked')")
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # in full: R reads on lock 0
-            scan = agent._scan_view
+            scan = agent.snapshotter.scan_view
 
             def then_truncated(*args, **kw):
                 out = scan(*args, **kw)
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 return out
 
-            agent._scan_view = then_truncated  # type: ignore[method-assign]
+            agent.snapshotter.scan_view = then_truncated  # type: ignore[method-assign]
             expected = DatabaseError  # the WAL kept changing: tried again, then given up on
         try:
             agent.unpark()

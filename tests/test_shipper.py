@@ -4,7 +4,7 @@ import json
 import threading
 
 from litesync.layout import SegmentName, SnapshotName
-from litesync.shipper import Position, Shipper, choose_next
+from litesync.shipper import ReplicaPosition, Shipper, choose_next
 from litesync.spool import sort_key
 
 G, H = 0x10, 0x20
@@ -24,12 +24,12 @@ def snap(gen, seq):
 
 def shipped(name):
     if isinstance(name, SnapshotName):
-        return Position(sort_key(name), name.seq, name.key)
-    return Position(sort_key(name), name.last_seq + 1)
+        return ReplicaPosition(sort_key(name), name.seq, name.key)
+    return ReplicaPosition(sort_key(name), name.last_seq + 1)
 
 
 def test_fresh_replica_starts_at_the_newest_snapshot_of_the_newest_generation():
-    assert choose_next(objs(snap(G, 0), seg(G, 0), snap(H, 0), snap(H, 5)), Position()) == (snap(H, 5), False)
+    assert choose_next(objs(snap(G, 0), seg(G, 0), snap(H, 0), snap(H, 5)), ReplicaPosition()) == (snap(H, 5), False)
 
 
 def test_next_segment_in_order_then_nothing():
@@ -86,12 +86,12 @@ def test_a_position_saved_for_another_destination_is_not_reused(tmp_path):
         return Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
                        request_snapshot=threading.Event(), destination=destination)
 
-    shipper("/a")._save(Position((G, 2, 1), 3))
-    assert shipper("/a").pos == Position((G, 2, 1), 3)
-    assert shipper("/b").pos == Position()
+    shipper("/a")._save(ReplicaPosition((G, 2, 1), 3))
+    assert shipper("/a").pos == ReplicaPosition((G, 2, 1), 3)
+    assert shipper("/b").pos == ReplicaPosition()
     with open(state, "w") as f:  # written before destinations were saved: taken as this replica's
         f.write('{"key": [16, 2, 1], "next_seq": 3}')
-    assert shipper("/b").pos == Position((G, 2, 1), 3)
+    assert shipper("/b").pos == ReplicaPosition((G, 2, 1), 3)
 
 
 def test_the_position_file_is_rewritten_in_place(tmp_path):
@@ -108,13 +108,13 @@ def test_the_position_file_is_rewritten_in_place(tmp_path):
     state = str(tmp_path / "replicas" / "file.json")
     s = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
                 request_snapshot=threading.Event(), destination="/r")
-    s._save(Position((G, 123456789, 1), 123456790))
+    s._save(ReplicaPosition((G, 123456789, 1), 123456790))
     inode = os.stat(state).st_ino
-    s._save(Position((G, 2, 1), 3))
+    s._save(ReplicaPosition((G, 2, 1), 3))
     assert os.stat(state).st_ino == inode
     again = Shipper(spool, FileReplicaClient(str(tmp_path / "r")), state, db="db", replica="file",
                     request_snapshot=threading.Event(), destination="/r")
-    assert again.pos == Position((G, 2, 1), 3)
+    assert again.pos == ReplicaPosition((G, 2, 1), 3)
     assert not [f for f in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{f}") == state]
 
 

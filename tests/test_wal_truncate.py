@@ -92,7 +92,7 @@ def test_an_app_reader_keeps_the_wal_from_truncation_until_it_ends(tmp_path):
         reader.execute("COMMIT")
         a.step()  # within the wait after a failed try: nothing
         assert a.stats["wal_truncations"] == 0
-        a._truncate_at = 0.0  # the wait over
+        a.checkpointer.truncate_at = 0.0  # the wait over
         a.step()
         assert os.path.getsize(db + "-wal") == 0
         _in_step_with_the_database(a)
@@ -106,20 +106,20 @@ def test_a_commit_between_the_checkpoint_and_the_truncation_stops_it_and_is_copi
     db = str(tmp_path / "app.db")
     app = _app(db)
     a = _agent(db)
-    truncate = a._checkpoint_truncate
+    truncate = a.checkpointer.checkpoint_truncate
 
     def commit_first() -> bool:
         app.execute("INSERT INTO t VALUES ('in between')")
         return truncate()
 
-    a._checkpoint_truncate = commit_first  # type: ignore[method-assign]
+    a.checkpointer.checkpoint_truncate = commit_first  # type: ignore[method-assign]
     try:
         _burst(app)
         a.step()
         assert a.stats["wal_truncations"] == 0
         assert os.path.getsize(db + "-wal") > 0
-        a._checkpoint_truncate = truncate  # type: ignore[method-assign]
-        a._truncate_at = 0.0
+        a.checkpointer.checkpoint_truncate = truncate  # type: ignore[method-assign]
+        a.checkpointer.truncate_at = 0.0
         a.step()
         assert a.stats["wal_truncations"] == 1
         _in_step_with_the_database(a)
@@ -153,9 +153,9 @@ def test_an_agent_truncates_the_wal_after_a_burst_and_restores_stay_exact(tmp_pa
 def test_the_dead_end_of_a_large_wal_is_cut_in_steps_before_the_truncation(tmp_path, monkeypatch):
     """Freeing a large file's blocks is slow: the frames past the live ones go first, a step
     per brief seal, so the TRUNCATE checkpoint frees little under the write lock."""
-    from litesync import agent as agent_module
+    from litesync import checkpointer
 
-    monkeypatch.setattr(agent_module, "_SHRINK_STEP", 256 << 10)
+    monkeypatch.setattr(checkpointer, "_SHRINK_STEP", 256 << 10)
     db, app, a = _burst_checkpointed_in_full(tmp_path)
     try:
         app.execute("INSERT INTO t VALUES ('restarts the WAL')")  # a few live frames at its start
