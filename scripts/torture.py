@@ -72,6 +72,7 @@ import apsw
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import torture_app  # noqa: E402 - the writer's history, shared with the checker
+from faultproxy import FaultProxy  # noqa: E402
 from smalldisk import MountRefused, SmallDisk  # noqa: E402
 
 APP = os.path.join(ROOT, "tests", "torture_app.py")
@@ -82,6 +83,12 @@ PAGE_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 CLOCK_OFFSETS = (0, 0, 90, -90, 3600, -3600, 86400, -86400)
 LIVENESS_SECONDS = 15.0
+# After the network heals, a correct agent may still wait out a request sent into the
+# outage (litesync.replica.s3.LARGE_READ_TIMEOUT, 30 s) and its shipper's backoff (at most
+# 30 s) before it retries: the liveness deadline is never earlier than this after the heal.
+NET_SETTLE_SECONDS = 30.0 + 30.0 + LIVENESS_SECONDS
+NET_FAULT_KINDS = ("blackhole", "refuse", "reset_request", "reset_response", "latency", "bandwidth")
+REPLACE_VARIANTS = ("mv", "delete")  # and "link" when the agent names the database through a link
 RESTORE_TIMEOUT = 120.0
 LONG_BYTES = (1 << 30) + (64 << 20)
 MAX_DB_BYTES = 48 << 20   # past this, writers delete rather than add (except the --long writer)
@@ -149,8 +156,9 @@ FINAL_APP = AppSpec("small", "NORMAL", 1000, -2000, 1e9, 0.01, "none", 0.0, max_
 @dataclass(frozen=True)
 class Event:
     at: float             # seconds after the run starts
-    action: str           # agent-kill, agent-stop, checkpoint, restore, disk-full
-    param: object = None  # restart delay and clock offset / stop length / checkpoint mode / seconds full
+    action: str           # agent-kill, agent-stop, checkpoint, restore, disk-full, net-fault, replace
+    param: object = None  # restart delay and clock offset / stop length / checkpoint mode / seconds full /
+    #                       (proxy mode, its parameters as items, seconds) / how the file is replaced
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,8 @@ class Plan:
     via_link: bool = False  # the agent names the database through a symbolic link
     park: bool = False  # max-open-databases: 1 and a second database nudged: the first parks when idle
     small_disk: bool = False  # the agent's state directory is a small disk; "disk-full" events fill it
+    net_faults: bool = False  # S3 through tests/faultproxy.py; "net-fault" events switch its mode for a while
+    replace: bool = False  # "replace" events: the database file replaced between two writers
 
     def app(self, index: int, tools: Tools) -> AppSpec:
         """The index-th writer after the first: drawn from its own PRNG, so timing does not change the draws."""
@@ -212,14 +222,46 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
         disk = random.Random(f"{seed}/disk-events")
         events = tuple(sorted(events + tuple(Event(disk.uniform(0.5, duration), "disk-full", disk.uniform(1, 8))
                                              for _ in range(disk.randint(1, 2))), key=lambda e: e.at))
-    return Plan(seed=seed, duration=duration, page_size=rng.choice(PAGE_SIZES),
-                auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),
-                replica="s3" if s3 and rng.random() < 0.5 else "file", config=config, clock=clock,
-                first_offset=rng.choice(CLOCK_OFFSETS) if clock else 0,
-                events=events, long=long,
-                via_link=random.Random(f"{seed}/link").random() < 0.3,
+    page_size = rng.choice(PAGE_SIZES)
+    auto_vacuum = rng.choice(["NONE", "FULL", "INCREMENTAL"])
+    replica = "s3" if s3 and rng.random() < 0.5 else "file"
+    first_offset = rng.choice(CLOCK_OFFSETS) if clock else 0
+    via_link = random.Random(f"{seed}/link").random() < 0.3
+    net_faults = replica == "s3" and random.Random(f"{seed}/net").random() < 0.7
+    if net_faults:
+        events = merge(events, draw_net_faults(random.Random(f"{seed}/net-events"), duration))
+    replace = random.Random(f"{seed}/replace").random() < 0.4
+    if replace:
+        events = merge(events, draw_replacements(random.Random(f"{seed}/replace-events"), duration, via_link))
+    return Plan(seed=seed, duration=duration, page_size=page_size, auto_vacuum=auto_vacuum, replica=replica,
+                config=config, clock=clock, first_offset=first_offset, events=events, long=long, via_link=via_link,
                 park=config is not None and random.Random(f"{seed}/park").random() < 0.5,
-                small_disk=small_disk)
+                small_disk=small_disk, net_faults=net_faults, replace=replace)
+
+
+def merge(events: tuple[Event, ...], more: list[Event]) -> tuple[Event, ...]:
+    return tuple(sorted(events + tuple(more), key=lambda e: e.at))
+
+
+def draw_net_faults(rng: random.Random, duration: float) -> list[Event]:
+    """Network faults between the agent and S3: (proxy mode, parameters, seconds) at random times."""
+    events = []
+    for _ in range(rng.randint(1, 1 + round(duration / 15))):
+        at, kind, seconds = rng.uniform(0.5, duration), rng.choice(NET_FAULT_KINDS), rng.uniform(1, 8)
+        params = {"reset_request": lambda: {"after": rng.randint(1, 64 << 10)},
+                  "reset_response": lambda: rng.choice([{"after": rng.randint(0, 256 << 10)},
+                                                        {"p": round(rng.uniform(0.1, 0.6), 2)}]),
+                  "latency": lambda: {"seconds": round(rng.uniform(0.1, 1.5), 2)},
+                  "bandwidth": lambda: {"rate": rng.choice([64 << 10, 256 << 10, 1 << 20])},
+                  }.get(kind, dict)()
+        events.append(Event(at, "net-fault", (kind, tuple(sorted(params.items())), seconds)))
+    return events
+
+
+def draw_replacements(rng: random.Random, duration: float, via_link: bool) -> list[Event]:
+    """The database file replaced (between two writers) at random times, and how."""
+    variants = REPLACE_VARIANTS + (("link",) if via_link else ())
+    return [Event(rng.uniform(0.5, duration), "replace", rng.choice(variants)) for _ in range(rng.randint(1, 2))]
 
 
 def draw_events(rng: random.Random, duration: float, clock: bool) -> tuple[Event, ...]:
@@ -314,16 +356,20 @@ class S3Server:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
+        self.address = (host, port)
         self.endpoint = f"http://{host}:{port}"
         self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def new_bucket(self, name: str) -> str:
-        """Create a bucket; return the replica URL of a prefix in it."""
+    def new_bucket(self, name: str) -> None:
         import boto3
 
         boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
                      aws_secret_access_key="test").create_bucket(Bucket=name)
-        return f"s3://{name}/db?endpoint={self.endpoint}&region=us-east-1&force-path-style=true"
+
+    @staticmethod
+    def url(bucket: str, endpoint: str) -> str:
+        """The replica URL of a prefix in ``bucket``, reached at ``endpoint`` (the server or a proxy)."""
+        return f"s3://{bucket}/db?endpoint={endpoint}&region=us-east-1&force-path-style=true"
 
     def stop(self) -> None:
         self.server.stop()
@@ -498,11 +544,18 @@ class Run:
             os.symlink("app.db", self.agent_db)
         self.log = self.path("history.log")
         self.replica_env: dict[str, str] = {}
+        # The agent and mid-run restores use url; the final checks direct_url (not through the proxy).
+        self.proxy: FaultProxy | None = None  # between the agent and S3 (Plan.net_faults)
         if self.plan.replica == "s3":
-            self.url = self.s3.new_bucket(f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000)}")
+            bucket = f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000)}"
+            self.s3.new_bucket(bucket)
+            self.direct_url = self.url = self.s3.url(bucket, self.s3.endpoint)
+            if self.plan.net_faults:
+                self.proxy = FaultProxy(self.s3.address, seed=self.plan.seed)
+                self.url = self.s3.url(bucket, self.proxy.url)
             self.replica_env = dict(self.s3.env)
         else:
-            self.url = "file://" + self.path("replica")
+            self.direct_url = self.url = "file://" + self.path("replica")
         self.config_path = self.write_config() if self.plan.config else None
         self.t0 = time.monotonic()
         self.restores: list[Restore] = []
@@ -515,6 +568,10 @@ class Run:
         self.state_dir = os.path.join(self.dir, "." + os.path.basename(self.agent_db) + "-litesync")
         self.disk: SmallDisk | None = None  # mounted on state_dir (Plan.small_disk)
         self.pending_free: float | None = None  # when to free the full disk
+        self.pending_heal: float | None = None  # when the proxy goes back to pass
+        self.healed_at: float | None = None     # when it last did
+        self.pending_replace: list[str] = []    # replacements due, done once the writer has stopped
+        self.replaced = 0                       # how many (names the copies)
         self.final_meta: tuple[int, int] = (0, 0)
 
     def path(self, name: str) -> str:
@@ -563,6 +620,10 @@ class Run:
             self.count("agent parks the database (max-open-databases: 1, a second database nudged)")
         if p.small_disk:
             self.count("agent state directory on a small disk")
+        if p.net_faults:
+            self.count("agent reaches S3 through the fault proxy")
+        if p.replace:
+            self.count("database file replaced in this run")
         self.note(f"plan: {p}")
 
     # --- the main loop
@@ -589,6 +650,8 @@ class Run:
             self.cleanup()
             if self.plan.park:
                 self.count_parks()
+            if self.plan.replace:
+                self.count_replacement_warnings()
         self.check()
 
     def main_loop(self) -> None:
@@ -605,6 +668,8 @@ class Run:
                 if not alive(self.app.proc):
                     self.count(self.app.outcome())
                     self.app = None
+            if self.app is None and self.pending_replace:
+                self.replace_database(self.pending_replace.pop(0))  # between two writers
             if self.app is None and now < deadline:
                 self.app = App(self, self.plan.app(app_index - 1, self.tools), app_index,
                                time.time() + deadline - now)
@@ -649,6 +714,14 @@ class Run:
             self.count("agent state disk full (ENOSPC)")
             self.note(f"state disk filled for {event.param:.1f}s ({self.disk.fill()} bytes of ballast)")
             self.pending_free = time.monotonic() + event.param
+        elif event.action == "net-fault" and self.proxy is not None:
+            kind, params, seconds = event.param
+            self.count(f"net fault {kind}")
+            self.note(f"net fault {kind} {dict(params)} for {seconds:.1f}s")
+            self.proxy.set(kind, **dict(params))  # replaces one still on
+            self.pending_heal = time.monotonic() + seconds
+        elif event.action == "replace":
+            self.pending_replace.append(event.param)
         elif event.action == "restore" and not any(r.rc is None for r in self.restores):
             self.count("restore mid-run")
             self.start_restore(final=False)
@@ -660,9 +733,18 @@ class Run:
                 self.disk.free()
         self.pending_free = None
 
+    def heal_network(self) -> None:
+        if self.proxy is not None and self.pending_heal is not None:
+            self.proxy.set("pass")
+            self.healed_at = time.monotonic()
+            self.note(f"net ok (proxy counts {self.proxy.counts})")
+        self.pending_heal = None
+
     def tick_agent(self, now: float) -> None:
         if self.pending_free is not None and now >= self.pending_free:
             self.free_disk()
+        if self.pending_heal is not None and now >= self.pending_heal:
+            self.heal_network()
         if self.pending_cont is not None and now >= self.pending_cont:
             self.agent.cont()
             self.pending_cont = None
@@ -674,6 +756,41 @@ class Run:
         if self.agent.proc.poll() is not None and self.pending_restart is None:
             self.fail(f"agent exited by itself with {self.agent.proc.returncode}; see agent.log")
             self.pending_restart = (now + 1.0, self.agent.offset)  # keep going: later restores still count
+
+    def replace_database(self, variant: str) -> None:
+        """Replace the database file with the writers stopped, as the README says to: a copy
+        of its committed state (a new inode), the old -wal and -shm removed, then the copy
+        renamed over the database (mv), or the database deleted and the copy put at its path
+        a moment later (delete), or the symbolic link the agent names pointed at the copy (link)."""
+        if alive(self.checkpointer):  # another process's connection to the database
+            self.checkpointer.wait(30)
+        self.replaced += 1
+        copy = self.path(f"app-{self.replaced}.db") if variant == "link" else self.db + ".replacement"
+        meta = copy_database(self.db, copy)
+        if variant == "link":
+            link = self.agent_db + ".tmp"
+            os.symlink(os.path.basename(copy), link)
+            os.rename(link, self.agent_db)  # the old file and its WAL stay where they are
+            self.db = copy
+        else:
+            gone = [self.db] if variant == "delete" else []
+            for path in gone + [self.db + "-wal", self.db + "-shm"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            if variant == "delete":  # the agent may look while there is no file at all
+                time.sleep(random.Random(f"{self.plan.seed}/replace-gap/{self.replaced}").uniform(0, 1.5))
+            os.rename(copy, self.db)
+        self.count(f"database file replaced ({variant})")
+        self.note(f"database file replaced ({variant}): {os.path.basename(self.db)} now a copy holding {meta}")
+
+    def count_replacement_warnings(self) -> None:
+        """How often the agent said it replicates a new file (one warning line each time)."""
+        try:
+            with open(self.path("agent.log"), errors="replace") as f:
+                n = sum(1 for line in f if "the database file was replaced" in line and "replicating the new" in line)
+        except OSError:
+            return
+        self.count("agent warned: database file replaced, new generation", n)
 
     def start_checkpoint(self, mode: str, busy_ms: int = 2000, killed: bool = False) -> None:
         if alive(self.checkpointer):
@@ -688,13 +805,15 @@ class Run:
         with open(self.path("checkpoint.log"), "ab") as out:
             self.checkpointer = subprocess.Popen(cmd, stdout=out, stderr=out, env=clean_env())
 
-    def start_restore(self, final: bool, *options: str) -> Restore:
-        """Start `litesync restore -o restore-N.db [options] URL` in the background."""
+    def start_restore(self, final: bool, *options: str, direct: bool = False) -> Restore:
+        """Start `litesync restore -o restore-N.db [options] URL` in the background (``direct``:
+        not through the fault proxy)."""
         n = len(self.restores)
         out = self.path(f"restore-{n:03d}.db")
-        self.note(f"restore {n} started {' '.join(options)}")
+        url = self.direct_url if direct else self.url
+        self.note(f"restore {n} started {' '.join(options)}{' through the proxy' if url != self.direct_url else ''}")
         with open(self.path(f"restore-{n:03d}.log"), "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "litesync", "restore", "-o", out, *options, self.url],
+            proc = subprocess.Popen([sys.executable, "-m", "litesync", "restore", "-o", out, *options, url],
                                     stdout=log, stderr=log, env=clean_env(self.replica_env), cwd=self.dir)
         restore = Restore(f"restore-{n:03d}", out, proc, time.monotonic(), final, " ".join(options))
         self.restores.append(restore)
@@ -722,6 +841,10 @@ class Run:
         if alive(self.checkpointer):
             self.checkpointer.wait(30)
         self.free_disk()
+        self.heal_network()
+        for variant in self.pending_replace:  # due after the last writer: done before the final one
+            self.replace_database(variant)
+        self.pending_replace = []
         self.agent.cont()
         if not alive(self.agent.proc):
             if self.pending_restart is not None and self.plan.clock:
@@ -749,16 +872,17 @@ class Run:
         older = [g for g in generations if not g["current"]]
         for g in rng.sample(older, min(most, len(older))):
             self.count("restore of an older generation")
-            self.start_restore(False, "--generation", g["generation"]).wait(RESTORE_TIMEOUT)
+            self.start_restore(False, "--generation", g["generation"], direct=True).wait(RESTORE_TIMEOUT)
         spans = [(g["start"], g["end"]) for g in generations if "-" not in (g["start"], g["end"])]
         for _ in range(most if spans else 0):
             start, end = (parse_rfc3339(t) for t in rng.choice(spans))
             self.count("restore to a point in time")
-            self.start_restore(False, "--timestamp", format_rfc3339(rng.uniform(start, end))).wait(RESTORE_TIMEOUT)
+            self.start_restore(False, "--timestamp", format_rfc3339(rng.uniform(start, end)),
+                               direct=True).wait(RESTORE_TIMEOUT)
 
     def list_generations(self) -> list[dict]:
-        p = subprocess.run([sys.executable, "-m", "litesync", "generations", "--json", self.url], capture_output=True,
-                           text=True, env=clean_env(self.replica_env), timeout=120, check=False)
+        p = subprocess.run([sys.executable, "-m", "litesync", "generations", "--json", self.direct_url],
+                           capture_output=True, text=True, env=clean_env(self.replica_env), timeout=120, check=False)
         if p.returncode != 0:
             self.fail(f"litesync generations exited {p.returncode}: {p.stderr.strip()[-500:]}")
             return []
@@ -783,8 +907,10 @@ class Run:
         """Restore until the replica holds the final commit; a stall past the deadline is a failure."""
         started = time.monotonic()
         allowed = LIVENESS_SECONDS * (4 if self.plan.long else 1)  # restoring 1 GiB alone takes seconds
+        if self.healed_at is not None:
+            allowed = max(allowed, self.healed_at + NET_SETTLE_SECONDS - started)
         while True:
-            r = self.start_restore(final=True)
+            r = self.start_restore(final=True, direct=True)
             r.wait(RESTORE_TIMEOUT)
             r.meta = read_meta(r.out) if r.rc == 0 else None
             if r.meta == self.final_meta:
@@ -818,6 +944,8 @@ class Run:
             kill9(p)
         if self.disk is not None:
             self.disk.unmount()
+        if self.proxy is not None:
+            self.proxy.close()
 
     # --- the oracle
 
@@ -857,6 +985,31 @@ class Run:
             self.fail(f"{r.label}: holds {meta}: {problem}")
             return
         targets.setdefault(meta[0], []).append((r.label, r.out))
+
+
+def copy_database(path: str, copy: str) -> tuple[int, int] | str:
+    """Copy the committed state of the database at ``path`` (its WAL applied) into the new file
+    ``copy`` with SQLite's backup API; return the copy's meta row."""
+    src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        src.setbusytimeout(10_000)
+        for attempt in range(50):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(copy)
+            dst = apsw.Connection(copy)
+            try:
+                with dst.backup("main", src, "main") as b:
+                    b.step()  # every page, under one read transaction of the source
+                break
+            except (apsw.BusyError, apsw.LockedError):
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+            finally:
+                dst.close()
+    finally:
+        src.close()
+    return read_meta(copy)
 
 
 def parse_rfc3339(text: str) -> float:
