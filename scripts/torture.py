@@ -573,6 +573,7 @@ class Run:
         self.pending_replace: list[str] = []    # replacements due, done once the writer has stopped
         self.replaced = 0                       # how many (names the copies)
         self.final_meta: tuple[int, int] = (0, 0)
+        self.state_bytes: tuple[int, int] | None = None  # (state directory, database) at the end
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -858,7 +859,16 @@ class Run:
         rc = self.agent.terminate()
         if rc != 0:
             self.fail(f"agent exited {rc} on SIGTERM at the end (expected 0); see agent.log")
+        self.measure_state_dir()
         self.restore_history()
+
+    def measure_state_dir(self) -> None:
+        """The agent's state directory once it stopped with everything shipped, against the database."""
+        files = [os.path.join(d, n) for d, _, names in os.walk(self.state_dir) for n in names]
+        used = sum(os.lstat(f).st_size for f in files if os.path.exists(f))
+        db = os.path.getsize(self.db)
+        self.state_bytes = (used, db)
+        self.note(f"state directory at the end: {used} bytes in {len(files)} files; database {db} bytes")
 
     def restore_history(self, most: int = 4) -> None:
         """Restore older states too: the last state of each generation, and points in time.
@@ -987,7 +997,7 @@ class Run:
         targets.setdefault(meta[0], []).append((r.label, r.out))
 
 
-def copy_database(path: str, copy: str) -> tuple[int, int] | str:
+def copy_database(path: str, copy: str) -> tuple[int, int]:
     """Copy the committed state of the database at ``path`` (its WAL applied) into the new file
     ``copy`` with SQLite's backup API; return the copy's meta row."""
     src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
@@ -1000,7 +1010,8 @@ def copy_database(path: str, copy: str) -> tuple[int, int] | str:
             try:
                 with dst.backup("main", src, "main") as b:
                     b.step()  # every page, under one read transaction of the source
-                break
+                # Read here: a later connection of its own would leave a -wal and -shm beside the copy.
+                return torture_app.observe(dst)
             except (apsw.BusyError, apsw.LockedError):
                 if attempt == 49:
                     raise
@@ -1009,7 +1020,7 @@ def copy_database(path: str, copy: str) -> tuple[int, int] | str:
                 dst.close()
     finally:
         src.close()
-    return read_meta(copy)
+    raise AssertionError("unreachable")
 
 
 def parse_rfc3339(text: str) -> float:
@@ -1179,8 +1190,11 @@ def summary(runs: list[Run], wall: float) -> dict:
     for run in runs:
         totals.update(run.counters)
     catchups = [r.catchup for r in runs if r.catchup is not None]
+    states = [r.state_bytes for r in runs if r.state_bytes is not None]
     return {"runs": len(runs), "failures": sum(1 for r in runs if r.failures), "wall_seconds": round(wall, 1),
             "catchup_max_seconds": round(max(catchups), 2) if catchups else None,
+            "state_dir_max_bytes": max((used for used, _ in states), default=None),
+            "state_dir_max_over_db": round(max(used / db for used, db in states), 3) if states else None,
             "failed_seeds": [r.plan.seed for r in runs if r.failures], "counters": dict(sorted(totals.items())),
             "clean_restore_failures": [text for r in runs for text in r.clean_failures]}
 
@@ -1190,6 +1204,8 @@ def print_summary(s: dict) -> None:
     print(f"{'failures':<48} {s['failures']:>8}")
     print(f"{'wall time (s)':<48} {s['wall_seconds']:>8}")
     print(f"{'last commit to restorable, slowest run (s)':<48} {s['catchup_max_seconds']!s:>8}")
+    print(f"{'state directory at the end, largest (bytes)':<48} {s['state_dir_max_bytes']!s:>8}")
+    print(f"{'  largest relative to its database':<48} {s['state_dir_max_over_db']!s:>8}")
     for name, n in s["counters"].items():
         print(f"{name:<48} {n:>8}")
     for text in s["clean_restore_failures"]:
