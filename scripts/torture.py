@@ -11,7 +11,9 @@ interval), a sequence of writer processes (tests/torture_app.py: profile, synchr
 wal_autocheckpoint, cache_size, and a fault: SIGKILL at a random time, or killed by
 strace at a random WAL write or sync), and events at random times: the agent killed -9
 and restarted (with a libfaketime clock offset: a step forwards or backwards), the agent
-stopped and continued, a checkpoint of every mode from another process, a restore.
+stopped and continued, a checkpoint of every mode from another process, a restore, a
+network fault between the agent and S3 for 1-8 s, the database file replaced between two
+writers.
 
 The oracle: the writers' history log says which attempt of each transaction committed
 (acknowledged, or observed by the next writer); a restore is valid iff the (k, attempt)
@@ -32,6 +34,12 @@ draws it:
   a database past 1 GiB, its lock-byte page (--long); a writer killed between the two
   wal-index header copies (not drawn: a memory write, out of strace's reach);
   locking_mode=EXCLUSIVE (not drawn: the agent cannot read such a database at all).
+- The database file: replaced under the running agent as the README says to (the
+  writers stopped, a copy of the committed state made with the backup API, the old -wal
+  and -shm removed): renamed over the database, or the database deleted and the copy put
+  at its path up to 1.5 s later, or (named through a symbolic link) the link pointed at
+  the copy (drawn); rewritten in place, or replaced with its -wal left beside it (not
+  drawn: the README says not to, and the agent refuses the second).
 - The kernel: SIGKILL of the app and of the agent at any moment, SIGSTOP/SIGCONT of the
   agent (drawn); the agent reading the live database in its own process while it
   replicates (validation-interval: drawn); the disk of the agent's state directory (its
@@ -40,8 +48,13 @@ draws it:
   machine crash losing the page cache (not drawn here: see the faults issue).
 - The clock: the agent restarted with its clock an hour or a day ahead or behind
   (libfaketime: drawn); a host rolled back with its state (tests/test_correctness.py).
-- The network and the store: S3 on loopback (drawn); resets, stalls and outages (not
-  drawn here: see the faults issue).
+- The network and the store: S3 on loopback (drawn); between the agent and S3, the
+  fault proxy of tests/faultproxy.py switched for 1-8 s to blackhole, refuse, a reset
+  mid-request, a response cut after N bytes or with probability p, latency or a
+  bandwidth cap, then back to pass (drawn in S3 runs; mid-run restores go through the
+  proxy too, the final ones and the liveness check directly, after the network healed;
+  the liveness deadline is then at least NET_SETTLE_SECONDS after the heal); the store
+  itself failing, lying or losing objects (not drawn here: see the faults issue).
 
 A failing run prints its seed and the command that reruns it, and keeps its directory.
 The agent and restores run `python -m litesync` from this environment: to torture another
