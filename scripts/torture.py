@@ -1178,13 +1178,22 @@ def report(run: Run, args: argparse.Namespace) -> None:
     status = "FAIL" if run.failures else "ok"
     print(f"seed {p.seed}: {status} in {run.wall:.0f}s ({p.duration:.0f}s planned, page size {p.page_size}, "
           f"auto_vacuum {p.auto_vacuum}, {p.replica}, {'config' if p.config else 'url'}, "
-          f"{run.counters['transactions committed']} transactions, {len(run.restores)} restores)", flush=True)
+          f"{run.counters['transactions committed']} transactions, {len(run.restores)} restores{drawn_faults(run)})",
+          flush=True)
     if run.failures:
         for text in run.failures[:20]:
             print(f"    {text}")
         print(f"    kept {run.dir}; rerun: {rerun_command(p.seed, args)}", flush=True)
     elif not args.keep:
         shutil.rmtree(run.dir, ignore_errors=True)
+
+
+def drawn_faults(run: Run) -> str:
+    """The run's network faults and database replacements, as a phrase for its report line."""
+    nets = sum(n for name, n in run.counters.items() if name.startswith("net fault "))
+    replaced = sum(n for name, n in run.counters.items() if name.startswith("database file replaced ("))
+    return ((f", {nets} net faults" if run.plan.net_faults else "")
+            + (f", database replaced {replaced}x" if run.plan.replace else ""))
 
 
 def last_error_line(log_path: str) -> str:
