@@ -68,6 +68,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -664,8 +665,7 @@ class Run:
             self.cleanup()
             if self.plan.park:
                 self.count_parks()
-            if self.plan.replace:
-                self.count_replacement_warnings()
+            self.count_new_generations()
         self.check()
 
     def main_loop(self) -> None:
@@ -797,14 +797,18 @@ class Run:
         self.count(f"database file replaced ({variant})")
         self.note(f"database file replaced ({variant}): {os.path.basename(self.db)} now a copy holding {meta}")
 
-    def count_replacement_warnings(self) -> None:
-        """How often the agent said it replicates a new file (one warning line each time)."""
+    def count_new_generations(self) -> None:
+        """Why the agent started each new generation (its log line), numbers and details left out."""
         try:
             with open(self.path("agent.log"), errors="replace") as f:
-                n = sum(1 for line in f if "the database file was replaced" in line and "replicating the new" in line)
+                reasons = [line.split("starting a new generation: ", 1)[1] for line in f
+                           if "starting a new generation: " in line]
         except OSError:
             return
-        self.count("agent warned: database file replaced, new generation", n)
+        for reason in reasons:
+            reason = re.sub(r"\s*\([^)]*\)", "", reason.strip())
+            reason = re.sub(r"\b(?:[0-9a-f]{16}|\d+)\b", "N", reason)[:100]
+            self.count(f"agent new generation: {reason}")
 
     def start_checkpoint(self, mode: str, busy_ms: int = 2000, killed: bool = False) -> None:
         if alive(self.checkpointer):
