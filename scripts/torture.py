@@ -886,6 +886,9 @@ class Run:
         db = os.path.getsize(self.db)
         self.state_bytes = (used, db)
         self.note(f"state directory at the end: {used} bytes in {len(files)} files; database {db} bytes")
+        for f in sorted(files)[:30]:
+            with contextlib.suppress(OSError):
+                self.note(f"    {os.path.relpath(f, self.state_dir)} {os.lstat(f).st_size}")
 
     def restore_history(self, most: int = 4) -> None:
         """Restore older states too: the last state of each generation, and points in time.
