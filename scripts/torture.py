@@ -83,6 +83,8 @@ from datetime import datetime, timezone
 
 import apsw
 
+from litesync.config import DEFAULT_SPOOL_MAX_SIZE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import torture_app  # noqa: E402 - the writer's history, shared with the checker
@@ -588,6 +590,7 @@ class Run:
         self.replaced = 0                       # how many (names the copies)
         self.final_meta: tuple[int, int] = (0, 0)
         self.state_bytes: tuple[int, int] | None = None  # (state directory, database) at the end
+        self.largest_db = 0  # bytes, looked at between events
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -690,6 +693,8 @@ class Run:
                 self.count_app(self.app.spec)
                 app_index += 1
             self.poll_restores()
+            with contextlib.suppress(FileNotFoundError):  # replaced by a delete, for a moment
+                self.largest_db = max(self.largest_db, os.path.getsize(self.db))
             time.sleep(0.05)
 
     def count_app(self, spec: AppSpec) -> None:
@@ -872,6 +877,7 @@ class Run:
         self.wait_app(self.app)
         self.final_meta = self.last_acked()
         self.note(f"final commit {self.final_meta}")
+        self.largest_db = max(self.largest_db, os.path.getsize(self.db))
         self.wait_for_replica()
         rc = self.agent.terminate()
         if rc != 0:
@@ -880,12 +886,19 @@ class Run:
         self.restore_history()
 
     def measure_state_dir(self) -> None:
-        """The agent's state directory once it stopped with everything shipped, against the database."""
+        """The agent's state directory once it stopped with everything shipped: a failure past
+        what the README allows it (spool-max-size plus one compressed copy of the database),
+        with room for one validation's restore left by a kill and for the largest database
+        of the run rather than the last."""
         files = [os.path.join(d, n) for d, _, names in os.walk(self.state_dir) for n in names]
         used = sum(os.lstat(f).st_size for f in files if os.path.exists(f))
         db = os.path.getsize(self.db)
         self.state_bytes = (used, db)
         self.note(f"state directory at the end: {used} bytes in {len(files)} files; database {db} bytes")
+        bound = DEFAULT_SPOOL_MAX_SIZE + 2 * (self.largest_db + (self.largest_db >> 4)) + (4 << 20)
+        if used > bound:
+            self.fail(f"the agent's state directory holds {used} bytes at the end, more than {bound} (spool-max-size "
+                      f"{DEFAULT_SPOOL_MAX_SIZE}, largest database {self.largest_db}); listed in events.log")
         for f in sorted(files)[:30]:
             with contextlib.suppress(OSError):
                 self.note(f"    {os.path.relpath(f, self.state_dir)} {os.lstat(f).st_size}")
