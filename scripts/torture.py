@@ -856,6 +856,7 @@ class Run:
 
     def final_phase(self) -> None:
         """Let the last writer finish, heal the agent, commit a last few transactions, wait for the replica."""
+        self.heal_network()  # first: restores through the proxy wait for it
         if self.app is not None:
             self.wait_app(self.app)
         for r in self.restores:
@@ -864,7 +865,6 @@ class Run:
         if alive(self.checkpointer):
             self.checkpointer.wait(30)
         self.free_disk()
-        self.heal_network()
         for variant in self.pending_replace:  # due after the last writer: done before the final one
             self.replace_database(variant)
         self.pending_replace = []
