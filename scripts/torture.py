@@ -783,6 +783,11 @@ class Run:
         a moment later (delete), or the symbolic link the agent names pointed at the copy (link)."""
         if alive(self.checkpointer):  # another process's connection to the database
             self.checkpointer.wait(30)
+        if variant == "delete" and not self.agent_past_open():
+            # An agent that starts while there is no database exits 1 (documented: "A start
+            # that fails (the database does not exist ...)"); one that runs goes on.
+            self.count("database replacement delete done as mv (the agent was starting)")
+            variant = "mv"
         self.replaced += 1
         copy = self.path(f"app-{self.replaced}.db") if variant == "link" else self.db + ".replacement"
         meta = copy_database(self.db, copy)
@@ -801,6 +806,23 @@ class Run:
             os.rename(copy, self.db)
         self.count(f"database file replaced ({variant})")
         self.note(f"database file replaced ({variant}): {os.path.basename(self.db)} now a copy holding {meta}")
+
+    def agent_past_open(self, timeout: float = 20.0) -> bool:
+        """Whether the agent is down or has opened the database (its status says it replicates),
+        waited for up to ``timeout`` seconds (the status is written every 3 s)."""
+        deadline = time.monotonic() + timeout
+        while alive(self.agent.proc) and not self.agent.stopped:
+            try:
+                with open(os.path.join(self.state_dir, "status.json")) as f:
+                    status = json.load(f)
+                if status.get("pid") == self.agent.proc.pid and status.get("state") == "replicating":
+                    return True
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return not alive(self.agent.proc)
 
     def count_new_generations(self) -> None:
         """Why the agent started each new generation (its log line), numbers and details left out."""
