@@ -20,7 +20,9 @@ The oracle: the writers' history log says which attempt of each transaction comm
 in its meta row committed, its logical content equals the replay of the committed
 transactions 1..k and integrity_check is ok. A mid-run restore may fail cleanly (exit
 code != 0 and no output). At the end, with the agent running unharmed, the replica must
-reach the last commit within the liveness deadline.
+reach the last commit within the liveness deadline; stopped with everything shipped, the
+agent's state directory must hold no more than spool-max-size plus two copies of the
+largest database the run had (a bound only a leak can pass; the figure is reported).
 
 What the world can do that a replication agent's model may not expect, and whether a run
 draws it:
