@@ -11,14 +11,18 @@ interval), a sequence of writer processes (tests/torture_app.py: profile, synchr
 wal_autocheckpoint, cache_size, and a fault: SIGKILL at a random time, or killed by
 strace at a random WAL write or sync), and events at random times: the agent killed -9
 and restarted (with a libfaketime clock offset: a step forwards or backwards), the agent
-stopped and continued, a checkpoint of every mode from another process, a restore.
+stopped and continued, a checkpoint of every mode from another process, a restore, a
+network fault between the agent and S3 for 1-8 s, the database file replaced between two
+writers.
 
 The oracle: the writers' history log says which attempt of each transaction committed
 (acknowledged, or observed by the next writer); a restore is valid iff the (k, attempt)
 in its meta row committed, its logical content equals the replay of the committed
 transactions 1..k and integrity_check is ok. A mid-run restore may fail cleanly (exit
 code != 0 and no output). At the end, with the agent running unharmed, the replica must
-reach the last commit within the liveness deadline.
+reach the last commit within the liveness deadline; stopped with everything shipped, the
+agent's state directory must hold no more than spool-max-size plus two copies of the
+largest database the run had (a bound only a leak can pass; the figure is reported).
 
 What the world can do that a replication agent's model may not expect, and whether a run
 draws it:
@@ -32,6 +36,12 @@ draws it:
   a database past 1 GiB, its lock-byte page (--long); a writer killed between the two
   wal-index header copies (not drawn: a memory write, out of strace's reach);
   locking_mode=EXCLUSIVE (not drawn: the agent cannot read such a database at all).
+- The database file: replaced under the running agent as the README says to (the
+  writers stopped, a copy of the committed state made with the backup API, the old -wal
+  and -shm removed): renamed over the database, or the database deleted and the copy put
+  at its path up to 1.5 s later, or (named through a symbolic link) the link pointed at
+  the copy (drawn); rewritten in place, or replaced with its -wal left beside it (not
+  drawn: the README says not to, and the agent refuses the second).
 - The kernel: SIGKILL of the app and of the agent at any moment, SIGSTOP/SIGCONT of the
   agent (drawn); the agent reading the live database in its own process while it
   replicates (validation-interval: drawn); the disk of the agent's state directory (its
@@ -40,8 +50,13 @@ draws it:
   machine crash losing the page cache (not drawn here: see the faults issue).
 - The clock: the agent restarted with its clock an hour or a day ahead or behind
   (libfaketime: drawn); a host rolled back with its state (tests/test_correctness.py).
-- The network and the store: S3 on loopback (drawn); resets, stalls and outages (not
-  drawn here: see the faults issue).
+- The network and the store: S3 on loopback (drawn); between the agent and S3, the
+  fault proxy of tests/faultproxy.py switched for 1-8 s to blackhole, refuse, a reset
+  mid-request, a response cut after N bytes or with probability p, latency or a
+  bandwidth cap, then back to pass (drawn in S3 runs; mid-run restores go through the
+  proxy too, the final ones and the liveness check directly, after the network healed;
+  the liveness deadline is then at least NET_SETTLE_SECONDS after the heal); the store
+  itself failing, lying or losing objects (not drawn here: see the faults issue).
 
 A failing run prints its seed and the command that reruns it, and keeps its directory.
 The agent and restores run `python -m litesync` from this environment: to torture another
@@ -55,6 +70,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -69,9 +85,12 @@ from datetime import datetime, timezone
 
 import apsw
 
+from litesync.config import DEFAULT_SPOOL_MAX_SIZE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import torture_app  # noqa: E402 - the writer's history, shared with the checker
+from faultproxy import FaultProxy  # noqa: E402
 from smalldisk import MountRefused, SmallDisk  # noqa: E402
 
 APP = os.path.join(ROOT, "tests", "torture_app.py")
@@ -82,6 +101,12 @@ PAGE_SIZES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 CLOCK_OFFSETS = (0, 0, 90, -90, 3600, -3600, 86400, -86400)
 LIVENESS_SECONDS = 15.0
+# After the network heals, a correct agent may still wait out a request sent into the
+# outage (litesync.replica.s3.LARGE_READ_TIMEOUT, 30 s) and its shipper's backoff (at most
+# 30 s) before it retries: the liveness deadline is never earlier than this after the heal.
+NET_SETTLE_SECONDS = 30.0 + 30.0 + LIVENESS_SECONDS
+NET_FAULT_KINDS = ("blackhole", "refuse", "reset_request", "reset_response", "latency", "bandwidth")
+REPLACE_VARIANTS = ("mv", "delete")  # and "link" when the agent names the database through a link
 RESTORE_TIMEOUT = 120.0
 LONG_BYTES = (1 << 30) + (64 << 20)
 MAX_DB_BYTES = 48 << 20   # past this, writers delete rather than add (except the --long writer)
@@ -149,8 +174,9 @@ FINAL_APP = AppSpec("small", "NORMAL", 1000, -2000, 1e9, 0.01, "none", 0.0, max_
 @dataclass(frozen=True)
 class Event:
     at: float             # seconds after the run starts
-    action: str           # agent-kill, agent-stop, checkpoint, restore, disk-full
-    param: object = None  # restart delay and clock offset / stop length / checkpoint mode / seconds full
+    action: str           # agent-kill, agent-stop, checkpoint, restore, disk-full, net-fault, replace
+    param: object = None  # restart delay and clock offset / stop length / checkpoint mode / seconds full /
+    #                       (proxy mode, its parameters as items, seconds) / how the file is replaced
 
 
 @dataclass(frozen=True)
@@ -168,6 +194,8 @@ class Plan:
     via_link: bool = False  # the agent names the database through a symbolic link
     park: bool = False  # max-open-databases: 1 and a second database nudged: the first parks when idle
     small_disk: bool = False  # the agent's state directory is a small disk; "disk-full" events fill it
+    net_faults: bool = False  # S3 through tests/faultproxy.py; "net-fault" events switch its mode for a while
+    replace: bool = False  # "replace" events: the database file replaced between two writers
 
     def app(self, index: int, tools: Tools) -> AppSpec:
         """The index-th writer after the first: drawn from its own PRNG, so timing does not change the draws."""
@@ -212,14 +240,46 @@ def draw_plan(seed: int, tools: Tools, s3: bool, duration: float | None = None, 
         disk = random.Random(f"{seed}/disk-events")
         events = tuple(sorted(events + tuple(Event(disk.uniform(0.5, duration), "disk-full", disk.uniform(1, 8))
                                              for _ in range(disk.randint(1, 2))), key=lambda e: e.at))
-    return Plan(seed=seed, duration=duration, page_size=rng.choice(PAGE_SIZES),
-                auto_vacuum=rng.choice(["NONE", "FULL", "INCREMENTAL"]),
-                replica="s3" if s3 and rng.random() < 0.5 else "file", config=config, clock=clock,
-                first_offset=rng.choice(CLOCK_OFFSETS) if clock else 0,
-                events=events, long=long,
-                via_link=random.Random(f"{seed}/link").random() < 0.3,
+    page_size = rng.choice(PAGE_SIZES)
+    auto_vacuum = rng.choice(["NONE", "FULL", "INCREMENTAL"])
+    replica = "s3" if s3 and rng.random() < 0.5 else "file"
+    first_offset = rng.choice(CLOCK_OFFSETS) if clock else 0
+    via_link = random.Random(f"{seed}/link").random() < 0.3
+    net_faults = replica == "s3" and random.Random(f"{seed}/net").random() < 0.7
+    if net_faults:
+        events = merge(events, draw_net_faults(random.Random(f"{seed}/net-events"), duration))
+    replace = random.Random(f"{seed}/replace").random() < 0.4
+    if replace:
+        events = merge(events, draw_replacements(random.Random(f"{seed}/replace-events"), duration, via_link))
+    return Plan(seed=seed, duration=duration, page_size=page_size, auto_vacuum=auto_vacuum, replica=replica,
+                config=config, clock=clock, first_offset=first_offset, events=events, long=long, via_link=via_link,
                 park=config is not None and random.Random(f"{seed}/park").random() < 0.5,
-                small_disk=small_disk)
+                small_disk=small_disk, net_faults=net_faults, replace=replace)
+
+
+def merge(events: tuple[Event, ...], more: list[Event]) -> tuple[Event, ...]:
+    return tuple(sorted(events + tuple(more), key=lambda e: e.at))
+
+
+def draw_net_faults(rng: random.Random, duration: float) -> list[Event]:
+    """Network faults between the agent and S3: (proxy mode, parameters, seconds) at random times."""
+    events = []
+    for _ in range(rng.randint(1, 1 + round(duration / 15))):
+        at, kind, seconds = rng.uniform(0.5, duration), rng.choice(NET_FAULT_KINDS), rng.uniform(1, 8)
+        params = {"reset_request": lambda: {"after": rng.randint(1, 64 << 10)},
+                  "reset_response": lambda: rng.choice([{"after": rng.randint(0, 256 << 10)},
+                                                        {"p": round(rng.uniform(0.1, 0.6), 2)}]),
+                  "latency": lambda: {"seconds": round(rng.uniform(0.1, 1.5), 2)},
+                  "bandwidth": lambda: {"rate": rng.choice([64 << 10, 256 << 10, 1 << 20])},
+                  }.get(kind, dict)()
+        events.append(Event(at, "net-fault", (kind, tuple(sorted(params.items())), seconds)))
+    return events
+
+
+def draw_replacements(rng: random.Random, duration: float, via_link: bool) -> list[Event]:
+    """The database file replaced (between two writers) at random times, and how."""
+    variants = REPLACE_VARIANTS + (("link",) if via_link else ())
+    return [Event(rng.uniform(0.5, duration), "replace", rng.choice(variants)) for _ in range(rng.randint(1, 2))]
 
 
 def draw_events(rng: random.Random, duration: float, clock: bool) -> tuple[Event, ...]:
@@ -314,16 +374,20 @@ class S3Server:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
+        self.address = (host, port)
         self.endpoint = f"http://{host}:{port}"
         self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 
-    def new_bucket(self, name: str) -> str:
-        """Create a bucket; return the replica URL of a prefix in it."""
+    def new_bucket(self, name: str) -> None:
         import boto3
 
         boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1", aws_access_key_id="test",
                      aws_secret_access_key="test").create_bucket(Bucket=name)
-        return f"s3://{name}/db?endpoint={self.endpoint}&region=us-east-1&force-path-style=true"
+
+    @staticmethod
+    def url(bucket: str, endpoint: str) -> str:
+        """The replica URL of a prefix in ``bucket``, reached at ``endpoint`` (the server or a proxy)."""
+        return f"s3://{bucket}/db?endpoint={endpoint}&region=us-east-1&force-path-style=true"
 
     def stop(self) -> None:
         self.server.stop()
@@ -498,11 +562,18 @@ class Run:
             os.symlink("app.db", self.agent_db)
         self.log = self.path("history.log")
         self.replica_env: dict[str, str] = {}
+        # The agent and mid-run restores use url; the final checks direct_url (not through the proxy).
+        self.proxy: FaultProxy | None = None  # between the agent and S3 (Plan.net_faults)
         if self.plan.replica == "s3":
-            self.url = self.s3.new_bucket(f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000)}")
+            bucket = f"torture-{self.plan.seed}-{os.getpid()}-{int(time.time() * 1000)}"
+            self.s3.new_bucket(bucket)
+            self.direct_url = self.url = self.s3.url(bucket, self.s3.endpoint)
+            if self.plan.net_faults:
+                self.proxy = FaultProxy(self.s3.address, seed=self.plan.seed)
+                self.url = self.s3.url(bucket, self.proxy.url)
             self.replica_env = dict(self.s3.env)
         else:
-            self.url = "file://" + self.path("replica")
+            self.direct_url = self.url = "file://" + self.path("replica")
         self.config_path = self.write_config() if self.plan.config else None
         self.t0 = time.monotonic()
         self.restores: list[Restore] = []
@@ -515,7 +586,13 @@ class Run:
         self.state_dir = os.path.join(self.dir, "." + os.path.basename(self.agent_db) + "-litesync")
         self.disk: SmallDisk | None = None  # mounted on state_dir (Plan.small_disk)
         self.pending_free: float | None = None  # when to free the full disk
+        self.pending_heal: float | None = None  # when the proxy goes back to pass
+        self.healed_at: float | None = None     # when it last did
+        self.pending_replace: list[str] = []    # replacements due, done once the writer has stopped
+        self.replaced = 0                       # how many (names the copies)
         self.final_meta: tuple[int, int] = (0, 0)
+        self.state_bytes: tuple[int, int] | None = None  # (state directory, database) at the end
+        self.largest_db = 0  # bytes, looked at between events
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -563,6 +640,10 @@ class Run:
             self.count("agent parks the database (max-open-databases: 1, a second database nudged)")
         if p.small_disk:
             self.count("agent state directory on a small disk")
+        if p.net_faults:
+            self.count("agent reaches S3 through the fault proxy")
+        if p.replace:
+            self.count("database file replaced in this run")
         self.note(f"plan: {p}")
 
     # --- the main loop
@@ -589,6 +670,7 @@ class Run:
             self.cleanup()
             if self.plan.park:
                 self.count_parks()
+            self.count_new_generations()
         self.check()
 
     def main_loop(self) -> None:
@@ -605,12 +687,16 @@ class Run:
                 if not alive(self.app.proc):
                     self.count(self.app.outcome())
                     self.app = None
+            if self.app is None and self.pending_replace:
+                self.replace_database(self.pending_replace.pop(0))  # between two writers
             if self.app is None and now < deadline:
                 self.app = App(self, self.plan.app(app_index - 1, self.tools), app_index,
                                time.time() + deadline - now)
                 self.count_app(self.app.spec)
                 app_index += 1
             self.poll_restores()
+            with contextlib.suppress(FileNotFoundError):  # replaced by a delete, for a moment
+                self.largest_db = max(self.largest_db, os.path.getsize(self.db))
             time.sleep(0.05)
 
     def count_app(self, spec: AppSpec) -> None:
@@ -649,6 +735,14 @@ class Run:
             self.count("agent state disk full (ENOSPC)")
             self.note(f"state disk filled for {event.param:.1f}s ({self.disk.fill()} bytes of ballast)")
             self.pending_free = time.monotonic() + event.param
+        elif event.action == "net-fault" and self.proxy is not None:
+            kind, params, seconds = event.param
+            self.count(f"net fault {kind}")
+            self.note(f"net fault {kind} {dict(params)} for {seconds:.1f}s")
+            self.proxy.set(kind, **dict(params))  # replaces one still on
+            self.pending_heal = time.monotonic() + seconds
+        elif event.action == "replace":
+            self.pending_replace.append(event.param)
         elif event.action == "restore" and not any(r.rc is None for r in self.restores):
             self.count("restore mid-run")
             self.start_restore(final=False)
@@ -660,9 +754,18 @@ class Run:
                 self.disk.free()
         self.pending_free = None
 
+    def heal_network(self) -> None:
+        if self.proxy is not None and self.pending_heal is not None:
+            self.proxy.set("pass")
+            self.healed_at = time.monotonic()
+            self.note(f"net ok (proxy counts {self.proxy.counts})")
+        self.pending_heal = None
+
     def tick_agent(self, now: float) -> None:
         if self.pending_free is not None and now >= self.pending_free:
             self.free_disk()
+        if self.pending_heal is not None and now >= self.pending_heal:
+            self.heal_network()
         if self.pending_cont is not None and now >= self.pending_cont:
             self.agent.cont()
             self.pending_cont = None
@@ -674,6 +777,67 @@ class Run:
         if self.agent.proc.poll() is not None and self.pending_restart is None:
             self.fail(f"agent exited by itself with {self.agent.proc.returncode}; see agent.log")
             self.pending_restart = (now + 1.0, self.agent.offset)  # keep going: later restores still count
+
+    def replace_database(self, variant: str) -> None:
+        """Replace the database file with the writers stopped, as the README says to: a copy
+        of its committed state (a new inode), the old -wal and -shm removed, then the copy
+        renamed over the database (mv), or the database deleted and the copy put at its path
+        a moment later (delete), or the symbolic link the agent names pointed at the copy (link)."""
+        if alive(self.checkpointer):  # another process's connection to the database
+            self.checkpointer.wait(30)
+        if variant == "delete" and not self.agent_past_open():
+            # An agent that starts while there is no database exits 1 (documented: "A start
+            # that fails (the database does not exist ...)"); one that runs goes on.
+            self.count("database replacement delete done as mv (the agent was starting)")
+            variant = "mv"
+        self.replaced += 1
+        copy = self.path(f"app-{self.replaced}.db") if variant == "link" else self.db + ".replacement"
+        meta = copy_database(self.db, copy)
+        if variant == "link":
+            link = self.agent_db + ".tmp"
+            os.symlink(os.path.basename(copy), link)
+            os.rename(link, self.agent_db)  # the old file and its WAL stay where they are
+            self.db = copy
+        else:
+            gone = [self.db] if variant == "delete" else []
+            for path in gone + [self.db + "-wal", self.db + "-shm"]:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+            if variant == "delete":  # the agent may look while there is no file at all
+                time.sleep(random.Random(f"{self.plan.seed}/replace-gap/{self.replaced}").uniform(0, 1.5))
+            os.rename(copy, self.db)
+        self.count(f"database file replaced ({variant})")
+        self.note(f"database file replaced ({variant}): {os.path.basename(self.db)} now a copy holding {meta}")
+
+    def agent_past_open(self, timeout: float = 20.0) -> bool:
+        """Whether the agent is down or has opened the database (its status says it replicates),
+        waited for up to ``timeout`` seconds (the status is written every 3 s)."""
+        deadline = time.monotonic() + timeout
+        while alive(self.agent.proc) and not self.agent.stopped:
+            try:
+                with open(os.path.join(self.state_dir, "status.json")) as f:
+                    status = json.load(f)
+                if status.get("pid") == self.agent.proc.pid and status.get("state") == "replicating":
+                    return True
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return not alive(self.agent.proc)
+
+    def count_new_generations(self) -> None:
+        """Why the agent started each new generation (its log line), numbers and details left out."""
+        try:
+            with open(self.path("agent.log"), errors="replace") as f:
+                reasons = [line.split("starting a new generation: ", 1)[1] for line in f
+                           if "starting a new generation: " in line]
+        except OSError:
+            return
+        for reason in reasons:
+            reason = re.sub(r"\s*\([^)]*\)", "", reason.strip())
+            reason = re.sub(r"\b(?:[0-9a-f]{16}|\d+)\b", "N", reason)[:100]
+            self.count(f"agent new generation: {reason}")
 
     def start_checkpoint(self, mode: str, busy_ms: int = 2000, killed: bool = False) -> None:
         if alive(self.checkpointer):
@@ -688,13 +852,15 @@ class Run:
         with open(self.path("checkpoint.log"), "ab") as out:
             self.checkpointer = subprocess.Popen(cmd, stdout=out, stderr=out, env=clean_env())
 
-    def start_restore(self, final: bool, *options: str) -> Restore:
-        """Start `litesync restore -o restore-N.db [options] URL` in the background."""
+    def start_restore(self, final: bool, *options: str, direct: bool = False) -> Restore:
+        """Start `litesync restore -o restore-N.db [options] URL` in the background (``direct``:
+        not through the fault proxy)."""
         n = len(self.restores)
         out = self.path(f"restore-{n:03d}.db")
-        self.note(f"restore {n} started {' '.join(options)}")
+        url = self.direct_url if direct else self.url
+        self.note(f"restore {n} started {' '.join(options)}{' through the proxy' if url != self.direct_url else ''}")
         with open(self.path(f"restore-{n:03d}.log"), "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "litesync", "restore", "-o", out, *options, self.url],
+            proc = subprocess.Popen([sys.executable, "-m", "litesync", "restore", "-o", out, *options, url],
                                     stdout=log, stderr=log, env=clean_env(self.replica_env), cwd=self.dir)
         restore = Restore(f"restore-{n:03d}", out, proc, time.monotonic(), final, " ".join(options))
         self.restores.append(restore)
@@ -714,6 +880,7 @@ class Run:
 
     def final_phase(self) -> None:
         """Let the last writer finish, heal the agent, commit a last few transactions, wait for the replica."""
+        self.heal_network()  # first: restores through the proxy wait for it
         if self.app is not None:
             self.wait_app(self.app)
         for r in self.restores:
@@ -722,6 +889,9 @@ class Run:
         if alive(self.checkpointer):
             self.checkpointer.wait(30)
         self.free_disk()
+        for variant in self.pending_replace:  # due after the last writer: done before the final one
+            self.replace_database(variant)
+        self.pending_replace = []
         self.agent.cont()
         if not alive(self.agent.proc):
             if self.pending_restart is not None and self.plan.clock:
@@ -731,11 +901,31 @@ class Run:
         self.wait_app(self.app)
         self.final_meta = self.last_acked()
         self.note(f"final commit {self.final_meta}")
+        self.largest_db = max(self.largest_db, os.path.getsize(self.db))
         self.wait_for_replica()
         rc = self.agent.terminate()
         if rc != 0:
             self.fail(f"agent exited {rc} on SIGTERM at the end (expected 0); see agent.log")
+        self.measure_state_dir()
         self.restore_history()
+
+    def measure_state_dir(self) -> None:
+        """The agent's state directory once it stopped with everything shipped: a failure past
+        what the README allows it (spool-max-size plus one compressed copy of the database),
+        with room for one validation's restore left by a kill and for the largest database
+        of the run rather than the last."""
+        files = [os.path.join(d, n) for d, _, names in os.walk(self.state_dir) for n in names]
+        used = sum(os.lstat(f).st_size for f in files if os.path.exists(f))
+        db = os.path.getsize(self.db)
+        self.state_bytes = (used, db)
+        self.note(f"state directory at the end: {used} bytes in {len(files)} files; database {db} bytes")
+        bound = DEFAULT_SPOOL_MAX_SIZE + 2 * (self.largest_db + (self.largest_db >> 4)) + (4 << 20)
+        if used > bound:
+            self.fail(f"the agent's state directory holds {used} bytes at the end, more than {bound} (spool-max-size "
+                      f"{DEFAULT_SPOOL_MAX_SIZE}, largest database {self.largest_db}); listed in events.log")
+        for f in sorted(files)[:30]:
+            with contextlib.suppress(OSError):
+                self.note(f"    {os.path.relpath(f, self.state_dir)} {os.lstat(f).st_size}")
 
     def restore_history(self, most: int = 4) -> None:
         """Restore older states too: the last state of each generation, and points in time.
@@ -749,16 +939,17 @@ class Run:
         older = [g for g in generations if not g["current"]]
         for g in rng.sample(older, min(most, len(older))):
             self.count("restore of an older generation")
-            self.start_restore(False, "--generation", g["generation"]).wait(RESTORE_TIMEOUT)
+            self.start_restore(False, "--generation", g["generation"], direct=True).wait(RESTORE_TIMEOUT)
         spans = [(g["start"], g["end"]) for g in generations if "-" not in (g["start"], g["end"])]
         for _ in range(most if spans else 0):
             start, end = (parse_rfc3339(t) for t in rng.choice(spans))
             self.count("restore to a point in time")
-            self.start_restore(False, "--timestamp", format_rfc3339(rng.uniform(start, end))).wait(RESTORE_TIMEOUT)
+            self.start_restore(False, "--timestamp", format_rfc3339(rng.uniform(start, end)),
+                               direct=True).wait(RESTORE_TIMEOUT)
 
     def list_generations(self) -> list[dict]:
-        p = subprocess.run([sys.executable, "-m", "litesync", "generations", "--json", self.url], capture_output=True,
-                           text=True, env=clean_env(self.replica_env), timeout=120, check=False)
+        p = subprocess.run([sys.executable, "-m", "litesync", "generations", "--json", self.direct_url],
+                           capture_output=True, text=True, env=clean_env(self.replica_env), timeout=120, check=False)
         if p.returncode != 0:
             self.fail(f"litesync generations exited {p.returncode}: {p.stderr.strip()[-500:]}")
             return []
@@ -783,8 +974,10 @@ class Run:
         """Restore until the replica holds the final commit; a stall past the deadline is a failure."""
         started = time.monotonic()
         allowed = LIVENESS_SECONDS * (4 if self.plan.long else 1)  # restoring 1 GiB alone takes seconds
+        if self.healed_at is not None:
+            allowed = max(allowed, self.healed_at + NET_SETTLE_SECONDS - started)
         while True:
-            r = self.start_restore(final=True)
+            r = self.start_restore(final=True, direct=True)
             r.wait(RESTORE_TIMEOUT)
             r.meta = read_meta(r.out) if r.rc == 0 else None
             if r.meta == self.final_meta:
@@ -818,6 +1011,8 @@ class Run:
             kill9(p)
         if self.disk is not None:
             self.disk.unmount()
+        if self.proxy is not None:
+            self.proxy.close()
 
     # --- the oracle
 
@@ -857,6 +1052,32 @@ class Run:
             self.fail(f"{r.label}: holds {meta}: {problem}")
             return
         targets.setdefault(meta[0], []).append((r.label, r.out))
+
+
+def copy_database(path: str, copy: str) -> tuple[int, int]:
+    """Copy the committed state of the database at ``path`` (its WAL applied) into the new file
+    ``copy`` with SQLite's backup API; return the copy's meta row."""
+    src = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        src.setbusytimeout(10_000)
+        for attempt in range(50):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(copy)
+            dst = apsw.Connection(copy)
+            try:
+                with dst.backup("main", src, "main") as b:
+                    b.step()  # every page, under one read transaction of the source
+                # Read here: a later connection of its own would leave a -wal and -shm beside the copy.
+                return torture_app.observe(dst)
+            except (apsw.BusyError, apsw.LockedError):
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
+            finally:
+                dst.close()
+    finally:
+        src.close()
+    raise AssertionError("unreachable")
 
 
 def parse_rfc3339(text: str) -> float:
@@ -1001,13 +1222,22 @@ def report(run: Run, args: argparse.Namespace) -> None:
     status = "FAIL" if run.failures else "ok"
     print(f"seed {p.seed}: {status} in {run.wall:.0f}s ({p.duration:.0f}s planned, page size {p.page_size}, "
           f"auto_vacuum {p.auto_vacuum}, {p.replica}, {'config' if p.config else 'url'}, "
-          f"{run.counters['transactions committed']} transactions, {len(run.restores)} restores)", flush=True)
+          f"{run.counters['transactions committed']} transactions, {len(run.restores)} restores{drawn_faults(run)})",
+          flush=True)
     if run.failures:
         for text in run.failures[:20]:
             print(f"    {text}")
         print(f"    kept {run.dir}; rerun: {rerun_command(p.seed, args)}", flush=True)
     elif not args.keep:
         shutil.rmtree(run.dir, ignore_errors=True)
+
+
+def drawn_faults(run: Run) -> str:
+    """The run's network faults and database replacements, as a phrase for its report line."""
+    nets = sum(n for name, n in run.counters.items() if name.startswith("net fault "))
+    replaced = sum(n for name, n in run.counters.items() if name.startswith("database file replaced ("))
+    return ((f", {nets} net faults" if run.plan.net_faults else "")
+            + (f", database replaced {replaced}x" if run.plan.replace else ""))
 
 
 def last_error_line(log_path: str) -> str:
@@ -1026,8 +1256,11 @@ def summary(runs: list[Run], wall: float) -> dict:
     for run in runs:
         totals.update(run.counters)
     catchups = [r.catchup for r in runs if r.catchup is not None]
+    states = [r.state_bytes for r in runs if r.state_bytes is not None]
     return {"runs": len(runs), "failures": sum(1 for r in runs if r.failures), "wall_seconds": round(wall, 1),
             "catchup_max_seconds": round(max(catchups), 2) if catchups else None,
+            "state_dir_max_bytes": max((used for used, _ in states), default=None),
+            "state_dir_max_over_db": round(max(used / db for used, db in states), 3) if states else None,
             "failed_seeds": [r.plan.seed for r in runs if r.failures], "counters": dict(sorted(totals.items())),
             "clean_restore_failures": [text for r in runs for text in r.clean_failures]}
 
@@ -1037,6 +1270,8 @@ def print_summary(s: dict) -> None:
     print(f"{'failures':<48} {s['failures']:>8}")
     print(f"{'wall time (s)':<48} {s['wall_seconds']:>8}")
     print(f"{'last commit to restorable, slowest run (s)':<48} {s['catchup_max_seconds']!s:>8}")
+    print(f"{'state directory at the end, largest (bytes)':<48} {s['state_dir_max_bytes']!s:>8}")
+    print(f"{'  largest relative to its database':<48} {s['state_dir_max_over_db']!s:>8}")
     for name, n in s["counters"].items():
         print(f"{name:<48} {n:>8}")
     for text in s["clean_restore_failures"]:

@@ -17,6 +17,8 @@ import torture  # noqa: E402 (found through the sys.path entry above)
 
 # The first seed of runs whose plans (torture.draw_plan) hold, between them, every kind of fault.
 SEED, RUNS, SECONDS = 11, 3, 15
+# What draw_plan(11, ..., duration=15) began with before network faults and replacements were drawn.
+SEED_11_FIRST_EVENTS = [(1.363, "checkpoint"), (1.865, "agent-kill"), (5.231, "restore")]
 
 
 def missing_tools() -> list[str]:
@@ -39,14 +41,45 @@ def test_short_seeded_runs_pass_and_draw_every_fault(tmp_path):
     expected += [f"checkpoint {mode}" for mode in torture.CHECKPOINT_MODES]
     if torture.can_mount():  # root: the agent's state directory on a small disk that fills
         expected += ["agent state disk full (ENOSPC)"]
+    # The network faults and database replacements these seeds' plans hold (drawn apart,
+    # in S3 runs and in any run): each happens whenever it is drawn.
+    tools = torture.Tools.find()
+    plans = [torture.draw_plan(seed, tools, s3=True, duration=SECONDS) for seed in range(SEED, SEED + RUNS)]
+    expected += sorted({f"net fault {e.param[0]}" if e.action == "net-fault" else f"database file replaced ({e.param})"
+                        for plan in plans for e in plan.events if e.action in ("net-fault", "replace")})
     if not missing_tools():
         expected += ["app killed at WAL write (strace)", "app killed at sync (strace)"]
         expected += ["clock step forwards", "clock step backwards"]
+    # A delete waits for the agent to replicate; one that would hit a starting or stopped agent is done as mv.
+    if "database file replaced (delete)" in expected and counters.get(
+            "database replacement delete done as mv (the agent was starting)"):
+        expected.remove("database file replaced (delete)")
     missing = [name for name in expected if not counters.get(name)]
     assert not missing, f"faults never drawn: {missing}\n{p.stdout}"
     assert not [n for n in os.listdir(tmp_path) if n.startswith("torture-")], "passing runs left their directories"
     if missing_tools():
         pytest.skip(f"ran without the faults that need {' and '.join(missing_tools())} (apt-get install strace faketime)")
+
+
+def test_network_faults_and_replacements_leave_the_other_draws_of_a_seed_as_they_were():
+    """Drawn from PRNGs of their own: without them, a plan is the one the seed drew before."""
+    tools = torture.Tools("/usr/bin/strace", "/lib/faketime.so")
+    kinds, variants = set(), set()
+    for seed in range(200):
+        plan = torture.draw_plan(seed, tools, s3=True)
+        new = [e for e in plan.events if e.action in ("net-fault", "replace")]
+        assert bool(plan.net_faults) == any(e.action == "net-fault" for e in new)
+        assert not plan.net_faults or plan.replica == "s3"
+        assert bool(plan.replace) == any(e.action == "replace" for e in new)
+        assert all(e.param != "link" or plan.via_link for e in new)
+        kinds |= {e.param[0] for e in new if e.action == "net-fault"}
+        variants |= {e.param for e in new if e.action == "replace"}
+        assert all(1 <= e.param[2] <= 8 for e in new if e.action == "net-fault")
+    assert kinds == set(torture.NET_FAULT_KINDS) and variants == {"mv", "delete", "link"}
+    # Seed 11's plan as it was drawn before these two families existed.
+    plan = torture.draw_plan(11, tools, s3=True, duration=15)
+    assert [(round(e.at, 3), e.action) for e in plan.events if e.action not in ("net-fault", "replace")][:3] == \
+        SEED_11_FIRST_EVENTS
 
 
 def test_plan_is_a_function_of_the_seed():
