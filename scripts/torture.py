@@ -102,7 +102,7 @@ CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
 CLOCK_OFFSETS = (0, 0, 90, -90, 3600, -3600, 86400, -86400)
 LIVENESS_SECONDS = 15.0
 # After the network heals, a correct agent may still wait out a request sent into the
-# outage (litesync.replica.s3.LARGE_READ_TIMEOUT, 30 s) and its shipper's backoff (at most
+# outage (litesync.replica.base.LARGE_READ_TIMEOUT, 30 s) and its shipper's backoff (at most
 # 30 s) before it retries: the liveness deadline is never earlier than this after the heal.
 NET_SETTLE_SECONDS = 30.0 + 30.0 + LIVENESS_SECONDS
 NET_FAULT_KINDS = ("blackhole", "refuse", "reset_request", "reset_response", "latency", "bandwidth")
