@@ -78,6 +78,18 @@ def test_verdict_flags_memory_that_rises_at_every_sample_and_passes_noise():
     assert soak.verdict(noise, min_samples=6, warmup=60)["rss_mib"]["verdict"] == "bounded"
 
 
+def test_verdict_takes_a_warm_up_for_what_it_is_and_flags_growth_after_it():
+    soak = load_soak()
+    noise = [1, -1, 2, -2, 0, 1]
+    # The hour-long soak's shape: up 12 MiB over the first third, then flat.
+    warm = [row(m, 1, min(73 + m, 85) + noise[m % 6]) for m in range(36)]
+    assert soak.verdict(warm, min_samples=6, warmup=60)["rss_mib"]["verdict"] == "bounded"
+    # Flat, then 0.5 MiB a minute after the first third, with noise: not every step up.
+    slow = [row(m, 1, 85 + max(0, m - 12) * 0.5 + noise[m % 6]) for m in range(36)]
+    judged = soak.verdict(slow, min_samples=6, warmup=60)["rss_mib"]
+    assert judged["flags"] == ["last third above the middle third by more than 4.0MiB: life 1"]
+
+
 def test_verdict_flags_a_peak_that_rises_from_one_lifetime_to_the_next():
     soak = load_soak()
     samples = [row(m, 1 + m // 8, 80 + 10 * (m // 8) + (1 if m % 2 else -1)) for m in range(32)]
