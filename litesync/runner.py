@@ -297,7 +297,7 @@ class DbReplication:
         # After a turn refused for lack of room: the spool's free (bytes, inodes) then.
         self._room_at_failure: tuple[int, int] | None = None
         self._room_before_try: tuple[int, int] | None = None  # the free space looked at before a retry
-        self._room_recheck = False  # one more try after the first failure, whatever the disk says
+        self._room_recheck = False  # one more try due whatever the disk says (see _no_room)
         self._room_since = self._room_tried = 0.0  # monotonic times of the first and last such failure
         self._room_dir = ""  # the directory whose file system lacked room
         self._outbid_error: str | None = None  # why the stop could not write the generation after a replica's
@@ -586,12 +586,13 @@ class DbReplication:
             self._room_since = now
         said = not first and same_file_system(self._room_dir, directory)
         # What is free now may already include space freed since the write failed: then
-        # no growth would ever be seen. The free space before this try bounds it; the first
-        # failure has none, so one more try follows whatever the disk says.
+        # no growth would ever be seen. The free space before this try, on this file
+        # system, bounds it; without one (the first refusal, or one on another file system
+        # than the last) one more try follows whatever the disk says.
         free = free_space(directory) or (-1, -1)
         before = self._room_before_try if said else None
         self._room_at_failure = free if before is None else (min(free[0], before[0]), min(free[1], before[1]))
-        self._room_recheck = first
+        self._room_recheck = before is None
         self._room_tried = now
         self._room_dir = directory
         self.room_error = line
@@ -615,9 +616,10 @@ class DbReplication:
             return None
         free = free_space(self._room_dir)
         self._room_before_try = free
+        # The recheck stays due until a try reaches the disk (refused again: _no_room; done:
+        # _room_recovered): a turn may end before writing (the app holds the write lock).
         if (self._room_recheck or time.monotonic() - self._room_tried >= NO_ROOM_RETRY or free is None
                 or free[0] > self._room_at_failure[0] or free[1] > self._room_at_failure[1]):
-            self._room_recheck = False
             return None
         return NO_ROOM_POLL
 
@@ -626,7 +628,8 @@ class DbReplication:
         if self._room_at_failure is not None:
             self.log.info("%s: space freed, %s (paused %.1fs for lack of room)", self._room_dir, what,
                           time.monotonic() - self._room_since)
-            self._room_at_failure = None
+            self._room_at_failure = self._room_before_try = None
+            self._room_recheck = False
             self.room_error = self.turn_error = None
 
     def _spool_dir(self) -> str:

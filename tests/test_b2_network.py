@@ -185,6 +185,28 @@ def test_a_b2_upload_larger_than_a_megabyte_waits_longer_for_its_answer():
     assert _read_timeout(part, {"Content-Length": str(100 << 20)}) == LARGE_READ_TIMEOUT
     listing = "https://api000.backblazeb2.com/b2api/v4/b2_list_file_names"
     assert _read_timeout(listing, {"Content-Length": str(2 << 20)}) == READ_TIMEOUT
+    finish = "https://api000.backblazeb2.com/b2api/v4/b2_finish_large_file"
+    assert _read_timeout(finish, {"Content-Length": "200"}) == LARGE_READ_TIMEOUT
+
+
+def test_a_large_b2_upload_whose_sending_stalls_a_few_seconds_is_not_cut(monkeypatch):
+    """requests sends a body under the connect timeout (3 s): a large upload's send waits
+    LARGE_READ_TIMEOUT there too (6 s here). The store here reads nothing."""
+    import socket
+
+    import litesync.replica.b2 as b2
+    from litesync.replica.b2 import _bounded_api_class
+
+    monkeypatch.setattr(b2, "LARGE_READ_TIMEOUT", 6.0)
+    http = _bounded_api_class().SESSION_CLASS.B2HTTP_CLASS(__import__("b2sdk.v2", fromlist=["x"]).B2HttpApiConfig())
+    stall = socket.socket()
+    stall.bind(("127.0.0.1", 0))
+    stall.listen(1)  # accepted by the kernel, read by nobody: the send blocks once the buffers fill
+    url = f"http://127.0.0.1:{stall.getsockname()[1]}/b2api/v4/b2_upload_file/bucket-1/c001"
+    body = b"x" * (32 << 20)
+    seconds, error = timed(lambda: http.request("POST", url, {"Content-Length": str(len(body))}, body))
+    stall.close()
+    assert 5.5 <= seconds < 20, (seconds, error)  # not cut at the connect timeout, 3 s
 
 
 def test_an_agent_shows_a_b2_store_that_never_answers_as_failed_within_seconds(silent_b2, tmp_path):

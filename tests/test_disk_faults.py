@@ -31,6 +31,7 @@ from smalldisk import mount_small_disk
 
 from litesync import runner as runner_module
 from litesync.config import load_config
+from litesync.connections import WriteLockBusy
 from litesync.runner import DbReplication
 
 APP = os.path.join(HERE, "steady_app.py")
@@ -115,7 +116,7 @@ def test_a_full_spool_disk_pauses_copying_in_one_line_and_recovers(tmp_path, cap
     restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
 
 
-@pytest.mark.parametrize("freed_at", ["first failure", "a later failure"])
+@pytest.mark.parametrize("freed_at", ["first failure", "a later failure", "first failure, then the lock busy"])
 def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_missed(tmp_path, monkeypatch,
                                                                                        freed_at):
     """The torture suite's seed 12: the disk was freed 76 ms before the agent looked at how much was
@@ -128,7 +129,8 @@ def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_m
     d = DbReplication(load_config(str(cfg_path)).dbs[0])
     spool = d.agent.spool
     real = spool.writing
-    disk = {"full": False, "free": 1000, "refused": 0, "free_at_refusal": 1 if freed_at == "first failure" else 3}
+    disk = {"full": False, "free": 1000, "refused": 0, "free_at_refusal": 3 if freed_at == "a later failure" else 1,
+            "busy": 0}
 
     def writing(name):  # the one fault injected: the disk is full
         if disk["full"]:
@@ -144,7 +146,16 @@ def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_m
             disk["free"] += 1000
         return disk["free"], 1000
 
+    real_unpark = d.agent.unpark
+
+    def unpark():  # the try after the refusal ends before writing, once: the app holds the write lock
+        if freed_at.endswith("lock busy") and disk["refused"] and not disk["busy"]:
+            disk["busy"] = 1
+            raise WriteLockBusy(f"{db}: the application holds the write lock")
+        return real_unpark()
+
     spool.writing = writing
+    d.agent.unpark = unpark
     monkeypatch.setattr(runner_module, "free_space", free_space)
     d.start()
     try:
@@ -156,6 +167,7 @@ def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_m
         wait_for(lambda: d.state() == "replicating" and d.status()["error"] is None, timeout=60)
         # The agent looks every second; NO_ROOM_RETRY is 30 s.
         assert time.monotonic() - freed < RECOVERY
+        assert disk["busy"] == freed_at.endswith("lock busy")
         run_writer(db, "--count", "3")
     finally:
         assert d.stop(30)

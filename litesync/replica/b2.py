@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import threading
 import time
 from typing import IO, TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
@@ -46,13 +47,17 @@ def _bounded_api_class() -> type:
     from b2sdk.v2 import B2Api, B2Http, B2Session
 
     class BoundedHttp(B2Http):
-        CONNECTION_TIMEOUT = CONNECT_TIMEOUT
+        # requests waits this long to connect and, while it sends a body, for each send:
+        # a large upload's body gets its long timeout there too (per thread: b2sdk sends
+        # parts from several threads through one of these).
+        CONNECTION_TIMEOUT = property(lambda self: getattr(_request_timeouts, "connect", CONNECT_TIMEOUT))
 
         def request(self, method, url, headers, data=None, try_count=1, params=None, *,  # noqa: ANN001, ANN202
                     stream: bool = False, _timeout: float | None = None):
+            read = _read_timeout(url, headers)
+            _request_timeouts.connect = CONNECT_TIMEOUT if read == READ_TIMEOUT else read
             # One try: the shipper's loop and a restore's retrier decide what comes next.
-            return super().request(method, url, headers, data, 1, params, stream=stream,
-                                   _timeout=_read_timeout(url, headers))
+            return super().request(method, url, headers, data, 1, params, stream=stream, _timeout=read)
 
     class BoundedSession(B2Session):
         B2HTTP_CLASS = staticmethod(BoundedHttp)
@@ -63,12 +68,18 @@ def _bounded_api_class() -> type:
     return BoundedApi
 
 
+_request_timeouts = threading.local()
+
+
 def _read_timeout(url: str, headers: dict[str, str]) -> float:
     """How long a request waits for each answer from the store: longer for an upload larger
-    than LARGE_WRITE, whose answer comes once the store has every byte."""
+    than LARGE_WRITE, whose answer comes once the store has every byte, and for finishing a
+    large file, which the store assembles from its parts first."""
     upload = "/b2_upload_file" in url or "/b2_upload_part" in url
     size = int(headers.get("Content-Length") or 0)
-    return LARGE_READ_TIMEOUT if upload and size > LARGE_WRITE else READ_TIMEOUT
+    if (upload and size > LARGE_WRITE) or "/b2_finish_large_file" in url:
+        return LARGE_READ_TIMEOUT
+    return READ_TIMEOUT
 
 
 class B2ReplicaClient(RetriesRequests, ReplicaClient):
