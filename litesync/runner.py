@@ -381,6 +381,14 @@ class DbReplication:
         self._finished.set()
 
     def _open_turn(self) -> float | None:
+        if self._room_at_failure is not None:
+            # Objects every replica has (an older generation's snapshot, left by an agent
+            # killed before it collected them) may be all the room there is: on a small
+            # disk only this agent can free it.
+            try:
+                self.collect_garbage()
+            except (OSError, LitesyncError) as e:
+                self.log.debug("spool garbage collection while waiting for room: %s", e)
         room_wait = self._waiting_for_room()
         if room_wait is not None and not self.stop_event.is_set():
             return room_wait

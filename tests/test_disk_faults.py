@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -169,6 +170,50 @@ def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_m
         assert time.monotonic() - freed < RECOVERY
         assert disk["busy"] == freed_at.endswith("lock busy")
         run_writer(db, "--count", "3")
+    finally:
+        assert d.stop(30)
+    restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
+
+
+def test_an_agent_starting_on_a_disk_full_of_shipped_history_frees_it_and_starts(tmp_path):
+    """Torture seed 1302: agents killed one after another, each starting a new generation,
+    left each generation's shipped snapshot in the spool (the next agent collects them once
+    it runs); on a small disk the next start could not write its own snapshot and waited
+    for room only it could free."""
+    db = str(tmp_path / "app.db")
+    run_writer(db, "--count", "5")
+    cfg_path = tmp_path / "litesync.yml"
+    cfg_path.write_text(f"dbs:\n  - path: {db}\n    replicas:\n      - url: file://{tmp_path / 'rep'}\n")
+    first = DbReplication(load_config(str(cfg_path)).dbs[0])
+    first.start()
+    assert first.started.wait(30) and first.error is None
+    wait_for(lambda: first.status()["replicas"][0]["state"] == "completed", timeout=30)
+    assert first.stop(30)
+    spool_root = first.agent.spool.root
+    [(newest, _)] = first.agent.spool.objects()
+    # A shipped snapshot of an older generation, as a killed agent leaves it.
+    older = newest.__class__(**{**newest.__dict__, "generation": newest.generation - 1})
+    os.makedirs(os.path.dirname(first.agent.spool.path(older)), exist_ok=True)
+    shutil.copyfile(first.agent.spool.path(newest), first.agent.spool.path(older))
+    conn = sqlite3.connect(db)  # the WAL restarted while no agent ran: the next one starts a generation
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    run_writer(db, "--count", "3", "--seed", "2")
+    d = DbReplication(load_config(str(cfg_path)).dbs[0])
+    spool = d.agent.spool
+    assert older in dict(spool.objects())
+    real = spool.writing
+
+    def writing(name):  # the one fault injected: no room while the older generation's snapshot is there
+        if os.path.exists(spool.path(older)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), spool.path(name) + ".tmp")
+        return real(name)
+
+    spool.writing = writing
+    d.start()
+    try:
+        assert d.started.wait(30) and d.error is None  # waited before: the disk stayed full
+        assert not os.path.exists(spool.path(older)) and spool_root == spool.root
     finally:
         assert d.stop(30)
     restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
