@@ -381,10 +381,11 @@ class DbReplication:
         self._finished.set()
 
     def _open_turn(self) -> float | None:
-        if self._room_at_failure is not None:
+        if self._room_at_failure is not None and self.agent.locked:
             # Objects every replica has (an older generation's snapshot, left by an agent
             # killed before it collected them) may be all the room there is: on a small
-            # disk only this agent can free it.
+            # disk only this agent can free it. Only while it holds the agent lock: the
+            # spool may be another agent's since this one let go (see the end of this turn).
             try:
                 self.collect_garbage()
             except (OSError, LitesyncError) as e:

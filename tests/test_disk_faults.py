@@ -175,11 +175,12 @@ def test_space_freed_between_the_refused_write_and_the_look_at_the_disk_is_not_m
     restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
 
 
-def test_an_agent_starting_on_a_disk_full_of_shipped_history_frees_it_and_starts(tmp_path):
-    """Torture seed 1302: agents killed one after another, each starting a new generation,
-    left each generation's shipped snapshot in the spool (the next agent collects them once
-    it runs); on a small disk the next start could not write its own snapshot and waited
-    for room only it could free."""
+def shipped_history_on_a_full_disk(tmp_path):
+    """A database whose spool holds a shipped snapshot of an older generation (as agents
+    killed before they collected it leave it), whose next agent starts a new generation,
+    and that agent's DbReplication (not started): its spool refuses writes for lack of room
+    while that older snapshot is there. Returns (db, the replica, that DbReplication, the
+    older snapshot's spool name)."""
     db = str(tmp_path / "app.db")
     run_writer(db, "--count", "5")
     cfg_path = tmp_path / "litesync.yml"
@@ -189,9 +190,7 @@ def test_an_agent_starting_on_a_disk_full_of_shipped_history_frees_it_and_starts
     assert first.started.wait(30) and first.error is None
     wait_for(lambda: first.status()["replicas"][0]["state"] == "completed", timeout=30)
     assert first.stop(30)
-    spool_root = first.agent.spool.root
     [(newest, _)] = first.agent.spool.objects()
-    # A shipped snapshot of an older generation, as a killed agent leaves it.
     older = newest.__class__(**{**newest.__dict__, "generation": newest.generation - 1})
     os.makedirs(os.path.dirname(first.agent.spool.path(older)), exist_ok=True)
     shutil.copyfile(first.agent.spool.path(newest), first.agent.spool.path(older))
@@ -210,13 +209,50 @@ def test_an_agent_starting_on_a_disk_full_of_shipped_history_frees_it_and_starts
         return real(name)
 
     spool.writing = writing
+    return db, str(tmp_path / "rep"), d, older
+
+
+def test_an_agent_starting_on_a_disk_full_of_shipped_history_frees_it_and_starts(tmp_path):
+    """Torture seed 1302: agents killed one after another, each starting a new generation,
+    left each generation's shipped snapshot in the spool (the next agent collects them once
+    it runs); on a small disk the next start could not write its own snapshot and waited
+    for room only it could free."""
+    db, rep, d, older = shipped_history_on_a_full_disk(tmp_path)
     d.start()
     try:
         assert d.started.wait(30) and d.error is None  # waited before: the disk stayed full
-        assert not os.path.exists(spool.path(older)) and spool_root == spool.root
+        assert not os.path.exists(d.agent.spool.path(older))
     finally:
         assert d.stop(30)
-    restore_equals(db, str(tmp_path / "rep"), str(tmp_path / "restored.db"))
+    restore_equals(db, rep, str(tmp_path / "restored.db"))
+
+
+def test_an_agent_that_let_go_of_the_lock_while_waiting_for_room_leaves_the_spool_alone(tmp_path):
+    """From a review: waiting for room at start, the agent lets go of its lock; another
+    agent may hold the spool by then, and what is shipped by the first one's positions
+    (read when it was made) may be what the other still ships."""
+    import fcntl
+
+    db, rep, d, older = shipped_history_on_a_full_disk(tmp_path)
+    real_close = d.agent.close
+    holder: dict = {}
+
+    def close():  # another agent takes the lock as soon as this one lets go
+        real_close()
+        if "fd" not in holder:
+            holder["fd"] = os.open(os.path.join(d.agent.state_dir, "lock"), os.O_RDWR)
+            fcntl.flock(holder["fd"], fcntl.LOCK_EX)
+
+    d.agent.close = close
+    d.start()
+    try:
+        wait_for(lambda: d.error is not None or d.state() == "failed", timeout=30)
+        time.sleep(2.5)  # the turns that follow, each a second apart
+        assert os.path.exists(d.agent.spool.path(older))
+    finally:
+        d.stop(5)
+        if "fd" in holder:
+            os.close(holder["fd"])
 
 
 # --- fsutil and the status file on a real full disk ----------------------------------------
