@@ -381,15 +381,7 @@ class DbReplication:
         self._finished.set()
 
     def _open_turn(self) -> float | None:
-        if self._room_at_failure is not None and self.agent.locked:
-            # Objects every replica has (an older generation's snapshot, left by an agent
-            # killed before it collected them) may be all the room there is: on a small
-            # disk only this agent can free it. Only while it holds the agent lock: the
-            # spool may be another agent's since this one let go (see the end of this turn).
-            try:
-                self.collect_garbage()
-            except (OSError, LitesyncError) as e:
-                self.log.debug("spool garbage collection while waiting for room: %s", e)
+        self._collect_while_waiting_for_room()
         room_wait = self._waiting_for_room()
         if room_wait is not None and not self.stop_event.is_set():
             return room_wait
@@ -486,12 +478,7 @@ class DbReplication:
         wait = self._retry_at - time.monotonic()
         if wait > 0:  # after an error, file events do not bring the next try closer
             return wait
-        if self._room_at_failure is not None:
-            # What the replicas received meanwhile may be all the room there is to have.
-            try:
-                self.collect_garbage()
-            except (OSError, LitesyncError) as e:  # the turn's own collection says it, if it lasts
-                self.log.debug("spool garbage collection while waiting for room: %s", e)
+        self._collect_while_waiting_for_room()
         room_wait = self._waiting_for_room()
         if room_wait is not None:
             self._retry_at = time.monotonic() + room_wait
@@ -617,6 +604,19 @@ class DbReplication:
         if said:
             self.turn_error = message  # logged in debug by _turn_failed
         return self._turn_failed(message, NO_ROOM_POLL)
+
+    def _collect_while_waiting_for_room(self) -> None:
+        """While a turn waits for room: what the replicas received meanwhile, or objects they
+        all had before (an older generation's snapshot left by an agent killed before it
+        collected it), may be all the room there is, and on a small disk only this agent can
+        free it. Only while it holds the agent lock: waiting at start it lets go, and the
+        spool may be another agent's by then (see _open_turn)."""
+        if self._room_at_failure is None or not self.agent.locked:
+            return
+        try:
+            self.collect_garbage()
+        except (OSError, LitesyncError) as e:  # the turn's own collection says it, if it lasts
+            self.log.debug("spool garbage collection while waiting for room: %s", e)
 
     def _waiting_for_room(self) -> float | None:
         """After a turn refused for lack of room: the delay before looking again while no

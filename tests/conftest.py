@@ -38,6 +38,21 @@ def s3_bucket(s3_server):
     return s3_server, bucket
 
 
+def apsw_app(db: str, busy_timeout_ms: int | None = None):
+    """The application's connection for tests that drive an agent's parts in this process:
+    apsw's SQLite, as the agent's (two copies of SQLite in one process do not see each
+    other's locks); WAL, no autocheckpoint, a table ``t (x BLOB)``."""
+    import apsw
+
+    c = apsw.Connection(db)
+    c.execute("PRAGMA journal_mode=WAL").fetchall()
+    c.execute("PRAGMA wal_autocheckpoint=0")
+    c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
+    if busy_timeout_ms is not None:
+        c.set_busy_timeout(busy_timeout_ms)
+    return c
+
+
 def replica_cfg(**kw):
     base = dict(type="file", name="r", path="", url=None, bucket=None, endpoint=None, region=None,
                 force_path_style=None, access_key_id=None, secret_access_key=None, application_key_id=None,

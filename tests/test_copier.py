@@ -18,6 +18,8 @@ from litesync.segment import NO_LINK, SegmentReader, TxInfo, WalPosition
 from litesync.spool import Spool
 from litesync.walfile import WalFile
 
+from conftest import apsw_app
+
 GEN = 0x0000018C00000001
 
 
@@ -41,12 +43,8 @@ class State:
         return self.clock
 
 
-def _app(db: str) -> apsw.Connection:
-    c = apsw.Connection(db)
-    c.execute("PRAGMA journal_mode=WAL").fetchall()
-    c.execute("PRAGMA wal_autocheckpoint=0")
-    c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
-    return c
+def _app(db: str):
+    return apsw_app(db)
 
 
 def _state_of(db: str) -> DbHash:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 
-import apsw
 import pytest
 
 from litesync import layout, livedb
@@ -15,14 +14,11 @@ from litesync.agent import DbAgent, WriteLockBusy
 from litesync.livedb import read_live
 from litesync.segment import SnapshotReader
 
+from conftest import apsw_app
 
-def _app(db: str) -> apsw.Connection:
-    c = apsw.Connection(db)
-    c.execute("PRAGMA journal_mode=WAL")
-    c.execute("PRAGMA wal_autocheckpoint=0")
-    c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
-    c.set_busy_timeout(5000)
-    return c
+
+def _app(db: str):
+    return apsw_app(db, 5000)
 
 
 @pytest.fixture

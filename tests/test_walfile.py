@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import os
 
-import apsw
-
 from litesync import wal
 from litesync.walfile import WalFile
 
+from conftest import apsw_app
 
-def _app(db: str) -> apsw.Connection:
-    c = apsw.Connection(db)
-    c.execute("PRAGMA journal_mode=WAL").fetchall()
-    c.execute("PRAGMA wal_autocheckpoint=0")
-    c.execute("CREATE TABLE IF NOT EXISTS t (x BLOB)")
-    return c
+
+def _app(db: str):
+    return apsw_app(db)
 
 
 def _walfile(db: str) -> tuple[WalFile, dict[str, float]]:
